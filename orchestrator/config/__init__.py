@@ -1,0 +1,7 @@
+"""The job file: schema (job.py), loading and overrides (load.py), the user-facing error (errors.py)."""
+
+from orchestrator.config.errors import UserError
+from orchestrator.config.job import JobConfig
+from orchestrator.config.load import load_job, resolve_data_files
+
+__all__ = ["JobConfig", "UserError", "load_job", "resolve_data_files"]

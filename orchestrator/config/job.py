@@ -1,0 +1,278 @@
+"""The job file's schema. Every key a user can write is declared here, with its default and documentation;
+validation, `orchestrator schema` and the README's reference all come from these classes.
+
+Nothing here imports torch or ray: `orchestrator validate` must answer in well under a second.
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from orchestrator.models.families import FAMILIES
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo must never silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    def changed_from_default(self, *names: str) -> list[str]:
+        """Fields given a value other than their default (a resolved, dumped job must load back unchanged)."""
+        return [name for name in names if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
+
+
+# --- model -------------------------------------------------------------------------------------------
+
+
+class ModelDims(Section):
+    """Explicit dimensions; each one set here overrides the size preset."""
+
+    layers: PositiveInt | None = None
+    hidden: PositiveInt | None = None
+    heads: PositiveInt | None = None
+    kv_heads: PositiveInt | None = Field(None, description="Key/value heads (llama grouped-query attention).")
+    ffn: PositiveInt | None = Field(None, description="Width of the feed-forward layer.")
+    max_positions: PositiveInt | None = None
+
+
+class ModelConfig(Section):
+    family: Literal["gpt2", "llama"] = Field("gpt2", description="Architecture family (a key of models.families).")
+    size: str = Field("tiny", description="Size preset of the family: tiny, small, medium (gpt2 only).")
+    dims: ModelDims = ModelDims()
+    pretrained: str | None = Field(
+        None, description="Local Hugging Face model directory to start from instead of random initialisation."
+    )
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
+
+    @model_validator(mode="after")
+    def _known_size(self):
+        presets = FAMILIES[self.family].presets
+        if self.size not in presets:
+            raise ValueError(f"size: {self.family} has sizes {', '.join(presets)} (got {self.size!r})")
+        if self.pretrained and self.changed_from_default("size", "dims"):
+            raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
+        return self
+
+    def dims_resolved(self) -> dict[str, int]:
+        """The preset with explicit dims laid over it (random-init models only)."""
+        dims = dict(FAMILIES[self.family].presets[self.size])
+        dims.update(self.dims.model_dump(exclude_none=True))
+        return dims
+
+    def max_positions(self) -> int:
+        if self.pretrained:
+            hf_config = json.loads((Path(self.pretrained).expanduser() / "config.json").read_text())
+            return hf_config.get("max_position_embeddings") or hf_config["n_positions"]
+        return self.dims_resolved()["max_positions"]
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+class TokenizerConfig(Section):
+    path: str | None = Field(None, description="Local tokenizer: a Hugging Face tokenizer directory or tokenizer.json.")
+    train: Literal["bpe", "wordpiece"] = Field("bpe", description="Without path: algorithm to train on the corpus.")
+    vocab_size: PositiveInt = Field(8192, ge=256, description="Without path: vocabulary size to train.")
+
+    @model_validator(mode="after")
+    def _path_or_train(self):
+        if self.path and (clash := self.changed_from_default("train", "vocab_size")):
+            raise ValueError(f"{clash[0]}: only used when training a tokenizer; remove it or remove path")
+        return self
+
+
+class DataConfig(Section):
+    paths: list[str] = Field(
+        min_length=1,
+        description="Local files or globs (jsonl, json, parquet, csv, txt); ~ and $VARS are expanded.",
+    )
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field(
+        "auto", description="File format; auto infers it from the extension."
+    )
+    text_field: str = Field("text", description="Column holding the text (txt files: each line is a row).")
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    seq_len: int = Field(128, ge=8, description="Tokens per packed training sequence.")
+    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation.")
+    seed: int = Field(0, description="Seed of the train/val split and of the shuffle.")
+
+
+# --- train -------------------------------------------------------------------------------------------
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: PositiveFloat = 3e-4
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only.")
+    eps: PositiveFloat = Field(1e-8, description="adam and adamw only.")
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd only.")
+
+    @model_validator(mode="after")
+    def _only_own_params(self):
+        foreign = ("momentum",) if self.name != "sgd" else ("betas", "eps")
+        if clash := self.changed_from_default(*foreign):
+            raise ValueError(f"{clash[0]}: not a parameter of {self.name}")
+        return self
+
+
+class _Schedule(Section):
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0 to the peak learning rate.")
+
+
+class ConstantSchedule(_Schedule):
+    name: Literal["constant"]
+
+
+class LinearSchedule(_Schedule):
+    """Linear decay from the peak to 0 at the last step."""
+
+    name: Literal["linear"]
+
+
+class CosineSchedule(_Schedule):
+    """Half a cosine from the peak down to min_lr_ratio x peak at the last step."""
+
+    name: Literal["cosine"]
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class CosineWithRestartsSchedule(_Schedule):
+    """Cosine decay to 0, restarted num_cycles times (hard restarts)."""
+
+    name: Literal["cosine_with_restarts"]
+    num_cycles: PositiveInt = 2
+
+
+class ExponentialSchedule(_Schedule):
+    """lr = peak x gamma ** (step - warmup_steps) after warmup."""
+
+    name: Literal["exponential"]
+    gamma: float = Field(0.999, gt=0, le=1)
+
+
+class PolynomialSchedule(_Schedule):
+    """(peak - lr_end) x (1 - progress) ** power + lr_end after warmup."""
+
+    name: Literal["polynomial"]
+    power: PositiveFloat = 1.0
+    lr_end: float = Field(1e-7, ge=0)
+
+
+ScheduleConfig = Annotated[
+    Union[
+        ConstantSchedule,
+        LinearSchedule,
+        CosineSchedule,
+        CosineWithRestartsSchedule,
+        ExponentialSchedule,
+        PolynomialSchedule,
+    ],
+    Field(discriminator="name"),
+]
+SCHEDULE_NAMES = [get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(get_args(ScheduleConfig)[0])]
+
+
+class TrainConfig(Section):
+    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; or set epochs.")
+    epochs: PositiveFloat | None = Field(None, description="Passes over the training split; or set max_steps.")
+    micro_batch_size: PositiveInt = Field(8, description="Sequences per worker per forward pass.")
+    grad_accum_steps: PositiveInt = Field(1, description="Micro batches accumulated per optimizer step.")
+    lr: PositiveFloat | None = Field(None, description="Shortcut for optimizer.lr.")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ConstantSchedule(name="constant")
+    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clipping; 0 disables it.")
+    eval_every: PositiveInt | None = Field(100, description="Evaluate every N optimizer steps (and at the end).")
+    eval_batches: PositiveInt | None = Field(None, description="Cap on validation batches per evaluation.")
+    log_every: PositiveInt = Field(10, description="Log a progress line and metrics every N optimizer steps.")
+    seed: int = Field(0, description="Seed of model initialisation and dropout.")
+
+    @model_validator(mode="after")
+    def _length_and_lr(self):
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("max_steps: set exactly one of max_steps and epochs")
+        if self.lr is not None:
+            if "lr" in self.optimizer.model_fields_set and self.optimizer.lr != self.lr:
+                raise ValueError("lr: set train.lr or train.optimizer.lr, not both")
+            self.optimizer.lr = self.lr
+        if self.max_steps is not None and self.schedule.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"schedule.warmup_steps: {self.schedule.warmup_steps} exceeds max_steps ({self.max_steps})"
+            )
+        if isinstance(self.schedule, PolynomialSchedule) and self.schedule.lr_end >= self.optimizer.lr:
+            raise ValueError(f"schedule.lr_end: must be below the learning rate ({self.optimizer.lr})")
+        return self
+
+
+# --- deepspeed, scaling, checkpoint, tracking --------------------------------------------------------
+
+
+class DeepSpeedConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage: 0 (off), 1, 2 or 3.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer states in CPU memory (ZeRO 1-3).")
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision; fp16 needs a GPU.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Raw DeepSpeed config keys, deep-merged last over the derived config."
+    )
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self):
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params: needs zero_stage 3 (got {self.zero_stage})")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer: needs zero_stage 1, 2 or 3 (got 0)")
+        return self
+
+
+class ScalingConfig(Section):
+    num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = False
+    cpus_per_worker: PositiveFloat = 1.0
+
+
+class CheckpointConfig(Section):
+    every_steps: PositiveInt | None = Field(100, description="Checkpoint every N optimizer steps (and at the end).")
+    keep: PositiveInt = Field(2, description="Checkpoints kept; older ones are deleted.")
+    max_failures: int = Field(
+        2, ge=-1, description="Worker-group restarts from the latest checkpoint before the job fails (-1: no limit)."
+    )
+    dir: str = Field(
+        "~/orchestrator/runs",
+        description="Run storage: a local path or a pyarrow URI (shared storage for multi-node clusters).",
+    )
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db.")
+    experiment: str = "orchestrator"
+    run_name: str | None = Field(
+        None, description="Names the run; a job submitted again with the same run_name resumes it."
+    )
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class JobConfig(Section):
+    """A training job: everything `orchestrator train` needs, in one YAML file."""
+
+    task: Literal["causal_lm"] = Field("causal_lm", description="What the model learns (a key of models.tasks).")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    train: TrainConfig
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _fits_together(self):
+        if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.precision: fp16 needs a GPU (scaling.use_gpu: true); use bf16 or fp32 on CPU")
+        if not self.model.pretrained or Path(self.model.pretrained, "config.json").expanduser().is_file():
+            positions = self.model.max_positions()
+            if self.data.seq_len > positions:
+                raise ValueError(
+                    f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)"
+                )
+        return self

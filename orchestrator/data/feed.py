@@ -1,0 +1,42 @@
+"""What each worker trains on: its slice of every global micro batch, in an order that is the same on all ranks.
+
+Every worker walks the whole (already tokenized) split in the same seeded order and keeps rows
+[rank * b, (rank + 1) * b) of each global micro batch of world_size * b rows. So
+- every rank gets exactly the same number of batches (uneven shards deadlock collectives, ray#41973);
+- 2 workers x micro batch b see the same global batches as 1 worker x 2b;
+- a resumed run skips the batches it already consumed and sees exactly what the uninterrupted run saw
+  (Ray Data iterators cannot seek, ray#48224).
+"""
+
+from typing import Iterator
+
+import torch
+
+SHUFFLE_BUFFER_BATCHES = 8
+
+
+def rank_slice(global_batch: torch.Tensor, rank: int, micro_batch_size: int) -> torch.Tensor:
+    return global_batch[rank * micro_batch_size : (rank + 1) * micro_batch_size]
+
+
+def rank_batches(
+    dataset,
+    *,
+    rank: int,
+    world_size: int,
+    micro_batch_size: int,
+    shuffle_seed: int | None = None,
+    skip: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Yields this rank's micro batches of one pass over `dataset`, after skipping `skip` global batches."""
+    rows = micro_batch_size * world_size
+    batches = dataset.iter_torch_batches(
+        batch_size=rows,
+        drop_last=True,
+        dtypes=torch.long,
+        local_shuffle_buffer_size=rows * SHUFFLE_BUFFER_BATCHES if shuffle_seed is not None else None,
+        local_shuffle_seed=shuffle_seed,
+    )
+    for index, batch in enumerate(batches):
+        if index >= skip:
+            yield rank_slice(batch["input_ids"], rank, micro_batch_size)

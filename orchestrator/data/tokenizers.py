@@ -1,0 +1,74 @@
+"""Loads a local tokenizer or trains one on the corpus with Hugging Face `tokenizers`.
+
+Tokenizers travel to Ray tasks and workers as their JSON serialisation: a few hundred kB, no shared files.
+"""
+
+import os
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from orchestrator.config.errors import UserError
+from orchestrator.config.job import TokenizerConfig
+from orchestrator.config.load import expand_path
+
+# Token that ends every document when documents are packed back to back.
+SEPARATOR_TOKENS = {"bpe": "<|endoftext|>", "wordpiece": "[SEP]"}
+
+
+def _untrained(algorithm: str) -> tuple[Tokenizer, trainers.Trainer]:
+    if algorithm == "bpe":  # byte-level, like GPT-2: never an unknown token
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        return tokenizer, lambda vocab: trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=[SEPARATOR_TOKENS["bpe"]], initial_alphabet=alphabet
+        )
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer, lambda vocab: trainers.WordPieceTrainer(
+        vocab_size=vocab, special_tokens=["[PAD]", "[UNK]", "[CLS]", SEPARATOR_TOKENS["wordpiece"], "[MASK]"]
+    )
+
+
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    tokenizer, make_trainer = _untrained(cfg.train)
+    tokenizer.train_from_iterator(texts, trainer=make_trainer(cfg.vocab_size))
+    return from_json(tokenizer.to_str())
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    path = expand_path(path)
+    if os.path.isfile(path):
+        return from_json(Tokenizer.from_file(path).to_str())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise UserError(f"data.tokenizer.path: {path} has no fast (Rust) tokenizer; tokenizer.json is needed")
+    return tokenizer
+
+
+def from_json(tokenizer_json: str) -> PreTrainedTokenizerFast:
+    """Wraps a `tokenizers` JSON string, naming its document separator (the trained one or a model's own)."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json))
+    vocab = tokenizer.get_vocab()
+    for token in SEPARATOR_TOKENS.values():
+        if token in vocab:
+            tokenizer.eos_token = token
+            break
+    return tokenizer
+
+
+def separator_id(tokenizer: PreTrainedTokenizerFast) -> int:
+    token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if token_id is None:
+        raise UserError("data.tokenizer: the tokenizer has no end-of-text or separator token to pack documents with")
+    return token_id
+
+
+def texts_of(batches: Iterator[dict]) -> Iterator[str]:
+    for batch in batches:
+        yield from (text for text in batch["text"] if text)

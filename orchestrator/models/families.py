@@ -1,0 +1,46 @@
+"""Model families and size presets, in plain Python so that validation never imports torch.
+
+Each family maps the job's family-neutral dimension names (``layers``, ``hidden``, ...) onto the keys of its
+Hugging Face config class. Presets are starting points; ``model.dims`` overrides any of them.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    config_class: str  # name in `transformers`
+    dim_keys: dict[str, str]  # job dimension name -> HF config key
+    presets: dict[str, dict[str, int]]  # size name -> job dimensions
+    fixed: dict  # HF config keys every model of the family gets
+
+
+GPT2 = Family(
+    config_class="GPT2Config",
+    dim_keys={"layers": "n_layer", "hidden": "n_embd", "heads": "n_head", "ffn": "n_inner", "max_positions": "n_positions"},
+    presets={
+        "tiny": {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 512},
+        "small": {"layers": 12, "hidden": 768, "heads": 12, "ffn": 3072, "max_positions": 1024},  # GPT-2 124M
+        "medium": {"layers": 24, "hidden": 1024, "heads": 16, "ffn": 4096, "max_positions": 1024},  # GPT-2 350M
+    },
+    fixed={},
+)
+
+LLAMA = Family(
+    config_class="LlamaConfig",
+    dim_keys={
+        "layers": "num_hidden_layers",
+        "hidden": "hidden_size",
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "max_positions": "max_position_embeddings",
+    },
+    presets={
+        "tiny": {"layers": 2, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 512},
+        "small": {"layers": 12, "hidden": 768, "heads": 12, "kv_heads": 4, "ffn": 2048, "max_positions": 2048},
+    },
+    fixed={"tie_word_embeddings": False},
+)
+
+FAMILIES: dict[str, Family] = {"gpt2": GPT2, "llama": LLAMA}

@@ -1,0 +1,40 @@
+"""Connecting to Ray, and checking that the cluster can hold the job before anything is started on it."""
+
+import os
+
+import ray
+
+from orchestrator.config.errors import UserError
+from orchestrator.config.job import JobConfig
+
+
+def connect() -> str:
+    """Joins the cluster this process belongs to, else a local head, else starts an embedded one.
+
+    Under `ray job submit` (and with RAY_ADDRESS set) `ray.init()` finds the cluster by itself.
+    """
+    if ray.is_initialized():
+        return "an already connected Ray cluster"
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    try:
+        ray.init(address="auto")
+        return "the local Ray cluster (ray start --head)"
+    except ConnectionError:
+        ray.init(include_dashboard=False)
+        return "an embedded local Ray instance"
+
+
+def check_resources(job: JobConfig) -> None:
+    """Ray would otherwise wait forever for workers the cluster cannot place."""
+    have = ray.cluster_resources()
+    workers = job.scaling.num_workers
+    cpus = workers * job.scaling.cpus_per_worker
+    if have.get("CPU", 0) < cpus:
+        raise UserError(
+            f"scaling.num_workers: {workers} workers x {job.scaling.cpus_per_worker:g} CPU need {cpus:g} CPUs, "
+            f"the cluster has {have.get('CPU', 0):g}"
+        )
+    if job.scaling.use_gpu and have.get("GPU", 0) < workers:
+        raise UserError(f"scaling.use_gpu: {workers} workers need {workers} GPUs, the cluster has {have.get('GPU', 0):g}")

@@ -1,0 +1,118 @@
+"""The job's MLflow run, seen from the driver: opened before the workers start, closed with the job's outcome.
+
+The run id travels to the workers, so a restarted worker group logs into the same run instead of opening a
+duplicate (ray#48664). The id is also remembered next to the run's checkpoints, so the same job submitted again
+with the same run_name resumes its MLflow run together with its training state.
+"""
+
+import json
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import pyarrow.fs
+from mlflow.entities import Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.job import JobConfig
+from orchestrator.tracking.params import flatten
+
+RUN_MARKER = "mlflow_run.json"
+MLFLOW_BATCH_LIMIT = 100  # params per log_batch call
+
+
+def tracking_uri(job: JobConfig) -> str:
+    return job.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    uri: str
+    experiment_id: str
+    run_id: str
+    resumed: bool
+
+    @property
+    def url(self) -> str:
+        if self.uri.startswith("http"):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"run {self.run_id} in {self.uri} (view with: mlflow ui --backend-store-uri {self.uri})"
+
+
+def _tags(job: JobConfig, run_name: str) -> dict[str, str]:
+    tags = {
+        "mlflow.runName": run_name,
+        "orchestrator.run_name": run_name,
+        "task": job.task,
+        "model.family": job.model.family,
+        "model.size": "pretrained" if job.model.pretrained else job.model.size,
+        "deepspeed.zero_stage": str(job.deepspeed.zero_stage),
+        "scaling.num_workers": str(job.scaling.num_workers),
+        "host": socket.gethostname(),
+        **job.tracking.tags,
+    }
+    if submission_id := os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        tags["ray.job_submission_id"] = submission_id
+    if commit := _git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _marker(run_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
+    return fs, f"{path}/{RUN_MARKER}"
+
+
+def _remembered_run_id(run_dir: str) -> str | None:
+    fs, path = _marker(run_dir)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read())["run_id"]
+
+
+def _remember_run_id(run_dir: str, run_id: str) -> None:
+    fs, path = _marker(run_dir)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps({"run_id": run_id}).encode())
+
+
+def start_run(job: JobConfig, run_name: str, run_dir: str, artifacts: dict[str, str]) -> TrackedRun:
+    """Opens (or reopens, on resubmission) the run; logs params, tags and the `artifacts` {name: text}."""
+    uri = tracking_uri(job)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(job.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(job.tracking.experiment)
+
+    run_id = _remembered_run_id(run_dir)
+    if run_id is not None:
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return TrackedRun(uri, experiment_id, run_id, resumed=True)
+
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=_tags(job, run_name)).info.run_id
+    params = [Param(key, value) for key, value in flatten(job.model_dump(mode="json")).items()]
+    for start in range(0, len(params), MLFLOW_BATCH_LIMIT):
+        client.log_batch(run_id, params=params[start : start + MLFLOW_BATCH_LIMIT])
+    for name, text in artifacts.items():
+        client.log_text(run_id, text, name)
+    _remember_run_id(run_dir, run_id)
+    return TrackedRun(uri, experiment_id, run_id, resumed=False)
+
+
+def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:
+    """status: FINISHED, FAILED or KILLED; a failure's text is kept as a tag and an artifact."""
+    client = MlflowClient(run.uri)
+    if error:
+        client.log_batch(run.run_id, tags=[RunTag("error", error[:4000])])
+        client.log_text(run.run_id, error, "error.txt")
+    client.set_terminated(run.run_id, status=status)

@@ -1,0 +1,47 @@
+"""The DeepSpeed config, derived from the job in this one place (pure: no torch, no deepspeed import)."""
+
+import copy
+
+from orchestrator.config.job import JobConfig
+from orchestrator.train.optimizers import optimizer_section
+
+
+def global_batch_size(job: JobConfig) -> int:
+    """Sequences per optimizer step, over all data-parallel workers."""
+    return job.train.micro_batch_size * job.train.grad_accum_steps * job.scaling.num_workers
+
+
+def deepspeed_config(job: JobConfig) -> dict:
+    ds = job.deepspeed
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    config = {
+        "train_batch_size": global_batch_size(job),
+        "train_micro_batch_size_per_gpu": job.train.micro_batch_size,
+        "gradient_accumulation_steps": job.train.grad_accum_steps,
+        "gradient_clipping": job.train.grad_clip,
+        "optimizer": optimizer_section(job.train.optimizer),
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16"},
+        # The framework logs progress itself; DeepSpeed's own per-step prints would duplicate it.
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer:
+        # torch's Adam on offloaded states instead of DeepSpeedCPUAdam, which needs a C++ build.
+        config["zero_force_ds_cpu_optimizer"] = False
+    return deep_merge(config, ds.extra)
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,29 @@
+"""The DeepSpeed engine of one worker: model + optimizer + LR schedule + ZeRO, from the job."""
+
+import functools
+
+import deepspeed
+import torch
+
+from orchestrator.config.job import JobConfig
+from orchestrator.train.deepspeed_config import deepspeed_config
+from orchestrator.train.schedules import build_schedule
+
+
+def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int) -> deepspeed.DeepSpeedEngine:
+    """Ray Train has already set up torch.distributed (gloo or nccl); DeepSpeed joins that process group."""
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=model.parameters(),
+        config=deepspeed_config(job),
+        lr_scheduler=functools.partial(build_schedule, cfg=job.train.schedule, total_steps=total_steps),
+    )
+    return engine
+
+
+def export_hf_model(engine: deepspeed.DeepSpeedEngine, directory: str, dtype: torch.dtype, is_writer: bool) -> None:
+    """Saves whole weights in Hugging Face format. Under ZeRO-3 every rank must take part in gathering them."""
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        if is_writer:
+            state = {name: tensor.to(dtype) for name, tensor in engine.module.state_dict().items()}
+            engine.module.save_pretrained(directory, state_dict=state)

@@ -1,0 +1,95 @@
+"""The driver side of a training job: data, MLflow run, then a Ray Train TorchTrainer running train.loop."""
+
+import json
+import math
+import os
+import time
+import traceback
+
+import ray.train
+import yaml
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from orchestrator import runtime
+from orchestrator.config.errors import UserError
+from orchestrator.config.job import JobConfig
+from orchestrator.config.load import expand_path, is_uri
+from orchestrator.data.pipeline import prepare
+from orchestrator.tracking.run import TrackedRun, end_run, start_run
+from orchestrator.train.deepspeed_config import deepspeed_config
+from orchestrator.train.loop import TrainPlan, train_loop
+
+
+def storage_path(job: JobConfig) -> str:
+    path = expand_path(job.checkpoint.dir)
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def total_steps(job: JobConfig, train_sequences: int) -> int:
+    if job.train.max_steps:
+        return job.train.max_steps
+    micro_batches_per_epoch = train_sequences // (job.train.micro_batch_size * job.scaling.num_workers)
+    steps = math.ceil(job.train.epochs * micro_batches_per_epoch / job.train.grad_accum_steps)
+    if steps < 1:
+        raise UserError("train.epochs: too few to make one optimizer step; raise it or set train.max_steps")
+    return steps
+
+
+def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]:
+    started_at = time.time()
+    print(f"connected to {runtime.connect()}", flush=True)
+    runtime.check_resources(job)
+    data = prepare(job)
+    steps = total_steps(job, data.train_sequences)
+
+    run_name = job.tracking.run_name or f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = storage_path(job)
+    run = start_run(
+        job,
+        run_name,
+        f"{storage}/{run_name}",
+        artifacts={
+            "job.yaml": yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False),
+            "deepspeed_config.json": json.dumps(deepspeed_config(job), indent=2),
+        },
+    )
+    print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
+
+    plan = TrainPlan(
+        total_steps=steps,
+        tokenizer_json=data.tokenizer_json,
+        has_validation=data.val is not None,
+        tracking_uri=run.uri,
+        run_id=run.run_id,
+        job_started_at=started_at,
+    )
+    datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job, "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.num_workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
+            failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
+        ),
+        datasets=datasets,
+        # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        end_run(run, "KILLED")
+        raise
+    except Exception:
+        end_run(run, "FAILED", traceback.format_exc())
+        raise
+    end_run(run, "FINISHED")
+    return result, run

@@ -1,0 +1,192 @@
+"""What every Ray Train worker runs: build the model and its DeepSpeed engine, resume, then
+step -> log -> evaluate -> checkpoint until `total_steps`, and finally export the model.
+
+Only rank 0 talks to MLflow; every rank takes part in the collectives (loss averaging, evaluation,
+checkpointing, the ZeRO-3 gather at export), always at the same steps.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from orchestrator.config.job import JobConfig
+from orchestrator.data.feed import rank_batches
+from orchestrator.data.pipeline import quiet_data_progress
+from orchestrator.data.tokenizers import from_json, separator_id
+from orchestrator.models.build import TORCH_DTYPES, build_model
+from orchestrator.models.tasks import TASKS, Task
+from orchestrator.tracking.metrics import MetricsLogger
+from orchestrator.tracking.plots import training_curves
+from orchestrator.train import checkpoint
+from orchestrator.train.engine import build_engine, export_hf_model
+
+log = logging.getLogger(__name__)
+log.setLevel(logging.INFO)  # progress lines are the job log's content, whatever the root level
+
+
+@dataclass
+class TrainPlan:
+    """What the driver worked out before starting the workers."""
+
+    total_steps: int
+    tokenizer_json: str
+    has_validation: bool
+    tracking_uri: str
+    run_id: str
+    job_started_at: float  # driver's wall clock when the job started, for time-to-first-step
+
+
+def format_progress(step: int, total: int, loss: float, lr: float, tokens_per_s: float, eta_s: float) -> str:
+    eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0)))
+    return f"step {step}/{total} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s | eta {eta}"
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    value = value.detach().clone().float()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+def evaluate(engine, dataset, task: Task, job: JobConfig, rank: int, world_size: int) -> dict[str, float]:
+    engine.eval()
+    loss_sum, batches = torch.zeros(1), torch.zeros(1)
+    with torch.no_grad():
+        for index, input_ids in enumerate(
+            rank_batches(dataset, rank=rank, world_size=world_size, micro_batch_size=job.train.micro_batch_size)
+        ):
+            if job.train.eval_batches and index >= job.train.eval_batches:
+                break
+            loss_sum += engine(**task.model_inputs(input_ids)).loss.float()
+            batches += 1
+    engine.train()
+    dist.all_reduce(loss_sum)
+    dist.all_reduce(batches)
+    return task.eval_metrics((loss_sum / batches).item())
+
+
+def train_loop(config: dict) -> None:
+    job: JobConfig = config["job"]
+    plan: TrainPlan = config["plan"]
+    quiet_data_progress()
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    task = TASKS[job.task]
+    micro, accum = job.train.micro_batch_size, job.train.grad_accum_steps
+    tokens_per_step = micro * accum * world_size * job.data.seq_len
+
+    started = time.perf_counter()
+    tokenizer = from_json(plan.tokenizer_json)
+    model = build_model(job.model, job.task, len(tokenizer), separator_id(tokenizer), job.train.seed)
+    engine = build_engine(job, model, plan.total_steps)
+    engine_ready = time.perf_counter()
+    progress = checkpoint.restore(engine, ray.train.get_checkpoint(), rank)
+    if progress is None:
+        progress = checkpoint.Progress()
+        torch.manual_seed(job.train.seed + rank)  # dropout differs per rank; init was identical
+    elif rank == 0:
+        log.info(f"resumed from step {progress.step} (epoch {progress.epoch})")
+
+    metrics = MetricsLogger(plan.tracking_uri, plan.run_id) if rank == 0 else None
+    if metrics:
+        metrics.log(progress.step, {"time/model_and_engine_init_s": engine_ready - started})
+    train_data = ray.train.get_dataset_shard("train")
+    val_data = ray.train.get_dataset_shard("val") if plan.has_validation else None
+
+    step_loss, micro_steps = torch.zeros(1), 0
+    window_started, window_steps, first_step_done = time.perf_counter(), 0, False
+    last_train_loss = None
+    while progress.step < plan.total_steps:
+        batches = rank_batches(
+            train_data,
+            rank=rank,
+            world_size=world_size,
+            micro_batch_size=micro,
+            shuffle_seed=job.data.seed + progress.epoch,
+            skip=progress.batches_in_epoch,
+        )
+        for input_ids in batches:
+            loss = engine(**task.model_inputs(input_ids)).loss
+            engine.backward(loss)
+            engine.step()
+            progress.batches_in_epoch += 1
+            step_loss += loss.detach().float()
+            micro_steps += 1
+            if micro_steps < accum:
+                continue
+
+            progress.step += 1
+            progress.tokens += tokens_per_step
+            window_steps += 1
+            step = progress.step
+            is_last = step >= plan.total_steps
+            if not first_step_done:
+                first_step_done = True
+                if metrics:
+                    first_step_s = time.time() - plan.job_started_at
+                    metrics.log(step, {"time/first_step_s": first_step_s})
+                    log.info(f"first optimizer step done {first_step_s:.1f} s after the job started")
+
+            report: dict[str, float] = {"step": step}
+            if step % job.train.log_every == 0 or is_last:
+                last_train_loss = mean_over_ranks(step_loss / accum)
+                elapsed = time.perf_counter() - window_started
+                tokens_per_s = window_steps * tokens_per_step / elapsed
+                lr = engine.get_lr()[0]
+                if metrics:
+                    logged = {"train/loss": last_train_loss, "train/lr": lr, "train/tokens_per_s": tokens_per_s}
+                    logged["train/epoch"] = progress.epoch
+                    grad_norm = engine.get_global_grad_norm()
+                    if grad_norm is not None:
+                        logged["train/grad_norm"] = float(grad_norm)
+                    metrics.log(step, logged)
+                    eta_s = (plan.total_steps - step) * elapsed / window_steps
+                    log.info(format_progress(step, plan.total_steps, last_train_loss, lr, tokens_per_s, eta_s))
+                window_started, window_steps = time.perf_counter(), 0
+            step_loss.zero_()
+            micro_steps = 0
+            if last_train_loss is not None:
+                report["train/loss"] = last_train_loss
+
+            evaluating = val_data is not None and (is_last or (job.train.eval_every and step % job.train.eval_every == 0))
+            if evaluating:
+                report.update(evaluate(engine, val_data, task, job, rank, world_size))
+                if metrics:
+                    metrics.log(step, {k: v for k, v in report.items() if k.startswith("eval/")})
+                    log.info(f"step {step} | eval loss {report['eval/loss']:.4f} | ppl {report['eval/perplexity']:.2f}")
+            saving = is_last or (job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0)
+            if saving:
+                directory = checkpoint.save(engine, progress, rank)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                shutil.rmtree(directory, ignore_errors=True)
+            elif evaluating:
+                ray.train.report(report)
+            if saving or evaluating:  # keep evaluation and checkpoint time out of tokens/s
+                window_started, window_steps = time.perf_counter(), 0
+            if is_last:
+                break
+        else:  # the pass over the data ended before the last step: next epoch
+            progress.epoch += 1
+            progress.batches_in_epoch = 0
+
+    export(engine, job, tokenizer, metrics, rank)
+
+
+def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
+    """The final model and tokenizer in Hugging Face format, and the training curves, into the MLflow run."""
+    directory = tempfile.mkdtemp(prefix="orchestrator-model-")
+    export_hf_model(engine, directory, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
+    if metrics:
+        tokenizer.save_pretrained(directory)
+        metrics.client.log_artifacts(metrics.run_id, directory, "model")
+        plot = os.path.join(directory, "training_curves.png")
+        training_curves(metrics.history, plot)
+        metrics.client.log_artifact(metrics.run_id, plot, "plots")
+        metrics.close()
+    shutil.rmtree(directory, ignore_errors=True)
