@@ -14,6 +14,8 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 def hf_config(model: ModelConfig, vocab_size: int, eos_token_id: int) -> transformers.PretrainedConfig:
     family = FAMILIES[model.family]
     keys = {family.dim_keys[name]: value for name, value in model.dims_resolved().items()}
+    if model.dropout is not None:
+        keys.update(dict.fromkeys(family.dropout_keys, model.dropout))
     config_class = getattr(transformers, family.config_class)
     return config_class(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id, **family.fixed, **keys)
 

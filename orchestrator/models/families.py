@@ -13,6 +13,7 @@ class Family:
     dim_keys: dict[str, str]  # job dimension name -> HF config key
     presets: dict[str, dict[str, int]]  # size name -> job dimensions
     fixed: dict  # HF config keys every model of the family gets
+    dropout_keys: tuple[str, ...]  # HF config keys that model.dropout sets
 
 
 GPT2 = Family(
@@ -24,6 +25,7 @@ GPT2 = Family(
         "medium": {"layers": 24, "hidden": 1024, "heads": 16, "ffn": 4096, "max_positions": 1024},  # GPT-2 350M
     },
     fixed={},
+    dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
 )
 
 LLAMA = Family(
@@ -41,6 +43,7 @@ LLAMA = Family(
         "small": {"layers": 12, "hidden": 768, "heads": 12, "kv_heads": 4, "ffn": 2048, "max_positions": 2048},
     },
     fixed={"tie_word_embeddings": False},
+    dropout_keys=("attention_dropout",),
 )
 
 FAMILIES: dict[str, Family] = {"gpt2": GPT2, "llama": LLAMA}

@@ -52,11 +52,17 @@ def _tags(job: JobConfig, run_name: str) -> dict[str, str]:
         "host": socket.gethostname(),
         **job.tracking.tags,
     }
-    if submission_id := os.environ.get("RAY_JOB_SUBMISSION_ID"):
+    if submission_id := _ray_job_submission_id():
         tags["ray.job_submission_id"] = submission_id
     if commit := _git_commit():
         tags["mlflow.source.git.commit"] = commit
     return tags
+
+
+def _ray_job_submission_id() -> str | None:
+    """The id `ray job submit` printed; Ray's job supervisor hands it to the entrypoint in this variable."""
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    return job_config.get("metadata", {}).get("job_submission_id")
 
 
 def _git_commit() -> str | None:

@@ -1,0 +1,58 @@
+"""Small corpora and job files the tests write into temporary directories."""
+
+import json
+import random
+from pathlib import Path
+
+import yaml
+
+SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our teacher", "the bird", "a child", "the farmer"]
+VERBS = ["sees", "likes", "follows", "finds", "paints", "calls", "feeds", "watches"]
+OBJECTS = ["the red ball", "a small house", "the green tree", "a quiet river", "the tall tower", "an open door"]
+
+
+def write_corpus(directory: Path, documents: int = 1500, seed: int = 0) -> Path:
+    """A learnable corpus: short documents of sentences from a tiny grammar, as JSON lines."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "corpus.jsonl"
+    with path.open("w") as out:
+        for _ in range(documents):
+            sentences = [
+                f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(rng.randint(2, 5))
+            ]
+            out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+    return path
+
+
+def tiny_job(corpus: Path, **sections) -> dict:
+    """A job small enough to train 20 steps with 2 CPU workers in seconds; `sections` update it."""
+    job = {
+        "model": {
+            "family": "gpt2",
+            "size": "tiny",
+            "dims": {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128, "max_positions": 64},
+        },
+        "data": {"paths": [str(corpus)], "tokenizer": {"train": "bpe", "vocab_size": 512}, "seq_len": 32},
+        "train": {
+            "max_steps": 20,
+            "micro_batch_size": 4,
+            "optimizer": {"name": "adamw", "lr": 3e-3},
+            "schedule": {"name": "cosine", "warmup_steps": 2},
+            "log_every": 1,
+            "eval_every": 10,
+        },
+        "scaling": {"num_workers": 2},
+        "checkpoint": {"every_steps": 5, "keep": 2},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(job.get(section), dict):
+            job[section] = {**job[section], **values}
+        else:
+            job[section] = values
+    return job
+
+
+def write_job(path: Path, job: dict) -> Path:
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path

@@ -1,0 +1,125 @@
+"""The job schema: good files load, bad ones fail with one line naming the field."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from helpers import tiny_job, write_job
+
+from orchestrator.config import JobConfig, UserError, load_job
+from orchestrator.train.optimizers import OPTIMIZERS
+from orchestrator.config.job import OptimizerConfig, SCHEDULE_NAMES
+from orchestrator.train.schedules import SCHEDULES
+from orchestrator.models.families import FAMILIES
+
+from conftest import REPO
+
+
+def test_example_jobs_validate(corpus, tmp_path):
+    for path in (REPO / "jobs").glob("*.yaml"):
+        job = yaml.safe_load(path.read_text())
+        job["data"]["paths"] = [str(corpus)]  # the examples read an installed corpus
+        load_job(write_job(tmp_path / path.name, job))
+
+
+def test_defaults_and_shortcuts(corpus, tmp_path):
+    job = load_job(write_job(tmp_path / "job.yaml", tiny_job(corpus, train={"max_steps": 5, "lr": 0.01, "optimizer": {"name": "adamw"}})))
+    assert job.train.optimizer.lr == 0.01
+    assert job.deepspeed.zero_stage == 0 and job.scaling.num_workers == 2
+    assert job.model.max_positions() == 64
+
+
+def test_overrides_are_typed_by_the_schema(corpus, tmp_path):
+    path = write_job(tmp_path / "job.yaml", tiny_job(corpus))
+    job = load_job(path, ["train.max_steps=50", "deepspeed.zero_stage=3", "train.optimizer.betas=[0.8, 0.9]"])
+    assert job.train.max_steps == 50 and job.deepspeed.zero_stage == 3
+    assert job.train.optimizer.betas == (0.8, 0.9)
+
+
+def test_resolved_job_loads_back_unchanged(corpus, tmp_path):
+    """The job.yaml artifact in MLflow is the resolved job; a user must be able to run it again."""
+    job = load_job(write_job(tmp_path / "job.yaml", tiny_job(corpus, train={"max_steps": 5, "lr": 0.01, "optimizer": {"name": "adamw"}})))
+    again = load_job(write_job(tmp_path / "resolved.yaml", job.model_dump(mode="json")))
+    assert again == job
+
+
+BAD_JOBS = [
+    ("unknown key", {"train": {"max_steps": 5, "colour": "red"}}, [], "train.colour: unknown key"),
+    ("wrong type", {}, ["train.micro_batch_size=many"], "train.micro_batch_size: must be a valid integer"),
+    ("zero stage", {}, ["deepspeed.zero_stage=7"], "deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)"),
+    ("seq_len", {}, ["data.seq_len=128"], "data.seq_len: 128 exceeds the model's 64 positions"),
+    ("fp16 on cpu", {}, ["deepspeed.precision=fp16"], "deepspeed.precision: fp16 needs a GPU"),
+    ("offload", {}, ["deepspeed.offload_params=true"], "deepspeed.offload_params: needs zero_stage 3"),
+    ("steps", {}, ["train.epochs=2"], "train.max_steps: set exactly one of max_steps and epochs"),
+    ("lr twice", {}, ["train.lr=0.1"], "train.lr: set train.lr or train.optimizer.lr, not both"),
+    ("momentum", {}, ["train.optimizer.momentum=0.9"], "train.optimizer.momentum: not a parameter of adamw"),
+    ("schedule", {}, ["train.schedule.gamma=0.9"], "train.schedule.gamma: unknown key"),
+    ("schedule name", {}, ["train.schedule.name=step"], "train.schedule: "),
+    ("size", {}, ["model.size=huge"], "model.size: gpt2 has sizes tiny, small, medium (got 'huge')"),
+    ("family", {}, ["model.family=bert"], "model.family: must be 'gpt2' or 'llama'"),
+    ("missing file", {}, ["data.paths=[/no/such/*.jsonl]"], "data.paths[0]: no file matches '/no/such/*.jsonl'"),
+    ("bad override", {}, ["train.max_steps"], "--set train.max_steps: expected dotted.key=value"),
+]
+
+
+@pytest.mark.parametrize("name, sections, overrides, message", BAD_JOBS, ids=[case[0] for case in BAD_JOBS])
+def test_bad_jobs_name_the_field(corpus, tmp_path, name, sections, overrides, message):
+    path = write_job(tmp_path / "job.yaml", tiny_job(corpus, **sections))
+    with pytest.raises(UserError) as err:
+        load_job(path, overrides)
+    assert message in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match=r"data.paths: the corpus is empty \(1 files, 0 bytes\)"):
+        load_job(write_job(tmp_path / "job.yaml", tiny_job(empty)))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: {max_steps: 1}\ntrain: {max_steps: 2}\n", "line 2: duplicate key 'train'"),
+        ("train: !!python/object:os.system {}\n", "not valid YAML"),
+        ("- a list\n", "expected a mapping of sections"),
+    ],
+)
+def test_strict_yaml(tmp_path, text, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_job(path)
+
+
+def test_validate_cli_exit_codes_and_speed(corpus, tmp_path):
+    """A bad file: exit 2, one line on stderr, no traceback, fast, and without importing torch or ray."""
+    good = write_job(tmp_path / "good.yaml", tiny_job(corpus))
+    bad = write_job(tmp_path / "bad.yaml", tiny_job(corpus, deepspeed={"zero_stage": 7}))
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"}
+    )
+    started = time.perf_counter()
+    result = run("validate", str(bad))
+    assert time.perf_counter() - started < 3
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {bad}: deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)"
+    assert run("validate", str(good)).returncode == 0
+    probe = "import sys, orchestrator.cli; assert not {'torch', 'ray'} & set(sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_schema_command_prints_json_schema():
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "schema"], capture_output=True, text=True)
+    schema = yaml.safe_load(result.stdout)
+    assert set(schema["properties"]) == set(JobConfig.model_fields)
+
+
+def test_registries_cover_every_name_the_schema_accepts():
+    assert set(SCHEDULES) == set(SCHEDULE_NAMES)
+    assert set(OPTIMIZERS) == set(OptimizerConfig.model_fields["name"].annotation.__args__)
+    assert set(FAMILIES) == set(JobConfig.model_fields["model"].annotation.model_fields["family"].annotation.__args__)

@@ -1,0 +1,64 @@
+"""Pure pieces of the data path and of tracking, without Ray."""
+
+import numpy as np
+import torch
+
+from orchestrator.config.job import TokenizerConfig
+from orchestrator.data.feed import rank_slice
+from orchestrator.data.pipeline import is_validation, pack, tokenize_and_pack
+from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
+from orchestrator.tracking.params import flatten
+from orchestrator.train.loop import format_progress
+
+
+def test_pack_cuts_full_rows_with_separators():
+    rows = pack([[1, 2, 3], [4, 5], [6]], separator=0, seq_len=4)
+    assert rows.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6]]  # the last partial row is dropped
+    assert pack([], separator=0, seq_len=4).shape == (0, 4)
+
+
+def test_validation_split_is_deterministic_and_proportional():
+    texts = [f"document {i}" for i in range(20000)]
+    held_out = [is_validation(t, 0.1, seed=3) for t in texts]
+    assert held_out == [is_validation(t, 0.1, seed=3) for t in texts]
+    assert abs(sum(held_out) / len(texts) - 0.1) < 0.01
+    assert held_out != [is_validation(t, 0.1, seed=4) for t in texts]
+    assert not any(is_validation(t, 0.0, seed=3) for t in texts)
+
+
+def test_rank_slices_partition_the_global_batch():
+    """Rank r of 2 with micro batch b holds rows [r*b, (r+1)*b): together, exactly 1 worker's 2b rows."""
+    batch = torch.arange(8).reshape(8, 1)
+    parts = [rank_slice(batch, rank, 4) for rank in range(2)]
+    assert torch.equal(torch.cat(parts), batch)
+
+
+def test_trained_tokenizer_packs_documents():
+    texts = [f"the cat {i} sees the dog. a bird sings {i % 7} times." for i in range(150)]
+    for algorithm in ("bpe", "wordpiece"):
+        tokenizer = train_tokenizer(TokenizerConfig(train=algorithm, vocab_size=300), texts)
+        tokenizer = from_json(tokenizer.backend_tokenizer.to_str())  # as the workers receive it
+        out = tokenize_and_pack(
+            {"text": np.array(texts + ["", None], dtype=object)},
+            tokenizer.backend_tokenizer.to_str(),
+            separator_id(tokenizer),
+            seq_len=8,
+            val_fraction=0.2,
+            seed=0,
+        )
+        assert out["input_ids"].shape[1] == 8 and len(out["input_ids"]) == len(out["is_val"])
+        assert 0 < out["is_val"].sum() < len(out["is_val"])
+        assert (out["input_ids"] == separator_id(tokenizer)).any()
+
+
+def test_flatten_params():
+    assert flatten({"train": {"optimizer": {"lr": 0.001, "betas": [0.9, 0.99]}}, "tags": {}}) == {
+        "train.optimizer.lr": "0.001",
+        "train.optimizer.betas": "[0.9, 0.99]",
+        "tags": "{}",
+    }
+
+
+def test_progress_line():
+    line = format_progress(50, 200, 3.21, 3e-4, 12345.6, 3725)
+    assert line == "step 50/200 | loss 3.2100 | lr 3.00e-04 | 12,346 tok/s | eta 01:02:05"

@@ -1,0 +1,45 @@
+"""The DeepSpeed config is derived from the job in one place; these pin what DeepSpeed relies on."""
+
+from orchestrator.config.load import validate
+from orchestrator.train.deepspeed_config import deepspeed_config, global_batch_size
+
+
+def job(**sections):
+    raw = {"data": {"paths": ["unused.jsonl"]}, "train": {"max_steps": 10, "micro_batch_size": 4, "grad_accum_steps": 3}}
+    raw["scaling"] = {"num_workers": 2}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return validate(raw)
+
+
+def test_batch_arithmetic_and_defaults():
+    config = deepspeed_config(job())
+    assert config["train_batch_size"] == 4 * 3 * 2 == global_batch_size(job())
+    assert config["train_micro_batch_size_per_gpu"] == 4 and config["gradient_accumulation_steps"] == 3
+    assert config["zero_optimization"] == {"stage": 0}
+    assert config["optimizer"]["type"] == "AdamW" and config["optimizer"]["params"]["torch_adam"] is True
+    assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+
+
+def test_zero3_offload_and_precision():
+    config = deepspeed_config(job(deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "precision": "bf16"}))
+    assert config["zero_optimization"] == {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu"},
+        "offload_param": {"device": "cpu"},
+    }
+    assert config["bf16"]["enabled"] and config["zero_force_ds_cpu_optimizer"] is False
+
+
+def test_optimizers():
+    sgd = deepspeed_config(job(train={"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}))["optimizer"]
+    assert sgd == {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}}
+    adam = deepspeed_config(job(train={"optimizer": {"name": "adam", "betas": [0.8, 0.95]}}))["optimizer"]
+    assert adam["type"] == "Adam" and adam["params"]["adam_w_mode"] is False and adam["params"]["betas"] == [0.8, 0.95]
+
+
+def test_extra_is_deep_merged_last():
+    extra = {"zero_optimization": {"reduce_bucket_size": 1000}, "gradient_clipping": 0.5, "flops_profiler": {"enabled": True}}
+    config = deepspeed_config(job(deepspeed={"zero_stage": 2, "extra": extra}))
+    assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000}
+    assert config["gradient_clipping"] == 0.5 and config["flops_profiler"] == {"enabled": True}
