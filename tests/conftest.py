@@ -7,8 +7,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 from helpers import write_corpus  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:

@@ -2,9 +2,15 @@
 
 import json
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our teacher", "the bird", "a child", "the farmer"]
 VERBS = ["sees", "likes", "follows", "finds", "paints", "calls", "feeds", "watches"]
@@ -44,6 +50,7 @@ def tiny_job(corpus: Path, **sections) -> dict:
         },
         "scaling": {"num_workers": 2},
         "checkpoint": {"every_steps": 5, "keep": 2},
+        "tracking": {"system_metrics_every_s": 1},
     }
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(job.get(section), dict):
@@ -56,3 +63,19 @@ def tiny_job(corpus: Path, **sections) -> dict:
 def write_job(path: Path, job: dict) -> Path:
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
+
+
+def orchestrator(cluster, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the CLI as a user would, as a driver of the test cluster."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=REPO,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def mlflow_run_id(output: str) -> str:
+    return re.search(r"MLflow run \((?:new|resumed)\): \S*/runs/([0-9a-f]+)", output).group(1)

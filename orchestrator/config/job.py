@@ -252,6 +252,7 @@ class TrackingConfig(Section):
         None, description="Names the run; a job submitted again with the same run_name resumes it."
     )
     tags: dict[str, str] = Field(default_factory=dict)
+    system_metrics_every_s: PositiveFloat = Field(10.0, description="Sampling interval of CPU/memory/GPU metrics.")
 
 
 class JobConfig(Section):

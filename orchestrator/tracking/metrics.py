@@ -16,7 +16,7 @@ MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call
 
 
 class MetricsLogger:
-    def __init__(self, uri: str, run_id: str, flush_every_s: float = 5.0, system_metrics_every_s: float = 10.0):
+    def __init__(self, uri: str, run_id: str, system_metrics_every_s: float, flush_every_s: float = 5.0):
         self.client = MlflowClient(uri)
         self.run_id = run_id
         self.flush_every_s = flush_every_s

@@ -93,7 +93,7 @@ def train_loop(config: dict) -> None:
     elif rank == 0:
         log.info(f"resumed from step {progress.step} (epoch {progress.epoch})")
 
-    metrics = MetricsLogger(plan.tracking_uri, plan.run_id) if rank == 0 else None
+    metrics = MetricsLogger(plan.tracking_uri, plan.run_id, job.tracking.system_metrics_every_s) if rank == 0 else None
     if metrics:
         metrics.log(progress.step, {"time/model_and_engine_init_s": engine_ready - started})
     train_data = ray.train.get_dataset_shard("train")

@@ -7,15 +7,13 @@ import time
 
 import pytest
 import yaml
-from helpers import tiny_job, write_job
+from helpers import REPO, tiny_job, write_job
 
 from orchestrator.config import JobConfig, UserError, load_job
 from orchestrator.train.optimizers import OPTIMIZERS
 from orchestrator.config.job import OptimizerConfig, SCHEDULE_NAMES
 from orchestrator.train.schedules import SCHEDULES
 from orchestrator.models.families import FAMILIES
-
-from conftest import REPO
 
 
 def test_example_jobs_validate(corpus, tmp_path):

@@ -1,0 +1,97 @@
+"""One real Ray cluster and one real MLflow tracking server for the whole test session, on free loopback ports,
+started and stopped here: nothing is left running. Every test uses its own experiment and directories."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers import ANSI
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    command = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
+    command += ["--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1"]
+    with open(root / "server.log", "w") as log:
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", 90)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str  # GCS address, for drivers
+    dashboard: str  # job API, for `ray job submit`
+    env: dict  # environment of a client of this cluster
+
+
+@pytest.fixture(scope="session")
+def cluster(mlflow_server) -> Cluster:
+    env = os.environ | {
+        "RAY_AUTH_MODE": "token",
+        "MLFLOW_TRACKING_URI": mlflow_server,  # jobs inherit it from the cluster, as with cluster/up.sh
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    ray = str(BIN / "ray")
+    if subprocess.run([ray, "status"], env=env, capture_output=True).returncode == 0:
+        pytest.fail("a Ray cluster is already running here; stop it (bash cluster/down.sh) so the tests can use their own")
+    dashboard_port = free_port()
+    started = subprocess.run(
+        [ray, "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--disable-usage-stats"]
+        + ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        address = re.search(r"ray start --address='([^']+)'", ANSI.sub("", started.stdout)).group(1)
+        yield Cluster(address, f"http://127.0.0.1:{dashboard_port}", env | {"RAY_ADDRESS": address})
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+

@@ -1,0 +1,157 @@
+"""Real jobs on a real Ray cluster with real DeepSpeed and a real MLflow server, on a tiny GPT-2."""
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ANSI, REPO, mlflow_run_id, orchestrator, tiny_job, write_job
+from mlflow.tracking import MlflowClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+pytestmark = pytest.mark.integration
+STAGES = [0, 1, 2, 3]
+# The stage-0 run is also the uninterrupted reference of the resume test, whose first part stops at step 10:
+# a schedule that does not depend on max_steps keeps the learning rates of both runs identical.
+CONSTANT_LR = {"schedule": {"name": "constant", "warmup_steps": 2}}
+
+
+@dataclass
+class FinishedRun:
+    run_id: str
+    output: str
+    job: Path
+
+
+def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, **sections) -> FinishedRun:
+    job = tiny_job(corpus, checkpoint={"dir": str(tmp / "runs")}, tracking={"experiment": "integration", "run_name": name}, **sections)
+    path = write_job(tmp / f"{name}.yaml", job)
+    if submit:  # the way users run jobs: through the cluster's job API
+        command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--"]
+        command += ["python", "-m", "orchestrator", "train", str(path)]
+        result = subprocess.run(command, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
+        assert "succeeded" in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
+    else:
+        result = orchestrator(cluster, "train", str(path))
+    output = ANSI.sub("", result.stdout + result.stderr)
+    assert result.returncode == 0, output[-4000:]
+    return FinishedRun(mlflow_run_id(output), output, path)
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    """Metric value per step; where a step was logged twice (replayed after a resume), the latest value."""
+    ordered = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
+    return {metric.step: metric.value for metric in ordered}
+
+
+def assert_close(actual: dict[int, float], expected: dict[int, float], rel: float) -> None:
+    assert actual.keys() == expected.keys()
+    for step in expected:
+        assert abs(actual[step] - expected[step]) <= rel * abs(expected[step]), (step, actual[step], expected[step])
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server) -> MlflowClient:
+    return MlflowClient(mlflow_server)
+
+
+@pytest.fixture(scope="module")
+def stage_runs(cluster, corpus, tmp_path_factory) -> dict[int, FinishedRun]:
+    """The same 20-step job under ZeRO stages 0-3 with 2 workers; stage 2 goes through `ray job submit`."""
+    tmp = tmp_path_factory.mktemp("stages")
+    return {
+        stage: run_job(cluster, tmp, f"zero{stage}", corpus, submit=stage == 2, deepspeed={"zero_stage": stage}, train=CONSTANT_LR)
+        for stage in STAGES
+    }
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_loss_decreases(stage_runs, client, stage):
+    losses = list(history(client, stage_runs[stage].run_id, "train/loss").values())
+    assert len(losses) == 20
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+
+
+def test_zero_stages_give_the_same_losses(stage_runs, client):
+    reference = history(client, stage_runs[0].run_id, "train/loss")
+    for stage in STAGES[1:]:
+        assert_close(history(client, stage_runs[stage].run_id, "train/loss"), reference, rel=1e-3)
+
+
+def test_submitted_job_is_fully_tracked(stage_runs, client):
+    run = client.get_run(stage_runs[2].run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["train.max_steps"] == "20"
+    assert run.data.tags["ray.job_submission_id"].startswith("raysubmit_")
+    assert {"task", "model.family", "deepspeed.zero_stage", "host"} <= run.data.tags.keys()
+    metrics = run.data.metrics
+    for key in ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/loss", "eval/perplexity"]:
+        assert key in metrics, key
+    assert 0 < metrics["time/first_step_s"] < 300
+    assert any(key.startswith("system/") for key in metrics), "no system metrics"
+    assert sorted(history(client, run.info.run_id, "eval/loss")) == [10, 20]
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    artifacts |= {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
+    expected = {"job.yaml", "deepspeed_config.json", "model/config.json", "model/model.safetensors"}
+    assert expected | {"model/tokenizer.json", "plots/training_curves.png"} <= artifacts
+
+
+def test_zero3_export_loads_as_a_whole_hugging_face_model(stage_runs, client, tmp_path):
+    directory = client.download_artifacts(stage_runs[3].run_id, "model", str(tmp_path))
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert model.transformer.wte.weight.shape == (len(tokenizer), 64)  # gathered, not a ZeRO-3 partition
+    ids = torch.tensor([tokenizer.encode("the cat sees the red ball.")])
+    loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < 4.0  # trained: far below log(vocab) of an untrained model (about 6.2)
+
+
+def test_two_workers_match_one_worker_with_twice_the_micro_batch(cluster, corpus, client, tmp_path):
+    """Same global batch and seed: 2 workers x 4 and 1 worker x 8 see the same data and give the same losses."""
+    no_dropout = {"dropout": 0.0}
+    two = run_job(cluster, tmp_path, "dp2", corpus, model=no_dropout)
+    one = run_job(cluster, tmp_path, "dp1", corpus, model=no_dropout, scaling={"num_workers": 1}, train={"micro_batch_size": 8})
+    assert_close(history(client, one.run_id, "train/loss"), history(client, two.run_id, "train/loss"), rel=1e-3)
+
+
+def test_resubmitted_job_resumes_from_its_checkpoint(cluster, corpus, client, stage_runs, tmp_path):
+    """A job stopped at step 10, submitted again with the same run_name, continues from its step-10 checkpoint
+    in the same MLflow run and from there trains exactly as the uninterrupted stage-0 run did: same model,
+    optimizer, LR schedule, RNG (dropout) and data position."""
+    job = tiny_job(corpus, checkpoint={"dir": str(tmp_path / "runs")}, tracking={"experiment": "integration", "run_name": "resumed"}, train=CONSTANT_LR)
+    path = write_job(tmp_path / "resumed.yaml", job)
+    first = orchestrator(cluster, "train", str(path), "--set", "train.max_steps=10")
+    assert first.returncode == 0, ANSI.sub("", first.stdout + first.stderr)[-4000:]
+
+    resumed = orchestrator(cluster, "train", str(path))
+    output = ANSI.sub("", resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, output[-4000:]
+    assert mlflow_run_id(output) == mlflow_run_id(first.stdout)
+    assert "resumed from step 10 (epoch 0)" in output
+
+    losses = history(client, mlflow_run_id(output), "train/loss")
+    reference = history(client, stage_runs[0].run_id, "train/loss")
+    assert sorted(losses) == list(range(1, 21))
+    assert_close({step: losses[step] for step in range(11, 21)}, {step: reference[step] for step in range(11, 21)}, rel=1e-4)
+    assert client.get_run(mlflow_run_id(output)).info.status == "FINISHED"
+    assert len(list((tmp_path / "runs" / "resumed").glob("checkpoint_*"))) == 2  # checkpoint.keep, across both
+
+
+@pytest.mark.parametrize(
+    "case, sections, message",
+    [
+        ("too many workers", {"scaling": {"num_workers": 4}}, "scaling.num_workers: 4 workers x 1 CPU need 4 CPUs, the cluster has 2"),
+        ("nothing to train on", {"data": {"seq_len": 64}}, "fewer than one global micro batch"),
+    ],
+)
+def test_bad_input_stops_before_any_worker_starts(cluster, tmp_path, case, sections, message):
+    corpus = tmp_path / "small.jsonl"
+    corpus.write_text('{"text": "only a few words here"}\n' * 3)
+    path = write_job(tmp_path / "job.yaml", tiny_job(corpus, **sections))
+    result = orchestrator(cluster, "train", str(path), timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "RayTrainWorker" not in result.stdout + result.stderr
