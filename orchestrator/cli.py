@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.config import JobConfig, UserError, load_job
+from orchestrator.config.load import is_sweep, load_sweep, read_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed training of transformers on Ray.")
 
@@ -36,13 +37,36 @@ def train(job_file: JobFile, overrides: Overrides = []) -> None:
 
 
 @app.command()
-def validate(job_file: JobFile, overrides: Overrides = []) -> None:
-    """Check a job file without running it; exit 0 if good, 2 with the problem if not.
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", show_default=False)],
+) -> None:
+    """Run a hyperparameter sweep of a job with Ray Tune; the same sweep run again resumes it.
 
-    Example: python -m orchestrator validate jobs/gpt-tiny.yaml
+    Example: python -m orchestrator sweep jobs/sweeps/lr-schedules.yaml
     """
-    load_job(job_file, overrides)
-    print(f"{job_file}: valid")
+    loaded = load_sweep(sweep_file)
+    from orchestrator.tune.sweep import run_sweep  # torch, ray, deepspeed: only now
+
+    _, parent = run_sweep(loaded)
+    print(f"MLflow sweep run: {parent.url}")
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Job or sweep YAML file.", show_default=False)],
+    overrides: Overrides = [],
+) -> None:
+    """Check a job or sweep file without running it; exit 0 if good, 2 with the problem if not.
+
+    Example: python -m orchestrator validate jobs/sweeps/lr-schedules.yaml
+    """
+    if is_sweep(read_yaml(file)):
+        if overrides:
+            raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
+        load_sweep(file)
+    else:
+        load_job(file, overrides)
+    print(f"{file}: valid")
 
 
 @app.command()

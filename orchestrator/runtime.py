@@ -22,7 +22,8 @@ def connect() -> str:
         ray.init(address="auto")
         return "the local Ray cluster (ray start --head)"
     except ConnectionError:
-        ray.init(include_dashboard=False)
+        # With its dashboard: Ray Train frees the resources of a stopped run through the state API it serves.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
         return "an embedded local Ray instance"
 
 

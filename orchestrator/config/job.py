@@ -172,7 +172,8 @@ ScheduleConfig = Annotated[
     ],
     Field(discriminator="name"),
 ]
-SCHEDULE_NAMES = [get_args(cls.model_fields["name"].annotation)[0] for cls in get_args(get_args(ScheduleConfig)[0])]
+SCHEDULE_CLASSES = {get_args(cls.model_fields["name"].annotation)[0]: cls for cls in get_args(get_args(ScheduleConfig)[0])}
+SCHEDULE_NAMES = list(SCHEDULE_CLASSES)
 
 
 class TrainConfig(Section):

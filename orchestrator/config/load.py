@@ -1,7 +1,10 @@
-"""YAML file + `--set` overrides -> a validated JobConfig, or a UserError naming the field."""
+"""YAML file + `--set` overrides -> a validated JobConfig (or SweepConfig), or a UserError naming the field."""
 
+import copy
 import glob
 import os
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +12,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import SCHEDULE_NAMES, JobConfig
+from orchestrator.config.job import SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
+from orchestrator.config.sweep import SweepConfig
+from orchestrator.models.tasks import TASKS
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -40,19 +45,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw['a']['b']['c'] = value for key `a.b.c`, creating sections on the way."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{key}: {part} is not a section")
+    node[leaf] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`a.b.c=value` sets raw['a']['b']['c']; the value is read as YAML, so the schema types it."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item}: expected dotted.key=value")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"--set {item}: {part} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        try:
+            set_key(raw, key, yaml.safe_load(value))
+        except UserError as err:
+            raise UserError(f"--set {item}: {err}") from None
     return raw
 
 
@@ -128,3 +141,112 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
     except UserError as err:
         raise UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines())) from None
     return job
+
+
+# --- sweeps ------------------------------------------------------------------------------------------
+
+
+def is_sweep(raw: dict[str, Any]) -> bool:
+    return "search_space" in raw or "base" in raw
+
+
+def is_job_key(model: type[BaseModel], key: str) -> bool:
+    """Whether the dotted key names a field of the schema (any member of a union; anything under a dict)."""
+    head, _, rest = key.partition(".")
+    field = model.model_fields.get(head)
+    if field is None:
+        return False
+    if not rest:
+        return True
+    candidates = typing.get_args(field.annotation) or (field.annotation,)
+    for candidate in candidates:
+        candidate = typing.get_origin(candidate) or candidate
+        if candidate is dict:
+            return True
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel) and is_job_key(candidate, rest):
+            return True
+    return False
+
+
+@dataclass
+class LoadedSweep:
+    path: Path
+    config: SweepConfig
+    name: str
+    base_raw: dict[str, Any]  # the base job file with the sweep's overrides applied
+    base_job: JobConfig
+
+    def trial_raw(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The base job with a trial's values set. Trials checkpoint whenever they evaluate, so every result
+        Tune sees carries the metric and a checkpoint (to resume from, or for PBT to exploit)."""
+        raw = copy.deepcopy(self.base_raw)
+        schedule = self.base_job.train.schedule
+        if any(key.startswith("train.schedule.") for key in values):
+            set_key(raw, "train.schedule.name", raw.get("train", {}).get("schedule", {}).get("name", schedule.name))
+        for key, value in values.items():
+            set_key(raw, key, value.item() if hasattr(value, "item") else value)  # numpy scalars from searchers
+        if "train.schedule.name" in values:  # a schedule switched by the sweep drops the base schedule's own options
+            fields = SCHEDULE_CLASSES[values["train.schedule.name"]].model_fields
+            raw["train"]["schedule"] = {k: v for k, v in raw["train"]["schedule"].items() if k in fields}
+        if self.base_job.checkpoint.every_steps and self.base_job.train.eval_every:
+            set_key(raw, "checkpoint.every_steps", raw["train"].get("eval_every", self.base_job.train.eval_every))
+        return raw
+
+    def trial_job(self, values: dict[str, Any]) -> JobConfig:
+        return validate(self.trial_raw(values))
+
+
+def load_sweep(path: str | Path) -> LoadedSweep:
+    path = Path(path)
+    try:
+        config = validate(read_yaml(path), SweepConfig)
+    except UserError as err:
+        raise UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines())) from None
+    base_path = (path.parent / expand_path(config.base)).resolve()
+    base_raw = read_yaml(base_path)
+    for key, value in config.overrides.items():
+        if not is_job_key(JobConfig, key):
+            raise UserError(f"{path}: overrides.{key}: not a key of the job (see: orchestrator schema)")
+        set_key(base_raw, key, value)
+    try:
+        base_job = validate(base_raw)
+        check_inputs(base_job)
+    except UserError as err:
+        raise UserError("\n".join(f"{base_path}: {line}" for line in str(err).splitlines())) from None
+    sweep = LoadedSweep(path, config, config.name or path.stem, base_raw, base_job)
+    try:
+        check_sweep(sweep)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    return sweep
+
+
+def check_sweep(sweep: LoadedSweep) -> None:
+    """What the sweep schema cannot check alone: the searched keys and the metric against the base job."""
+    config, job = sweep.config, sweep.base_job
+    for key, distribution in config.search_space.items():
+        if not is_job_key(JobConfig, key):
+            raise UserError(f"search_space.{key}: not a key of the job (see: orchestrator schema)")
+        for value in distribution.extremes():
+            try:
+                sweep.trial_job({key: value})
+            except UserError as err:
+                raise UserError(f"search_space.{key}: {value!r} makes the job invalid: {str(err).splitlines()[0]}") from None
+    if not job.train.eval_every:
+        raise UserError("train.eval_every: trials report their results to Tune when they evaluate; set it")
+    reported = TASKS[job.task].reported_metrics
+    if config.metric not in reported:
+        raise UserError(f"metric: the {job.task} task reports {', '.join(reported)} (got {config.metric!r})")
+    if config.metric.startswith("eval/") and not (job.train.eval_every and job.data.val_fraction > 0):
+        raise UserError(f"metric: {config.metric} needs evaluations: set train.eval_every and data.val_fraction > 0")
+    if config.scheduler.name in ("pbt", "pb2"):
+        if not job.checkpoint.every_steps:
+            raise UserError(
+                f"scheduler: {config.scheduler.name} restarts trials from checkpoints of better ones; "
+                "the base job turns checkpoints off (checkpoint.every_steps: null)"
+            )
+        interval = config.scheduler.perturbation_interval or job.train.eval_every
+        if interval % job.train.eval_every:
+            raise UserError(
+                f"scheduler.perturbation_interval: {interval} is not a multiple of train.eval_every ({job.train.eval_every})"
+            )

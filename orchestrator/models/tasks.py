@@ -10,6 +10,7 @@ class Task:
     auto_class: str  # transformers auto class that builds the model
     model_inputs: Callable[[object], dict]  # a batch of token ids -> keyword arguments of the model
     eval_metrics: Callable[[float], dict[str, float]]  # mean validation loss -> named metrics
+    reported_metrics: tuple[str, ...]  # what a training run reports to Ray (and so what a sweep can optimise)
 
 
 def _causal_lm_inputs(input_ids) -> dict:
@@ -22,5 +23,7 @@ def _causal_lm_metrics(mean_loss: float) -> dict[str, float]:
 
 
 TASKS: dict[str, Task] = {
-    "causal_lm": Task("AutoModelForCausalLM", _causal_lm_inputs, _causal_lm_metrics),
+    "causal_lm": Task(
+        "AutoModelForCausalLM", _causal_lm_inputs, _causal_lm_metrics, ("train/loss", "eval/loss", "eval/perplexity")
+    ),
 }

@@ -36,13 +36,15 @@ class MetricsLogger:
         if time.monotonic() - self.last_flush >= self.flush_every_s:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
+        """Sends what is pending on MLflow's background thread; `wait` also waits until the server has it."""
         for start in range(0, len(self.pending), MLFLOW_BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=self.pending[start : start + MLFLOW_BATCH_LIMIT], synchronous=False)
         self.pending = []
         self.last_flush = time.monotonic()
+        if wait:
+            mlflow.flush_async_logging()
 
     def close(self) -> None:
-        self.flush()
-        mlflow.flush_async_logging()
+        self.flush(wait=True)
         self.system.finish()

@@ -26,3 +26,40 @@ def training_curves(history: dict[str, list[tuple[int, float]]], path: str) -> N
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def sweep_plots(table, histories: dict, sweep, total_steps: int, directory: str) -> None:
+    """The plots a person compares trials with: every trial's learning rate and metric over steps, and the final
+    metric against the learning rate, one colour per schedule. `histories`: {trial_id: {key: [(step, value)]}}."""
+    metric = sweep.metric
+    for key, name in (("train/lr", "lr_schedules.png"), (metric, f"{metric.replace('/', '_')}_by_trial.png")):
+        figure, axis = plt.subplots(figsize=(7, 4.2))
+        for trial_id, series in histories.items():
+            if series.get(key):
+                steps, values = zip(*series[key])
+                axis.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=trial_id)
+        axis.set_title(f"{key} of every trial")
+        axis.set_xlabel("step")
+        axis.set_xlim(0, total_steps)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        figure.savefig(f"{directory}/{name}", dpi=100)
+        plt.close(figure)
+
+    lr_key, schedule_key = "train.optimizer.lr", "train.schedule.name"
+    if lr_key not in table:
+        return
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    groups = table.groupby(schedule_key) if schedule_key in table else [("all trials", table)]
+    for schedule, rows in groups:
+        axis.scatter(rows[lr_key], rows[metric], label=str(schedule))
+    axis.set_xscale("log")
+    axis.set_xlabel("peak learning rate")
+    axis.set_ylabel(f"final {metric}")
+    axis.set_title(f"final {metric} against learning rate, by schedule")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(f"{directory}/{metric.replace('/', '_')}_vs_lr.png", dpi=100)
+    plt.close(figure)

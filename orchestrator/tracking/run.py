@@ -78,7 +78,7 @@ def _marker(run_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
     return fs, f"{path}/{RUN_MARKER}"
 
 
-def _remembered_run_id(run_dir: str) -> str | None:
+def remembered_run_id(run_dir: str) -> str | None:
     fs, path = _marker(run_dir)
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
@@ -93,26 +93,53 @@ def _remember_run_id(run_dir: str, run_id: str) -> None:
         stream.write(json.dumps({"run_id": run_id}).encode())
 
 
-def start_run(job: JobConfig, run_name: str, run_dir: str, artifacts: dict[str, str]) -> TrackedRun:
-    """Opens (or reopens, on resubmission) the run; logs params, tags and the `artifacts` {name: text}."""
-    uri = tracking_uri(job)
+def open_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    run_dir: str,
+    tags: dict[str, str],
+    params: dict[str, object],
+    artifacts: dict[str, str],
+) -> TrackedRun:
+    """Reopens the run remembered in `run_dir`, or creates it with its tags, params and `artifacts` {name: text}."""
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(job.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(job.tracking.experiment)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
 
-    run_id = _remembered_run_id(run_dir)
+    run_id = remembered_run_id(run_dir)
     if run_id is not None:
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return TrackedRun(uri, experiment_id, run_id, resumed=True)
 
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=_tags(job, run_name)).info.run_id
-    params = [Param(key, value) for key, value in flatten(job.model_dump(mode="json")).items()]
-    for start in range(0, len(params), MLFLOW_BATCH_LIMIT):
-        client.log_batch(run_id, params=params[start : start + MLFLOW_BATCH_LIMIT])
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    entries = [Param(key, str(value)) for key, value in params.items()]
+    for start in range(0, len(entries), MLFLOW_BATCH_LIMIT):
+        client.log_batch(run_id, params=entries[start : start + MLFLOW_BATCH_LIMIT])
     for name, text in artifacts.items():
         client.log_text(run_id, text, name)
     _remember_run_id(run_dir, run_id)
     return TrackedRun(uri, experiment_id, run_id, resumed=False)
+
+
+def start_run(
+    job: JobConfig,
+    run_name: str,
+    run_dir: str,
+    artifacts: dict[str, str],
+    tags: dict[str, str] | None = None,
+    params: dict[str, object] | None = None,
+) -> TrackedRun:
+    """The run of a training job: the whole resolved job as params, and tags to search runs by."""
+    return open_run(
+        tracking_uri(job),
+        job.tracking.experiment,
+        run_name,
+        run_dir,
+        tags=_tags(job, run_name) | (tags or {}),
+        params=flatten(job.model_dump(mode="json")) | (params or {}),
+        artifacts=artifacts,
+    )
 
 
 def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:

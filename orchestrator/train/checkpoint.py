@@ -1,4 +1,4 @@
-"""Checkpoints: DeepSpeed's own state (model, optimizer, LR schedule, per-rank ZeRO shards) plus what the loop
+"""Checkpoints: DeepSpeed's own state (model, optimizer, per-rank ZeRO shards) plus what the loop
 needs to continue exactly where it stopped: the step counter, the data position and every rank's RNG state.
 
 Every rank saves into its own local directory and reports it to Ray Train, which merges them into one
@@ -42,7 +42,9 @@ def restore(engine, checkpoint, rank: int) -> Progress | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        _, client_state = engine.load_checkpoint(directory, tag=TAG)
+        # The LR schedule is rebuilt from the job instead (engine.restart_schedule), so a resumed job runs with the
+        # learning rate and schedule it asks for now, e.g. the ones PBT just mutated.
+        _, client_state = engine.load_checkpoint(directory, tag=TAG, load_lr_scheduler_states=False)
         rng = torch.load(_rng_file(directory, rank), weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

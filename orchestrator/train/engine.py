@@ -1,6 +1,7 @@
 """The DeepSpeed engine of one worker: model + optimizer + LR schedule + ZeRO, from the job."""
 
 import functools
+import warnings
 
 import deepspeed
 import torch
@@ -19,6 +20,23 @@ def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int) -> de
         lr_scheduler=functools.partial(build_schedule, cfg=job.train.schedule, total_steps=total_steps),
     )
     return engine
+
+
+def restart_schedule(engine: deepspeed.DeepSpeedEngine, job: JobConfig, total_steps: int, step: int) -> None:
+    """After loading a checkpoint: the job's peak learning rate and schedule, advanced to `step`.
+
+    The optimizer state just loaded carries the learning rate of the run that saved it; that is ignored on purpose,
+    because the job resuming it may ask for another one (PBT mutates it when a trial exploits a better one).
+    """
+    optimizer = engine.basic_optimizer  # the optimizer DeepSpeed built the schedule on
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = job.train.optimizer.lr
+    schedule = build_schedule(optimizer, job.train.schedule, total_steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about scheduler steps without optimizer steps: intended here
+        for _ in range(step):
+            schedule.step()
+    engine.lr_scheduler = schedule
 
 
 def export_hf_model(engine: deepspeed.DeepSpeedEngine, directory: str, dtype: torch.dtype, is_writer: bool) -> None:

@@ -14,7 +14,7 @@ from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path, is_uri
-from orchestrator.data.pipeline import prepare
+from orchestrator.data.pipeline import PreparedData, prepare
 from orchestrator.tracking.run import TrackedRun, end_run, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop
@@ -35,6 +35,60 @@ def total_steps(job: JobConfig, train_sequences: int) -> int:
     return steps
 
 
+def build_trainer(
+    job: JobConfig,
+    data: PreparedData,
+    plan: TrainPlan,
+    name: str,
+    storage: str,
+    keep: int,
+    callbacks: tuple = (),
+) -> TorchTrainer:
+    """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
+    datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job, "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.num_workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
+            failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
+            callbacks=list(callbacks),
+        ),
+        datasets=datasets,
+        # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+
+
+def fit(trainer: TorchTrainer, run: TrackedRun) -> ray.train.Result:
+    """Runs the trainer; the MLflow run ends with the outcome (FINISHED, KILLED on Ctrl-C, FAILED with the error)."""
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        end_run(run, "KILLED")
+        raise
+    except Exception:
+        end_run(run, "FAILED", traceback.format_exc())
+        raise
+    end_run(run, "FINISHED")
+    return result
+
+
+def job_artifacts(job: JobConfig) -> dict[str, str]:
+    return {
+        "job.yaml": yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False),
+        "deepspeed_config.json": json.dumps(deepspeed_config(job), indent=2),
+    }
+
+
 def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]:
     started_at = time.time()
     print(f"connected to {runtime.connect()}", flush=True)
@@ -44,15 +98,7 @@ def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]
 
     run_name = job.tracking.run_name or f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_path(job)
-    run = start_run(
-        job,
-        run_name,
-        f"{storage}/{run_name}",
-        artifacts={
-            "job.yaml": yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False),
-            "deepspeed_config.json": json.dumps(deepspeed_config(job), indent=2),
-        },
-    )
+    run = start_run(job, run_name, f"{storage}/{run_name}", artifacts=job_artifacts(job))
     print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
 
     plan = TrainPlan(
@@ -63,33 +109,5 @@ def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]
         run_id=run.run_id,
         job_started_at=started_at,
     )
-    datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"job": job, "plan": plan},
-        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=job.scaling.num_workers,
-            use_gpu=job.scaling.use_gpu,
-            resources_per_worker={"CPU": job.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
-            failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
-        ),
-        datasets=datasets,
-        # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-    )
-    try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        end_run(run, "KILLED")
-        raise
-    except Exception:
-        end_run(run, "FAILED", traceback.format_exc())
-        raise
-    end_run(run, "FINISHED")
-    return result, run
+    trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
+    return fit(trainer, run), run

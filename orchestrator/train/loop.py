@@ -25,7 +25,7 @@ from orchestrator.models.tasks import TASKS, Task
 from orchestrator.tracking.metrics import MetricsLogger
 from orchestrator.tracking.plots import training_curves
 from orchestrator.train import checkpoint
-from orchestrator.train.engine import build_engine, export_hf_model
+from orchestrator.train.engine import build_engine, export_hf_model, restart_schedule
 
 log = logging.getLogger(__name__)
 log.setLevel(logging.INFO)  # progress lines are the job log's content, whatever the root level
@@ -41,6 +41,7 @@ class TrainPlan:
     tracking_uri: str
     run_id: str
     job_started_at: float  # driver's wall clock when the job started, for time-to-first-step
+    initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
 
 
 def format_progress(step: int, total: int, loss: float, lr: float, tokens_per_s: float, eta_s: float) -> str:
@@ -86,12 +87,18 @@ def train_loop(config: dict) -> None:
     model = build_model(job.model, job.task, len(tokenizer), separator_id(tokenizer), job.train.seed)
     engine = build_engine(job, model, plan.total_steps)
     engine_ready = time.perf_counter()
-    progress = checkpoint.restore(engine, ray.train.get_checkpoint(), rank)
+    # Ray Train's own checkpoint (this run restarted after a failure) comes before the one the run started from.
+    source = ray.train.get_checkpoint()
+    if source is None and plan.initial_checkpoint:
+        source = ray.train.Checkpoint(plan.initial_checkpoint)
+    progress = checkpoint.restore(engine, source, rank)
     if progress is None:
         progress = checkpoint.Progress()
         torch.manual_seed(job.train.seed + rank)  # dropout differs per rank; init was identical
-    elif rank == 0:
-        log.info(f"resumed from step {progress.step} (epoch {progress.epoch})")
+    else:
+        restart_schedule(engine, job, plan.total_steps, progress.step)
+        if rank == 0:
+            log.info(f"resumed from step {progress.step} (epoch {progress.epoch}) at lr {engine.get_lr()[0]:.3e}")
 
     metrics = MetricsLogger(plan.tracking_uri, plan.run_id, job.tracking.system_metrics_every_s) if rank == 0 else None
     if metrics:
@@ -101,7 +108,7 @@ def train_loop(config: dict) -> None:
 
     step_loss, micro_steps = torch.zeros(1), 0
     window_started, window_steps, first_step_done = time.perf_counter(), 0, False
-    last_train_loss = None
+    last_train_loss, final_result = None, None
     while progress.step < plan.total_steps:
         batches = rank_batches(
             train_data,
@@ -133,49 +140,57 @@ def train_loop(config: dict) -> None:
                     metrics.log(step, {"time/first_step_s": first_step_s})
                     log.info(f"first optimizer step done {first_step_s:.1f} s after the job started")
 
-            report: dict[str, float] = {"step": step}
             if step % job.train.log_every == 0 or is_last:
                 last_train_loss = mean_over_ranks(step_loss / accum)
                 elapsed = time.perf_counter() - window_started
                 tokens_per_s = window_steps * tokens_per_step / elapsed
-                lr = engine.get_lr()[0]
                 if metrics:
-                    logged = {"train/loss": last_train_loss, "train/lr": lr, "train/tokens_per_s": tokens_per_s}
+                    logged = {"train/loss": last_train_loss, "train/lr": engine.get_lr()[0], "train/tokens_per_s": tokens_per_s}
                     logged["train/epoch"] = progress.epoch
                     grad_norm = engine.get_global_grad_norm()
                     if grad_norm is not None:
                         logged["train/grad_norm"] = float(grad_norm)
                     metrics.log(step, logged)
                     eta_s = (plan.total_steps - step) * elapsed / window_steps
-                    log.info(format_progress(step, plan.total_steps, last_train_loss, lr, tokens_per_s, eta_s))
+                    log.info(format_progress(step, plan.total_steps, last_train_loss, logged["train/lr"], tokens_per_s, eta_s))
                 window_started, window_steps = time.perf_counter(), 0
             step_loss.zero_()
             micro_steps = 0
-            if last_train_loss is not None:
-                report["train/loss"] = last_train_loss
 
-            evaluating = val_data is not None and (is_last or (job.train.eval_every and step % job.train.eval_every == 0))
-            if evaluating:
-                report.update(evaluate(engine, val_data, task, job, rank, world_size))
-                if metrics:
-                    metrics.log(step, {k: v for k, v in report.items() if k.startswith("eval/")})
-                    log.info(f"step {step} | eval loss {report['eval/loss']:.4f} | ppl {report['eval/perplexity']:.2f}")
+            # Results go to Ray (and through it to Tune) at evaluation and checkpoint steps.
+            evaluating = is_last or (job.train.eval_every and step % job.train.eval_every == 0)
             saving = is_last or (job.checkpoint.every_steps and step % job.checkpoint.every_steps == 0)
-            if saving:
-                directory = checkpoint.save(engine, progress, rank)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
-                shutil.rmtree(directory, ignore_errors=True)
-            elif evaluating:
-                ray.train.report(report)
-            if saving or evaluating:  # keep evaluation and checkpoint time out of tokens/s
-                window_started, window_steps = time.perf_counter(), 0
-            if is_last:
-                break
+            if evaluating or saving:
+                report: dict[str, float] = {"step": step, "train/lr": engine.get_lr()[0]}
+                if last_train_loss is not None:
+                    report["train/loss"] = last_train_loss
+                if evaluating and val_data is not None:
+                    report.update(evaluate(engine, val_data, task, job, rank, world_size))
+                    if metrics:
+                        metrics.log(step, {k: v for k, v in report.items() if k.startswith("eval/")})
+                        log.info(f"step {step} | eval loss {report['eval/loss']:.4f} | ppl {report['eval/perplexity']:.2f}")
+                if metrics:  # what Ray (or a Tune scheduler) sees is also in MLflow, even if the run is stopped now
+                    metrics.flush(wait=True)
+                directory = checkpoint.save(engine, progress, rank) if saving else None
+                if is_last:  # reported after the export, so whoever ends the run on it (a Tune scheduler) loses nothing
+                    final_result = (report, directory)
+                    break
+                report_to_ray(report, directory)
+                window_started, window_steps = time.perf_counter(), 0  # keep evaluation and checkpoint time out of tokens/s
         else:  # the pass over the data ended before the last step: next epoch
             progress.epoch += 1
             progress.batches_in_epoch = 0
 
     export(engine, job, tokenizer, metrics, rank)
+    if final_result:
+        report_to_ray(*final_result)
+
+
+def report_to_ray(result: dict[str, float], checkpoint_directory: str | None) -> None:
+    """Ray Train copies this rank's part of the checkpoint into the run's storage; the local copy can go."""
+    ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_directory) if checkpoint_directory else None)
+    if checkpoint_directory:
+        shutil.rmtree(checkpoint_directory, ignore_errors=True)
 
 
 def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:

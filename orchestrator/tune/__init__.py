@@ -1,0 +1,1 @@
+"""Sweeps: Ray Tune over training jobs (space.py: sweep file -> Tune objects; sweep.py: driver and trials)."""

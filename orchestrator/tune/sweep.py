@@ -1,0 +1,179 @@
+"""A sweep: Ray Tune runs trials of the base job, each trial a full Ray Train + DeepSpeed run of its own.
+
+Driver (`run_sweep`): prepare the data once for every trial, open the parent MLflow run, then run (or resume)
+the Tune experiment and write its summary into the parent run.
+
+Trial (`run_trial`, a Tune function trainable holding no CPU itself): build the trial's job, open its nested
+MLflow run, and fit a TorchTrainer whose results and checkpoints are passed on to Tune as they come. A trial
+started from a Tune checkpoint (a resumed sweep, or PBT exploiting a better trial) continues from it, with the
+learning rate and schedule of its own, possibly just mutated, config.
+"""
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+from ray import tune
+from ray.train.v2.api.callback import UserCallback
+from ray.util.queue import Queue
+
+from orchestrator import runtime
+from orchestrator.config.load import LoadedSweep
+from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
+from orchestrator.tracking.run import TrackedRun, end_run, start_run
+from orchestrator.tracking.sweep import finish_sweep_run, start_sweep_run, trial_run_dir
+from orchestrator.train.launch import build_trainer, job_artifacts, storage_path, total_steps
+from orchestrator.train.loop import TrainPlan
+from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
+
+TRAIN_CHECKPOINTS_KEPT = 2  # per trial attempt; Tune keeps the trial's history (each result is copied to it)
+
+
+@dataclass
+class SweepContext:
+    """What every trial gets from the driver (through the object store)."""
+
+    sweep: LoadedSweep
+    data: PreparedData
+    total_steps: int
+    parent: TrackedRun
+    sweep_dir: str
+
+
+class ResultsToTune(UserCallback):
+    """Passes a trial's Train results to Tune. The callback half runs in the Train controller: it hands each result
+    and its checkpoint over, and holds the run until Tune has taken them, so that a checkpoint is never rotated away
+    before Tune has copied it. `forward` runs in the trial and reports them to Tune."""
+
+    def __init__(self):
+        self.results = Queue(actor_options={"num_cpus": 0})
+        self.taken = Queue(actor_options={"num_cpus": 0})
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint: ray.train.Checkpoint | None) -> None:
+        self.results.put((metrics[0], checkpoint))
+        self.taken.get()
+
+    def forward(self, trainer, metric: str) -> None:
+        """Fits `trainer` (built with this callback) on a thread while reporting its results to Tune."""
+        outcome: dict[str, BaseException] = {}
+
+        def fit() -> None:
+            try:
+                trainer.fit()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the trial below
+                outcome["error"] = err
+            finally:
+                self.results.put(None)
+
+        threading.Thread(target=fit, name="trial-fit", daemon=True).start()
+        while (item := self.results.get()) is not None:
+            metrics, checkpoint = item
+            if metric in metrics:  # Tune requires the sweep's metric in every result
+                tune.report(metrics, checkpoint=checkpoint)
+            self.taken.put(True)
+        if "error" in outcome:
+            raise outcome["error"]
+
+
+def run_trial(values: dict[str, Any], context: SweepContext) -> None:
+    started_at = time.time()
+    sweep = context.sweep
+    trial_id = tune.get_context().get_trial_id()
+    job = sweep.trial_job(values)
+    check_sizes(job, context.data)
+    run = start_run(
+        job,
+        f"{sweep.name}-{trial_id}",
+        trial_run_dir(context.sweep_dir, trial_id),
+        artifacts=job_artifacts(job),
+        tags={
+            "mlflow.parentRunId": context.parent.run_id,
+            "sweep.name": sweep.name,
+            "sweep.trial_id": trial_id,
+            "sweep.varied": ", ".join(values),
+        },
+        params={f"sweep.{key}": value for key, value in values.items()},
+    )
+    start_from = tune.get_checkpoint()
+    plan = TrainPlan(
+        total_steps=context.total_steps,
+        tokenizer_json=context.data.tokenizer_json,
+        has_validation=context.data.val is not None,
+        tracking_uri=run.uri,
+        run_id=run.run_id,
+        job_started_at=started_at,
+        initial_checkpoint=start_from.path if start_from else None,
+    )
+    # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
+    attempt = f"{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    bridge = ResultsToTune()
+    trainer = build_trainer(
+        job, context.data, plan, attempt, f"{context.sweep_dir}/train_runs", TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,)
+    )
+    try:
+        bridge.forward(trainer, sweep.config.metric)
+    except Exception as err:
+        end_run(run, "FAILED", repr(err))
+        raise
+    end_run(run, "FINISHED")
+
+
+def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
+    config, job = sweep.config, sweep.base_job
+    print(f"connected to {runtime.connect()}", flush=True)
+    runtime.check_resources(job)
+    random.seed(config.seed)  # PBT and PB2 draw their perturbations from these
+    np.random.seed(config.seed)
+
+    data = prepare(job)  # once, for every trial
+    steps = total_steps(job, data.train_sequences)
+    storage = storage_path(job)
+    sweep_dir = f"{storage}/{sweep.name}"
+    at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)
+    parent = start_sweep_run(sweep, sweep_dir)
+    print(f"MLflow sweep run ({'resumed' if parent.resumed else 'new'}): {parent.url}", flush=True)
+    print(f"{at_once} trial(s) at a time, {job.scaling.num_workers} worker(s) each, {steps} steps per trial", flush=True)
+
+    context = SweepContext(sweep, data, steps, parent, sweep_dir)
+    # The trial function only waits on its TorchTrainer: it must hold no CPU, or the workers starve.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": 1})
+    if tune.Tuner.can_restore(sweep_dir):
+        print(f"resuming the sweep in {sweep_dir}: finished trials are kept", flush=True)
+        tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(config),
+            tune_config=tune.TuneConfig(
+                metric=config.metric,
+                mode=config.mode,
+                search_alg=search_algorithm(config, at_once),
+                scheduler=trial_scheduler(config, job, steps),
+                num_samples=config.num_samples,
+                max_concurrent_trials=at_once,
+                time_budget_s=config.time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=sweep.name,
+                storage_path=storage,
+                # PBT restores trials from other trials' checkpoints: keep a few more of them around.
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=job.checkpoint.keep + (2 if config.scheduler.name in ("pbt", "pb2") else 0)
+                ),
+            ),
+        )
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        end_run(parent, "KILLED")
+        raise
+    except Exception as err:
+        end_run(parent, "FAILED", repr(err))
+        raise
+    finish_sweep_run(parent, sweep, results, sweep_dir, steps)
+    return results, parent
