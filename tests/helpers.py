@@ -79,3 +79,12 @@ def orchestrator(cluster, *args: str, timeout: float = 600) -> subprocess.Comple
 
 def mlflow_run_id(output: str) -> str:
     return re.search(r"MLflow run \((?:new|resumed)\): \S*/runs/([0-9a-f]+)", output).group(1)
+
+
+def write_sweep(directory: Path, job: dict, **sweep) -> Path:
+    """A sweep over `job` (written beside it) that searches the learning rate unless `sweep` says otherwise."""
+    write_job(directory / "job.yaml", job)
+    sweep = {"base": "job.yaml", "search_space": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}} | sweep
+    path = directory / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path

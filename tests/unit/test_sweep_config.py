@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import yaml
+import helpers
 from helpers import REPO, tiny_job, write_job
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
@@ -18,11 +19,7 @@ from orchestrator.tune.space import SCHEDULERS, SEARCHERS, param_space, search_a
 
 
 def write_sweep(tmp_path, corpus, job_sections=None, **sweep) -> str:
-    write_job(tmp_path / "job.yaml", tiny_job(corpus, **(job_sections or {})))
-    sweep = {"base": "job.yaml", "search_space": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}} | sweep
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return path
+    return helpers.write_sweep(tmp_path, tiny_job(corpus, **(job_sections or {})), **sweep)
 
 
 def test_example_sweeps_validate(corpus, tmp_path):

@@ -1,0 +1,179 @@
+"""Real sweeps: Ray Tune trials that are each a Ray Train + DeepSpeed run, on the test cluster and MLflow server.
+
+Trials use one worker each, so the 2-CPU test cluster runs two at a time.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import ANSI, REPO, tiny_job, write_sweep
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.job import SCHEDULE_CLASSES
+from orchestrator.train.schedules import lr_at
+
+pytestmark = pytest.mark.integration
+STEPS = 20
+
+
+def sweep_job(corpus: Path, tmp: Path, experiment: str, **train) -> dict:
+    return tiny_job(
+        corpus,
+        train={"max_steps": STEPS, "eval_every": 5, "log_every": 1} | train,
+        scaling={"num_workers": 1},
+        checkpoint={"every_steps": 5, "keep": 2, "dir": str(tmp / "runs")},
+        tracking={"experiment": experiment, "system_metrics_every_s": 5},
+    )
+
+
+def children_of(client: MlflowClient, parent_id: str) -> list:
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def parent_run(client: MlflowClient, experiment: str, name: str):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs([experiment_id], filter_string=f"tags.`sweep.name` = '{name}' and tags.mlflow.runName = '{name}'")
+    return run
+
+
+def tune_results(sweep_dir: Path) -> dict[str, list[dict]]:
+    """Every result Tune recorded, with the config the trial had at the time, per trial directory."""
+    return {
+        path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for path in sweep_dir.glob("run_trial_*/result.json")
+    }
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server) -> MlflowClient:
+    return MlflowClient(mlflow_server)
+
+
+def test_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp_path):
+    path = write_sweep(
+        tmp_path,
+        sweep_job(corpus, tmp_path, "sweep-asha"),
+        name="asha",
+        search_space={
+            "train.optimizer.lr": {"loguniform": [3e-4, 1e-2]},
+            "train.schedule.name": {"choice": ["constant", "linear", "cosine", "exponential"]},
+        },
+        scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2},
+        num_samples=4,
+    )
+    command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--"]
+    result = subprocess.run(
+        command + ["python", "-m", "orchestrator", "sweep", str(path)],
+        cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600,
+    )
+    output = ANSI.sub("", result.stdout + result.stderr)
+    assert "succeeded" in result.stdout, output[-5000:]
+    assert "2 trial(s) at a time" in output
+
+    parent = parent_run(client, "sweep-asha", "asha")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search_space.train.optimizer.lr.loguniform"] == "[0.0003, 0.01]"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "sweep")
+    }
+    assert {"sweep.yaml", "sweep/results.csv", "sweep/lr_schedules.png", "sweep/eval_loss_by_trial.png", "sweep/eval_loss_vs_lr.png"} <= artifacts
+
+    children = children_of(client, parent.info.run_id)
+    assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
+    for child in children:
+        assert child.data.params["train.max_steps"] == str(STEPS)  # the whole resolved job
+        assert child.data.tags["sweep.varied"] == "train.optimizer.lr, train.schedule.name"
+        assert float(child.data.params["sweep.train.optimizer.lr"]) == float(child.data.params["train.optimizer.lr"])
+
+    # The best trial is the one whose last reported metric is lowest, read back from the children themselves.
+    last_eval = {
+        child.info.run_id: max(client.get_metric_history(child.info.run_id, "eval/loss"), key=lambda m: m.step).value
+        for child in children
+    }
+    best_id = min(last_eval, key=last_eval.get)
+    assert parent.data.tags["best_run_id"] == best_id
+    assert parent.data.metrics["best/eval/loss"] == pytest.approx(last_eval[best_id])
+    best = client.get_run(best_id)
+    assert best.data.tags["sweep.best"] == "true"
+    assert "model/config.json" in {a.path for a in client.list_artifacts(best_id, "model")}
+
+    table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/results.csv", str(tmp_path)))
+    assert sorted(table["run_id"]) == sorted(last_eval)
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus, client, tmp_path):
+    path = write_sweep(
+        tmp_path,
+        sweep_job(corpus, tmp_path, "sweep-resume"),
+        name="resume",
+        search_space={"train.optimizer.lr": {"grid": [1e-3, 3e-3, 1e-2]}},
+        num_samples=1,
+    )
+    command = [sys.executable, "-m", "orchestrator", "sweep", str(path)]
+    first = subprocess.Popen(command, cwd=REPO, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        finished = []
+        while not finished:
+            assert time.monotonic() < deadline and first.poll() is None, "no trial finished before the sweep ended"
+            time.sleep(2)
+            experiment = client.get_experiment_by_name("sweep-resume")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            finished = [run for run in runs if run.data.tags.get("sweep.trial_id") and run.info.status == "FINISHED"]
+        time.sleep(15)  # Tune saves its experiment state every 10 s
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    done_before = {run.data.tags["sweep.trial_id"] for run in finished}
+
+    second = subprocess.run(command, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
+    output = ANSI.sub("", second.stdout + second.stderr)
+    assert second.returncode == 0, output[-5000:]
+    assert "resuming the sweep" in output
+
+    parent = parent_run(client, "sweep-resume", "resume")
+    children = children_of(client, parent.info.run_id)
+    assert len(children) == 3 and all(child.info.status == "FINISHED" for child in children)
+    attempts = os.listdir(tmp_path / "runs" / "resume" / "train_runs")
+    for trial_id in done_before:  # a finished trial's Train run was not started again
+        assert sum(name.startswith(trial_id) for name in attempts) == 1, attempts
+
+
+def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus, client, tmp_path):
+    schedule = {"name": "linear", "warmup_steps": 0}
+    path = write_sweep(
+        tmp_path,
+        sweep_job(corpus, tmp_path, "sweep-pbt", schedule=schedule),
+        name="pbt",
+        search_space={"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
+        scheduler={"name": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5, "resample_probability": 0.0},
+        num_samples=2,
+        seed=1,
+    )
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(path)], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
+    output = ANSI.sub("", result.stdout + result.stderr)
+    assert result.returncode == 0, output[-5000:]
+
+    sweep_dir = tmp_path / "runs" / "pbt"
+    exploits = (sweep_dir / "pbt_global.txt").read_text().splitlines()
+    assert exploits, "PBT never exploited a trial"
+    mutated = 0
+    for trial, results in tune_results(sweep_dir).items():
+        rates = [row["config"]["train.optimizer.lr"] for row in results]
+        mutated += len(set(rates)) > 1
+        for row in results:  # the learning rate in use is the one of the trial's config at that time, never the checkpoint's
+            expected = lr_at(SCHEDULE_CLASSES["linear"](**schedule), row["config"]["train.optimizer.lr"], STEPS, range(row["step"], row["step"] + 1))
+            assert row["train/lr"] == pytest.approx(expected[0], rel=1e-5), (trial, row["step"], row["config"])
+    assert mutated >= 1
+
+    parent = parent_run(client, "sweep-pbt", "pbt")
+    children = children_of(client, parent.info.run_id)
+    assert len(children) == 2  # an exploiting trial logs on into its own run
