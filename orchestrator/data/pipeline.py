@@ -105,6 +105,8 @@ def quiet_data_progress() -> None:
 
 def prepare(job: JobConfig) -> PreparedData:
     quiet_data_progress()
+    # Blocks in file order: the tokenizer and the packed sequences then depend only on the files and the seed.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     started = time.perf_counter()
     docs = read_corpus(job, resolve_data_files(job))
     cfg = job.data

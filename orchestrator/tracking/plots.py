@@ -1,4 +1,4 @@
-"""Training curves as a PNG for the MLflow run: what a person opens first when reviewing a run."""
+"""Plots for MLflow: a run's training curves, and the comparison of a sweep's trials. What a person opens first."""
 
 import matplotlib
 

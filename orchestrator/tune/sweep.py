@@ -85,6 +85,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
     sweep = context.sweep
     trial_id = tune.get_context().get_trial_id()
     job = sweep.trial_job(values)
+    job.tracking.uri = context.parent.uri  # as the driver resolved it: a relative default means another thing here
     check_sizes(job, context.data)
     run = start_run(
         job,

@@ -57,7 +57,7 @@ def client(mlflow_server) -> MlflowClient:
     return MlflowClient(mlflow_server)
 
 
-def test_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp_path):
+def test_optuna_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp_path):
     path = write_sweep(
         tmp_path,
         sweep_job(corpus, tmp_path, "sweep-asha"),
@@ -66,6 +66,7 @@ def test_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp_path):
             "train.optimizer.lr": {"loguniform": [3e-4, 1e-2]},
             "train.schedule.name": {"choice": ["constant", "linear", "cosine", "exponential"]},
         },
+        search={"name": "optuna"},
         scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2},
         num_samples=4,
     )
