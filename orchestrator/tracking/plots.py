@@ -28,21 +28,28 @@ def training_curves(history: dict[str, list[tuple[int, float]]], path: str) -> N
     plt.close(figure)
 
 
+def _trial_label(row, searched_keys) -> str:
+    """`a1b2c_00003: 0.0012, cosine`: the trial and the values the sweep gave it."""
+    values = [f"{row[key]:.2g}" if isinstance(row[key], float) else str(row[key]) for key in searched_keys]
+    return f"{row['trial_id']}: {', '.join(values)}"
+
+
 def sweep_plots(table, histories: dict, sweep, total_steps: int, directory: str) -> None:
     """The plots a person compares trials with: every trial's learning rate and metric over steps, and the final
     metric against the learning rate, one colour per schedule. `histories`: {trial_id: {key: [(step, value)]}}."""
     metric = sweep.metric
+    labels = {row["trial_id"]: _trial_label(row, sweep.search_space) for _, row in table.iterrows()}
     for key, name in (("train/lr", "lr_schedules.png"), (metric, f"{metric.replace('/', '_')}_by_trial.png")):
-        figure, axis = plt.subplots(figsize=(7, 4.2))
+        figure, axis = plt.subplots(figsize=(10, 4.2))
         for trial_id, series in histories.items():
             if series.get(key):
                 steps, values = zip(*series[key])
-                axis.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=trial_id)
+                axis.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=labels.get(trial_id, trial_id))
         axis.set_title(f"{key} of every trial")
         axis.set_xlabel("step")
         axis.set_xlim(0, total_steps)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, ncol=2)
+        axis.legend(fontsize=7, title=", ".join(key.rsplit(".", 1)[-1] for key in sweep.search_space), title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         figure.tight_layout()
         figure.savefig(f"{directory}/{name}", dpi=100)
         plt.close(figure)
