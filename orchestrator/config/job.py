@@ -44,7 +44,9 @@ class ModelConfig(Section):
     pretrained: str | None = Field(
         None, description="Local Hugging Face model directory to start from instead of random initialisation."
     )
-    dropout: float | None = Field(None, ge=0, lt=1, description="Dropout probability; default: the family's own.")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own."
+    )
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
 
     @model_validator(mode="after")

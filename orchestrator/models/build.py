@@ -20,10 +20,21 @@ def hf_config(model: ModelConfig, vocab_size: int, eos_token_id: int) -> transfo
     return config_class(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id, **family.fixed, **keys)
 
 
+def set_dropout(config: transformers.PretrainedConfig, probability: float) -> None:
+    """Every dropout probability of a config, whatever the architecture calls it (attn_pdrop, hidden_dropout_prob,
+    attention_dropout, dropout_rate...)."""
+    for key, value in config.to_dict().items():
+        if isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+            setattr(config, key, probability)
+
+
 def build_model(model: ModelConfig, task: str, vocab_size: int, eos_token_id: int, seed: int) -> torch.nn.Module:
     """Every rank calls this with the same seed, so random initialisation is identical across ranks."""
     auto_class = getattr(transformers, TASKS[task].auto_class)
     torch.manual_seed(seed)
     if model.pretrained:
-        return auto_class.from_pretrained(expand_path(model.pretrained), dtype=torch.float32)
+        config = transformers.AutoConfig.from_pretrained(expand_path(model.pretrained))
+        if model.dropout is not None:
+            set_dropout(config, model.dropout)
+        return auto_class.from_pretrained(expand_path(model.pretrained), config=config, dtype=torch.float32)
     return auto_class.from_config(hf_config(model, vocab_size, eos_token_id))
