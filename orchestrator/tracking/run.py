@@ -9,7 +9,10 @@ import json
 import os
 import socket
 import subprocess
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import pyarrow.fs
 from mlflow.entities import Param, RunStatus, RunTag
@@ -40,7 +43,7 @@ class TrackedRun:
         return f"run {self.run_id} in {self.uri} (view with: mlflow ui --backend-store-uri {self.uri})"
 
 
-def _tags(job: JobConfig, run_name: str) -> dict[str, str]:
+def job_tags(job: JobConfig, run_name: str) -> dict[str, str]:
     tags = {
         "mlflow.runName": run_name,
         "orchestrator.run_name": run_name,
@@ -136,7 +139,7 @@ def start_run(
         job.tracking.experiment,
         run_name,
         run_dir,
-        tags=_tags(job, run_name) | (tags or {}),
+        tags=job_tags(job, run_name) | (tags or {}),
         params=flatten(job.model_dump(mode="json")) | (params or {}),
         artifacts=artifacts,
     )
@@ -149,3 +152,17 @@ def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:
         client.log_batch(run.run_id, tags=[RunTag("error", error[:4000])])
         client.log_text(run.run_id, error, "error.txt")
     client.set_terminated(run.run_id, status=status)
+
+
+@contextmanager
+def ends_with_outcome(run: TrackedRun) -> Iterator[None]:
+    """Ends the run with what the block did: FINISHED, KILLED on Ctrl-C, or FAILED with the traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_run(run, "KILLED")
+        raise
+    except Exception:
+        end_run(run, "FAILED", traceback.format_exc())
+        raise
+    end_run(run, "FINISHED")

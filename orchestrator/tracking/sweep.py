@@ -6,7 +6,6 @@ tagged, and whose model is the sweep's output.
 
 import os
 import re
-import socket
 import tempfile
 
 import pandas as pd
@@ -18,7 +17,7 @@ from ray import tune
 from orchestrator.config.load import LoadedSweep
 from orchestrator.tracking.params import flatten
 from orchestrator.tracking.plots import sweep_plots
-from orchestrator.tracking.run import TrackedRun, end_run, open_run, remembered_run_id, tracking_uri
+from orchestrator.tracking.run import TrackedRun, job_tags, open_run, remembered_run_id, tracking_uri
 
 
 TRIAL_ID_IN_PATH = re.compile(r"_([0-9a-f]{5}_[0-9]{5})_")  # Tune names trial directories {trainable}_{id}_{index}_...
@@ -36,15 +35,11 @@ def start_sweep_run(sweep: LoadedSweep, sweep_dir: str) -> TrackedRun:
         job.tracking.experiment,
         sweep.name,
         sweep_dir,
-        tags={
-            "mlflow.runName": sweep.name,
+        tags=job_tags(job, sweep.name)  # the base job's, with the Ray submission id and git commit
+        | {
             "sweep.name": sweep.name,
             "sweep.search": sweep.config.search.name,
             "sweep.scheduler": sweep.config.scheduler.name,
-            "task": job.task,
-            "model.family": job.model.family,
-            "host": socket.gethostname(),
-            **job.tracking.tags,
         },
         params=flatten(sweep.config.model_dump(mode="json", exclude_none=True)),
         artifacts={"sweep.yaml": sweep.path.read_text(), "base_job.yaml": yaml.safe_dump(sweep.base_raw, sort_keys=False)},
@@ -81,7 +76,7 @@ def best_row(table: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
     return scored.loc[scored[metric].idxmin() if mode == "min" else scored[metric].idxmax()]
 
 
-def finish_sweep_run(
+def summarize_sweep(
     parent: TrackedRun, sweep: LoadedSweep, results: tune.ResultGrid, sweep_dir: str, total_steps: int
 ) -> None:
     client = MlflowClient(parent.uri)
@@ -114,5 +109,4 @@ def finish_sweep_run(
             params=[Param(f"best.{key}", str(best[key])) for key in config.search_space],
             tags=tags,
         )
-    end_run(parent, "FINISHED")
     print(table.to_string(index=False), flush=True)

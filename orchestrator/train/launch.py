@@ -4,7 +4,6 @@ import json
 import math
 import os
 import time
-import traceback
 
 import ray.train
 import yaml
@@ -15,7 +14,7 @@ from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path, is_uri
 from orchestrator.data.pipeline import PreparedData, prepare
-from orchestrator.tracking.run import TrackedRun, end_run, start_run
+from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop
 
@@ -68,20 +67,6 @@ def build_trainer(
     )
 
 
-def fit(trainer: TorchTrainer, run: TrackedRun) -> ray.train.Result:
-    """Runs the trainer; the MLflow run ends with the outcome (FINISHED, KILLED on Ctrl-C, FAILED with the error)."""
-    try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        end_run(run, "KILLED")
-        raise
-    except Exception:
-        end_run(run, "FAILED", traceback.format_exc())
-        raise
-    end_run(run, "FINISHED")
-    return result
-
-
 def job_artifacts(job: JobConfig) -> dict[str, str]:
     return {
         "job.yaml": yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False),
@@ -110,4 +95,6 @@ def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]
         job_started_at=started_at,
     )
     trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
-    return fit(trainer, run), run
+    with ends_with_outcome(run):
+        result = trainer.fit()
+    return result, run

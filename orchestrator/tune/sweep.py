@@ -25,8 +25,8 @@ from ray.util.queue import Queue
 from orchestrator import runtime
 from orchestrator.config.load import LoadedSweep
 from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
-from orchestrator.tracking.run import TrackedRun, end_run, start_run
-from orchestrator.tracking.sweep import finish_sweep_run, start_sweep_run, trial_run_dir
+from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
+from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
 from orchestrator.train.launch import build_trainer, job_artifacts, storage_path, total_steps
 from orchestrator.train.loop import TrainPlan
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
@@ -116,12 +116,8 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
     trainer = build_trainer(
         job, context.data, plan, attempt, f"{context.sweep_dir}/train_runs", TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,)
     )
-    try:
+    with ends_with_outcome(run):
         bridge.forward(trainer, sweep.config.metric)
-    except Exception as err:
-        end_run(run, "FAILED", repr(err))
-        raise
-    end_run(run, "FINISHED")
 
 
 def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
@@ -168,13 +164,7 @@ def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
                 ),
             ),
         )
-    try:
+    with ends_with_outcome(parent):
         results = tuner.fit()
-    except KeyboardInterrupt:
-        end_run(parent, "KILLED")
-        raise
-    except Exception as err:
-        end_run(parent, "FAILED", repr(err))
-        raise
-    finish_sweep_run(parent, sweep, results, sweep_dir, steps)
+        summarize_sweep(parent, sweep, results, sweep_dir, steps)
     return results, parent
