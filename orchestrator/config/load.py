@@ -133,13 +133,18 @@ def check_inputs(job: JobConfig) -> None:
         raise UserError(f"model.pretrained: {job.model.pretrained!r} is not a Hugging Face model directory")
 
 
+def in_file(path: str | Path, err: UserError) -> UserError:
+    """The error with the file it is about in front of each of its lines."""
+    return UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines()))
+
+
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
     raw = apply_overrides(read_yaml(path), list(overrides))
     try:
         job = validate(raw)
         check_inputs(job)
     except UserError as err:
-        raise UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines())) from None
+        raise in_file(path, err) from None
     return job
 
 
@@ -180,9 +185,8 @@ class LoadedSweep:
         """The base job with a trial's values set. Trials checkpoint whenever they evaluate, so every result
         Tune sees carries the metric and a checkpoint (to resume from, or for PBT to exploit)."""
         raw = copy.deepcopy(self.base_raw)
-        schedule = self.base_job.train.schedule
-        if any(key.startswith("train.schedule.") for key in values):
-            set_key(raw, "train.schedule.name", raw.get("train", {}).get("schedule", {}).get("name", schedule.name))
+        if any(key.startswith("train.schedule.") for key in values):  # the schedule's type is chosen by its name
+            raw["train"].setdefault("schedule", {}).setdefault("name", self.base_job.train.schedule.name)
         for key, value in values.items():
             set_key(raw, key, value.item() if hasattr(value, "item") else value)  # numpy scalars from searchers
         if "train.schedule.name" in values:  # a schedule switched by the sweep drops the base schedule's own options
@@ -201,7 +205,7 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     try:
         config = validate(read_yaml(path), SweepConfig)
     except UserError as err:
-        raise UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines())) from None
+        raise in_file(path, err) from None
     base_path = (path.parent / expand_path(config.base)).resolve()
     base_raw = read_yaml(base_path)
     for key, value in config.overrides.items():
@@ -212,12 +216,12 @@ def load_sweep(path: str | Path) -> LoadedSweep:
         base_job = validate(base_raw)
         check_inputs(base_job)
     except UserError as err:
-        raise UserError("\n".join(f"{base_path}: {line}" for line in str(err).splitlines())) from None
+        raise in_file(base_path, err) from None
     sweep = LoadedSweep(path, config, config.name or path.stem, base_raw, base_job)
     try:
         check_sweep(sweep)
     except UserError as err:
-        raise UserError(f"{path}: {err}") from None
+        raise in_file(path, err) from None
     return sweep
 
 
@@ -237,7 +241,7 @@ def check_sweep(sweep: LoadedSweep) -> None:
     reported = TASKS[job.task].reported_metrics
     if config.metric not in reported:
         raise UserError(f"metric: the {job.task} task reports {', '.join(reported)} (got {config.metric!r})")
-    if config.metric.startswith("eval/") and not (job.train.eval_every and job.data.val_fraction > 0):
+    if config.metric.startswith("eval/") and not job.data.val_fraction > 0:
         raise UserError(f"metric: {config.metric} needs evaluations: set train.eval_every and data.val_fraction > 0")
     if config.scheduler.name in ("pbt", "pb2"):
         if not job.checkpoint.every_steps:
@@ -245,7 +249,7 @@ def check_sweep(sweep: LoadedSweep) -> None:
                 f"scheduler: {config.scheduler.name} restarts trials from checkpoints of better ones; "
                 "the base job turns checkpoints off (checkpoint.every_steps: null)"
             )
-        interval = config.scheduler.perturbation_interval or job.train.eval_every
+        interval = config.scheduler.perturbation_steps(job.train.eval_every)
         if interval % job.train.eval_every:
             raise UserError(
                 f"scheduler.perturbation_interval: {interval} is not a multiple of train.eval_every ({job.train.eval_every})"

@@ -92,6 +92,10 @@ class SchedulerConfig(Section):
             raise ValueError(f"{clash[0]}: not an option of the {self.name} scheduler")
         return self
 
+    def perturbation_steps(self, eval_every: int) -> int:
+        """pbt/pb2: steps between exploit/explore rounds."""
+        return self.perturbation_interval or eval_every
+
 
 class SweepConfig(Section):
     """A sweep: trials of the base job with values drawn from `search_space`, run by Ray Tune."""

@@ -56,7 +56,7 @@ def search_algorithm(sweep: SweepConfig, max_concurrent: int) -> Searcher | Basi
 def _pbt(sweep: SweepConfig, job: JobConfig, total_steps: int) -> TrialScheduler:
     return PopulationBasedTraining(
         time_attr=TIME_ATTR,
-        perturbation_interval=sweep.scheduler.perturbation_interval or job.train.eval_every,
+        perturbation_interval=sweep.scheduler.perturbation_steps(job.train.eval_every),
         hyperparam_mutations=param_space(sweep),
         quantile_fraction=sweep.scheduler.quantile_fraction,
         resample_probability=sweep.scheduler.resample_probability,
@@ -66,7 +66,7 @@ def _pbt(sweep: SweepConfig, job: JobConfig, total_steps: int) -> TrialScheduler
 def _pb2(sweep: SweepConfig, job: JobConfig, total_steps: int) -> TrialScheduler:
     return PB2(
         time_attr=TIME_ATTR,
-        perturbation_interval=sweep.scheduler.perturbation_interval or job.train.eval_every,
+        perturbation_interval=sweep.scheduler.perturbation_steps(job.train.eval_every),
         hyperparam_bounds={key: list(dist.args) for key, dist in sweep.search_space.items()},
         quantile_fraction=sweep.scheduler.quantile_fraction,
     )
