@@ -9,13 +9,14 @@ source "$(dirname "$0")/env.sh"
 "$VENV/bin/pip" install -q torch==2.13.0
 "$VENV/bin/pip" install -q -e "$ROOT[dev]"
 
-if [ ! -d /usr/share/games/fortunes ]; then
+# The example corpora: Debian's fortunes (language modelling, classification) and English-French dictionary pairs.
+if [ ! -d /usr/share/games/fortunes ] || [ ! -f /usr/share/dictd/freedict-eng-fra.index ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes dict-freedict-eng-fra >/dev/null
   else
-    echo "install Debian's 'fortunes' package (sudo apt-get install fortunes) for the example corpus" >&2
+    echo "install Debian's example data: sudo apt-get install fortunes dict-freedict-eng-fra" >&2
   fi
 fi
-[ -d /usr/share/games/fortunes ] && "$VENV/bin/python" "$ROOT/cluster/prepare_fortunes.py"
+"$VENV/bin/python" "$ROOT/cluster/prepare_data.py"
 
 echo "installed into $VENV"

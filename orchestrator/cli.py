@@ -37,6 +37,20 @@ def train(job_file: JobFile, overrides: Overrides = []) -> None:
 
 
 @app.command()
+def prepare(job_file: JobFile, overrides: Overrides = []) -> None:
+    """Run only the job's data pipeline: clean, tokenize, encode and cache its data, and print the data report.
+
+    Example: python -m orchestrator prepare jobs/fortunes-classify.yaml
+    """
+    job = load_job(job_file, overrides)
+    from orchestrator import runtime  # ray: only now
+    from orchestrator.data.pipeline import prepare as prepare_data
+
+    print(f"connected to {runtime.connect()}", flush=True)
+    prepare_data(job)
+
+
+@app.command()
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", show_default=False)],
 ) -> None:
@@ -67,6 +81,63 @@ def validate(
     else:
         load_job(file, overrides)
     print(f"{file}: valid")
+
+
+ModelSpec = Annotated[
+    str,
+    typer.Argument(
+        help="Exported model directory, MLflow URI (runs:/<run_id>/model) or job YAML file (its latest run).",
+        show_default=False,
+    ),
+]
+Inputs = Annotated[
+    list[Path],
+    typer.Option("--input", "-i", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows per model call.")]
+
+
+@app.command()
+def predict(
+    model: ModelSpec,
+    inputs: Inputs,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the predictions.", show_default=False)],
+    output_format: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    text_field: Annotated[str | None, typer.Option(help="Column holding the text; default: the trained one.")] = None,
+    batch_size: BatchSize = 32,
+) -> None:
+    """Write the model's predictions for every row of the input files, with an actor pool on the Ray cluster.
+
+    Example: python -m orchestrator predict jobs/gpt-tiny.yaml -i corpus.jsonl -o predictions/ --format jsonl
+    """
+    from orchestrator import runtime  # ray, torch: only now
+    from orchestrator.inference import batch
+
+    print(f"connected to {runtime.connect()}")
+    model_dir = batch.resolve_model(model, None)
+    files = [str(path) for path in inputs]
+    batch.predict(model_dir, files, output, output_format, text_field, batch_size=batch_size)
+
+
+@app.command()
+def evaluate(
+    model: ModelSpec,
+    inputs: Inputs,
+    output_json: Annotated[Path | None, typer.Option(help="Also write the metrics to this JSON file.")] = None,
+    batch_size: BatchSize = 32,
+) -> None:
+    """Score the model on labelled input files with the metrics its task reports in training.
+
+    Example: python -m orchestrator evaluate runs:/<run_id>/model -i data/val.jsonl --output-json metrics.json
+    """
+    from orchestrator import runtime  # ray, torch: only now
+    from orchestrator.inference import batch
+
+    print(f"connected to {runtime.connect()}")
+    metrics = batch.evaluate(batch.resolve_model(model, None), [str(path) for path in inputs], batch_size=batch_size)
+    if output_json:
+        output_json.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"metrics: {output_json}")
 
 
 @app.command()

@@ -31,6 +31,27 @@ def write_corpus(directory: Path, documents: int = 1500, seed: int = 0) -> Path:
     return path
 
 
+EN_FR = {  # a word-for-word grammar: a translation a tiny model learns in a few hundred steps
+    "subjects": [("the cat", "le chat"), ("a dog", "un chien"), ("my friend", "mon ami"), ("the old man", "le vieil homme"),
+                 ("our teacher", "notre professeur"), ("the bird", "l'oiseau"), ("a child", "un enfant")],
+    "verbs": [("sees", "voit"), ("likes", "aime"), ("follows", "suit"), ("finds", "trouve"), ("calls", "appelle")],
+    "objects": [("the red ball", "la balle rouge"), ("a small house", "une petite maison"), ("the green tree", "l'arbre vert"),
+                ("a quiet river", "une rivière calme"), ("the tall tower", "la grande tour"), ("an open door", "une porte ouverte")],
+}
+
+
+def write_translation_corpus(directory: Path, pairs: int = 1200, seed: int = 0) -> Path:
+    """English-French sentence pairs {"en", "fr"} as JSON lines."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "pairs.jsonl"
+    with path.open("w") as out:
+        for _ in range(pairs):
+            parts = [rng.choice(EN_FR[slot]) for slot in ("subjects", "verbs", "objects")]
+            out.write(json.dumps({"en": " ".join(en for en, _ in parts), "fr": " ".join(fr for _, fr in parts)}, ensure_ascii=False) + "\n")
+    return path
+
+
 def tiny_job(corpus: Path, **sections) -> dict:
     """A job small enough to train 20 steps with 2 CPU workers in seconds; `sections` update it."""
     job = {
@@ -39,7 +60,12 @@ def tiny_job(corpus: Path, **sections) -> dict:
             "size": "tiny",
             "dims": {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128, "max_positions": 64},
         },
-        "data": {"paths": [str(corpus)], "tokenizer": {"train": "bpe", "vocab_size": 512}, "seq_len": 32},
+        "data": {
+            "paths": [str(corpus)],
+            "tokenizer": {"train": "bpe", "vocab_size": 512},
+            "seq_len": 32,
+            "cache_dir": str(corpus.parent / "cache"),
+        },
         "train": {
             "max_steps": 20,
             "micro_batch_size": 4,
@@ -47,6 +73,7 @@ def tiny_job(corpus: Path, **sections) -> dict:
             "schedule": {"name": "cosine", "warmup_steps": 2},
             "log_every": 1,
             "eval_every": 10,
+            "eval_at_start": True,
         },
         "scaling": {"num_workers": 2},
         "checkpoint": {"every_steps": 5, "keep": 2},
@@ -75,6 +102,17 @@ def orchestrator(cluster, *args: str, timeout: float = 600) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def submit(cluster, *args: str, timeout: float = 600) -> str:
+    """Runs the CLI as users run jobs, through the cluster's job API (`ray job submit`); returns the job's log."""
+    command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--"]
+    result = subprocess.run(
+        command + ["python", "-m", "orchestrator", *args], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=timeout
+    )
+    output = ANSI.sub("", result.stdout + result.stderr)
+    assert result.returncode == 0 and "succeeded" in result.stdout, output[-5000:]
+    return output
 
 
 def mlflow_run_id(output: str) -> str:

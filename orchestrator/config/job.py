@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from orchestrator.models.families import FAMILIES
+from orchestrator.models.tasks import TASKS
 
 
 class Section(BaseModel):
@@ -38,8 +39,8 @@ class ModelDims(Section):
 
 
 class ModelConfig(Section):
-    family: Literal["gpt2", "llama"] = Field("gpt2", description="Architecture family (a key of models.families).")
-    size: str = Field("tiny", description="Size preset of the family: tiny, small, medium (gpt2 only).")
+    family: Literal[tuple(FAMILIES)] = Field("gpt2", description="Architecture family (a key of models.families).")
+    size: str = Field("tiny", description="Size preset of the family (models/families.py), e.g. tiny or small.")
     dims: ModelDims = ModelDims()
     pretrained: str | None = Field(
         None, description="Local Hugging Face model directory to start from instead of random initialisation."
@@ -56,7 +57,14 @@ class ModelConfig(Section):
             raise ValueError(f"size: {self.family} has sizes {', '.join(presets)} (got {self.size!r})")
         if self.pretrained and self.changed_from_default("size", "dims"):
             raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
+        if self.pretrained and (hf_config := self.pretrained_config()) and hf_config.get("model_type") != self.family:
+            raise ValueError(f"family: {self.pretrained} is a {hf_config.get('model_type')} model (got {self.family!r})")
         return self
+
+    def pretrained_config(self) -> dict | None:
+        """The pretrained model's config.json, if it is there (a missing directory is reported by check_inputs)."""
+        path = Path(self.pretrained).expanduser() / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def dims_resolved(self) -> dict[str, int]:
         """The preset with explicit dims laid over it (random-init models only)."""
@@ -64,11 +72,12 @@ class ModelConfig(Section):
         dims.update(self.dims.model_dump(exclude_none=True))
         return dims
 
-    def max_positions(self) -> int:
+    def max_positions(self) -> int | None:
+        """None for relative-position models (T5), which take any length."""
         if self.pretrained:
-            hf_config = json.loads((Path(self.pretrained).expanduser() / "config.json").read_text())
-            return hf_config.get("max_position_embeddings") or hf_config["n_positions"]
-        return self.dims_resolved()["max_positions"]
+            hf_config = self.pretrained_config() or {}
+            return hf_config.get("max_position_embeddings") or hf_config.get("n_positions")
+        return self.dims_resolved().get("max_positions")
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -86,6 +95,52 @@ class TokenizerConfig(Section):
         return self
 
 
+class NearDedupConfig(Section):
+    """MinHash LSH over word shingles: texts whose estimated Jaccard similarity reaches `threshold` are
+    near-duplicates, and all but the first of them are dropped. 0.8 catches reformatted copies and small edits
+    while keeping texts that merely share phrases (the datasketch and dedup literature default)."""
+
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which two texts are near-duplicates.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: a finer similarity estimate).")
+    shingle_words: PositiveInt = Field(3, description="Words per shingle (the units whose overlap is measured).")
+
+
+class CleanConfig(Section):
+    """Cleaning stages, each optional, run in this order: normalize, empty (always), length_chars, labels,
+    dedup_exact, dedup_near, then length_tokens once the tokenizer exists. Every dropped row goes to the
+    quarantine file with its stage and reason."""
+
+    normalize: bool = Field(
+        False, description="NFKC Unicode normalization, control characters removed, spaces and blank lines collapsed."
+    )
+    min_chars: PositiveInt | None = Field(None, description="Drop texts shorter than this many characters.")
+    max_chars: PositiveInt | None = Field(None, description="Drop texts longer than this many characters.")
+    min_tokens: PositiveInt | None = Field(None, description="Drop texts of fewer tokens than this.")
+    max_tokens: PositiveInt | None = Field(None, description="Drop texts of more tokens than this.")
+    check_labels: bool = Field(
+        True, description="Labelled data: drop unknown labels (see data.labels) and texts given conflicting labels."
+    )
+    dedup_exact: bool = Field(False, description="Drop exact repeats of a text (after normalization), keeping the first.")
+    dedup_near: NearDedupConfig | None = Field(None, description="Drop near-duplicates (MinHash LSH); null: off.")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for low, high in (("min_chars", "max_chars"), ("min_tokens", "max_tokens")):
+            if getattr(self, low) and getattr(self, high) and getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low}: exceeds {high}")
+        return self
+
+
+class AugmentConfig(Section):
+    """Classification only: noisy copies of training texts (never of validation texts), seeded."""
+
+    copies: int = Field(0, ge=0, le=16, description="Augmented copies added per training text; 0 turns it off.")
+    word_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of deleting each word.")
+    word_swap: float = Field(0.1, ge=0, le=1, description="Probability of swapping each word with its neighbour.")
+    char_noise: float = Field(0.02, ge=0, lt=1, description="Probability of replacing each letter with a random one.")
+    seed: int = 0
+
+
 class DataConfig(Section):
     paths: list[str] = Field(
         min_length=1,
@@ -95,10 +150,22 @@ class DataConfig(Section):
         "auto", description="File format; auto infers it from the extension."
     )
     text_field: str = Field("text", description="Column holding the text (txt files: each line is a row).")
+    label_field: str | None = Field(None, description="sequence_classification: column holding the label.")
+    labels: list[str] | None = Field(
+        None, min_length=2, description="sequence_classification: the known labels; default: those found in the data."
+    )
+    target_field: str | None = Field(None, description="seq2seq: column holding the target text (text_field: the source).")
+    strict: bool = Field(
+        False, description="Malformed lines, undecodable bytes and rows missing a field are errors, not quarantined."
+    )
+    clean: CleanConfig = CleanConfig()
+    augment: AugmentConfig = AugmentConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
-    seq_len: int = Field(128, ge=8, description="Tokens per packed training sequence.")
+    seq_len: int = Field(128, ge=8, description="Tokens per training sequence (packed, or padded and truncated).")
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation.")
     seed: int = Field(0, description="Seed of the train/val split and of the shuffle.")
+    cache: bool = Field(True, description="Reuse the prepared dataset of an earlier run with the same inputs and settings.")
+    cache_dir: str = Field("~/.cache/orchestrator/datasets", description="Where prepared datasets and tokenizers are kept.")
 
 
 # --- train -------------------------------------------------------------------------------------------
@@ -189,6 +256,7 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clipping; 0 disables it.")
     eval_every: PositiveInt | None = Field(100, description="Evaluate every N optimizer steps (and at the end).")
     eval_batches: PositiveInt | None = Field(None, description="Cap on validation batches per evaluation.")
+    eval_at_start: bool = Field(False, description="Also evaluate before the first step: the untrained baseline.")
     log_every: PositiveInt = Field(10, description="Log a progress line and metrics every N optimizer steps.")
     seed: int = Field(0, description="Seed of model initialisation and dropout.")
 
@@ -261,7 +329,9 @@ class TrackingConfig(Section):
 class JobConfig(Section):
     """A training job: everything `orchestrator train` needs, in one YAML file."""
 
-    task: Literal["causal_lm"] = Field("causal_lm", description="What the model learns (a key of models.tasks).")
+    task: Literal[tuple(TASKS)] = Field(
+        "causal_lm", description="What the model learns (a key of models.tasks)."
+    )
     model: ModelConfig = ModelConfig()
     data: DataConfig
     train: TrainConfig
@@ -274,10 +344,20 @@ class JobConfig(Section):
     def _fits_together(self):
         if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("deepspeed.precision: fp16 needs a GPU (scaling.use_gpu: true); use bf16 or fp32 on CPU")
-        if not self.model.pretrained or Path(self.model.pretrained, "config.json").expanduser().is_file():
-            positions = self.model.max_positions()
-            if self.data.seq_len > positions:
-                raise ValueError(
-                    f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)"
-                )
+        positions = self.model.max_positions()
+        if positions and self.data.seq_len > positions:
+            raise ValueError(
+                f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)"
+            )
+        task = TASKS[self.task]
+        if self.model.family not in task.families:
+            raise ValueError(f"model.family: {self.task} trains {', '.join(task.families)} models (got {self.model.family!r})")
+        for name in task.needs_fields:
+            if getattr(self.data, name) is None:
+                raise ValueError(f"data.{name}: the {self.task} task needs it")
+        for name, belongs_to in {"label_field": "label_field", "labels": "label_field", "target_field": "target_field"}.items():
+            if getattr(self.data, name) is not None and belongs_to not in task.needs_fields:
+                raise ValueError(f"data.{name}: not used by the {self.task} task")
+        if self.data.augment.copies and self.task != "sequence_classification":
+            raise ValueError("data.augment.copies: augmentation is for sequence_classification")
         return self

@@ -125,8 +125,13 @@ def resolve_data_files(job: JobConfig) -> list[str]:
 
 
 def check_inputs(job: JobConfig) -> None:
-    """Checks what the schema cannot: that the files the job names exist and hold something."""
-    resolve_data_files(job)
+    """Checks what the schema cannot: that the files the job names exist, hold something and have the columns it
+    reads, and that the data cache can be written. All before Ray starts."""
+    from orchestrator.data.cache import check_writable  # the data package needs this one loaded first
+    from orchestrator.data.read import check_columns
+
+    check_columns(job, resolve_data_files(job))
+    check_writable(job)
     if job.data.tokenizer.path and not os.path.exists(expand_path(job.data.tokenizer.path)):
         raise UserError(f"data.tokenizer.path: {job.data.tokenizer.path!r} does not exist")
     if job.model.pretrained and not os.path.isfile(os.path.join(expand_path(job.model.pretrained), "config.json")):

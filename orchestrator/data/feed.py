@@ -8,15 +8,19 @@ Every worker walks the whole (already tokenized) split in the same seeded order 
   (Ray Data iterators cannot seek, ray#48224).
 """
 
-from typing import Iterator
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 SHUFFLE_BUFFER_BATCHES = 8
 
 
-def rank_slice(global_batch: torch.Tensor, rank: int, micro_batch_size: int) -> torch.Tensor:
-    return global_batch[rank * micro_batch_size : (rank + 1) * micro_batch_size]
+def rank_slice(global_batch: dict[str, torch.Tensor], rank: int, micro_batch_size: int) -> dict[str, torch.Tensor]:
+    return {name: rows[rank * micro_batch_size : (rank + 1) * micro_batch_size] for name, rows in global_batch.items()}
 
 
 def rank_batches(
@@ -27,8 +31,9 @@ def rank_batches(
     micro_batch_size: int,
     shuffle_seed: int | None = None,
     skip: int = 0,
-) -> Iterator[torch.Tensor]:
-    """Yields this rank's micro batches of one pass over `dataset`, after skipping `skip` global batches."""
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields this rank's micro batches (every column of the task) of one pass over `dataset`, after skipping
+    `skip` global batches."""
     rows = micro_batch_size * world_size
     batches = dataset.iter_torch_batches(
         batch_size=rows,
@@ -39,4 +44,22 @@ def rank_batches(
     )
     for index, batch in enumerate(batches):
         if index >= skip:
-            yield rank_slice(batch["input_ids"], rank, micro_batch_size)
+            yield rank_slice(batch, rank, micro_batch_size)
+
+
+@dataclass
+class WaitClock:
+    seconds: float = 0.0
+
+
+def timed(items: Iterable[T], clock: WaitClock) -> Iterator[T]:
+    """The items, adding the time spent waiting for each one to `clock` (a worker's data wait)."""
+    iterator = iter(items)
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        clock.seconds += time.perf_counter() - started
+        yield item

@@ -1,34 +1,36 @@
-"""The Ray Data pipeline a job runs before its workers start: read -> tokenize -> pack -> split -> shuffle.
+"""The Ray Data pipeline a job runs before its workers start:
 
-It runs on the cluster's CPUs while they are still free, and keeps the packed token blocks in Ray's object
-store (never in the driver's memory). Training workers then only stream finished blocks, so they never
-compete with preprocessing tasks for CPUs, and the sizes needed for `epochs`, the ETA and the checks below are
-known before any worker starts.
+    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> encode -> split -> shuffle
+
+Every stage is a Ray Data operator over the cluster's CPUs while they are still free; the finished splits stay in
+Ray's object store (never in the driver's memory) and are cached on disk as parquet (data/cache.py). Rows the
+stages drop are written to a quarantine file with their stage and reason, and counted in the data report.
+Training workers then only stream finished blocks, so they never compete with preprocessing for CPUs, and the
+sizes needed for `epochs`, the ETA and the checks below are known before any worker starts.
 """
 
-import functools
-import os
+import json
+import tempfile
 import time
-import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray.data
-from tokenizers import Tokenizer
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import resolve_data_files
+from orchestrator.data import cache
+from orchestrator.data.augment import add_augmented_copies
+from orchestrator.data.clean import clean
+from orchestrator.data.encode import ENCODERS, measure
+from orchestrator.data.read import fields_of, file_format, read_rows
+from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.tokenizers import load_tokenizer, separator_id, texts_of, train_tokenizer
 
-READERS = {
-    "jsonl": ray.data.read_json,
-    "json": ray.data.read_json,
-    "parquet": ray.data.read_parquet,
-    "csv": ray.data.read_csv,
-    "txt": ray.data.read_text,  # one row per line, in a column named "text"
-}
 ROWS_PER_TASK_BATCH = 1024
+QUARANTINE_FILE = "quarantine.jsonl"
 
 
 @dataclass
@@ -38,61 +40,9 @@ class PreparedData:
     tokenizer_json: str
     train_sequences: int
     val_sequences: int
-
-
-def file_format(job: JobConfig, files: list[str]) -> str:
-    if job.data.format != "auto":
-        return job.data.format
-    formats = {os.path.splitext(path)[1].lstrip(".").lower() for path in files}
-    if len(formats) != 1 or not formats <= READERS.keys():
-        raise UserError(f"data.format: cannot infer one format from extensions {sorted(formats)}; set data.format")
-    return formats.pop()
-
-
-def read_corpus(job: JobConfig, files: list[str]) -> ray.data.Dataset:
-    """The corpus as one string column named `text`."""
-    fmt = file_format(job, files)
-    docs = READERS[fmt](files)
-    if fmt == "txt":
-        return docs
-    columns = docs.schema().names
-    if job.data.text_field not in columns:
-        raise UserError(f"data.text_field: {job.data.text_field!r} is not a column of the corpus (columns: {columns})")
-    return docs.select_columns([job.data.text_field]).rename_columns({job.data.text_field: "text"})
-
-
-def is_validation(text: str, val_fraction: float, seed: int) -> bool:
-    """Deterministic document-level split: the same document lands in the same split on every run."""
-    return zlib.crc32(f"{seed}:{text}".encode()) < val_fraction * 2**32
-
-
-@functools.lru_cache(maxsize=2)
-def _tokenizer(tokenizer_json: str) -> Tokenizer:
-    return Tokenizer.from_str(tokenizer_json)
-
-
-def pack(token_lists: list[list[int]], separator: int, seq_len: int) -> np.ndarray:
-    """Concatenates documents, each ended by `separator`, and cuts the stream into full `seq_len` rows."""
-    stream = np.fromiter((t for tokens in token_lists for t in (*tokens, separator)), dtype=np.int32)
-    rows = len(stream) // seq_len
-    return stream[: rows * seq_len].reshape(rows, seq_len)
-
-
-def tokenize_and_pack(batch: dict, tokenizer_json: str, separator: int, seq_len: int, val_fraction: float, seed: int):
-    tokenizer = _tokenizer(tokenizer_json)
-    texts = [text for text in batch["text"] if isinstance(text, str) and text.strip()]
-    encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
-    held_out = [is_validation(text, val_fraction, seed) for text in texts]
-    train = pack([e.ids for e, val in zip(encoded, held_out) if not val], separator, seq_len)
-    val = pack([e.ids for e, val in zip(encoded, held_out) if val], separator, seq_len)
-    return {
-        "input_ids": np.concatenate([train, val]),
-        "is_val": np.concatenate([np.zeros(len(train), bool), np.ones(len(val), bool)]),
-    }
-
-
-def _split(batch: dict, validation: bool) -> dict:
-    return {"input_ids": batch["input_ids"][batch["is_val"] == validation]}
+    label_names: list[str]
+    report: DataReport
+    directory: Path  # holds the quarantine file (the cache entry, or a temporary directory)
 
 
 def quiet_data_progress() -> None:
@@ -103,47 +53,160 @@ def quiet_data_progress() -> None:
     context.print_on_execution_start = False
 
 
+def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:
+    """The kept rows (stage == "") or the dropped ones."""
+    return dataset.map_batches(
+        lambda batch: {k: v[(batch["stage"] == "") == kept] for k, v in batch.items()}, batch_format="numpy"
+    )
+
+
+def check_strict(job: JobConfig, rows: ray.data.Dataset) -> None:
+    if not job.data.strict:
+        return
+    bad = rows_where(rows, kept=False).filter(lambda row: row["stage"] == "read").take(3)
+    if bad:
+        listed = "; ".join(f"{row['source']}: {row['reason']}" for row in bad)
+        raise UserError(f"data.strict: unreadable rows ({listed}); fix them or set data.strict: false to quarantine them")
+
+
+def get_tokenizer(job: JobConfig, kept: ray.data.Dataset):
+    if job.data.tokenizer.path:
+        return load_tokenizer(job.data.tokenizer.path)
+    # streamed through the driver batch by batch, never held whole
+    return train_tokenizer(job.data.tokenizer, texts_of(kept.iter_batches(batch_size=ROWS_PER_TASK_BATCH, batch_format="numpy")))
+
+
+def label_names_of(job: JobConfig, kept: ray.data.Dataset) -> list[str]:
+    if job.task != "sequence_classification":
+        return []
+    names = job.data.labels or sorted(kept.unique("label"))
+    if len(names) < 2:
+        raise UserError(
+            f"data.label_field: {job.data.label_field!r} has {len(names)} class(es) after cleaning "
+            f"({', '.join(map(repr, names))}); classification needs two or more"
+        )
+    return names
+
+
+def write_quarantine(rows: ray.data.Dataset, path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Streams the dropped rows into `path` (JSON lines) and returns their counts per stage and reason."""
+    seen = []
+    with path.open("w") as out:
+        for record in quarantine_records(rows.iter_rows(), columns):
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            seen.append({"stage": record["stage"], "reason": record["reason"]})
+    return count_dropped(seen)
+
+
 def prepare(job: JobConfig) -> PreparedData:
     quiet_data_progress()
-    # Blocks in file order: the tokenizer and the packed sequences then depend only on the files and the seed.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    started = time.perf_counter()
-    docs = read_corpus(job, resolve_data_files(job))
-    cfg = job.data
-    if cfg.tokenizer.path:
-        tokenizer = load_tokenizer(cfg.tokenizer.path)
-    else:  # streamed through the driver batch by batch, never held whole
-        tokenizer = train_tokenizer(cfg.tokenizer, texts_of(docs.iter_batches(batch_size=ROWS_PER_TASK_BATCH)))
-    tokenizer_json = tokenizer.backend_tokenizer.to_str()
-
-    packed = docs.map_batches(
-        tokenize_and_pack,
-        batch_size=ROWS_PER_TASK_BATCH,
-        batch_format="numpy",
-        fn_kwargs=dict(
-            tokenizer_json=tokenizer_json,
-            separator=separator_id(tokenizer),
-            seq_len=cfg.seq_len,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-        ),
-    ).materialize()
-    train = packed.map_batches(_split, fn_kwargs={"validation": False}, batch_format="numpy")
-    train = train.random_shuffle(seed=cfg.seed).materialize()
-    val = packed.map_batches(_split, fn_kwargs={"validation": True}, batch_format="numpy").materialize()
-    data = PreparedData(train, val, tokenizer_json, train.count(), val.count())
-    print(
-        f"data: {data.train_sequences:,} train and {data.val_sequences:,} validation sequences of {cfg.seq_len} "
-        f"tokens, vocabulary {tokenizer.vocab_size:,}, prepared in {time.perf_counter() - started:.1f} s",
-        flush=True,
-    )
+    context = ray.data.DataContext.get_current()
+    # Blocks in file order: the tokenizer and the sequences then depend only on the files and the settings.
+    context.execution_options.preserve_order = True
+    # Ray's default hash shuffle starts 200 partition actors per groupby: seconds each even for a small corpus.
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    files = resolve_data_files(job)
+    entry = cache.entry_dir(job, cache.fingerprint(job, files)) if job.data.cache else None
+    if entry and (meta := cache.read_meta(entry)):
+        data = load_cached(entry, meta)
+        print(f"data: cache hit, preprocessing skipped: {entry}", flush=True)
+    else:
+        directory = cache.staging_dir(entry) if entry else Path(tempfile.mkdtemp(prefix="orchestrator-data-"))
+        data = run_pipeline(job, files, directory)
+        if entry:
+            data.report.cache = "miss"
+            store(data, directory, entry)
+            data.directory = entry
+    for line in data.report.summary_lines():
+        print(line, flush=True)
+    print(f"data: quarantined rows: {data.directory / QUARANTINE_FILE}", flush=True)
     check_sizes(job, data)
     if not data.val_sequences:
         data.val = None
     return data
 
 
+def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedData:
+    started = time.perf_counter()
+    cfg = job.data
+    rows = read_rows(files, file_format(cfg.format, files), fields_of(job)).materialize()
+    check_strict(job, rows)
+    cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification")
+    kept = rows_where(cleaned, kept=True).sort("row_id")  # corpus order again after the dedup shuffles
+    tokenizer = get_tokenizer(job, kept)
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    measured = kept.map_batches(
+        measure,
+        batch_size=ROWS_PER_TASK_BATCH,
+        batch_format="numpy",
+        fn_kwargs=dict(
+            tokenizer_json=tokenizer_json, min_tokens=cfg.clean.min_tokens, max_tokens=cfg.clean.max_tokens,
+            val_fraction=cfg.val_fraction, seed=cfg.seed,
+        ),
+    ).materialize()
+    final = rows_where(measured, kept=True).materialize()
+
+    report = DataReport(rows_read=rows.count(), rows_kept=final.count())
+    columns = tuple(fields_of(job))
+    dropped = rows_where(cleaned, kept=False).union(rows_where(measured, kept=False))
+    report.dropped = write_quarantine(dropped, directory / QUARANTINE_FILE, columns)
+    if not report.rows_kept:
+        dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
+        raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
+    lengths = np.concatenate([b["n_tokens"] for b in final.select_columns(["n_tokens"]).iter_batches(batch_format="numpy")])
+    report.tokens = int(lengths.sum())
+    report.length_bins, report.length_counts = length_histogram(lengths)
+    label_names = label_names_of(job, final)
+
+    examples = final.select_columns([*columns, "is_val"])
+    if cfg.augment.copies:
+        examples = examples.map_batches(add_augmented_copies, batch_format="numpy", fn_kwargs={"cfg": cfg.augment})
+    encoded = examples.map_batches(
+        ENCODERS[job.task],
+        batch_size=ROWS_PER_TASK_BATCH,
+        batch_format="numpy",
+        fn_kwargs=dict(
+            tokenizer_json=tokenizer_json, seq_len=cfg.seq_len, separator=separator_id(tokenizer),
+            pad=tokenizer.pad_token_id, label_ids={name: i for i, name in enumerate(label_names)},
+        ),
+    ).materialize()
+    if cfg.augment.copies:
+        report.augmented_rows = encoded.count() - report.rows_kept  # classification: one encoded row per example
+    train = encoded.map_batches(_split, fn_kwargs={"validation": False}, batch_format="numpy")
+    train = train.random_shuffle(seed=cfg.seed).materialize()
+    val = encoded.map_batches(_split, fn_kwargs={"validation": True}, batch_format="numpy").materialize()
+    report.train_sequences, report.val_sequences = train.count(), val.count()
+    report.seconds = time.perf_counter() - started
+    return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, label_names, report, directory)
+
+
+def _split(batch: dict, validation: bool) -> dict:
+    keep = batch["is_val"] == validation
+    return {column: values[keep] for column, values in batch.items() if column != "is_val"}
+
+
+def store(data: PreparedData, staging: Path, entry: Path) -> None:
+    data.train.write_parquet(str(staging / "train"))
+    data.val.write_parquet(str(staging / "val"))
+    (staging / "tokenizer.json").write_text(data.tokenizer_json)
+    meta = {"label_names": data.label_names, "report": json.loads(data.report.to_json())}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: its presence marks a whole entry
+    cache.commit(staging, entry)
+
+
+def load_cached(entry: Path, meta: dict) -> PreparedData:
+    report = DataReport(**meta["report"])
+    report.cache = "hit"
+    train = ray.data.read_parquet(str(entry / "train")).materialize()
+    val = ray.data.read_parquet(str(entry / "val")).materialize() if report.val_sequences else None
+    tokenizer_json = (entry / "tokenizer.json").read_text()
+    return PreparedData(
+        train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry
+    )
+
+
 def check_sizes(job: JobConfig, data: PreparedData) -> None:
+    """Enough sequences for one global batch of training (and of validation when the job holds data out)."""
     global_micro = job.train.micro_batch_size * job.scaling.num_workers
     if data.train_sequences < global_micro:
         raise UserError(

@@ -13,8 +13,10 @@ from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.config.load import expand_path
 
-# Token that ends every document when documents are packed back to back.
+# Token that ends every document when documents are packed back to back (and every seq2seq text).
 SEPARATOR_TOKENS = {"bpe": "<|endoftext|>", "wordpiece": "[SEP]"}
+# Token that fills padded sequences (classification and seq2seq batches).
+PAD_TOKENS = {"bpe": "<pad>", "wordpiece": "[PAD]"}
 
 
 def _untrained(algorithm: str) -> tuple[Tokenizer, trainers.Trainer]:
@@ -24,7 +26,7 @@ def _untrained(algorithm: str) -> tuple[Tokenizer, trainers.Trainer]:
         tokenizer.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         return tokenizer, lambda vocab: trainers.BpeTrainer(
-            vocab_size=vocab, special_tokens=[SEPARATOR_TOKENS["bpe"]], initial_alphabet=alphabet
+            vocab_size=vocab, special_tokens=[SEPARATOR_TOKENS["bpe"], PAD_TOKENS["bpe"]], initial_alphabet=alphabet
         )
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -52,13 +54,11 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 
 def from_json(tokenizer_json: str) -> PreTrainedTokenizerFast:
-    """Wraps a `tokenizers` JSON string, naming its document separator (the trained one or a model's own)."""
+    """Wraps a `tokenizers` JSON string, naming its separator and padding tokens (the trained ones or a model's own)."""
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json))
     vocab = tokenizer.get_vocab()
-    for token in SEPARATOR_TOKENS.values():
-        if token in vocab:
-            tokenizer.eos_token = token
-            break
+    tokenizer.eos_token = next((token for token in SEPARATOR_TOKENS.values() if token in vocab), None)
+    tokenizer.pad_token = next((token for token in PAD_TOKENS.values() if token in vocab), None)
     return tokenizer
 
 
@@ -70,5 +70,7 @@ def separator_id(tokenizer: PreTrainedTokenizerFast) -> int:
 
 
 def texts_of(batches: Iterator[dict]) -> Iterator[str]:
+    """Every text of the rows (sources and targets of seq2seq pairs alike), to train a tokenizer on."""
     for batch in batches:
-        yield from (text for text in batch["text"] if text)
+        for column in ("text", "target"):
+            yield from (text for text in batch.get(column, ()) if text)

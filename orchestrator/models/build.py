@@ -11,13 +11,34 @@ from orchestrator.models.tasks import TASKS
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def hf_config(model: ModelConfig, vocab_size: int, eos_token_id: int) -> transformers.PretrainedConfig:
+def special_tokens(tokenizer) -> dict[str, int]:
+    """The trained tokenizer's ids, which a random-init config must use (the family defaults belong to other vocabularies).
+    Encoder-decoders start decoding from the padding token, as T5 does."""
+    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if tokenizer.pad_token_id is not None:
+        ids |= {"pad_token_id": tokenizer.pad_token_id, "decoder_start_token_id": tokenizer.pad_token_id}
+    return ids
+
+
+def label_keys(label_names: list[str]) -> dict:
+    if not label_names:
+        return {}
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def hf_config(model: ModelConfig, tokenizer, label_names: list[str]) -> transformers.PretrainedConfig:
     family = FAMILIES[model.family]
     keys = {family.dim_keys[name]: value for name, value in model.dims_resolved().items()}
     if model.dropout is not None:
         keys.update(dict.fromkeys(family.dropout_keys, model.dropout))
     config_class = getattr(transformers, family.config_class)
-    return config_class(vocab_size=vocab_size, bos_token_id=eos_token_id, eos_token_id=eos_token_id, **family.fixed, **keys)
+    return config_class(
+        vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **family.fixed, **keys
+    )
 
 
 def set_dropout(config: transformers.PretrainedConfig, probability: float) -> None:
@@ -28,13 +49,14 @@ def set_dropout(config: transformers.PretrainedConfig, probability: float) -> No
             setattr(config, key, probability)
 
 
-def build_model(model: ModelConfig, task: str, vocab_size: int, eos_token_id: int, seed: int) -> torch.nn.Module:
-    """Every rank calls this with the same seed, so random initialisation is identical across ranks."""
+def build_model(model: ModelConfig, task: str, tokenizer, label_names: list[str], seed: int) -> torch.nn.Module:
+    """Every rank calls this with the same seed, so random initialisation (and a new classifier head) is identical
+    across ranks."""
     auto_class = getattr(transformers, TASKS[task].auto_class)
     torch.manual_seed(seed)
     if model.pretrained:
-        config = transformers.AutoConfig.from_pretrained(expand_path(model.pretrained))
+        config = transformers.AutoConfig.from_pretrained(expand_path(model.pretrained), **label_keys(label_names))
         if model.dropout is not None:
             set_dropout(config, model.dropout)
         return auto_class.from_pretrained(expand_path(model.pretrained), config=config, dtype=torch.float32)
-    return auto_class.from_config(hf_config(model, vocab_size, eos_token_id))
+    return auto_class.from_config(hf_config(model, tokenizer, label_names))

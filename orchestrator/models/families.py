@@ -46,4 +46,32 @@ LLAMA = Family(
     dropout_keys=("attention_dropout",),
 )
 
-FAMILIES: dict[str, Family] = {"gpt2": GPT2, "llama": LLAMA}
+BERT = Family(  # encoders, for classification; the pretrained MiniLM of the fortunes example is one
+    config_class="BertConfig",
+    dim_keys={
+        "layers": "num_hidden_layers",
+        "hidden": "hidden_size",
+        "heads": "num_attention_heads",
+        "ffn": "intermediate_size",
+        "max_positions": "max_position_embeddings",
+    },
+    presets={
+        "tiny": {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 512},
+        "mini": {"layers": 6, "hidden": 384, "heads": 12, "ffn": 1536, "max_positions": 512},  # MiniLM-L6 shape
+    },
+    fixed={},
+    dropout_keys=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+)
+
+T5 = Family(  # encoder-decoder, for seq2seq; relative positions, so no max_positions
+    config_class="T5Config",
+    dim_keys={"layers": "num_layers", "hidden": "d_model", "heads": "num_heads", "ffn": "d_ff"},
+    presets={
+        "tiny": {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512},
+        "small": {"layers": 6, "hidden": 512, "heads": 8, "ffn": 2048},  # t5-small
+    },
+    fixed={"feed_forward_proj": "relu"},
+    dropout_keys=("dropout_rate",),
+)
+
+FAMILIES: dict[str, Family] = {"gpt2": GPT2, "llama": LLAMA, "bert": BERT, "t5": T5}

@@ -1,29 +1,119 @@
-"""Tasks: what a batch feeds the model and what an evaluation reports. The job's `task:` picks one."""
+"""Tasks: which model a job builds, what a batch feeds it and what an evaluation reports. The job's `task:` picks one.
+
+The registry is plain Python so that validation never imports torch; what a task computes with (torch, scikit-learn,
+sacrebleu, rouge-score) is imported inside the method that needs it, on the workers.
+"""
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
 class Task:
     auto_class: str  # transformers auto class that builds the model
-    model_inputs: Callable[[object], dict]  # a batch of token ids -> keyword arguments of the model
-    eval_metrics: Callable[[float], dict[str, float]]  # mean validation loss -> named metrics
-    reported_metrics: tuple[str, ...]  # what a training run reports to Ray (and so what a sweep can optimise)
+    families: tuple[str, ...]  # model families it can train (keys of models.families)
+    needs_fields: tuple[str, ...]  # data.<field> keys the job must set
+    columns: tuple[str, ...]  # what data/encode.py writes for it and each batch holds
+    metric_names: tuple[str, ...]  # eval/<name> metrics beyond eval/loss
+    generates: bool = False  # evaluation decodes generated text (slow: capped by train.eval_batches)
+
+    @property
+    def reported_metrics(self) -> tuple[str, ...]:
+        """What a training run reports to Ray (and so what a sweep can optimise)."""
+        return ("train/loss", "eval/loss", *(f"eval/{name}" for name in self.metric_names))
+
+    def model_inputs(self, batch: dict) -> dict:
+        """Keyword arguments of the model for a batch of the task's columns."""
+        return batch
+
+    def predictions(self, model, batch: dict, outputs, tokenizer, zero3: bool) -> dict[str, list]:
+        """What one validation batch contributes to the metrics beyond its loss (gathered over ranks)."""
+        return {}
+
+    def metrics(self, mean_loss: float, predictions: dict[str, list], label_names: list[str]) -> dict[str, float]:
+        return {"eval/loss": mean_loss}
 
 
-def _causal_lm_inputs(input_ids) -> dict:
-    # Hugging Face shifts the labels inside the model, so labels are the inputs themselves.
-    return {"input_ids": input_ids, "labels": input_ids}
+@dataclass(frozen=True)
+class CausalLM(Task):
+    def model_inputs(self, batch):
+        # Hugging Face shifts the labels inside the model, so the labels are the inputs themselves.
+        return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
+
+    def metrics(self, mean_loss, predictions, label_names):
+        return {"eval/loss": mean_loss, "eval/perplexity": math.exp(min(mean_loss, 50.0))}
 
 
-def _causal_lm_metrics(mean_loss: float) -> dict[str, float]:
-    return {"eval/loss": mean_loss, "eval/perplexity": math.exp(min(mean_loss, 50.0))}
+@dataclass(frozen=True)
+class SequenceClassification(Task):
+    def predictions(self, model, batch, outputs, tokenizer, zero3):
+        return {"predicted": outputs.logits.argmax(-1).tolist(), "label": batch["labels"].tolist()}
+
+    def metrics(self, mean_loss, predictions, label_names):
+        from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+        truth, predicted = predictions["label"], predictions["predicted"]
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            truth, predicted, labels=range(len(label_names)), average="macro", zero_division=0
+        )
+        majority = max(truth.count(label) for label in set(truth))
+        return {
+            "eval/loss": mean_loss,
+            "eval/majority_accuracy": majority / len(truth),  # the baseline of always answering the commonest class
+            "eval/accuracy": accuracy_score(truth, predicted),
+            "eval/precision": precision,
+            "eval/recall": recall,
+            "eval/f1": f1,
+        }
+
+
+@dataclass(frozen=True)
+class Seq2Seq(Task):
+    def predictions(self, model, batch, outputs, tokenizer, zero3):
+        # Under ZeRO-3 every rank holds a shard of each layer: all ranks must step through generate together.
+        generated = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=batch["labels"].shape[1],
+            synced_gpus=zero3,
+        )
+        references = batch["labels"].masked_fill(batch["labels"] < 0, tokenizer.pad_token_id)
+        return {
+            "hypothesis": tokenizer.batch_decode(generated, skip_special_tokens=True),
+            "reference": tokenizer.batch_decode(references, skip_special_tokens=True),
+        }
+
+    def metrics(self, mean_loss, predictions, label_names):
+        return {"eval/loss": mean_loss, **generation_scores(predictions["hypothesis"], predictions["reference"])}
+
+
+def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu) and mean ROUGE-L F1 (rouge-score) of generated texts, in percent."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    hypotheses = [text.strip() for text in hypotheses]
+    references = [text.strip() for text in references]
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(references, hypotheses)]
+    return {
+        "eval/bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "eval/chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "eval/rougeL": 100 * sum(rouge) / max(len(rouge), 1),
+    }
 
 
 TASKS: dict[str, Task] = {
-    "causal_lm": Task(
-        "AutoModelForCausalLM", _causal_lm_inputs, _causal_lm_metrics, ("train/loss", "eval/loss", "eval/perplexity")
+    "causal_lm": CausalLM(
+        "AutoModelForCausalLM", families=("gpt2", "llama"), needs_fields=(), columns=("input_ids",),
+        metric_names=("perplexity",),
+    ),
+    "sequence_classification": SequenceClassification(
+        "AutoModelForSequenceClassification", families=("bert",), needs_fields=("label_field",),
+        columns=("input_ids", "attention_mask", "labels"), metric_names=("accuracy", "precision", "recall", "f1", "majority_accuracy"),
+    ),
+    "seq2seq": Seq2Seq(
+        "AutoModelForSeq2SeqLM", families=("t5",), needs_fields=("target_field",),
+        columns=("input_ids", "attention_mask", "labels"), metric_names=("bleu", "chrf", "rougeL"), generates=True,
     ),
 }

@@ -13,8 +13,11 @@ PANELS = [
 
 
 def training_curves(history: dict[str, list[tuple[int, float]]], path: str) -> None:
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
-    for axis, (title, keys) in zip(axes, PANELS):
+    """Loss, learning rate and throughput over steps, and a panel of the task's evaluation metrics if it has any."""
+    task_metrics = sorted(key for key in history if key.startswith("eval/") and key not in ("eval/loss", "eval/perplexity"))
+    panels = PANELS + ([("evaluation", task_metrics)] if task_metrics else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for axis, (title, keys) in zip(axes, panels):
         for key in keys:
             if history.get(key):
                 steps, values = zip(*history[key])
@@ -69,4 +72,37 @@ def sweep_plots(table, histories: dict, sweep, total_steps: int, directory: str)
     axis.legend()
     figure.tight_layout()
     figure.savefig(f"{directory}/{metric.replace('/', '_')}_vs_lr.png", dpi=100)
+    plt.close(figure)
+
+
+def confusion_matrix_plot(truth: list[int], predicted: list[int], label_names: list[str], directory: str) -> None:
+    """confusion_matrix.png and .csv (rows: true label, columns: predicted) of a classification evaluation."""
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    matrix = confusion_matrix(truth, predicted, labels=range(len(label_names)))
+    size = max(5, 0.35 * len(label_names) + 3)
+    figure, axis = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(matrix, display_labels=label_names).plot(
+        ax=axis, xticks_rotation="vertical", colorbar=False, include_values=len(label_names) <= 12
+    )
+    axis.set_title(f"confusion matrix ({len(truth)} validation examples)")
+    figure.tight_layout()
+    figure.savefig(f"{directory}/confusion_matrix.png", dpi=100)
+    plt.close(figure)
+    header = "true\\predicted," + ",".join(label_names)
+    rows = [f"{name}," + ",".join(map(str, row)) for name, row in zip(label_names, matrix)]
+    with open(f"{directory}/confusion_matrix.csv", "w") as out:
+        out.write("\n".join([header, *rows]) + "\n")
+
+
+def token_length_histogram(bins: list[float], counts: list[int], path: str) -> None:
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    if counts:
+        axis.stairs(counts, bins, fill=True, alpha=0.7)
+    axis.set_title("tokens per text (after cleaning)")
+    axis.set_xlabel("tokens")
+    axis.set_ylabel("texts")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -14,6 +14,7 @@ from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path, is_uri
 from orchestrator.data.pipeline import PreparedData, prepare
+from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop
@@ -85,6 +86,8 @@ def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]
     storage = storage_path(job)
     run = start_run(job, run_name, f"{storage}/{run_name}", artifacts=job_artifacts(job))
     print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
+    if not run.resumed:
+        log_data_report(run.uri, run.run_id, data)
 
     plan = TrainPlan(
         total_steps=steps,
@@ -93,6 +96,7 @@ def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]
         tracking_uri=run.uri,
         run_id=run.run_id,
         job_started_at=started_at,
+        label_names=data.label_names,
     )
     trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
     with ends_with_outcome(run):

@@ -5,6 +5,7 @@ Only rank 0 talks to MLflow; every rank takes part in the collectives (loss aver
 checkpointing, the ZeRO-3 gather at export), always at the same steps.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -17,15 +18,18 @@ import torch
 import torch.distributed as dist
 
 from orchestrator.config.job import JobConfig
-from orchestrator.data.feed import rank_batches
+from orchestrator.data.feed import WaitClock, rank_batches, timed
 from orchestrator.data.pipeline import quiet_data_progress
-from orchestrator.data.tokenizers import from_json, separator_id
+from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import TORCH_DTYPES, build_model
 from orchestrator.models.tasks import TASKS, Task
 from orchestrator.tracking.metrics import MetricsLogger
-from orchestrator.tracking.plots import training_curves
+from orchestrator.tracking.plots import confusion_matrix_plot, training_curves
 from orchestrator.train import checkpoint
 from orchestrator.train.engine import build_engine, export_hf_model, restart_schedule
+
+MODEL_CARD = "orchestrator.json"  # beside the exported model: what it was trained for
+GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
 
 log = logging.getLogger(__name__)
 log.setLevel(logging.INFO)  # progress lines are the job log's content, whatever the root level
@@ -41,7 +45,15 @@ class TrainPlan:
     tracking_uri: str
     run_id: str
     job_started_at: float  # driver's wall clock when the job started, for time-to-first-step
+    label_names: list[str]  # classification: label of each class index
     initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
+
+
+def write_model_card(job: JobConfig, directory: str) -> None:
+    card = {"task": job.task, "seq_len": job.data.seq_len, "text_field": job.data.text_field}
+    card |= {"label_field": job.data.label_field, "target_field": job.data.target_field}
+    with open(os.path.join(directory, MODEL_CARD), "w") as out:
+        json.dump(card, out, indent=2)
 
 
 def format_progress(step: int, total: int, loss: float, lr: float, tokens_per_s: float, eta_s: float) -> str:
@@ -55,21 +67,34 @@ def mean_over_ranks(value: torch.Tensor) -> float:
     return value.item() / dist.get_world_size()
 
 
-def evaluate(engine, dataset, task: Task, job: JobConfig, rank: int, world_size: int) -> dict[str, float]:
+def evaluate(engine, dataset, task: Task, job: JobConfig, plan: TrainPlan, tokenizer) -> tuple[dict, dict[str, list]]:
+    """The task's metrics over the validation split (capped by eval_batches), and the predictions of every rank."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     engine.eval()
     loss_sum, batches = torch.zeros(1), torch.zeros(1)
+    predictions: dict[str, list] = {}
     with torch.no_grad():
-        for index, input_ids in enumerate(
+        for index, batch in enumerate(
             rank_batches(dataset, rank=rank, world_size=world_size, micro_batch_size=job.train.micro_batch_size)
         ):
             if job.train.eval_batches and index >= job.train.eval_batches:
                 break
-            loss_sum += engine(**task.model_inputs(input_ids)).loss.float()
+            outputs = engine(**task.model_inputs(batch))
+            loss_sum += outputs.loss.float()
             batches += 1
+            for key, values in task.predictions(engine.module, batch, outputs, tokenizer, job.deepspeed.zero_stage == 3).items():
+                predictions.setdefault(key, []).extend(values)
     engine.train()
     dist.all_reduce(loss_sum)
     dist.all_reduce(batches)
-    return task.eval_metrics((loss_sum / batches).item())
+    gathered: list[dict] = [{} for _ in range(world_size)]
+    dist.all_gather_object(gathered, predictions)
+    predictions = {key: [value for part in gathered for value in part[key]] for key in predictions}
+    return task.metrics((loss_sum / batches).item(), predictions, plan.label_names), predictions
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " | ".join(f"{name.split('/')[-1]} {value:.4g}" for name, value in metrics.items())
 
 
 def train_loop(config: dict) -> None:
@@ -84,7 +109,7 @@ def train_loop(config: dict) -> None:
 
     started = time.perf_counter()
     tokenizer = from_json(plan.tokenizer_json)
-    model = build_model(job.model, job.task, len(tokenizer), separator_id(tokenizer), job.train.seed)
+    model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed)
     engine = build_engine(job, model, plan.total_steps)
     engine_ready = time.perf_counter()
     # Ray Train's own checkpoint (this run restarted after a failure) comes before the one the run started from.
@@ -105,9 +130,16 @@ def train_loop(config: dict) -> None:
         metrics.log(progress.step, {"time/model_and_engine_init_s": engine_ready - started})
     train_data = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if plan.has_validation else None
+    if val_data is not None and job.train.eval_at_start and progress.step == 0:
+        evaluation, _ = evaluate(engine, val_data, task, job, plan, tokenizer)
+        if metrics:
+            metrics.log(0, evaluation)
+            log.info(f"step 0 (untrained) | eval {format_metrics(evaluation)}")
 
     step_loss, micro_steps = torch.zeros(1), 0
     window_started, window_steps, first_step_done = time.perf_counter(), 0, False
+    data_wait = WaitClock()  # time this rank waited for its next batch
+    window_wait = 0.0
     last_train_loss, final_result = None, None
     while progress.step < plan.total_steps:
         batches = rank_batches(
@@ -118,8 +150,8 @@ def train_loop(config: dict) -> None:
             shuffle_seed=job.data.seed + progress.epoch,
             skip=progress.batches_in_epoch,
         )
-        for input_ids in batches:
-            loss = engine(**task.model_inputs(input_ids)).loss
+        for batch in timed(batches, data_wait):
+            loss = engine(**task.model_inputs(batch)).loss
             engine.backward(loss)
             engine.step()
             progress.batches_in_epoch += 1
@@ -147,13 +179,14 @@ def train_loop(config: dict) -> None:
                 if metrics:
                     logged = {"train/loss": last_train_loss, "train/lr": engine.get_lr()[0], "train/tokens_per_s": tokens_per_s}
                     logged["train/epoch"] = progress.epoch
+                    logged["train/data_wait_fraction"] = (data_wait.seconds - window_wait) / elapsed
                     grad_norm = engine.get_global_grad_norm()
                     if grad_norm is not None:
                         logged["train/grad_norm"] = float(grad_norm)
                     metrics.log(step, logged)
                     eta_s = (plan.total_steps - step) * elapsed / window_steps
                     log.info(format_progress(step, plan.total_steps, last_train_loss, logged["train/lr"], tokens_per_s, eta_s))
-                window_started, window_steps = time.perf_counter(), 0
+                window_started, window_steps, window_wait = time.perf_counter(), 0, data_wait.seconds
             step_loss.zero_()
             micro_steps = 0
 
@@ -165,10 +198,13 @@ def train_loop(config: dict) -> None:
                 if last_train_loss is not None:
                     report["train/loss"] = last_train_loss
                 if evaluating and val_data is not None:
-                    report.update(evaluate(engine, val_data, task, job, rank, world_size))
+                    evaluation, predictions = evaluate(engine, val_data, task, job, plan, tokenizer)
+                    report.update(evaluation)
                     if metrics:
-                        metrics.log(step, {k: v for k, v in report.items() if k.startswith("eval/")})
-                        log.info(f"step {step} | eval loss {report['eval/loss']:.4f} | ppl {report['eval/perplexity']:.2f}")
+                        metrics.log(step, evaluation)
+                        log.info(f"step {step} | eval {format_metrics(evaluation)}")
+                        if is_last:
+                            log_predictions(metrics, predictions, plan.label_names)
                 if metrics:  # what Ray (or a Tune scheduler) sees is also in MLflow, even if the run is stopped now
                     metrics.flush(wait=True)
                 directory = checkpoint.save(engine, progress, rank) if saving else None
@@ -176,7 +212,8 @@ def train_loop(config: dict) -> None:
                     final_result = (report, directory)
                     break
                 report_to_ray(report, directory)
-                window_started, window_steps = time.perf_counter(), 0  # keep evaluation and checkpoint time out of tokens/s
+                # keep evaluation and checkpoint time out of tokens/s
+                window_started, window_steps, window_wait = time.perf_counter(), 0, data_wait.seconds
         else:  # the pass over the data ended before the last step: next epoch
             progress.epoch += 1
             progress.batches_in_epoch = 0
@@ -193,12 +230,28 @@ def report_to_ray(result: dict[str, float], checkpoint_directory: str | None) ->
         shutil.rmtree(checkpoint_directory, ignore_errors=True)
 
 
+def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_names: list[str]) -> None:
+    """What the last evaluation predicted, for a person to look at: the confusion matrix of a classifier, or
+    generated texts beside their references."""
+    if label_names:
+        directory = tempfile.mkdtemp(prefix="orchestrator-plots-")
+        confusion_matrix_plot(predictions["label"], predictions["predicted"], label_names, directory)
+        metrics.client.log_artifacts(metrics.run_id, directory, "plots")
+        shutil.rmtree(directory, ignore_errors=True)
+    if "hypothesis" in predictions:
+        rows = zip(predictions["reference"][:GENERATED_SAMPLES], predictions["hypothesis"][:GENERATED_SAMPLES])
+        table = "reference\tgenerated\n" + "".join(f"{ref}\t{hyp}\n" for ref, hyp in rows)
+        metrics.client.log_text(metrics.run_id, table, "eval/generated.tsv")
+
+
 def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
-    """The final model and tokenizer in Hugging Face format, and the training curves, into the MLflow run."""
+    """The final model and tokenizer in Hugging Face format, with the task it was trained for (what `predict` needs),
+    and the training curves, into the MLflow run."""
     directory = tempfile.mkdtemp(prefix="orchestrator-model-")
     export_hf_model(engine, directory, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
     if metrics:
         tokenizer.save_pretrained(directory)
+        write_model_card(job, directory)
         metrics.client.log_artifacts(metrics.run_id, directory, "model")
         plot = os.path.join(directory, "training_curves.png")
         training_curves(metrics.history, plot)

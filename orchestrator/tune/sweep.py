@@ -25,6 +25,7 @@ from ray.util.queue import Queue
 from orchestrator import runtime
 from orchestrator.config.load import LoadedSweep
 from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
+from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
 from orchestrator.train.launch import build_trainer, job_artifacts, storage_path, total_steps
@@ -108,6 +109,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         tracking_uri=run.uri,
         run_id=run.run_id,
         job_started_at=started_at,
+        label_names=context.data.label_names,
         initial_checkpoint=start_from.path if start_from else None,
     )
     # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
@@ -134,6 +136,8 @@ def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
     at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)
     parent = start_sweep_run(sweep, sweep_dir)
     print(f"MLflow sweep run ({'resumed' if parent.resumed else 'new'}): {parent.url}", flush=True)
+    if not parent.resumed:
+        log_data_report(parent.uri, parent.run_id, data)
     print(f"{at_once} trial(s) at a time, {job.scaling.num_workers} worker(s) each, {steps} steps per trial", flush=True)
 
     context = SweepContext(sweep, data, steps, parent, sweep_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ANSI, REPO, tiny_job, write_sweep
+from helpers import ANSI, REPO, submit, tiny_job, write_sweep
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import SCHEDULE_CLASSES
@@ -70,13 +70,7 @@ def test_optuna_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp
         scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2},
         num_samples=4,
     )
-    command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--"]
-    result = subprocess.run(
-        command + ["python", "-m", "orchestrator", "sweep", str(path)],
-        cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600,
-    )
-    output = ANSI.sub("", result.stdout + result.stderr)
-    assert "succeeded" in result.stdout, output[-5000:]
+    output = submit(cluster, "sweep", str(path))
     assert "2 trial(s) at a time" in output
 
     parent = parent_run(client, "sweep-asha", "asha")

@@ -1,12 +1,12 @@
 """Real jobs on a real Ray cluster with real DeepSpeed and a real MLflow server, on a tiny GPT-2."""
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ANSI, REPO, mlflow_run_id, orchestrator, tiny_job, write_job
+from helpers import ANSI, mlflow_run_id, orchestrator, tiny_job, write_job
+from helpers import submit as submit_job
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -29,14 +29,11 @@ def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, *
     job = tiny_job(corpus, checkpoint={"dir": str(tmp / "runs")}, tracking={"experiment": "integration", "run_name": name}, **sections)
     path = write_job(tmp / f"{name}.yaml", job)
     if submit:  # the way users run jobs: through the cluster's job API
-        command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--"]
-        command += ["python", "-m", "orchestrator", "train", str(path)]
-        result = subprocess.run(command, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
-        assert "succeeded" in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
+        output = submit_job(cluster, "train", str(path))
     else:
         result = orchestrator(cluster, "train", str(path))
-    output = ANSI.sub("", result.stdout + result.stderr)
-    assert result.returncode == 0, output[-4000:]
+        output = ANSI.sub("", result.stdout + result.stderr)
+        assert result.returncode == 0, output[-4000:]
     return FinishedRun(mlflow_run_id(output), output, path)
 
 
@@ -72,6 +69,9 @@ def test_loss_decreases(stage_runs, client, stage):
     losses = list(history(client, stage_runs[stage].run_id, "train/loss").values())
     assert len(losses) == 20
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    perplexity = history(client, stage_runs[stage].run_id, "eval/perplexity")
+    assert sorted(perplexity) == [0, 10, 20]  # evaluated untrained (eval_at_start), then every 10 steps
+    assert perplexity[20] < perplexity[10] < 0.5 * perplexity[0]
 
 
 def test_zero_stages_give_the_same_losses(stage_runs, client):

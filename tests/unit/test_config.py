@@ -57,7 +57,12 @@ BAD_JOBS = [
     ("schedule", {}, ["train.schedule.gamma=0.9"], "train.schedule.gamma: unknown key"),
     ("schedule name", {}, ["train.schedule.name=step"], "train.schedule: "),
     ("size", {}, ["model.size=huge"], "model.size: gpt2 has sizes tiny, small, medium (got 'huge')"),
-    ("family", {}, ["model.family=bert"], "model.family: must be 'gpt2' or 'llama'"),
+    ("family", {}, ["model.family=gpt3"], "model.family: must be 'gpt2', 'llama', 'bert' or 't5'"),
+    ("family_of_task", {}, ["model.family=bert"], "model.family: causal_lm trains gpt2, llama models (got 'bert')"),
+    ("task_needs_label", {}, ["task=sequence_classification", "model.family=bert"], "data.label_field: the sequence_classification task needs it"),
+    ("field_of_other_task", {}, ["data.target_field=fr"], "data.target_field: not used by the causal_lm task"),
+    ("augment_needs_classification", {}, ["data.augment.copies=2"], "data.augment.copies: augmentation is for sequence_classification"),
+    ("clean_range", {}, ["data.clean.min_chars=50", "data.clean.max_chars=10"], "data.clean.min_chars: exceeds max_chars"),
     ("missing file", {}, ["data.paths=[/no/such/*.jsonl]"], "data.paths[0]: no file matches '/no/such/*.jsonl'"),
     ("bad override", {}, ["train.max_steps"], "--set train.max_steps: expected dotted.key=value"),
 ]
@@ -70,6 +75,30 @@ def test_bad_jobs_name_the_field(corpus, tmp_path, name, sections, overrides, me
         load_job(path, overrides)
     assert message in str(err.value)
     assert len(str(err.value).splitlines()) == 1
+
+
+def test_csv_without_the_text_column(tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("title,category\nhello,a\n")
+    with pytest.raises(UserError, match=r"data.text_field: .*table.csv has no column 'text' \(columns: title, category\)"):
+        load_job(write_job(tmp_path / "job.yaml", tiny_job(table)))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_cache_dir(corpus, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    job = tiny_job(corpus, data={**tiny_job(corpus)["data"], "cache_dir": str(locked / "cache")})
+    with pytest.raises(UserError, match="data.cache_dir: .* is not writable"):
+        load_job(write_job(tmp_path / "job.yaml", job))
+
+
+def test_cache_dir_that_is_a_file(corpus, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    job = tiny_job(corpus, data={**tiny_job(corpus)["data"], "cache_dir": str(blocker / "cache")})
+    with pytest.raises(UserError, match="data.cache_dir: .*blocker/cache is not writable"):
+        load_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_empty_corpus(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.data.feed import rank_slice
-from orchestrator.data.pipeline import is_validation, pack, tokenize_and_pack
+from orchestrator.data.encode import encode_causal_lm, is_validation, pack
 from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
 from orchestrator.tracking.params import flatten
 from orchestrator.train.loop import format_progress
@@ -28,9 +28,10 @@ def test_validation_split_is_deterministic_and_proportional():
 
 def test_rank_slices_partition_the_global_batch():
     """Rank r of 2 with micro batch b holds rows [r*b, (r+1)*b): together, exactly 1 worker's 2b rows."""
-    batch = torch.arange(8).reshape(8, 1)
+    batch = {"input_ids": torch.arange(8).reshape(8, 1), "labels": torch.arange(8)}
     parts = [rank_slice(batch, rank, 4) for rank in range(2)]
-    assert torch.equal(torch.cat(parts), batch)
+    for column, rows in batch.items():
+        assert torch.equal(torch.cat([part[column] for part in parts]), rows)
 
 
 def test_trained_tokenizer_packs_documents():
@@ -38,13 +39,11 @@ def test_trained_tokenizer_packs_documents():
     for algorithm in ("bpe", "wordpiece"):
         tokenizer = train_tokenizer(TokenizerConfig(train=algorithm, vocab_size=300), texts)
         tokenizer = from_json(tokenizer.backend_tokenizer.to_str())  # as the workers receive it
-        out = tokenize_and_pack(
-            {"text": np.array(texts + ["", None], dtype=object)},
+        out = encode_causal_lm(
+            {"text": np.array(texts, dtype=object), "is_val": np.array([is_validation(t, 0.2, 0) for t in texts])},
             tokenizer.backend_tokenizer.to_str(),
-            separator_id(tokenizer),
             seq_len=8,
-            val_fraction=0.2,
-            seed=0,
+            separator=separator_id(tokenizer),
         )
         assert out["input_ids"].shape[1] == 8 and len(out["input_ids"]) == len(out["is_val"])
         assert 0 < out["is_val"].sum() < len(out["is_val"])

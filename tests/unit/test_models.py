@@ -1,23 +1,42 @@
-"""Model building: random-init presets and local pretrained models, with the job's dropout."""
+"""Model building: random-init presets of every task and local pretrained models, with the job's dropout."""
 
+import pytest
 import torch
 import transformers
 
-from orchestrator.config.job import ModelConfig
+from orchestrator.config.job import ModelConfig, TokenizerConfig
+from orchestrator.data.tokenizers import train_tokenizer
 from orchestrator.models.build import build_model
 
 TINY = {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64, "max_positions": 32}
 
 
-def test_pretrained_model_loads_its_weights_with_the_jobs_dropout(tmp_path):
-    saved = build_model(ModelConfig(dims=TINY), "causal_lm", vocab_size=100, eos_token_id=0, seed=1)
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(TokenizerConfig(train="bpe", vocab_size=300), [f"the cat {i} sees the dog" for i in range(50)])
+
+
+def test_pretrained_model_loads_its_weights_with_the_jobs_dropout(tmp_path, tokenizer):
+    saved = build_model(ModelConfig(dims=TINY), "causal_lm", tokenizer, [], seed=1)
     saved.save_pretrained(tmp_path)
 
-    loaded = build_model(ModelConfig(pretrained=str(tmp_path), dropout=0.25), "causal_lm", 100, 0, seed=2)
+    loaded = build_model(ModelConfig(pretrained=str(tmp_path), dropout=0.25), "causal_lm", tokenizer, [], seed=2)
     assert isinstance(loaded, transformers.GPT2LMHeadModel)
     assert (loaded.config.attn_pdrop, loaded.config.resid_pdrop, loaded.config.embd_pdrop) == (0.25, 0.25, 0.25)
     for (name, mine), theirs in zip(loaded.state_dict().items(), saved.state_dict().values()):
         assert torch.equal(mine, theirs), name
 
-    untouched = build_model(ModelConfig(pretrained=str(tmp_path)), "causal_lm", 100, 0, seed=2)
+    untouched = build_model(ModelConfig(pretrained=str(tmp_path)), "causal_lm", tokenizer, [], seed=2)
     assert untouched.config.attn_pdrop == saved.config.attn_pdrop
+
+
+def test_random_init_models_use_the_trained_tokenizers_ids(tokenizer):
+    labels = ["no", "yes"]
+    classifier = build_model(ModelConfig(family="bert", dims=TINY), "sequence_classification", tokenizer, labels, seed=0)
+    assert isinstance(classifier, transformers.BertForSequenceClassification)
+    assert classifier.config.id2label == {0: "no", 1: "yes"} and classifier.config.vocab_size == len(tokenizer)
+
+    translator = build_model(ModelConfig(family="t5", size="tiny"), "seq2seq", tokenizer, [], seed=0)
+    assert isinstance(translator, transformers.T5ForConditionalGeneration)
+    assert translator.config.decoder_start_token_id == translator.config.pad_token_id == tokenizer.pad_token_id
+    assert translator.config.eos_token_id == tokenizer.eos_token_id

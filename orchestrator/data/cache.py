@@ -1,0 +1,90 @@
+"""The prepared-dataset cache: cleaned, tokenized, packed splits as parquet, with their tokenizer and data report.
+
+An entry is keyed by a fingerprint of everything its content depends on: the bytes of every input file, the
+job's data section (less the cache settings), the task, the local tokenizer's files, and PIPELINE_VERSION (bumped
+whenever the pipeline's output changes). Any change makes a new entry; nothing is ever served stale. Entries are
+written to a temporary directory and renamed into place, so a run killed mid-write leaves no half entry.
+On a multi-node cluster `data.cache_dir` must be storage every node sees, like `checkpoint.dir`.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from orchestrator.config.errors import UserError
+from orchestrator.config.job import JobConfig
+from orchestrator.config.load import expand_path
+
+PIPELINE_VERSION = 2
+READ_CHUNK = 1 << 20
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tokenizer_files(job: JobConfig) -> list[str]:
+    if not job.data.tokenizer.path:
+        return []
+    path = expand_path(job.data.tokenizer.path)
+    return [path] if os.path.isfile(path) else sorted(str(p) for p in Path(path).iterdir() if p.is_file())
+
+
+def fingerprint(job: JobConfig, files: list[str]) -> str:
+    settings = job.data.model_dump(mode="json", exclude={"cache", "cache_dir", "paths"})
+    inputs = {
+        "version": PIPELINE_VERSION,
+        "task": job.task,
+        "data": settings,
+        "files": [(path, file_digest(path)) for path in files],
+        "tokenizer": [(os.path.basename(path), file_digest(path)) for path in tokenizer_files(job)],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_root(job: JobConfig) -> Path:
+    return Path(expand_path(job.data.cache_dir))
+
+
+def check_writable(job: JobConfig) -> None:
+    """Before Ray starts: a cache that cannot be written is a job error, not a failure after preprocessing."""
+    if not job.data.cache:
+        return
+    root = cache_root(job)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"data.cache_dir: {root} is not writable ({err.strerror}); fix it or set data.cache: false")
+
+
+def entry_dir(job: JobConfig, key: str) -> Path:
+    return cache_root(job) / f"{job.task}-{key}"
+
+
+def staging_dir(entry: Path) -> Path:
+    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def commit(staging: Path, entry: Path) -> None:
+    """Atomic on one filesystem; a concurrent run that committed the same entry first wins."""
+    try:
+        os.rename(staging, entry)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_meta(entry: Path) -> dict | None:
+    meta = entry / "meta.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None

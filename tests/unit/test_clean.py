@@ -1,0 +1,217 @@
+import numpy as np
+import pytest
+import ray
+from ray.data.context import ShuffleStrategy
+
+from orchestrator.config.job import CleanConfig
+from orchestrator.data.clean import (
+    STAGES,
+    band_keys,
+    clean,
+    jaccard,
+    judge_copies,
+    lsh_bands,
+    minhash_signatures,
+    near_duplicates,
+    normalize_text,
+    row_verdict,
+    shingles,
+)
+
+# 30 distinct words: changing the last one changes 1 of 28 three-word shingles (Jaccard 27/29 = 0.93).
+LONG = (
+    "researchers gathered in the old harbour town to discuss how coastal erosion slowly reshapes fishing villages "
+    "while local families argue about funding new sea walls before winter storms arrive again this year"
+)
+NEAR = LONG.rsplit(" ", 1)[0] + " soon"
+OTHER = "a completely unrelated note about baking sourdough bread at home with rye flour and patience every weekend"
+
+
+# --- pure functions -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("\ufb01ne \uff21\uff22", "fine AB"),  # NFKC: ligature, full-width letters
+        ("a\u200bb\x00c\x07d\ufeff", "abcd"),  # zero-width space, NUL, bell, BOM
+        ("  one \t\t two   three  ", "one two three"),
+        ("line one   \n   line two\r\nline three\rfour", "line one\nline two\nline three\nfour"),
+        ("para one\n\n\n\n\npara two\n \n \n \nend", "para one\n\npara two\n\nend"),
+        ("a\u00a0\u3000b", "a b"),  # no-break and ideographic spaces
+        ("\x0b\x0c \t", ""),
+    ],
+)
+def test_normalize_text(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+def test_shingles():
+    assert shingles("The cat SAT on  mats", 3) == ["the cat sat", "cat sat on", "sat on mats"]
+    assert shingles("Two Words", 3) == ["two words"]
+    assert shingles("exactly three words", 3) == ["exactly three words"]
+
+
+def test_row_verdict():
+    assert row_verdict("fine", {}) is None
+    assert row_verdict(None, {}) == ("empty", "empty text")
+    assert row_verdict(" \n ", {}) == ("empty", "empty text")
+    assert row_verdict("text", {"label": None}) == ("empty", "missing label")
+    assert row_verdict("text", {"target": "  "}) == ("empty", "missing target")
+    assert row_verdict("x" * 412, {}, max_chars=400) == ("length_chars", "longer than max_chars (412 > 400)")
+    assert row_verdict("short", {}, min_chars=10) == ("length_chars", "shorter than min_chars (5 < 10)")
+    assert row_verdict("text", {"label": "x"}, known_labels={"a"}) == ("labels", "unknown label 'x'")
+    assert row_verdict("text", {"label": "a"}, known_labels={"a"}) is None
+
+
+def test_judge_copies_conflicts_then_duplicates():
+    rows = [
+        {"row_id": 9, "text": "t", "source": "s9", "label": "b"},
+        {"row_id": 3, "text": "t", "source": "s3", "label": "a"},
+        {"row_id": 7, "text": "u", "source": "s7", "label": "a"},
+        {"row_id": 5, "text": "u", "source": "s5", "label": "a"},
+    ]
+    assert judge_copies(rows, check_conflicts=True, dedup_exact=True) == {
+        9: ("labels", "conflicting labels: a, b"),
+        3: ("labels", "conflicting labels: a, b"),
+        7: ("dedup_exact", "duplicate of s5"),
+    }
+    assert judge_copies(rows, check_conflicts=False, dedup_exact=True) == {
+        9: ("dedup_exact", "duplicate of s3"),
+        7: ("dedup_exact", "duplicate of s5"),
+    }
+
+
+def test_minhash_estimates_and_bands():
+    long, near, other = minhash_signatures([LONG, NEAR, OTHER], num_perm=128, words_per_shingle=3)
+    assert jaccard(long, near) >= 0.8 > jaccard(long, other)
+    bands, rows = lsh_bands(0.8, 128)
+    assert bands * rows <= 128 and bands >= 2
+    assert len(set(band_keys(long, bands, rows)) & set(band_keys(near, bands, rows))) > 0
+    assert not set(band_keys(long, bands, rows)) & set(band_keys(other, bands, rows))
+    assert lsh_bands(0.9, 16)[0] >= 1  # datasketch's MinHashLSH refuses this valid config
+
+
+def test_near_duplicates_union_find_keeps_lowest():
+    base = np.arange(10, dtype=np.uint32)
+    signatures = {1: base, 2: base.copy(), 3: base.copy(), 4: np.arange(10, 20, dtype=np.uint32)}
+    signatures[3][:1] = 99  # jaccard 0.9 with 1 and 2
+    sources = {i: f"s{i}" for i in signatures}
+    drops = near_duplicates({(2, 3), (1, 2), (1, 4)}, signatures, sources, threshold=0.8)
+    assert drops == {2: "near-duplicate (jaccard 1.00) of s1", 3: "near-duplicate (jaccard 0.90) of s1"}
+
+
+# --- on Ray Data ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    context = ray.data.DataContext.get_current()
+    saved = context.shuffle_strategy, context.enable_progress_bars
+    # Ray's default hash shuffle starts aggregator actors for every groupby (~8 s each on 2 CPUs); the sort
+    # shuffle runs the same groupby / map_groups code as tasks.
+    context.shuffle_strategy, context.enable_progress_bars = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, False
+    yield
+    context.shuffle_strategy, context.enable_progress_bars = saved
+    ray.shutdown()
+
+
+def row(row_id: int, text, **fields) -> dict:
+    return {"text": text, "source": f"f.jsonl:{row_id}", "row_id": row_id, "stage": "", "reason": "", **fields}
+
+
+def run(items, labels=None, labelled=False, **cfg) -> dict:
+    cleaned = clean(ray.data.from_items(items), CleanConfig(**cfg), labels, labelled)
+    return {r["row_id"]: r for r in cleaned.take_all()}
+
+
+def verdicts(rows: dict) -> dict:
+    """{row_id: (stage, reason)} of the dropped rows."""
+    return {row_id: (r["stage"], r["reason"]) for row_id, r in rows.items() if r["stage"]}
+
+
+def test_stage_order_is_fixed():
+    assert STAGES == ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
+
+
+def test_classification_stages(local_ray):
+    items = [
+        row(8, "Great  movie", label="pos"),  # arrives first but is the later copy
+        row(2, "great movie", label="pos"),
+        row(4, "great\tmovie", label="pos"),
+        row(1, "  ", label="pos"),
+        row(3, "no label here", label=None),
+        row(5, "tiny", label="neg"),
+        row(6, "x" * 50, label="neg"),
+        row(7, "what a label", label="meh"),
+        row(9, "ambiguous", label="pos"),
+        row(10, "ambiguous", label="neg"),
+        row(11, "Great movie", label="pos"),
+        row(12, "\ufb01ne film", label="neg"),
+        row(13, "repeat", label="pos", stage="input", reason="set upstream"),
+        row(14, "repeat", label="pos"),
+    ]
+    rows = run(items, labels=["pos", "neg"], labelled=True, normalize=True, min_chars=5, max_chars=40,
+               dedup_exact=True)
+    assert verdicts(rows) == {
+        1: ("empty", "empty text"),
+        3: ("empty", "missing label"),
+        4: ("dedup_exact", "duplicate of f.jsonl:2"),
+        5: ("length_chars", "shorter than min_chars (4 < 5)"),
+        6: ("length_chars", "longer than max_chars (50 > 40)"),
+        7: ("labels", "unknown label 'meh'"),
+        9: ("labels", "conflicting labels: neg, pos"),
+        10: ("labels", "conflicting labels: neg, pos"),
+        11: ("dedup_exact", "duplicate of f.jsonl:8"),
+        13: ("input", "set upstream"),  # an earlier drop is kept as it was and does not count as the first copy
+    }
+    assert rows[12]["text"] == "fine film" and rows[4]["text"] == "great movie"
+    assert len(rows) == len(items)
+
+
+def test_unchecked_labels_and_no_stages(local_ray):
+    items = [row(1, "same", label="a"), row(2, "same", label="b"), row(3, "other", label="zz"), row(4, "no label")]
+    assert verdicts(run(items, labels=["a"], labelled=True, check_labels=False)) == {4: ("empty", "missing label")}
+    assert verdicts(run(items, labels=["a"], labelled=False)) == {}
+
+
+def test_translation_pairs(local_ray):
+    items = [
+        row(1, "hello", target="hallo"),
+        row(2, "hello", target="servus"),
+        row(3, "hello", target=" hallo "),
+        row(4, "bye", target=""),
+        row(5, "bye", target=None),
+    ]
+    rows = run(items, normalize=True, dedup_exact=True)
+    assert verdicts(rows) == {
+        3: ("dedup_exact", "duplicate of f.jsonl:1"),
+        4: ("empty", "missing target"),
+        5: ("empty", "missing target"),
+    }
+    assert rows[3]["target"] == "hallo"
+
+
+def test_near_duplicates(local_ray):
+    items = [
+        row(5, NEAR.upper(), label="a"),  # shingles are lowercase
+        row(3, LONG, label="a"),
+        row(4, OTHER, label="a"),
+        row(1, LONG + " extra", label="zz"),  # dropped as unknown first: never the copy that is kept
+        row(2, None, label="a"),
+    ]
+    rows = run(items, labels=["a"], labelled=True, dedup_exact=True, dedup_near={"threshold": 0.8})
+    dropped = verdicts(rows)
+    assert dropped.keys() == {1, 2, 5}
+    assert dropped[1] == ("labels", "unknown label 'zz'")
+    stage, reason = dropped[5]
+    assert stage == "dedup_near" and reason.startswith("near-duplicate (jaccard 0.") and reason.endswith(" f.jsonl:3")
+    assert float(reason.split("jaccard ")[1].split(")")[0]) >= 0.8
+
+
+def test_no_near_duplicates_and_empty_dataset(local_ray):
+    cfg = dict(dedup_exact=True, dedup_near={"threshold": 0.8})
+    assert verdicts(run([row(1, LONG), row(2, OTHER)], **cfg)) == {}
+    assert verdicts(run([row(1, ""), row(2, None)], **cfg)) == {1: ("empty", "empty text"), 2: ("empty", "empty text")}
+    assert run([], **cfg) == {}

@@ -1,0 +1,112 @@
+"""Reading, encoding, augmentation, the report and the cache key: pure functions, without Ray."""
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import tiny_job, write_corpus
+from orchestrator.config.job import AugmentConfig, JobConfig, TokenizerConfig
+from orchestrator.data import cache
+from orchestrator.data.augment import add_augmented_copies, augmented
+from orchestrator.data.encode import IGNORED_LABEL, encode_classification, encode_seq2seq, measure
+from orchestrator.data.read import parse_file
+from orchestrator.data.report import DataReport, count_dropped, reason_kind
+from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
+
+FIELDS = {"text": "text", "label": "category"}
+
+
+def test_jsonl_bad_lines_are_quarantined_with_file_and_line():
+    data = b'{"text": "good", "category": "a"}\n{"text": "broken\n\xff\xfe bad bytes\n{"category": "b"}\n\n[1, 2]\n'
+    rows = parse_file(data, "/d/f.jsonl", file_index=3, fmt="jsonl", fields=FIELDS)
+    assert [(r["source"], r["stage"], reason_kind(r["reason"])) for r in rows] == [
+        ("/d/f.jsonl:1", "", ""),
+        ("/d/f.jsonl:2", "read", "malformed JSON"),
+        ("/d/f.jsonl:3", "read", "undecodable bytes"),
+        ("/d/f.jsonl:4", "read", "missing field"),
+        ("/d/f.jsonl:6", "read", "not a JSON object"),
+    ]
+    assert rows[0]["text"] == "good" and rows[0]["label"] == "a"
+    assert rows[0]["row_id"] == (3 << 32) + 1
+    assert "'text'" in rows[3]["reason"]
+
+
+def test_csv_rows_are_numbered_by_line_even_across_quoted_newlines():
+    data = b'category,text\na,"two\nlines"\nb,one line\n'
+    rows = parse_file(data, "f.csv", 0, "csv", FIELDS)
+    assert [(r["source"], r["text"], r["label"]) for r in rows] == [("f.csv:3", "two\nlines", "a"), ("f.csv:4", "one line", "b")]
+
+
+def test_reason_kinds_drop_the_particulars():
+    assert reason_kind("duplicate of /d/f.jsonl:3") == "duplicate"
+    assert reason_kind("unknown label 'x'") == "unknown label"
+    assert reason_kind("longer than max_tokens (412 > 400)") == "longer than max_tokens"
+    assert count_dropped([{"stage": "read", "reason": "malformed JSON: x"}] * 2) == {"read": {"malformed JSON": 2}}
+
+
+def test_report_stage_table_chains_rows_in_and_out():
+    report = DataReport(rows_read=10, dropped={"read": {"malformed JSON": 1}, "dedup_exact": {"duplicate": 3}}, rows_kept=6)
+    table = {row["stage"]: row for row in report.stage_table()}
+    assert (table["read"]["rows_in"], table["read"]["rows_out"]) == (10, 9)
+    assert (table["dedup_exact"]["rows_in"], table["dedup_exact"]["rows_out"]) == (9, 6)
+    assert table["length_tokens"]["rows_out"] == 6
+    assert DataReport.from_json(report.to_json()) == report
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [f"the cat {i} sees the dog. le chat {i % 7} voit le chien." for i in range(200)]
+    return train_tokenizer(TokenizerConfig(train="bpe", vocab_size=300), texts)
+
+
+def test_measure_counts_tokens_and_drops_by_length(tokenizer):
+    batch = {"text": np.array(["a", "the cat sees the dog " * 20], dtype=object)}
+    batch |= {"stage": np.array(["", ""], dtype=object), "reason": np.array(["", ""], dtype=object)}
+    out = measure(batch, tokenizer.backend_tokenizer.to_str(), min_tokens=2, max_tokens=50, val_fraction=0.5, seed=0)
+    assert out["n_tokens"][0] == 1 and out["n_tokens"][1] > 50
+    assert list(out["stage"]) == ["length_tokens", "length_tokens"]
+    assert out["reason"][0] == "shorter than min_tokens (1 < 2)"
+
+
+def test_classification_rows_are_padded_with_a_mask_and_label_index(tokenizer):
+    batch = {"text": np.array(["the cat", "the dog " * 30], dtype=object), "label": np.array(["b", "a"], dtype=object)}
+    batch["is_val"] = np.array([False, True])
+    out = encode_classification(batch, tokenizer.backend_tokenizer.to_str(), seq_len=16, pad=tokenizer.pad_token_id, label_ids={"a": 0, "b": 1})
+    assert out["input_ids"].shape == (2, 16) and out["labels"].tolist() == [1, 0]
+    assert out["attention_mask"][0].sum() < 16 and out["attention_mask"][1].sum() == 16  # truncated
+    assert (out["input_ids"][0][out["attention_mask"][0] == 0] == tokenizer.pad_token_id).all()
+
+
+def test_seq2seq_targets_end_with_the_separator_and_ignore_padding(tokenizer):
+    batch = {"text": np.array(["the cat"], dtype=object), "target": np.array(["le chat"], dtype=object), "is_val": np.array([False])}
+    separator = separator_id(from_json(tokenizer.backend_tokenizer.to_str()))
+    out = encode_seq2seq(batch, tokenizer.backend_tokenizer.to_str(), seq_len=12, pad=tokenizer.pad_token_id, separator=separator)
+    labels = out["labels"][0]
+    real = labels[labels != IGNORED_LABEL]
+    assert real[-1] == separator and tokenizer.decode(real[:-1].tolist()).strip() == "le chat"
+    assert (labels[len(real):] == IGNORED_LABEL).all()
+    assert out["attention_mask"][0].sum() == (out["input_ids"][0] != tokenizer.pad_token_id).sum()
+
+
+def test_augmentation_is_seeded_and_only_copies_training_rows():
+    cfg = AugmentConfig(copies=2, word_dropout=0.2, word_swap=0.2, char_noise=0.1, seed=1)
+    text = "the quick brown fox jumps over the lazy dog near the river bank"
+    assert augmented(text, cfg, 1) == augmented(text, cfg, 1)
+    assert len({text, augmented(text, cfg, 1), augmented(text, cfg, 2)}) == 3
+    batch = {"text": np.array([text, "held out text"], dtype=object), "label": np.array(["a", "b"], dtype=object)}
+    batch["is_val"] = np.array([False, True])
+    out = add_augmented_copies(batch, cfg)
+    assert out["label"].tolist() == ["a", "b", "a", "a"] and out["is_val"].tolist() == [False, True, False, False]
+
+
+def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
+    corpus = write_corpus(tmp_path / "data", documents=20)
+    job = JobConfig.model_validate(tiny_job(corpus))
+    key = cache.fingerprint(job, [str(corpus)])
+    assert key == cache.fingerprint(job, [str(corpus)])
+    assert key != cache.fingerprint(JobConfig.model_validate(tiny_job(corpus, data={**job.data.model_dump(), "clean": {"dedup_exact": True}})), [str(corpus)])
+    corpus.write_text(corpus.read_text() + json.dumps({"text": "one more"}) + "\n")
+    assert key != cache.fingerprint(job, [str(corpus)])
+    # where the cache lives is not part of what it holds
+    assert cache.fingerprint(job, [str(corpus)]) == cache.fingerprint(job.model_copy(update={"data": job.data.model_copy(update={"cache_dir": "/elsewhere"})}), [str(corpus)])

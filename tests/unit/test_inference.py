@@ -1,0 +1,156 @@
+"""Batch inference: the predictor of each task on a tiny random model, finding the model, one end-to-end run on Ray."""
+
+import json
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import transformers
+import yaml
+
+from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job
+from orchestrator.config.errors import UserError
+from orchestrator.config.job import TokenizerConfig
+from orchestrator.data.tokenizers import train_tokenizer
+from orchestrator.inference.batch import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor, evaluate, predict, resolve_model
+from orchestrator.models.build import label_keys, special_tokens
+from orchestrator.models.tasks import TASKS
+
+TEXTS = [f"{s} {v} {o}." for s in SUBJECTS for v in VERBS for o in OBJECTS][:40]
+LABELS = ["neg", "pos"]
+SEQ_LEN = 16
+DIMS = {
+    "sequence_classification": lambda: transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+    ),
+    "seq2seq": lambda: transformers.T5Config(
+        d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2
+    ),
+    "causal_lm": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
+}
+
+
+def export_tiny_model(directory, task: str):
+    """What train/loop.py's export writes: a random-init model, its tokenizer and the model card."""
+    tokenizer = train_tokenizer(TokenizerConfig(train="bpe", vocab_size=300), TEXTS)
+    config = DIMS[task]()
+    ids = special_tokens(tokenizer) | (label_keys(LABELS) if task == "sequence_classification" else {})
+    config.update({"vocab_size": len(tokenizer), **ids})
+    transformers.set_seed(0)  # the same weights on every run
+    getattr(transformers, TASKS[task].auto_class).from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    card = {
+        "task": task, "seq_len": SEQ_LEN, "text_field": "text",
+        "label_field": "category" if task == "sequence_classification" else None,
+        "target_field": "summary" if task == "seq2seq" else None,
+    }
+    (directory / MODEL_CARD).write_text(json.dumps(card))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return {task: export_tiny_model(tmp_path_factory.mktemp(task), task) for task in TASKS}
+
+
+def batch_of(n: int) -> dict:
+    texts = np.array(TEXTS[:n - 1] + [""], dtype=object)  # an empty text too
+    return {
+        "text": texts,
+        "source": np.array([f"f.jsonl:{i}" for i in range(1, n + 1)], dtype=object),
+        "label": np.array([LABELS[i % 2] for i in range(n)], dtype=object),
+        "target": np.array([text.upper() for text in texts], dtype=object),
+    }
+
+
+def test_classification_predicts_known_labels_with_probabilities(models):
+    out = Predictor(str(models["sequence_classification"]))(batch_of(5))
+    assert set(out) == {"source", "text", "predicted", "score"}
+    assert set(out["predicted"]) <= set(LABELS) and len(out["predicted"]) == 5
+    assert np.all((out["score"] >= 0.5) & (out["score"] <= 1))  # the top of two probabilities
+
+    scored = Predictor(str(models["sequence_classification"]), evaluate=True)(batch_of(5))
+    assert set(scored) == {"predicted", "score", "label", "loss"}
+    assert scored["label"].tolist() == [0, 1, 0, 1, 0]
+    assert scored["loss"].shape == (5,) and np.all(np.isfinite(scored["loss"])) and np.all(scored["loss"] > 0)
+
+
+def test_seq2seq_generates_text_and_scores_references(models):
+    assert set(Predictor(str(models["seq2seq"]))(batch_of(4))) == {"source", "text", "generated"}
+    out = Predictor(str(models["seq2seq"]), evaluate=True)(batch_of(4))
+    assert set(out) == {"generated", "reference", "loss"}
+    assert len(out["generated"]) == 4 and all(isinstance(text, str) for text in out["generated"])
+    assert out["reference"].tolist() == [str(t) for t in batch_of(4)["target"]]
+    assert out["loss"].shape == (4,) and np.all(np.isfinite(out["loss"]))
+
+
+def test_causal_lm_continues_texts_and_scores_them(models):
+    predictor = Predictor(str(models["causal_lm"]))
+    out = predictor(batch_of(3))
+    assert set(out) == {"source", "text", "generated"} and len(out["generated"]) == 3
+    assert all(len(predictor.tokenizer(text)["input_ids"]) <= CAUSAL_NEW_TOKENS for text in out["generated"])
+    # Left padding: a text continues the same alone as in a batch with longer ones.
+    alone = predictor({key: column[:1] for key, column in batch_of(3).items()})
+    assert alone["generated"][0] == out["generated"][0]
+
+    scored = Predictor(str(models["causal_lm"]), evaluate=True)(batch_of(3))
+    assert set(scored) == {"loss"} and np.all(np.isfinite(scored["loss"]))
+    assert np.all(np.abs(scored["loss"] - np.log(predictor.model.config.vocab_size)) < 2)  # near-uniform: untrained
+
+
+def test_resolve_model_finds_local_mlflow_and_job_models(models, tmp_path, corpus):
+    local = models["causal_lm"]
+    assert resolve_model(str(local), None) == local
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("inference", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment_id, tags={"orchestrator.run_name": "tiny"})
+    client.log_artifacts(run.info.run_id, str(local), "model")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    downloaded = resolve_model(f"runs:/{run.info.run_id}/model", uri)
+    assert json.loads((downloaded / MODEL_CARD).read_text())["task"] == "causal_lm"
+
+    job = tiny_job(corpus, tracking={"uri": uri, "experiment": "inference", "run_name": "tiny"})
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    assert (resolve_model(str(job_file), None) / MODEL_CARD).is_file()
+
+    job_file.write_text(yaml.safe_dump(job | {"tracking": job["tracking"] | {"run_name": "other"}}))
+    with pytest.raises(UserError, match="no finished run with a model"):
+        resolve_model(str(job_file), None)
+
+
+def test_resolve_model_rejects_anything_else(tmp_path):
+    with pytest.raises(UserError, match="not an exported model directory"):
+        resolve_model(str(tmp_path / "nowhere"), None)
+    with pytest.raises(UserError, match="not an exported model directory"):
+        resolve_model(str(tmp_path), None)  # a directory without a model card
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_predict_and_evaluate_on_ray(models, tmp_path, local_ray, capsys):
+    inputs = tmp_path / "rows.jsonl"
+    lines = [json.dumps({"text": text, "category": LABELS[i % 2]}) for i, text in enumerate(TEXTS[:20])]
+    inputs.write_text("\n".join(lines + ['{"text": broken', json.dumps({"text": "x", "category": "maybe"})]) + "\n")
+    model = models["sequence_classification"]
+
+    figures = predict(model, [str(inputs)], tmp_path / "out", batch_size=8)
+    written = pq.read_table(tmp_path / "out")
+    assert written.num_rows == figures["rows"] == 21  # all but the malformed line
+    assert set(written.column_names) == {"source", "text", "predicted", "score"}
+    assert sorted(int(source.rsplit(":", 1)[1]) for source in written["source"].to_pylist()) == [*range(1, 21), 22]
+    assert "skipped 1 unreadable rows" in capsys.readouterr().out
+
+    metrics = evaluate(model, [str(inputs)], batch_size=8)
+    assert set(metrics) == set(TASKS["sequence_classification"].reported_metrics) - {"train/loss"}
+    assert 0 <= metrics["eval/accuracy"] <= 1 and metrics["eval/majority_accuracy"] == 0.5
+    assert "skipped 1 rows with a label the model does not know" in capsys.readouterr().out
