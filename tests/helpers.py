@@ -37,18 +37,23 @@ EN_FR = {  # a word-for-word grammar: a translation a tiny model learns in a few
     "verbs": [("sees", "voit"), ("likes", "aime"), ("follows", "suit"), ("finds", "trouve"), ("calls", "appelle")],
     "objects": [("the red ball", "la balle rouge"), ("a small house", "une petite maison"), ("the green tree", "l'arbre vert"),
                 ("a quiet river", "une rivière calme"), ("the tall tower", "la grande tour"), ("an open door", "une porte ouverte")],
+    "times": [("today", "aujourd'hui"), ("every day", "chaque jour"), ("at night", "la nuit"), ("in the morning", "le matin"),
+              ("on sunday", "le dimanche"), ("again", "encore")],
 }
 
 
-def write_translation_corpus(directory: Path, pairs: int = 1200, seed: int = 0) -> Path:
-    """English-French sentence pairs {"en", "fr"} as JSON lines."""
-    rng = random.Random(seed)
+def write_translation_corpus(directory: Path, seed: int = 0) -> Path:
+    """Every sentence of the grammar (1,260 distinct pairs {"en", "fr"}), shuffled, as JSON lines."""
+    sentences = [[]]
+    for slot in ("subjects", "verbs", "objects", "times"):
+        sentences = [parts + [pair] for parts in sentences for pair in EN_FR[slot]]
+    random.Random(seed).shuffle(sentences)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "pairs.jsonl"
     with path.open("w") as out:
-        for _ in range(pairs):
-            parts = [rng.choice(EN_FR[slot]) for slot in ("subjects", "verbs", "objects")]
-            out.write(json.dumps({"en": " ".join(en for en, _ in parts), "fr": " ".join(fr for _, fr in parts)}, ensure_ascii=False) + "\n")
+        for parts in sentences:
+            pair = {"en": " ".join(en for en, _ in parts), "fr": " ".join(fr for _, fr in parts)}
+            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
     return path
 
 

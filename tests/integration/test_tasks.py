@@ -60,7 +60,7 @@ def test_classification_fine_tunes_minilm_beyond_the_majority_baseline(cluster, 
 
 def test_translation_bleu_beats_the_untrained_model(cluster, client, tmp_path):
     corpus = write_translation_corpus(tmp_path / "data")
-    overrides = ["--set", f"data.paths=[{corpus}]", "--set", "data.tokenizer.vocab_size=300"]
+    overrides = ["--set", f"data.paths=[{corpus}]", "--set", "data.tokenizer.vocab_size=300", "--set", "data.val_fraction=0.1"]
     overrides += ["--set", "train.max_steps=300", "--set", "train.eval_every=150", "--set", "checkpoint.every_steps=150"]
     output = submit(cluster, "train", str(REPO / "jobs/translate-eng-fra.yaml"), *overrides, *common_overrides(tmp_path, "translate"))
     run_id = mlflow_run_id(output)
