@@ -17,7 +17,7 @@ from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path
 
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 READ_CHUNK = 1 << 20
 
 

@@ -108,7 +108,9 @@ def prepare(job: JobConfig) -> PreparedData:
     files = resolve_data_files(job)
     entry = cache.entry_dir(job, cache.fingerprint(job, files)) if job.data.cache else None
     if entry and (meta := cache.read_meta(entry)):
+        started = time.perf_counter()
         data = load_cached(entry, meta)
+        data.report.loaded_seconds = time.perf_counter() - started
         print(f"data: cache hit, preprocessing skipped: {entry}", flush=True)
     else:
         directory = cache.staging_dir(entry) if entry else Path(tempfile.mkdtemp(prefix="orchestrator-data-"))

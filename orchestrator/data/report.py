@@ -34,8 +34,9 @@ class DataReport:
     length_counts: list[int] = field(default_factory=list)
     train_sequences: int = 0
     val_sequences: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # preparing (on a cache hit: the run that prepared the entry)
     cache: str = "off"  # off, miss (prepared and stored) or hit (loaded)
+    loaded_seconds: float = 0.0  # loading the entry, on a cache hit
 
     def stage_table(self) -> list[dict]:
         """One row per stage: rows in, dropped, out, and the reasons."""
@@ -57,9 +58,9 @@ class DataReport:
                 lines.append(f"data:   {row['stage']}: -{row['dropped']:,} ({row['reasons']})")
         if self.augmented_rows:
             lines.append(f"data: +{self.augmented_rows:,} augmented training rows")
+        took = f"loaded in {self.loaded_seconds:.1f} s (prepared in {self.seconds:.1f} s when cached)" if self.cache == "hit" else f"prepared in {self.seconds:.1f} s"
         lines.append(
-            f"data: {self.tokens:,} tokens; {self.train_sequences:,} train and {self.val_sequences:,} validation "
-            f"sequences; prepared in {self.seconds:.1f} s"
+            f"data: {self.tokens:,} tokens; {self.train_sequences:,} train and {self.val_sequences:,} validation sequences; {took}"
         )
         return lines
 
