@@ -106,7 +106,7 @@ def test_near_duplicates_union_find_keeps_lowest():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # its own, even beside a running cluster
     context = ray.data.DataContext.get_current()
     saved = context.shuffle_strategy, context.enable_progress_bars
     # Ray's default hash shuffle starts aggregator actors for every groupby (~8 s each on 2 CPUs); the sort

@@ -132,7 +132,7 @@ def test_resolve_model_rejects_anything_else(tmp_path):
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # its own, even beside a running cluster
     yield
     ray.shutdown()
 
