@@ -18,6 +18,7 @@ fi
 if ray status >/dev/null 2>&1; then
   echo "Ray already running"
 else
+  ray get-auth-token --generate >/dev/null  # a new machine has no token yet; a token-auth head needs one
   # Jobs inherit this environment: MLFLOW_TRACKING_URI sends every job's run to the server above.
   ray start --head --dashboard-host 127.0.0.1 --dashboard-port "$RAY_DASHBOARD_PORT" \
     --disable-usage-stats >"$STATE_DIR/ray-start.log" 2>&1 || { cat "$STATE_DIR/ray-start.log" >&2; exit 1; }

@@ -80,6 +80,8 @@ def cluster(mlflow_server) -> Cluster:
     ray = str(BIN / "ray")
     if subprocess.run([ray, "status"], env=env, capture_output=True).returncode == 0:
         pytest.fail("a Ray cluster is already running here; stop it (bash cluster/down.sh) so the tests can use their own")
+    # A new machine has no token yet, and a token-auth head refuses to start without one.
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     dashboard_port = free_port()
     started = subprocess.run(
         [ray, "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--disable-usage-stats"]
