@@ -30,18 +30,47 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
+
+
+def count_values(node: Any, limit: int) -> int:
+    """Values in a loaded document, counting stopped past `limit` (an alias bomb never finishes counting)."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A file's YAML mapping, read safely: no python tags, no duplicate keys, no alias bombs, UTF-8 only."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a YAML file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    data = path.read_bytes()
     try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line})") from None
+    if not text.strip() or all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        raise UserError(f"{path}: the file is empty")
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections at the top level")
+        raise UserError(f"{path}: expected a mapping of sections at the top level (got a {type(raw).__name__})")
+    if count_values(raw, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise UserError(f"{path}: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?); refused")
     return raw
 
 
@@ -80,6 +109,10 @@ def format_validation_error(err: ValidationError) -> str:
             # Cross-field checks name their own field, relative to the section that ran them.
             field, _, message = message.partition(": ")
             location = f"{location}.{field}" if location else field
+        elif problem["type"] == "union_tag_invalid":  # a schedule name that no schedule has
+            context = problem["ctx"]
+            location = f"{location}.{context['discriminator'].strip(chr(39))}"
+            message = f"must be one of {context['expected_tags']} (got {context['tag']!r})"
         elif problem["type"] not in ("missing", "extra_forbidden"):
             message += f" (got {problem['input']!r})"
         lines.append(f"{location}: {message}")
@@ -114,6 +147,8 @@ def resolve_data_files(job: JobConfig) -> list[str]:
         if is_uri(pattern):
             files.append(pattern)
             continue
+        if os.path.isdir(pattern):
+            raise UserError(f"data.paths[{index}]: {pattern!r} is a directory; name its files, e.g. '{pattern}/*.jsonl'")
         matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
         if not matches:
             raise UserError(f"data.paths[{index}]: no file matches {pattern!r}")

@@ -11,6 +11,7 @@ import io
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.config.errors import UserError
@@ -54,7 +55,10 @@ def check_columns(job: JobConfig, files: list[str]) -> None:
             with open(path, newline="", encoding="utf-8", errors="replace") as handle:
                 columns = next(csv.reader(handle), [])
         else:
-            columns = pq.read_schema(path).names
+            try:
+                columns = pq.read_schema(path).names
+            except pa.ArrowInvalid as err:
+                raise UserError(f"data.paths: {path} is not a readable parquet file ({err})") from None
         for key, name in fields_of(job).items():
             if name not in columns:
                 field = f"data.{key}_field" if key != "text" else "data.text_field"

@@ -1,0 +1,97 @@
+"""Malformed and hostile job, sweep and data files (tests/bad_inputs/, one file each): every one exits 2 with
+one line naming the cause, quickly, without a traceback, without running anything it holds, and before Ray or
+MLflow is touched."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CASES_DIR = Path(__file__).parent.parent / "bad_inputs"
+
+# file -> what its one error line must say
+EXPECTED = {
+    "invalid_yaml.yaml": "not valid YAML: while parsing a flow mapping",
+    "empty.yaml": "the file is empty",
+    "only_comment.yaml": "the file is empty",
+    "binary_file.yaml": "not UTF-8 text (byte 0xff on line 1)",
+    "undecodable_bytes.yaml": "not UTF-8 text (byte 0xff on line 3)",
+    "top_level_list.yaml": "expected a mapping of sections at the top level (got a list)",
+    "top_level_scalar.yaml": "expected a mapping of sections at the top level (got a str)",
+    "section_is_list.yaml": "model: must be a valid dictionary",
+    "section_is_number.yaml": "train: must be a valid dictionary",
+    "missing_data_section.yaml": "data: Field required",
+    "duplicate_keys.yaml": "line 4: duplicate key 'train'",
+    "python_tag.yaml": "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'",
+    "python_name_tag.yaml": "could not determine a constructor for the tag 'tag:yaml.org,2002:python/name:subprocess.Popen'",
+    "alias_bomb.yaml": "expands to more than 100,000 values",
+    "wrong_type_lr.yaml": "train.optimizer.lr: must be a valid number",
+    "wrong_type_steps.yaml": "train.max_steps: must be a valid integer (got [10])",
+    "negative_lr.yaml": "train.optimizer.lr: must be greater than 0 (got -0.001)",
+    "nan_lr.yaml": "train.optimizer.lr: must be greater than 0 (got nan)",
+    "infinite_steps.yaml": "train.max_steps: must be a valid integer",
+    "zero_stage_7.yaml": "deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)",
+    "num_workers_0.yaml": "scaling.num_workers: must be greater than 0 (got 0)",
+    "micro_batch_0.yaml": "train.micro_batch_size: must be greater than 0 (got 0)",
+    "val_fraction_over_1.yaml": "data.val_fraction: must be less than 0.5 (got 1.5)",
+    "unknown_top_key.yaml": "trainer: unknown key",
+    "unknown_nested_key.yaml": "train.learning_rate: unknown key",
+    "unknown_optimizer.yaml": "train.optimizer.name: must be 'adamw', 'adam' or 'sgd' (got 'sgd_with_magic')",
+    "unknown_schedule.yaml": "train.schedule.name: must be one of 'constant'",
+    "unknown_family.yaml": "model.family: must be 'gpt2', 'llama', 'bert' or 't5' (got 'gpt5')",
+    "unknown_precision.yaml": "deepspeed.precision: must be 'fp32', 'bf16' or 'fp16' (got 'fp8')",
+    "warmup_past_max_steps.yaml": "train.schedule.warmup_steps: 50 exceeds max_steps (10)",
+    "task_family_mismatch.yaml": "model.family: seq2seq trains t5 models (got 'gpt2')",
+    "data_path_to_nothing.yaml": "data.paths[0]: no file matches 'data/no_such_file.jsonl'",
+    "data_path_is_directory.yaml": "data.paths[0]: 'data/a_directory.jsonl' is a directory",
+    "data_file_empty.yaml": "data.paths: the corpus is empty (1 files, 0 bytes)",
+    "csv_without_text_column.yaml": "data.text_field: data/no_text_column.csv has no column 'text'",
+    "parquet_that_is_not_parquet.yaml": "data/not_parquet.parquet is not a readable parquet file",
+    "tokenizer_path_to_nothing.yaml": "data.tokenizer.path: 'data/no_tokenizer.json' does not exist",
+    "pretrained_not_a_model.yaml": "model.pretrained: 'data' is not a Hugging Face model directory",
+    "cache_dir_is_a_file.yaml": "data.cache_dir: data/corpus.jsonl is not writable",
+    "sweep_unknown_searched_key.yaml": "search_space.train.optimizer.learning_rate: not a key of the job",
+    "sweep_loguniform_zero.yaml": "search_space.train.optimizer.lr.loguniform: bounds must be > 0",
+    "sweep_base_missing.yaml": "data/no_such_job.yaml: no such file",
+    "sweep_base_is_directory.yaml": "data: is a directory, not a YAML file",
+}
+SECONDS_ALLOWED = 5
+
+
+def test_every_case_file_has_an_expectation():
+    assert sorted(path.name for path in CASES_DIR.glob("*.yaml")) == sorted(EXPECTED)
+    assert len(EXPECTED) >= 30
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> Path:
+    """A copy of the cases, so that nothing a case might write lands in the repository."""
+    return Path(shutil.copytree(CASES_DIR, tmp_path_factory.mktemp("cases") / "bad_inputs"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_file_exits_2_with_one_line_naming_the_cause(cases: Path, tmp_path: Path, name: str):
+    command = "sweep" if name.startswith("sweep_") else "train"
+    mlflow_db = tmp_path / "mlflow.db"
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
+        "RAY_ADDRESS": "127.0.0.1:1",  # nothing listens there: reaching Ray would fail late and slowly, not exit 2
+    }
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", command, name], cwd=cases, env=env, capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.monotonic() - started
+
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert EXPECTED[name] in lines[0]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert elapsed < SECONDS_ALLOWED, f"{elapsed:.1f} s"
+    assert not mlflow_db.exists()
+    assert not (cases / "python_tag_executed").exists()
