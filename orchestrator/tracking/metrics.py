@@ -1,50 +1,187 @@
-"""Rank 0's metrics: buffered and sent asynchronously, so a training step never waits on the tracking server.
+"""Rank 0's metrics: buffered, sent by a background thread, kept while the tracking server is away.
 
-A synchronous log_metric costs tens of milliseconds against a remote server; here one batch goes out every
-few seconds on MLflow's background thread. System metrics (CPU, memory, GPU) come from MLflow's own monitor.
+A training step never waits on MLflow: `log` only appends to a buffer, and a sender thread ships it in batches
+every few seconds. When the server cannot be reached, the buffer keeps everything in order and the sender tries
+again; the job log says so once when the outage starts and once when it ends. Metrics not yet delivered when a
+checkpoint is written travel inside the checkpoint (`unsent`), so a worker lost during an outage loses nothing.
+
+A resumed run replays the steps after its checkpoint: metrics MLflow already has for those steps are not sent
+again (`already_logged`), so every metric has one value per step.
 """
 
+import logging
+import os
+import threading
 import time
 from collections import defaultdict
+from typing import Callable
 
-import mlflow
 from mlflow.entities import Metric
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call
+SYSTEM_PREFIX = "system/"
+RETRY_EVERY_S = 5.0  # while the server is away
+DELIVERY_DEADLINE_S = 900.0  # artifacts at the end of a run wait this long for an absent server
+
+log = logging.getLogger(__name__)
+log.setLevel(logging.INFO)
+
+
+def fail_fast_requests() -> None:
+    """MLflow retries a failed request for minutes by default, which would hide an outage from the sender and hold
+    every artifact upload behind it. This process retries on its own terms instead (see `deliver`)."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
+
+
+def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The last step of every metric the run has: what a resumed run must not log again."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: max(point.step for point in client.get_metric_history(run_id, key)) for key in keys}
+
+
+def deliver(action: Callable[[], None], what: str, deadline_s: float = DELIVERY_DEADLINE_S) -> None:
+    """Runs a call to the tracking server, waiting out an outage of up to `deadline_s` (then the error is raised)."""
+    give_up_at = time.monotonic() + deadline_s
+    told = False
+    while True:
+        try:
+            action()
+            if told:
+                log.warning(f"MLflow is back: {what} delivered")
+            return
+        except Exception as err:
+            if time.monotonic() > give_up_at:
+                raise
+            if not told:
+                log.warning(f"MLflow unreachable while sending {what} ({type(err).__name__}); retrying")
+                told = True
+            time.sleep(RETRY_EVERY_S)
 
 
 class MetricsLogger:
-    def __init__(self, uri: str, run_id: str, system_metrics_every_s: float, flush_every_s: float = 5.0):
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        system_metrics_every_s: float,
+        flush_every_s: float = 5.0,
+        already_logged: dict[str, int] | None = None,
+        unsent: list[tuple] = (),
+    ):
+        fail_fast_requests()
         self.client = MlflowClient(uri)
         self.run_id = run_id
         self.flush_every_s = flush_every_s
-        self.pending: list[Metric] = []
+        self.already_logged = dict(already_logged or {})
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)  # for the plots at the end
-        self.last_flush = time.monotonic()
-        self.system = SystemMetricsMonitor(
-            run_id, sampling_interval=system_metrics_every_s, resume_logging=True, tracking_uri=uri
-        )
-        self.system.start()
+        self._pending: list[Metric] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._delivered = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self.outage_since: float | None = None  # monotonic time the server went away; None while it answers
+        self._enqueue([Metric(*fields) for fields in unsent if not self._known(fields[0], fields[3])])
+
+        # MLflow's own monitor stops for good at its first failed request; its samplers are reused here instead.
+        self._system = SystemMetricsMonitor(run_id, sampling_interval=system_metrics_every_s, tracking_uri=uri)
+        system_steps = [step for key, step in self.already_logged.items() if key.startswith(SYSTEM_PREFIX)]
+        self._system_step = max(system_steps, default=-1) + 1
+        self._threads = [
+            threading.Thread(target=self._send_loop, name="metrics-sender", daemon=True),
+            threading.Thread(target=self._sample_loop, name="system-metrics", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _known(self, key: str, step: int) -> bool:
+        return step <= self.already_logged.get(key, -1)
+
+    def _enqueue(self, metrics: list[Metric]) -> None:
+        with self._lock:
+            self._pending.extend(metrics)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         now_ms = int(time.time() * 1000)
+        fresh = []
         for key, value in metrics.items():
-            self.pending.append(Metric(key, float(value), now_ms, step))
-            self.history[key].append((step, float(value)))
-        if time.monotonic() - self.last_flush >= self.flush_every_s:
-            self.flush()
+            if not key.startswith(SYSTEM_PREFIX):  # the plots' data; the sampler thread's metrics are not plotted
+                self.history[key].append((step, float(value)))
+            if not self._known(key, step):
+                fresh.append(Metric(key, float(value), now_ms, step))
+        self._enqueue(fresh)
 
-    def flush(self, wait: bool = False) -> None:
-        """Sends what is pending on MLflow's background thread; `wait` also waits until the server has it."""
-        for start in range(0, len(self.pending), MLFLOW_BATCH_LIMIT):
-            self.client.log_batch(self.run_id, metrics=self.pending[start : start + MLFLOW_BATCH_LIMIT], synchronous=False)
-        self.pending = []
-        self.last_flush = time.monotonic()
-        if wait:
-            mlflow.flush_async_logging()
+    def unsent(self) -> list[tuple]:
+        """What the server does not have yet, as (key, value, timestamp, step): saved with a checkpoint."""
+        with self._lock:
+            return [(metric.key, metric.value, metric.timestamp, metric.step) for metric in self._pending]
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Asks the sender to ship everything now and waits until it has, unless the server is away: then it returns
+        at once, because training must not wait for it. True when nothing is pending."""
+        self._wake.set()
+        with self._delivered:
+            return self._delivered.wait_for(lambda: not self._pending or self.outage_since is not None, timeout_s) and (
+                not self._pending
+            )
+
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_every_s if self.outage_since is None else RETRY_EVERY_S)
+            self._wake.clear()
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._pending[:MLFLOW_BATCH_LIMIT]
+            if not batch:
+                break
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as err:
+                self._outage(err)
+                return
+            with self._delivered:
+                del self._pending[: len(batch)]
+                if self.outage_since is not None:
+                    log.warning(f"MLflow is back after {time.monotonic() - self.outage_since:.0f} s; sending the buffered metrics")
+                    self.outage_since = None
+                self._delivered.notify_all()
+        with self._delivered:
+            self._delivered.notify_all()
+
+    def _outage(self, err: Exception) -> None:
+        with self._delivered:
+            if self.outage_since is None:
+                self.outage_since = time.monotonic()
+                log.warning(
+                    f"MLflow unreachable ({type(err).__name__}); training goes on and metrics are kept "
+                    f"until it is back ({len(self._pending)} pending)"
+                )
+            self._delivered.notify_all()
+
+    def _sample_loop(self) -> None:
+        while not self._stopping.wait(self._system.sampling_interval):
+            self._system.collect_metrics()
+            sample = self._system.aggregate_metrics()
+            for monitor in self._system.monitors:
+                monitor.clear_metrics()
+            self.log(self._system_step, {f"{SYSTEM_PREFIX}{name}": value for name, value in sample.items()})
+            self._system_step += 1
 
     def close(self) -> None:
-        self.flush(wait=True)
-        self.system.finish()
+        """Stops sampling and delivers everything, waiting out an outage up to DELIVERY_DEADLINE_S."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join()
+
+        def send_rest() -> None:
+            self._send_pending()
+            if self._pending:
+                raise ConnectionError(f"{len(self._pending)} metrics not delivered")
+
+        deliver(send_rest, "the last metrics")
