@@ -4,6 +4,7 @@ Heavy imports (torch, ray) happen inside the commands that need them, so `valida
 """
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,9 @@ from typing import Annotated
 import typer
 
 from orchestrator.config import JobConfig, UserError, load_job
-from orchestrator.config.load import is_sweep, load_sweep, read_yaml
+from orchestrator.config.load import is_sweep, load_sweep, read_yaml, storage_path
+from orchestrator.tracking.redact import redact_text
+from orchestrator.train.manifest import check_resumable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed training of transformers on Ray.")
 
@@ -22,15 +25,24 @@ Overrides = Annotated[
 
 
 @app.command()
-def train(job_file: JobFile, overrides: Overrides = []) -> None:
-    """Run a training job on the Ray cluster (or an embedded one).
+def train(
+    job_file: JobFile,
+    overrides: Overrides = [],
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Start over: delete the checkpoints of the job's run_name and open a new MLflow run.")
+    ] = False,
+) -> None:
+    """Run a training job on the Ray cluster (or an embedded one). A job submitted again with the same
+    tracking.run_name resumes from its last checkpoint, in the same MLflow run, unless --restart.
 
     Example: python -m orchestrator train jobs/gpt-tiny.yaml --set deepspeed.zero_stage=3
     """
     job = load_job(job_file, overrides)
+    if job.tracking.run_name and not restart:
+        check_resumable(job, f"{storage_path(job)}/{job.tracking.run_name}")
     from orchestrator.train.launch import launch  # torch, ray, deepspeed: only now
 
-    result, run = launch(job, job_file.stem)
+    result, run = launch(job, job_file.stem, restart=restart)
     summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
     print(f"finished: {summary}")
     print(f"MLflow run: {run.url}")
@@ -146,9 +158,19 @@ def schema() -> None:
     print(json.dumps(JobConfig.model_json_schema(), indent=2))
 
 
+def stop_on_sigterm(signum, frame) -> None:
+    """`ray job stop` sends SIGTERM (then SIGKILL after a few seconds): handled like Ctrl-C, so the MLflow run is
+    marked KILLED while there is time. The last checkpoint stays, and the job resumes from it when submitted again."""
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         app()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except UserError as err:  # it may quote a value of the job: secrets are masked
+        print(f"error: {redact_text(str(err))}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("stopped; the run can resume from its last checkpoint (submit the job again)", file=sys.stderr)
+        sys.exit(130)

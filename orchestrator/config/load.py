@@ -139,6 +139,12 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def storage_path(job: JobConfig) -> str:
+    """Where the job's runs keep their checkpoints: checkpoint.dir, made absolute unless it is a URI."""
+    path = expand_path(job.checkpoint.dir)
+    return path if is_uri(path) else os.path.abspath(path)
+
+
 def resolve_data_files(job: JobConfig) -> list[str]:
     """Expands globs of local paths (URIs pass through to pyarrow). Missing or empty input is a UserError."""
     files: list[str] = []

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from orchestrator.train.manifest import MANIFEST
+
 TAG = "state"  # DeepSpeed sub-directory of each checkpoint
 
 
@@ -28,17 +30,24 @@ def _rng_file(directory: str, rank: int) -> str:
     return os.path.join(directory, f"rng_rank{rank}.pt")
 
 
-def save(engine, progress: Progress, rank: int) -> str:
-    """Writes this rank's part of the checkpoint into a new local directory and returns it."""
+def save(engine, progress: Progress, rank: int, unsent_metrics: dict | None = None, manifest: str | None = None) -> str:
+    """Writes this rank's part of the checkpoint into a new local directory and returns it. `unsent_metrics`: rank 0's
+    metrics the tracking server has not received yet ({"run_id", "metrics"}), delivered by whoever resumes that run.
+    `manifest` (rank 0): what wrote the checkpoint (train/manifest.py), written last."""
     directory = tempfile.mkdtemp(prefix="orchestrator-ckpt-")
-    engine.save_checkpoint(directory, tag=TAG, client_state={"progress": asdict(progress)})
+    state = {"progress": asdict(progress), "unsent_metrics": unsent_metrics or {}}
+    engine.save_checkpoint(directory, tag=TAG, client_state=state)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(rng, _rng_file(directory, rank))
+    if manifest is not None:
+        with open(os.path.join(directory, MANIFEST), "w") as out:
+            out.write(manifest)
     return directory
 
 
-def restore(engine, checkpoint, rank: int) -> Progress | None:
-    """Loads a Ray Train checkpoint into the engine; None when the run starts fresh."""
+def restore(engine, checkpoint, rank: int) -> tuple[Progress, dict] | None:
+    """Loads a Ray Train checkpoint into the engine: where training stood, and the metrics it had not delivered.
+    None when the run starts fresh."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
@@ -49,4 +58,4 @@ def restore(engine, checkpoint, rank: int) -> Progress | None:
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
-    return Progress(**client_state["progress"])
+    return Progress(**client_state["progress"]), client_state.get("unsent_metrics") or {}

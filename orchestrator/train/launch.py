@@ -5,6 +5,7 @@ import math
 import os
 import time
 
+import pyarrow.fs
 import ray.train
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -12,17 +13,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import expand_path, is_uri
+from orchestrator.config.load import storage_path
 from orchestrator.data.pipeline import PreparedData, prepare
 from orchestrator.tracking.data_report import log_data_report
+from orchestrator.tracking.redact import redact_config
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop
-
-
-def storage_path(job: JobConfig) -> str:
-    path = expand_path(job.checkpoint.dir)
-    return path if is_uri(path) else os.path.abspath(path)
 
 
 def total_steps(job: JobConfig, train_sequences: int) -> int:
@@ -70,20 +67,30 @@ def build_trainer(
 
 def job_artifacts(job: JobConfig) -> dict[str, str]:
     return {
-        "job.yaml": yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False),
-        "deepspeed_config.json": json.dumps(deepspeed_config(job), indent=2),
+        "job.yaml": yaml.safe_dump(redact_config(job.model_dump(mode="json")), sort_keys=False),
+        "deepspeed_config.json": json.dumps(redact_config(deepspeed_config(job)), indent=2),
     }
 
 
-def launch(job: JobConfig, job_name: str) -> tuple[ray.train.Result, TrackedRun]:
+def forget_run(run_dir: str) -> None:
+    """--restart: the run's checkpoints and its remembered MLflow run go, so the job starts over in a new run."""
+    fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(path)
+        print(f"--restart: deleted the checkpoints in {run_dir}", flush=True)
+
+
+def launch(job: JobConfig, job_name: str, restart: bool = False) -> tuple[ray.train.Result, TrackedRun]:
     started_at = time.time()
+    run_name = job.tracking.run_name or f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = storage_path(job)
+    if restart:
+        forget_run(f"{storage}/{run_name}")
     print(f"connected to {runtime.connect()}", flush=True)
     runtime.check_resources(job)
     data = prepare(job)
     steps = total_steps(job, data.train_sequences)
 
-    run_name = job.tracking.run_name or f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = storage_path(job)
     run = start_run(job, run_name, f"{storage}/{run_name}", artifacts=job_artifacts(job))
     print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
     if not run.resumed:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import ray.train
 import torch
 import torch.distributed as dist
+from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
 from orchestrator.data.feed import WaitClock, rank_batches, timed
@@ -23,10 +24,11 @@ from orchestrator.data.pipeline import quiet_data_progress
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import TORCH_DTYPES, build_model
 from orchestrator.models.tasks import TASKS, Task
-from orchestrator.tracking.metrics import MetricsLogger
+from orchestrator.tracking.metrics import MetricsLogger, deliver, fail_fast_requests, last_logged_steps
 from orchestrator.tracking.plots import confusion_matrix_plot, training_curves
 from orchestrator.train import checkpoint
 from orchestrator.train.engine import build_engine, export_hf_model, restart_schedule
+from orchestrator.train.manifest import manifest_text
 
 MODEL_CARD = "orchestrator.json"  # beside the exported model: what it was trained for
 GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
@@ -93,6 +95,20 @@ def evaluate(engine, dataset, task: Task, job: JobConfig, plan: TrainPlan, token
     return task.metrics((loss_sum / batches).item(), predictions, plan.label_names), predictions
 
 
+def open_metrics(job: JobConfig, plan: TrainPlan, resumed: bool, unsent: dict) -> MetricsLogger:
+    """Rank 0's metrics logger. A resumed run skips what MLflow already has of the steps it replays, and delivers
+    what its checkpoint had not (unless the checkpoint came from another run, e.g. a trial PBT exploited)."""
+    fail_fast_requests()
+    already_logged: dict[str, int] = {}
+    if resumed:
+        client = MlflowClient(plan.tracking_uri)
+        deliver(lambda: already_logged.update(last_logged_steps(client, plan.run_id)), "the resumed run's history")
+    return MetricsLogger(
+        plan.tracking_uri, plan.run_id, job.tracking.system_metrics_every_s, already_logged=already_logged,
+        unsent=unsent.get("metrics", []) if unsent.get("run_id") == plan.run_id else [],
+    )
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     return " | ".join(f"{name.split('/')[-1]} {value:.4g}" for name, value in metrics.items())
 
@@ -116,16 +132,17 @@ def train_loop(config: dict) -> None:
     source = ray.train.get_checkpoint()
     if source is None and plan.initial_checkpoint:
         source = ray.train.Checkpoint(plan.initial_checkpoint)
-    progress = checkpoint.restore(engine, source, rank)
-    if progress is None:
-        progress = checkpoint.Progress()
+    restored = checkpoint.restore(engine, source, rank)
+    if restored is None:
+        progress, unsent_metrics = checkpoint.Progress(), {}
         torch.manual_seed(job.train.seed + rank)  # dropout differs per rank; init was identical
     else:
+        progress, unsent_metrics = restored
         restart_schedule(engine, job, plan.total_steps, progress.step)
         if rank == 0:
             log.info(f"resumed from step {progress.step} (epoch {progress.epoch}) at lr {engine.get_lr()[0]:.3e}")
 
-    metrics = MetricsLogger(plan.tracking_uri, plan.run_id, job.tracking.system_metrics_every_s) if rank == 0 else None
+    metrics = open_metrics(job, plan, resumed=restored is not None, unsent=unsent_metrics) if rank == 0 else None
     if metrics:
         metrics.log(progress.step, {"time/model_and_engine_init_s": engine_ready - started})
     train_data = ray.train.get_dataset_shard("train")
@@ -206,8 +223,10 @@ def train_loop(config: dict) -> None:
                         if is_last:
                             log_predictions(metrics, predictions, plan.label_names)
                 if metrics:  # what Ray (or a Tune scheduler) sees is also in MLflow, even if the run is stopped now
-                    metrics.flush(wait=True)
-                directory = checkpoint.save(engine, progress, rank) if saving else None
+                    metrics.flush()
+                unsent = {"run_id": plan.run_id, "metrics": metrics.unsent()} if metrics else None
+                manifest = manifest_text(job, step) if rank == 0 else None
+                directory = checkpoint.save(engine, progress, rank, unsent, manifest) if saving else None
                 if is_last:  # reported after the export, so whoever ends the run on it (a Tune scheduler) loses nothing
                     final_result = (report, directory)
                     break
@@ -236,12 +255,12 @@ def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_
     if label_names:
         directory = tempfile.mkdtemp(prefix="orchestrator-plots-")
         confusion_matrix_plot(predictions["label"], predictions["predicted"], label_names, directory)
-        metrics.client.log_artifacts(metrics.run_id, directory, "plots")
+        deliver(lambda: metrics.client.log_artifacts(metrics.run_id, directory, "plots"), "the confusion matrix")
         shutil.rmtree(directory, ignore_errors=True)
     if "hypothesis" in predictions:
         rows = zip(predictions["reference"][:GENERATED_SAMPLES], predictions["hypothesis"][:GENERATED_SAMPLES])
         table = "reference\tgenerated\n" + "".join(f"{ref}\t{hyp}\n" for ref, hyp in rows)
-        metrics.client.log_text(metrics.run_id, table, "eval/generated.tsv")
+        deliver(lambda: metrics.client.log_text(metrics.run_id, table, "eval/generated.tsv"), "the generated texts")
 
 
 def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
@@ -252,9 +271,9 @@ def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, ran
     if metrics:
         tokenizer.save_pretrained(directory)
         write_model_card(job, directory)
-        metrics.client.log_artifacts(metrics.run_id, directory, "model")
+        deliver(lambda: metrics.client.log_artifacts(metrics.run_id, directory, "model"), "the model")
         plot = os.path.join(directory, "training_curves.png")
         training_curves(metrics.history, plot)
-        metrics.client.log_artifact(metrics.run_id, plot, "plots")
+        deliver(lambda: metrics.client.log_artifact(metrics.run_id, plot, "plots"), "the training curves")
         metrics.close()
     shutil.rmtree(directory, ignore_errors=True)

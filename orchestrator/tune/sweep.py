@@ -23,12 +23,12 @@ from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
 from orchestrator import runtime
-from orchestrator.config.load import LoadedSweep
+from orchestrator.config.load import LoadedSweep, storage_path
 from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
-from orchestrator.train.launch import build_trainer, job_artifacts, storage_path, total_steps
+from orchestrator.train.launch import build_trainer, job_artifacts, total_steps
 from orchestrator.train.loop import TrainPlan
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
 

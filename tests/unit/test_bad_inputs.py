@@ -54,6 +54,8 @@ EXPECTED = {
     "tokenizer_path_to_nothing.yaml": "data.tokenizer.path: 'data/no_tokenizer.json' does not exist",
     "pretrained_not_a_model.yaml": "model.pretrained: 'data' is not a Hugging Face model directory",
     "cache_dir_is_a_file.yaml": "data.cache_dir: data/corpus.jsonl is not writable",
+    "resume_checkpoint_of_another_model.yaml": "model.family llama in the checkpoint, gpt2 in the job",
+    "resume_corrupt_checkpoint.yaml": "orchestrator_checkpoint.json is corrupt (not JSON)",
     "sweep_unknown_searched_key.yaml": "search_space.train.optimizer.learning_rate: not a key of the job",
     "sweep_loguniform_zero.yaml": "search_space.train.optimizer.lr.loguniform: bounds must be > 0",
     "sweep_base_missing.yaml": "data/no_such_job.yaml: no such file",
