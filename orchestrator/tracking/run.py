@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
 from orchestrator.tracking.params import flatten
+from orchestrator.tracking.redact import mask_uri_passwords, redact_config, redact_text
 
 RUN_MARKER = "mlflow_run.json"
 MLFLOW_BATCH_LIMIT = 100  # params per log_batch call
@@ -38,9 +39,10 @@ class TrackedRun:
 
     @property
     def url(self) -> str:
-        if self.uri.startswith("http"):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        return f"run {self.run_id} in {self.uri} (view with: mlflow ui --backend-store-uri {self.uri})"
+        uri = mask_uri_passwords(self.uri)
+        if uri.startswith("http"):
+            return f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"run {self.run_id} in {uri} (view with: mlflow ui --backend-store-uri {uri})"
 
 
 def job_tags(job: JobConfig, run_name: str) -> dict[str, str]:
@@ -115,12 +117,13 @@ def open_run(
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return TrackedRun(uri, experiment_id, run_id, resumed=True)
 
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    entries = [Param(key, str(value)) for key, value in params.items()]
+    secrets = redact_config({**params, **tags})  # flat, dotted names: the secret-looking ones are masked
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={k: str(secrets[k]) for k in tags}).info.run_id
+    entries = [Param(key, str(secrets[key])) for key in params]
     for start in range(0, len(entries), MLFLOW_BATCH_LIMIT):
         client.log_batch(run_id, params=entries[start : start + MLFLOW_BATCH_LIMIT])
     for name, text in artifacts.items():
-        client.log_text(run_id, text, name)
+        client.log_text(run_id, redact_text(text, {**params, **tags}), name)
     _remember_run_id(run_dir, run_id)
     return TrackedRun(uri, experiment_id, run_id, resumed=False)
 
@@ -149,6 +152,7 @@ def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:
     """status: FINISHED, FAILED or KILLED; a failure's text is kept as a tag and an artifact."""
     client = MlflowClient(run.uri)
     if error:
+        error = redact_text(error)
         client.log_batch(run.run_id, tags=[RunTag("error", error[:4000])])
         client.log_text(run.run_id, error, "error.txt")
     client.set_terminated(run.run_id, status=status)

@@ -16,6 +16,7 @@ from ray import tune
 
 from orchestrator.config.load import LoadedSweep
 from orchestrator.tracking.params import flatten
+from orchestrator.tracking.redact import redact_config, redact_text
 from orchestrator.tracking.plots import sweep_plots
 from orchestrator.tracking.run import TrackedRun, job_tags, open_run, remembered_run_id, tracking_uri
 
@@ -42,7 +43,10 @@ def start_sweep_run(sweep: LoadedSweep, sweep_dir: str) -> TrackedRun:
             "sweep.scheduler": sweep.config.scheduler.name,
         },
         params=flatten(sweep.config.model_dump(mode="json", exclude_none=True)),
-        artifacts={"sweep.yaml": sweep.path.read_text(), "base_job.yaml": yaml.safe_dump(sweep.base_raw, sort_keys=False)},
+        artifacts={
+            "sweep.yaml": redact_text(sweep.path.read_text(), sweep.base_raw),
+            "base_job.yaml": yaml.safe_dump(redact_config(sweep.base_raw), sort_keys=False),
+        },
     )
 
 

@@ -1,0 +1,66 @@
+"""Secrets in the job or the environment never reach MLflow params, tags, artifacts or printed errors."""
+
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.load import validate
+from orchestrator.tracking.redact import is_secret_name, redact_config, redact_text
+from orchestrator.tracking.run import start_run
+from orchestrator.train.launch import job_artifacts
+
+JOB_SECRET = "job-secret-7f3a9c"
+ENV_SECRET = "env-secret-41d2e8"
+URI_SECRET = "uri-secret-9b1c55"
+
+
+def test_secret_names_are_whole_words():
+    for name in ["api_token", "GITHUB_TOKEN", "tracking.tags.hf_token", "password", "DB_PASSWD", "aws_secret_access_key",
+                 "apiKey", "private-key", "credentials"]:
+        assert is_secret_name(name), name
+    for name in ["max_tokens", "data.tokenizer.train", "train/tokens_per_s", "min_tokens", "keep", "monkey"]:
+        assert not is_secret_name(name), name
+
+
+def test_config_and_text_redaction():
+    tree = {"tags": {"api_token": JOB_SECRET, "team": "nlp"}, "paths": [f"s3://user:{URI_SECRET}@bucket/data"]}
+    assert redact_config(tree) == {"tags": {"api_token": "***", "team": "nlp"}, "paths": ["s3://user:***@bucket/data"]}
+    text = f"failed with {JOB_SECRET} at https://me:{URI_SECRET}@mlflow.example"
+    assert redact_text(text, tree) == "failed with *** at https://me:***@mlflow.example"
+
+
+def test_secrets_never_reach_the_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_PASSWORD", ENV_SECRET)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    job = validate({
+        "model": {"family": "gpt2", "size": "tiny"},
+        "data": {"paths": ["corpus.jsonl"]},
+        "train": {"max_steps": 10},
+        "deepspeed": {"extra": {"comms_logger": {"enabled": False, "auth_token": JOB_SECRET}}},
+        "tracking": {"uri": uri, "tags": {"hf_token": JOB_SECRET, "owner": "nlp-team"}},
+    })
+    run = start_run(job, "secrets", str(tmp_path / "run"), artifacts=job_artifacts(job) | {"notes.txt": f"env {ENV_SECRET}"})
+
+    client = MlflowClient(uri)
+    data = client.get_run(run.run_id).data
+    logged = [*data.params.values(), *data.tags.values()]
+    for name in ("job.yaml", "deepspeed_config.json", "notes.txt"):
+        with open(client.download_artifacts(run.run_id, name, str(tmp_path))) as artifact:
+            logged.append(artifact.read())
+    everything = "\n".join(logged)
+    assert JOB_SECRET not in everything and "***" in everything
+    assert data.tags["owner"] == "nlp-team" and data.tags["hf_token"] == "***"
+    assert data.params["deepspeed.extra.comms_logger.auth_token"] == "***"
+    assert redact_text(f"env {ENV_SECRET}") == "env ***"
+
+
+def test_printed_errors_mask_secrets_of_the_environment(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{family: gpt2, size: tiny}}\ndata: {{paths: ['{ENV_SECRET}/*.jsonl']}}\ntrain: {{max_steps: 1}}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", str(job)],
+        env={"PATH": "/usr/bin:/bin", "DEPLOY_TOKEN": ENV_SECRET}, capture_output=True, text=True,
+    )
+    assert out.returncode == 2 and "no file matches" in out.stderr
+    assert ENV_SECRET not in out.stderr and "***" in out.stderr
