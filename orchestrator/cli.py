@@ -4,7 +4,6 @@ Heavy imports (torch, ray) happen inside the commands that need them, so `valida
 """
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -158,14 +157,9 @@ def schema() -> None:
     print(json.dumps(JobConfig.model_json_schema(), indent=2))
 
 
-def stop_on_sigterm(signum, frame) -> None:
-    """`ray job stop` sends SIGTERM (then SIGKILL after a few seconds): handled like Ctrl-C, so the MLflow run is
-    marked KILLED while there is time. The last checkpoint stays, and the job resumes from it when submitted again."""
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # Ctrl-C, and SIGTERM from `ray job stop` (which Ray's driver turns into SystemExit), mark the MLflow run KILLED
+    # (tracking/run.py); the last checkpoint stays, and the job resumes from it when submitted again.
     try:
         app()
     except UserError as err:  # it may quote a value of the job: secrets are masked

@@ -5,6 +5,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -131,3 +132,50 @@ def write_sweep(directory: Path, job: dict, **sweep) -> Path:
     path = directory / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     return path
+
+
+# --- jobs running in the background, for the fault tests ---------------------------------------------------------
+
+def ray_job(cluster, *args: str) -> str:
+    """`ray job <args>` against the test cluster; its output without colours."""
+    result = subprocess.run(["ray", "job", *args, "--address", cluster.dashboard], env=cluster.env, capture_output=True, text=True, timeout=120)
+    return ANSI.sub("", result.stdout + result.stderr)
+
+
+def start_job(cluster, submission_id: str, *args: str) -> None:
+    """Submits `python -m orchestrator <args>` through the job API without waiting for it."""
+    command = ["ray", "job", "submit", "--no-wait", "--submission-id", submission_id, "--address", cluster.dashboard]
+    command += ["--working-dir", str(REPO), "--", "python", "-m", "orchestrator", *args]
+    result = subprocess.run(command, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, ANSI.sub("", result.stdout + result.stderr)
+
+
+def job_status(cluster, submission_id: str) -> str:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED, read from `ray job status` (which words the last three)."""
+    output = ray_job(cluster, "status", submission_id)
+    for words, status in ((" succeeded", "SUCCEEDED"), (" was stopped", "STOPPED"), (" failed", "FAILED")):
+        if f"'{submission_id}'{words}" in output:
+            return status
+    return re.search(r"Status for job '[^']+': (\w+)", output).group(1)
+
+
+def wait_for_job(cluster, submission_id: str, timeout: float = 600) -> str:
+    """The job's final status (SUCCEEDED, FAILED or STOPPED)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job_status(cluster, submission_id)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(2)
+    raise TimeoutError(f"job {submission_id} still {status} after {timeout} s")
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 1.0):
+    """Polls `condition()` until it returns something truthy, which is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(what)

@@ -160,10 +160,11 @@ def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:
 
 @contextmanager
 def ends_with_outcome(run: TrackedRun) -> Iterator[None]:
-    """Ends the run with what the block did: FINISHED, KILLED on Ctrl-C, or FAILED with the traceback."""
+    """Ends the run with what the block did: FINISHED, KILLED on Ctrl-C or SIGTERM (`ray job stop`; Ray's driver
+    handler turns it into SystemExit), or FAILED with the traceback."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         end_run(run, "KILLED")
         raise
     except Exception:

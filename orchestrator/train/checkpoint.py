@@ -5,8 +5,10 @@ Every rank saves into its own local directory and reports it to Ray Train, which
 checkpoint in the run's storage and keeps the newest `checkpoint.keep`.
 """
 
+import glob
 import os
 import random
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 
@@ -16,6 +18,7 @@ import torch
 from orchestrator.train.manifest import MANIFEST
 
 TAG = "state"  # DeepSpeed sub-directory of each checkpoint
+LOCAL_PREFIX = "orchestrator-ckpt-"  # a rank's local copy, removed once Ray Train has it
 
 
 @dataclass
@@ -26,6 +29,28 @@ class Progress:
     tokens: int = 0  # training tokens seen by all workers
 
 
+def remove_orphans() -> None:
+    """Local checkpoint copies left by workers that were killed while saving (their pid is in the name)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{LOCAL_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(LOCAL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _is_running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class UnusableCheckpoint(RuntimeError):
+    """A checkpoint that is corrupt, incomplete or of another model."""
+
+
 def _rng_file(directory: str, rank: int) -> str:
     return os.path.join(directory, f"rng_rank{rank}.pt")
 
@@ -34,7 +59,8 @@ def save(engine, progress: Progress, rank: int, unsent_metrics: dict | None = No
     """Writes this rank's part of the checkpoint into a new local directory and returns it. `unsent_metrics`: rank 0's
     metrics the tracking server has not received yet ({"run_id", "metrics"}), delivered by whoever resumes that run.
     `manifest` (rank 0): what wrote the checkpoint (train/manifest.py), written last."""
-    directory = tempfile.mkdtemp(prefix="orchestrator-ckpt-")
+    remove_orphans()
+    directory = tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-")
     state = {"progress": asdict(progress), "unsent_metrics": unsent_metrics or {}}
     engine.save_checkpoint(directory, tag=TAG, client_state=state)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -51,10 +77,18 @@ def restore(engine, checkpoint, rank: int) -> tuple[Progress, dict] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        # The LR schedule is rebuilt from the job instead (engine.restart_schedule), so a resumed job runs with the
-        # learning rate and schedule it asks for now, e.g. the ones PBT just mutated.
-        _, client_state = engine.load_checkpoint(directory, tag=TAG, load_lr_scheduler_states=False)
-        rng = torch.load(_rng_file(directory, rank), weights_only=False)
+        try:
+            # The LR schedule is rebuilt from the job instead (engine.restart_schedule), so a resumed job runs with the
+            # learning rate and schedule it asks for now, e.g. the ones PBT just mutated.
+            loaded, client_state = engine.load_checkpoint(directory, tag=TAG, load_lr_scheduler_states=False)
+            if loaded is None:  # DeepSpeed only warns when the state is missing
+                raise FileNotFoundError(f"no DeepSpeed state under {TAG}/")
+            rng = torch.load(_rng_file(directory, rank), weights_only=False)
+        except Exception as err:
+            raise UnusableCheckpoint(
+                f"checkpoint {checkpoint.path} cannot be loaded into this job's model, so it is refused "
+                f"({type(err).__name__}: {str(err)[:500]}); submit with --restart to start over"
+            ) from err
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])

@@ -36,31 +36,50 @@ def wait_for(url: str, seconds: float) -> None:
     raise TimeoutError(url)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    command = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
-    command += ["--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", "1"]
-    with open(root / "server.log", "w") as log:
-        server = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/health", 90)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+class TrackingServer:
+    """A real `mlflow server` on a free loopback port, which a test may stop and start again (an outage)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
+        command += ["--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1"]
+        command += ["--port", self.url.rsplit(":", 1)[1], "--workers", "1"]
+        with open(self.root / "server.log", "a") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
+        wait_for(f"{self.url}/health", 90)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            server.wait(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory) -> TrackingServer:
+    server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tracking_server) -> str:
+    return tracking_server.url
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,4 @@ def test_printed_errors_mask_secrets_of_the_environment(tmp_path):
     )
     assert out.returncode == 2 and "no file matches" in out.stderr
     assert ENV_SECRET not in out.stderr and "***" in out.stderr
+

@@ -1,0 +1,211 @@
+"""Faults done for real to jobs submitted through the job API of a real Ray cluster, with real DeepSpeed and a
+real MLflow server: a SIGKILLed worker, a tracking server that goes away for 30 s, `ray job stop`. A job either
+finishes with exactly the steps it asked for, each logged once in its one MLflow run, or stops KILLED with a
+checkpoint it resumes from."""
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from helpers import job_status, ray_job, start_job, submit, tiny_job, wait_for_job, wait_until, write_job
+from mlflow.tracking import MlflowClient
+
+from orchestrator.train import checkpoint
+
+pytestmark = pytest.mark.integration
+EXPERIMENT = "faults"
+# Slow enough steps (about 0.1 s on 2 CPU workers) that a fault lands in the middle of the run.
+BIGGER = {"family": "gpt2", "size": "tiny", "dims": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 512, "max_positions": 64}}
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server) -> MlflowClient:
+    return MlflowClient(mlflow_server)
+
+
+def fault_job(tmp: Path, corpus: Path, name: str, max_steps: int, every_steps: int, **sections) -> Path:
+    job = tiny_job(
+        corpus,
+        **{"model": BIGGER} | sections,
+        train={"max_steps": max_steps, "eval_every": every_steps, "eval_at_start": False, "log_every": 1,
+               "schedule": {"name": "constant", "warmup_steps": 2}},
+        checkpoint={"dir": str(tmp / "runs"), "every_steps": every_steps, "keep": 2, "max_failures": 2},
+        tracking={"experiment": EXPERIMENT, "run_name": name, "system_metrics_every_s": 2},
+    )
+    return write_job(tmp / f"{name}.yaml", job)
+
+
+def find_run_id(client: MlflowClient, run_name: str) -> str | None:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"tags.`orchestrator.run_name` = '{run_name}'")
+    assert len(runs) <= 1, "one MLflow run per job"
+    return runs[0].info.run_id if runs else None
+
+
+def last_step(client: MlflowClient, run_id: str, key: str = "train/loss") -> int:
+    return max((point.step for point in client.get_metric_history(run_id, key)), default=0)
+
+
+def wait_for_step(client: MlflowClient, run_name: str, step: int, timeout: float = 300) -> str:
+    """Waits until the run has logged `step`; returns its id."""
+    run_id = wait_until(lambda: find_run_id(client, run_name), timeout, f"MLflow run {run_name}")
+    wait_until(lambda: last_step(client, run_id) >= step, timeout, f"{run_name} reaching step {step}")
+    return run_id
+
+
+def assert_each_step_once(client: MlflowClient, run_id: str, max_steps: int) -> dict[int, float]:
+    points = client.get_metric_history(run_id, "train/loss")
+    steps = sorted(point.step for point in points)
+    assert steps == list(range(1, max_steps + 1)), f"{len(steps)} points for {max_steps} steps"
+    return {point.step: point.value for point in points}
+
+
+def resumed_step(logs: str) -> int:
+    return int(re.search(r"resumed from step (\d+)", logs).group(1))
+
+
+def train_worker_pids(cluster) -> list[int]:
+    """Ray Train's worker processes, found through Ray's state API."""
+    listing = subprocess.run(
+        ["ray", "list", "actors", "--address", cluster.dashboard, "--filter", "class_name=RayTrainWorker",
+         "--filter", "state=ALIVE", "--detail", "--format", "json"],
+        env=cluster.env, capture_output=True, text=True, timeout=60,
+    )
+    return [actor["pid"] for actor in json.loads(listing.stdout)]
+
+
+def registered_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint Ray Train has registered (its persisted checkpoint manager state)."""
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    return snapshot["latest_checkpoint_result"]["metrics"]["step"]
+
+
+def local_checkpoints() -> set[str]:
+    """Checkpoints being written: each rank saves into a fresh local directory, then reports (uploads) it to Ray Train."""
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), f"{checkpoint.LOCAL_PREFIX}*")))
+
+
+def test_a_worker_killed_while_checkpointing_is_replaced_and_the_job_finishes_in_the_same_run(cluster, corpus, client, tmp_path):
+    """SIGKILL one Train worker in the middle of writing a checkpoint: that checkpoint never counts, the worker group
+    restarts from the one before, and the run ends with each of its 300 steps logged once."""
+    max_steps, every = 300, 50
+    start_job(cluster, "fault-killed-worker", "train", str(fault_job(tmp_path, corpus, "killed-worker", max_steps, every)))
+    run_id = wait_for_step(client, "killed-worker", every + 10)
+    pids = train_worker_pids(cluster)
+    before = local_checkpoints()
+    wait_until(lambda: local_checkpoints() - before, 120, "a checkpoint starting", every=0.01)
+    os.kill(pids[-1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    complete = registered_step(tmp_path / "runs" / "killed-worker")  # the checkpoint before the one cut short
+
+    assert wait_for_job(cluster, "fault-killed-worker") == "SUCCEEDED"
+    recovered_s = time.monotonic() - killed_at
+    logs = ray_job(cluster, "logs", "fault-killed-worker")
+    assert resumed_step(logs) == complete  # the last complete checkpoint, not the one cut short
+    losses = assert_each_step_once(client, run_id, max_steps)  # replayed steps are not logged twice
+    assert losses[complete + 1] < 0.8 * losses[1]  # training went on from the checkpoint, not from scratch
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len([path for path in (tmp_path / "runs" / "killed-worker").glob("checkpoint_*") if path.is_dir()]) == 2  # keep
+    print(f"killed worker: cut the step-{complete + every} checkpoint, resumed from step {complete}; "
+          f"the job ended {recovered_s:.0f} s after the kill")
+
+
+def test_a_tracking_outage_loses_no_metric_and_does_not_stop_training(cluster, corpus, client, tracking_server, tmp_path):
+    max_steps, every = 500, 250
+    start_job(cluster, "fault-outage", "train", str(fault_job(tmp_path, corpus, "outage", max_steps, every)))
+    run_id = wait_for_step(client, "outage", 20)
+    tracking_server.stop()
+    stopped_at = time.time()
+    time.sleep(30)
+    assert "RUNNING" in ray_job(cluster, "status", "fault-outage")
+    tracking_server.start()
+    restarted_at = time.time()
+
+    assert wait_for_job(cluster, "fault-outage") == "SUCCEEDED"
+    logs = ray_job(cluster, "logs", "fault-outage")
+    assert logs.count("MLflow unreachable") == 1, logs[-3000:]
+    assert logs.count("MLflow is back") == 1
+    assert_each_step_once(client, run_id, max_steps)
+    during = [p for p in client.get_metric_history(run_id, "train/loss") if stopped_at * 1000 < p.timestamp < restarted_at * 1000]
+    assert len(during) > 10, "training went on during the outage, and what it logged then arrived"
+    system = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    assert any(stopped_at * 1000 < p.timestamp < restarted_at * 1000 for p in system)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    print(f"outage: {len(during)} steps trained and logged while MLflow was away for {restarted_at - stopped_at:.0f} s")
+
+
+def test_a_stopped_job_is_killed_then_resumes_when_submitted_again_unless_restarted(cluster, corpus, client, tmp_path):
+    max_steps, every = 150, 30
+    path = fault_job(tmp_path, corpus, "stopped", max_steps, every)
+    start_job(cluster, "fault-stopped", "train", str(path))
+    run_id = wait_for_step(client, "stopped", every + 10)
+    ray_job(cluster, "stop", "fault-stopped")
+    assert wait_for_job(cluster, "fault-stopped") == "STOPPED"
+    assert wait_until(lambda: client.get_run(run_id).info.status == "KILLED", 30, "run marked KILLED")
+
+    again = submit(cluster, "train", str(path))
+    assert "MLflow run (resumed): " in again and run_id in again
+    assert resumed_step(again) >= every
+    assert_each_step_once(client, run_id, max_steps)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    fresh = submit(cluster, "train", str(path), "--restart", "--set", "train.max_steps=5")
+    assert "--restart: deleted the checkpoints" in fresh and "resumed from step" not in fresh
+    fresh_run = re.search(r"MLflow run \(new\): \S*/runs/([0-9a-f]+)", fresh).group(1)
+    assert fresh_run != run_id
+    assert_each_step_once(client, fresh_run, 5)
+
+
+def alive_nodes(cluster) -> int:
+    listing = subprocess.run(
+        ["ray", "list", "nodes", "--address", cluster.dashboard, "--filter", "state=ALIVE", "--format", "json"],
+        env=cluster.env, capture_output=True, text=True, timeout=60,
+    )
+    return len(json.loads(listing.stdout))
+
+
+def join_node(cluster, log: Path) -> subprocess.Popen:
+    """A second Ray node on this machine with 1 CPU, joining the head; its processes share one process group."""
+    with open(log, "a") as out:
+        node = subprocess.Popen(
+            ["ray", "start", "--address", cluster.address, "--num-cpus", "1", "--disable-usage-stats", "--block"],
+            env=cluster.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    wait_until(lambda: alive_nodes(cluster) == 2, 90, "the second node joining")
+    return node
+
+
+def test_a_job_that_lost_a_node_waits_for_capacity_and_resumes(cluster, corpus, client, tmp_path):
+    """3 workers over the head (2 CPUs) and a second node (1 CPU). The second node dies: with a fixed worker count the
+    job waits, RUNNING, retrying its worker group, and resumes from its checkpoint once a node brings the CPU back."""
+    max_steps, every = 400, 50
+    path = fault_job(tmp_path, corpus, "lost-node", max_steps, every, model=tiny_job(corpus)["model"], scaling={"num_workers": 3})
+    node = join_node(cluster, tmp_path / "node.log")
+    try:
+        start_job(cluster, "fault-lost-node", "train", str(path))
+        run_id = wait_for_step(client, "lost-node", every + 10)
+        os.killpg(node.pid, signal.SIGKILL)
+        lost_at = time.monotonic()
+        wait_until(lambda: alive_nodes(cluster) == 1, 90, "the head noticing the lost node")
+        time.sleep(10)
+        assert job_status(cluster, "fault-lost-node") == "RUNNING"
+        node = join_node(cluster, tmp_path / "node.log")
+        returned_at = time.monotonic()
+
+        assert wait_for_job(cluster, "fault-lost-node") == "SUCCEEDED"
+        logs = ray_job(cluster, "logs", "fault-lost-node")
+        assert resumed_step(logs) >= every
+        assert_each_step_once(client, run_id, max_steps)
+        assert client.get_run(run_id).info.status == "FINISHED"
+        print(f"lost node: waited {returned_at - lost_at:.0f} s for capacity, resumed from step {resumed_step(logs)}")
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)

@@ -1,0 +1,27 @@
+"""How a job's MLflow run ends: FAILED with its (redacted) error, KILLED on Ctrl-C or SIGTERM."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.load import validate
+from orchestrator.tracking.run import ends_with_outcome, start_run
+
+ENV_SECRET = "env-secret-41d2e8"
+
+
+def test_a_run_ends_failed_with_its_error_or_killed_when_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_PASSWORD", ENV_SECRET)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    job = validate({"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1},
+                    "tracking": {"uri": uri}})
+    client = MlflowClient(uri)
+    outcomes = {}
+    for name, error in [("failed", ValueError(f"loss is nan near {ENV_SECRET}")), ("ctrl-c", KeyboardInterrupt()), ("sigterm", SystemExit(15))]:
+        run = start_run(job, name, str(tmp_path / name), artifacts={})
+        with pytest.raises(type(error)), ends_with_outcome(run):
+            raise error
+        outcomes[name] = client.get_run(run.run_id)
+    assert outcomes["failed"].info.status == "FAILED"
+    assert "ValueError: loss is nan near ***" in outcomes["failed"].data.tags["error"]
+    assert ENV_SECRET not in outcomes["failed"].data.tags["error"]
+    assert outcomes["ctrl-c"].info.status == "KILLED" and outcomes["sigterm"].info.status == "KILLED"
