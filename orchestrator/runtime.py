@@ -30,7 +30,7 @@ def connect() -> str:
 def check_resources(job: JobConfig) -> None:
     """Ray would otherwise wait forever for workers the cluster cannot place."""
     have = ray.cluster_resources()
-    workers = job.scaling.num_workers
+    workers = job.scaling.min_workers or job.scaling.num_workers  # an elastic job starts with what there is
     cpus = workers * job.scaling.cpus_per_worker
     if have.get("CPU", 0) < cpus:
         raise UserError(

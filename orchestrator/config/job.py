@@ -299,7 +299,12 @@ class DeepSpeedConfig(Section):
 
 
 class ScalingConfig(Section):
-    num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel ranks).")
+    num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel ranks); the most, if elastic.")
+    min_workers: PositiveInt | None = Field(
+        None,
+        description="Elastic: go on with as few as this many workers when some are lost, instead of waiting for all "
+        "(ZeRO stage 0; the global batch stays the same, by accumulating more micro batches per worker).",
+    )
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
 
@@ -360,4 +365,27 @@ class JobConfig(Section):
                 raise ValueError(f"data.{name}: not used by the {self.task} task")
         if self.data.augment.copies and self.task != "sequence_classification":
             raise ValueError("data.augment.copies: augmentation is for sequence_classification")
+        if self.scaling.min_workers:
+            self._check_elastic()
         return self
+
+    def _check_elastic(self) -> None:
+        low, high = self.scaling.min_workers, self.scaling.num_workers
+        if low > high:
+            raise ValueError(f"scaling.min_workers: {low} is more than scaling.num_workers ({high})")
+        if self.deepspeed.zero_stage != 0:
+            raise ValueError("scaling.min_workers: elastic jobs need deepspeed.zero_stage 0 (ZeRO shards are per worker count)")
+        if not self.checkpoint.every_steps:
+            raise ValueError("scaling.min_workers: an elastic job resumes from checkpoints; set checkpoint.every_steps")
+        micro_batches = self.train.grad_accum_steps * high  # per optimizer step, shared by the workers there are
+        uneven = [count for count in range(low, high + 1) if micro_batches % count]
+        if uneven:
+            raise ValueError(
+                f"scaling.min_workers: {micro_batches} micro batches per step (train.grad_accum_steps x num_workers) "
+                f"cannot be shared evenly by {uneven[0]} workers; raise train.grad_accum_steps"
+            )
+
+    @property
+    def global_batch_size(self) -> int:
+        """Sequences per optimizer step over all workers; the same however many workers an elastic job runs on."""
+        return self.train.micro_batch_size * self.train.grad_accum_steps * self.scaling.num_workers

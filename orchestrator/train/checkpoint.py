@@ -25,7 +25,7 @@ LOCAL_PREFIX = "orchestrator-ckpt-"  # a rank's local copy, removed once Ray Tra
 class Progress:
     step: int = 0  # optimizer steps done
     epoch: int = 0
-    batches_in_epoch: int = 0  # global micro batches of `epoch` already consumed
+    steps_in_epoch: int = 0  # global batches (optimizer steps) of `epoch` already taken
     tokens: int = 0  # training tokens seen by all workers
 
 

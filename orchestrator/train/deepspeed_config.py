@@ -6,12 +6,13 @@ from orchestrator.config.job import JobConfig
 from orchestrator.train.optimizers import optimizer_section
 
 
-def global_batch_size(job: JobConfig) -> int:
-    """Sequences per optimizer step, over all data-parallel workers."""
-    return job.train.micro_batch_size * job.train.grad_accum_steps * job.scaling.num_workers
+def accumulation_steps(job: JobConfig, world_size: int) -> int:
+    """Micro batches per optimizer step on each of `world_size` workers, keeping the global batch size."""
+    return job.train.grad_accum_steps * job.scaling.num_workers // world_size
 
 
-def deepspeed_config(job: JobConfig) -> dict:
+def deepspeed_config(job: JobConfig, world_size: int | None = None) -> dict:
+    """For `world_size` workers (default: scaling.num_workers)."""
     ds = job.deepspeed
     zero: dict = {"stage": ds.zero_stage}
     if ds.offload_optimizer:
@@ -19,9 +20,9 @@ def deepspeed_config(job: JobConfig) -> dict:
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu"}
     config = {
-        "train_batch_size": global_batch_size(job),
+        "train_batch_size": job.global_batch_size,
         "train_micro_batch_size_per_gpu": job.train.micro_batch_size,
-        "gradient_accumulation_steps": job.train.grad_accum_steps,
+        "gradient_accumulation_steps": accumulation_steps(job, world_size or job.scaling.num_workers),
         "gradient_clipping": job.train.grad_clip,
         "optimizer": optimizer_section(job.train.optimizer),
         "zero_optimization": zero,

@@ -11,12 +11,12 @@ from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.schedules import build_schedule
 
 
-def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int) -> deepspeed.DeepSpeedEngine:
+def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int, world_size: int) -> deepspeed.DeepSpeedEngine:
     """Ray Train has already set up torch.distributed (gloo or nccl); DeepSpeed joins that process group."""
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=model.parameters(),
-        config=deepspeed_config(job),
+        config=deepspeed_config(job, world_size),
         lr_scheduler=functools.partial(build_schedule, cfg=job.train.schedule, total_steps=total_steps),
     )
     return engine

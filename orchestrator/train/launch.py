@@ -25,8 +25,7 @@ from orchestrator.train.loop import TrainPlan, train_loop
 def total_steps(job: JobConfig, train_sequences: int) -> int:
     if job.train.max_steps:
         return job.train.max_steps
-    micro_batches_per_epoch = train_sequences // (job.train.micro_batch_size * job.scaling.num_workers)
-    steps = math.ceil(job.train.epochs * micro_batches_per_epoch / job.train.grad_accum_steps)
+    steps = math.ceil(job.train.epochs * (train_sequences // job.global_batch_size))
     if steps < 1:
         raise UserError("train.epochs: too few to make one optimizer step; raise it or set train.max_steps")
     return steps
@@ -48,7 +47,8 @@ def build_trainer(
         train_loop_config={"job": job, "plan": plan},
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=job.scaling.num_workers,
+            # elastic: Ray Train starts with what the cluster has, at least min_workers, and restarts smaller on losses
+            num_workers=(job.scaling.min_workers, job.scaling.num_workers) if job.scaling.min_workers else job.scaling.num_workers,
             use_gpu=job.scaling.use_gpu,
             resources_per_worker={"CPU": job.scaling.cpus_per_worker},
         ),

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
-from orchestrator.data.feed import WaitClock, rank_batches, timed
+from orchestrator.data.feed import WaitClock, step_batches, timed
 from orchestrator.data.pipeline import quiet_data_progress
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import TORCH_DTYPES, build_model
@@ -27,6 +27,7 @@ from orchestrator.models.tasks import TASKS, Task
 from orchestrator.tracking.metrics import MetricsLogger, deliver, fail_fast_requests, last_logged_steps
 from orchestrator.tracking.plots import confusion_matrix_plot, training_curves
 from orchestrator.train import checkpoint
+from orchestrator.train.deepspeed_config import accumulation_steps
 from orchestrator.train.engine import build_engine, export_hf_model, restart_schedule
 from orchestrator.train.manifest import manifest_text
 
@@ -76,8 +77,9 @@ def evaluate(engine, dataset, task: Task, job: JobConfig, plan: TrainPlan, token
     loss_sum, batches = torch.zeros(1), torch.zeros(1)
     predictions: dict[str, list] = {}
     with torch.no_grad():
-        for index, batch in enumerate(
-            rank_batches(dataset, rank=rank, world_size=world_size, micro_batch_size=job.train.micro_batch_size)
+        micro = job.train.micro_batch_size
+        for index, (batch,) in enumerate(
+            step_batches(dataset, rank=rank, world_size=world_size, micro_batch_size=micro, global_batch_size=micro * world_size)
         ):
             if job.train.eval_batches and index >= job.train.eval_batches:
                 break
@@ -120,13 +122,13 @@ def train_loop(config: dict) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     task = TASKS[job.task]
-    micro, accum = job.train.micro_batch_size, job.train.grad_accum_steps
-    tokens_per_step = micro * accum * world_size * job.data.seq_len
+    accum = accumulation_steps(job, world_size)  # more when an elastic job runs on fewer workers
+    tokens_per_step = job.global_batch_size * job.data.seq_len
 
     started = time.perf_counter()
     tokenizer = from_json(plan.tokenizer_json)
     model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed)
-    engine = build_engine(job, model, plan.total_steps)
+    engine = build_engine(job, model, plan.total_steps, world_size)
     engine_ready = time.perf_counter()
     # Ray Train's own checkpoint (this run restarted after a failure) comes before the one the run started from.
     source = ray.train.get_checkpoint()
@@ -140,7 +142,10 @@ def train_loop(config: dict) -> None:
         progress, unsent_metrics = restored
         restart_schedule(engine, job, plan.total_steps, progress.step)
         if rank == 0:
-            log.info(f"resumed from step {progress.step} (epoch {progress.epoch}) at lr {engine.get_lr()[0]:.3e}")
+            log.info(
+                f"resumed from step {progress.step} (epoch {progress.epoch}) at lr {engine.get_lr()[0]:.3e} "
+                f"with {world_size} workers"
+            )
 
     metrics = open_metrics(job, plan, resumed=restored is not None, unsent=unsent_metrics) if rank == 0 else None
     if metrics:
@@ -153,31 +158,30 @@ def train_loop(config: dict) -> None:
             metrics.log(0, evaluation)
             log.info(f"step 0 (untrained) | eval {format_metrics(evaluation)}")
 
-    step_loss, micro_steps = torch.zeros(1), 0
+    step_loss = torch.zeros(1)
     window_started, window_steps, first_step_done = time.perf_counter(), 0, False
     data_wait = WaitClock()  # time this rank waited for its next batch
     window_wait = 0.0
     last_train_loss, final_result = None, None
     while progress.step < plan.total_steps:
-        batches = rank_batches(
+        batches = step_batches(
             train_data,
             rank=rank,
             world_size=world_size,
-            micro_batch_size=micro,
+            micro_batch_size=job.train.micro_batch_size,
+            global_batch_size=job.global_batch_size,
             shuffle_seed=job.data.seed + progress.epoch,
-            skip=progress.batches_in_epoch,
+            skip=progress.steps_in_epoch,
         )
-        for batch in timed(batches, data_wait):
-            loss = engine(**task.model_inputs(batch)).loss
-            engine.backward(loss)
-            engine.step()
-            progress.batches_in_epoch += 1
-            step_loss += loss.detach().float()
-            micro_steps += 1
-            if micro_steps < accum:
-                continue
+        for micro_batches in timed(batches, data_wait):
+            for batch in micro_batches:  # DeepSpeed accumulates, and steps the optimizer after the last one
+                loss = engine(**task.model_inputs(batch)).loss
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.detach().float()
 
             progress.step += 1
+            progress.steps_in_epoch += 1
             progress.tokens += tokens_per_step
             window_steps += 1
             step = progress.step
@@ -205,7 +209,6 @@ def train_loop(config: dict) -> None:
                     log.info(format_progress(step, plan.total_steps, last_train_loss, logged["train/lr"], tokens_per_s, eta_s))
                 window_started, window_steps, window_wait = time.perf_counter(), 0, data_wait.seconds
             step_loss.zero_()
-            micro_steps = 0
 
             # Results go to Ray (and through it to Tune) at evaluation and checkpoint steps.
             evaluating = is_last or (job.train.eval_every and step % job.train.eval_every == 0)
@@ -235,7 +238,7 @@ def train_loop(config: dict) -> None:
                 window_started, window_steps, window_wait = time.perf_counter(), 0, data_wait.seconds
         else:  # the pass over the data ended before the last step: next epoch
             progress.epoch += 1
-            progress.batches_in_epoch = 0
+            progress.steps_in_epoch = 0
 
     export(engine, job, tokenizer, metrics, rank)
     if final_result:

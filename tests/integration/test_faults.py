@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -30,14 +31,17 @@ def client(mlflow_server) -> MlflowClient:
     return MlflowClient(mlflow_server)
 
 
-def fault_job(tmp: Path, corpus: Path, name: str, max_steps: int, every_steps: int, **sections) -> Path:
+def fault_job(tmp: Path, corpus: Path, name: str, max_steps: int, every_steps: int, model: dict = BIGGER, scaling: dict | None = None,
+              **train) -> Path:
+    """A job that evaluates and checkpoints every `every_steps` and logs every step; `train` adds to its train section."""
     job = tiny_job(
         corpus,
-        **{"model": BIGGER} | sections,
+        model=model,
         train={"max_steps": max_steps, "eval_every": every_steps, "eval_at_start": False, "log_every": 1,
-               "schedule": {"name": "constant", "warmup_steps": 2}},
+               "schedule": {"name": "constant", "warmup_steps": 2}} | train,
         checkpoint={"dir": str(tmp / "runs"), "every_steps": every_steps, "keep": 2, "max_failures": 2},
         tracking={"experiment": EXPERIMENT, "run_name": name, "system_metrics_every_s": 2},
+        **({"scaling": scaling} if scaling else {}),
     )
     return write_job(tmp / f"{name}.yaml", job)
 
@@ -174,38 +178,68 @@ def alive_nodes(cluster) -> int:
 
 
 def join_node(cluster, log: Path) -> subprocess.Popen:
-    """A second Ray node on this machine with 1 CPU, joining the head; its processes share one process group."""
+    """A second Ray node on this machine with 1 CPU, joining the head; its processes share one process group. It
+    has a temp dir of its own, as a real node would: sharing the head's would share (and clean up) its files."""
+    temp_dir = tempfile.mkdtemp(prefix="ray-node-")  # short: Ray's socket paths must fit in 107 characters
     with open(log, "a") as out:
         node = subprocess.Popen(
-            ["ray", "start", "--address", cluster.address, "--num-cpus", "1", "--disable-usage-stats", "--block"],
+            ["ray", "start", "--address", cluster.address, "--num-cpus", "1", "--disable-usage-stats", "--block",
+             "--temp-dir", temp_dir],
             env=cluster.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    node.temp_dir = temp_dir
     wait_until(lambda: alive_nodes(cluster) == 2, 90, "the second node joining")
     return node
 
 
-def test_a_job_that_lost_a_node_waits_for_capacity_and_resumes(cluster, corpus, client, tmp_path):
-    """3 workers over the head (2 CPUs) and a second node (1 CPU). The second node dies: with a fixed worker count the
-    job waits, RUNNING, retrying its worker group, and resumes from its checkpoint once a node brings the CPU back."""
-    max_steps, every = 400, 50
-    path = fault_job(tmp_path, corpus, "lost-node", max_steps, every, model=tiny_job(corpus)["model"], scaling={"num_workers": 3})
+def kill_node(node: subprocess.Popen) -> None:
+    """SIGKILL to every process of the node at once: a machine that is gone."""
+    try:
+        os.killpg(node.pid, signal.SIGKILL)
+    except ProcessLookupError:  # killed already
+        pass
+    node.wait()
+    shutil.rmtree(node.temp_dir, ignore_errors=True)
+
+
+def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) -> str:
+    """Runs a 3-worker job over the head (2 CPUs) and a second node (1 CPU) and SIGKILLs the second node's processes
+    mid-run. A fixed-size job is given the node back after it has waited a while. Returns the job's log."""
+    max_steps, every = 300, 50
+    scaling = {"num_workers": 3} | ({"min_workers": 2} if elastic else {})
+    train = {"grad_accum_steps": 2} if elastic else {}  # 6 micro batches per step: shared by 3 workers or by 2
+    path = fault_job(tmp_path, corpus, name, max_steps, every, model=tiny_job(corpus)["model"], scaling=scaling, **train)
     node = join_node(cluster, tmp_path / "node.log")
     try:
-        start_job(cluster, "fault-lost-node", "train", str(path))
-        run_id = wait_for_step(client, "lost-node", every + 10)
-        os.killpg(node.pid, signal.SIGKILL)
+        start_job(cluster, f"fault-{name}", "train", str(path))
+        run_id = wait_for_step(client, name, every + 10)
+        kill_node(node)
         lost_at = time.monotonic()
         wait_until(lambda: alive_nodes(cluster) == 1, 90, "the head noticing the lost node")
-        time.sleep(10)
-        assert job_status(cluster, "fault-lost-node") == "RUNNING"
-        node = join_node(cluster, tmp_path / "node.log")
-        returned_at = time.monotonic()
-
-        assert wait_for_job(cluster, "fault-lost-node") == "SUCCEEDED"
-        logs = ray_job(cluster, "logs", "fault-lost-node")
+        if not elastic:
+            time.sleep(10)
+            assert job_status(cluster, f"fault-{name}") == "RUNNING"  # waiting for capacity
+            node = join_node(cluster, tmp_path / "node.log")
+        assert wait_for_job(cluster, f"fault-{name}") == "SUCCEEDED"
+        print(f"{name}: finished {time.monotonic() - lost_at:.0f} s after the node was lost")
+        logs = ray_job(cluster, "logs", f"fault-{name}")
         assert resumed_step(logs) >= every
         assert_each_step_once(client, run_id, max_steps)
         assert client.get_run(run_id).info.status == "FINISHED"
-        print(f"lost node: waited {returned_at - lost_at:.0f} s for capacity, resumed from step {resumed_step(logs)}")
+        return logs
     finally:
-        os.killpg(node.pid, signal.SIGKILL)
+        kill_node(node)
+
+
+def test_a_job_that_lost_a_node_waits_for_capacity_and_resumes(cluster, corpus, client, tmp_path):
+    """With a fixed worker count the job waits, RUNNING, retrying its worker group, and resumes from its checkpoint
+    once a node brings the CPU back."""
+    logs = lose_a_node(cluster, corpus, client, tmp_path, "lost-node", elastic=False)
+    assert re.search(r"resumed from step \d+ .* with 3 workers", logs)
+
+
+def test_an_elastic_job_that_lost_a_node_goes_on_with_fewer_workers(cluster, corpus, client, tmp_path):
+    """With scaling.min_workers the job resumes at once on the 2 workers left, accumulating 3 micro batches each
+    instead of 2, so the global batch (and the steps it counts) stay the same."""
+    logs = lose_a_node(cluster, corpus, client, tmp_path, "elastic", elastic=True)
+    assert re.search(r"resumed from step \d+ .* with 2 workers", logs)

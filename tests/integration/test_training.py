@@ -146,7 +146,7 @@ def test_resubmitted_job_resumes_from_its_checkpoint(cluster, corpus, client, st
     "case, sections, message",
     [
         ("too many workers", {"scaling": {"num_workers": 4}}, "scaling.num_workers: 4 workers x 1 CPU need 4 CPUs, the cluster has 2"),
-        ("nothing to train on", {"data": {"seq_len": 64}}, "fewer than one global micro batch"),
+        ("nothing to train on", {"data": {"seq_len": 64}}, "fewer than one global batch"),
     ],
 )
 def test_bad_input_stops_before_any_worker_starts(cluster, tmp_path, case, sections, message):

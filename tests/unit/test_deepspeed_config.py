@@ -1,7 +1,7 @@
 """The DeepSpeed config is derived from the job in one place; these pin what DeepSpeed relies on."""
 
 from orchestrator.config.load import validate
-from orchestrator.train.deepspeed_config import deepspeed_config, global_batch_size
+from orchestrator.train.deepspeed_config import accumulation_steps, deepspeed_config
 
 
 def job(**sections):
@@ -14,11 +14,18 @@ def job(**sections):
 
 def test_batch_arithmetic_and_defaults():
     config = deepspeed_config(job())
-    assert config["train_batch_size"] == 4 * 3 * 2 == global_batch_size(job())
+    assert config["train_batch_size"] == 4 * 3 * 2 == job().global_batch_size
     assert config["train_micro_batch_size_per_gpu"] == 4 and config["gradient_accumulation_steps"] == 3
     assert config["zero_optimization"] == {"stage": 0}
     assert config["optimizer"]["type"] == "AdamW" and config["optimizer"]["params"]["torch_adam"] is True
     assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+
+
+def test_an_elastic_job_on_fewer_workers_accumulates_to_the_same_global_batch():
+    elastic = job(scaling={"num_workers": 2, "min_workers": 1})
+    one_worker = deepspeed_config(elastic, world_size=1)
+    assert one_worker["train_batch_size"] == 24 and one_worker["gradient_accumulation_steps"] == accumulation_steps(elastic, 1) == 6
+    assert deepspeed_config(elastic)["gradient_accumulation_steps"] == 3
 
 
 def test_zero3_offload_and_precision():
