@@ -142,9 +142,12 @@ def ray_job(cluster, *args: str) -> str:
     return ANSI.sub("", result.stdout + result.stderr)
 
 
-def start_job(cluster, submission_id: str, *args: str) -> None:
-    """Submits `python -m orchestrator <args>` through the job API without waiting for it."""
+def start_job(cluster, submission_id: str, *args: str, env_vars: dict[str, str] | None = None) -> None:
+    """Submits `python -m orchestrator <args>` through the job API without waiting for it; `env_vars` go into the
+    job's runtime environment (its driver and every actor of it)."""
     command = ["ray", "job", "submit", "--no-wait", "--submission-id", submission_id, "--address", cluster.dashboard]
+    if env_vars:
+        command += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     command += ["--working-dir", str(REPO), "--", "python", "-m", "orchestrator", *args]
     result = subprocess.run(command, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, ANSI.sub("", result.stdout + result.stderr)

@@ -8,7 +8,7 @@ from typing import Any
 MASK = "***"
 # A whole word of the name (max_tokens and tokenizer are not secrets; api_token and GITHUB_TOKEN are).
 SECRET_NAME = re.compile(
-    r"(?<![a-z])(token|secret|passw(or)?d|pwd|api[_-]?key|access[_-]?key|private[_-]?key|credentials?|authorization)(?![a-z])",
+    r"(?<![a-z])(token|secret|passw(or)?d|api[_-]?key|access[_-]?key|private[_-]?key|credentials?|authorization)(?![a-z])",
     re.I,
 )
 URI_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@", re.I)

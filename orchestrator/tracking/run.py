@@ -152,20 +152,21 @@ def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:
     """status: FINISHED, FAILED or KILLED; a failure's text is kept as a tag and an artifact."""
     client = MlflowClient(run.uri)
     if error:
-        error = redact_text(error)
-        client.log_batch(run.run_id, tags=[RunTag("error", error[:4000])])
+        error = redact_text(error)  # the tag keeps the end of a long traceback: the exception itself
+        client.log_batch(run.run_id, tags=[RunTag("error", error[-4000:])])
         client.log_text(run.run_id, error, "error.txt")
     client.set_terminated(run.run_id, status=status)
 
 
 @contextmanager
-def ends_with_outcome(run: TrackedRun) -> Iterator[None]:
-    """Ends the run with what the block did: FINISHED, KILLED on Ctrl-C or SIGTERM (`ray job stop`; Ray's driver
-    handler turns it into SystemExit), or FAILED with the traceback."""
+def ends_with_outcome(run: TrackedRun, stopped: str | None = "KILLED") -> Iterator[None]:
+    """Ends the run with what the block did: FINISHED, `stopped` on Ctrl-C or SIGTERM (`ray job stop`; Ray's driver
+    handler turns it into SystemExit; None leaves the run to whoever stopped it), or FAILED with the traceback."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
-        end_run(run, "KILLED")
+        if stopped:
+            end_run(run, stopped)
         raise
     except Exception:
         end_run(run, "FAILED", traceback.format_exc())

@@ -118,7 +118,9 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
     trainer = build_trainer(
         job, context.data, plan, attempt, f"{context.sweep_dir}/train_runs", TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,)
     )
-    with ends_with_outcome(run):
+    # Tune ends a trial its scheduler stops with SystemExit: the sweep's summary ends that run (FINISHED, tagged
+    # with the step it stopped at), not as a run a person killed.
+    with ends_with_outcome(run, stopped=None):
         bridge.forward(trainer, sweep.config.metric)
 
 
