@@ -72,6 +72,12 @@ class ModelConfig(Section):
         dims.update(self.dims.model_dump(exclude_none=True))
         return dims
 
+    def hidden_size(self) -> int | None:
+        if self.pretrained:
+            hf_config = self.pretrained_config() or {}
+            return hf_config.get("hidden_size") or hf_config.get("n_embd") or hf_config.get("d_model")
+        return self.dims_resolved()["hidden"]
+
     def max_positions(self) -> int | None:
         """None for relative-position models (T5), which take any length."""
         if self.pretrained:

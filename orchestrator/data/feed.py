@@ -11,13 +11,10 @@ doing `accumulation` micro steps, micro step k of rank r holds rows [(k * world_
   (Ray Data iterators cannot seek, ray#48224).
 """
 
-import time
-from dataclasses import dataclass
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterator
 
+import ray.data
 import torch
-
-T = TypeVar("T")
 
 SHUFFLE_BUFFER_BATCHES = 8
 
@@ -55,19 +52,9 @@ def step_batches(
             yield rank_micro_batches(batch, rank, world_size, micro_batch_size)
 
 
-@dataclass
-class WaitClock:
-    seconds: float = 0.0
-
-
-def timed(items: Iterable[T], clock: WaitClock) -> Iterator[T]:
-    """The items, adding the time spent waiting for each one to `clock` (a worker's data wait)."""
-    iterator = iter(items)
-    while True:
-        started = time.perf_counter()
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        clock.seconds += time.perf_counter() - started
-        yield item
+def quiet_data_progress() -> None:
+    """Ray Data's progress bars flood job logs (they are not a terminal); the pipeline reports its own summary."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False

@@ -25,6 +25,7 @@ from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, measure
+from orchestrator.data.feed import quiet_data_progress
 from orchestrator.data.read import fields_of, file_format, read_rows
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.tokenizers import load_tokenizer, separator_id, texts_of, train_tokenizer
@@ -43,14 +44,6 @@ class PreparedData:
     label_names: list[str]
     report: DataReport
     directory: Path  # holds the quarantine file (the cache entry, or a temporary directory)
-
-
-def quiet_data_progress() -> None:
-    """Ray Data's progress bars flood job logs (they are not a terminal); the pipeline reports its own summary."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.enable_operator_progress_bars = False
-    context.print_on_execution_start = False
 
 
 def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:

@@ -11,10 +11,25 @@ def accumulation_steps(job: JobConfig, world_size: int) -> int:
     return job.train.grad_accum_steps * job.scaling.num_workers // world_size
 
 
+MIN_BUCKET_ELEMENTS = 2**20
+
+
+def bucket_sizes(stage: int, hidden: int | None) -> dict:
+    """ZeRO's communication buckets sized from the model's width, as Hugging Face's "auto" values do. DeepSpeed's
+    defaults (5e8 elements) are made for billion-parameter models: they allocate gigabytes whatever the model, and
+    set every worker's memory peak (benchmarks/zero_memory.py: ZeRO-3 peaked above ZeRO-0 with them)."""
+    if stage == 0 or hidden is None:
+        return {}
+    bucket = max(hidden * hidden, MIN_BUCKET_ELEMENTS)
+    if stage == 3:
+        return {"reduce_bucket_size": bucket, "stage3_prefetch_bucket_size": int(0.9 * bucket), "stage3_param_persistence_threshold": 10 * hidden}
+    return {"reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+
+
 def deepspeed_config(job: JobConfig, world_size: int | None = None) -> dict:
     """For `world_size` workers (default: scaling.num_workers)."""
     ds = job.deepspeed
-    zero: dict = {"stage": ds.zero_stage}
+    zero: dict = {"stage": ds.zero_stage, **bucket_sizes(ds.zero_stage, job.model.hidden_size())}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     if ds.offload_params:

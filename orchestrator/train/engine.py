@@ -5,10 +5,21 @@ import warnings
 
 import deepspeed
 import torch
+from transformers.integrations import HfDeepSpeedConfig
 
 from orchestrator.config.job import JobConfig
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.schedules import build_schedule
+
+
+def partitioned_construction(job: JobConfig, world_size: int) -> HfDeepSpeedConfig | None:
+    """Under ZeRO-3, tells transformers the DeepSpeed config: models are then built inside deepspeed.zero.Init, in
+    shards from the start, so no worker ever holds the whole model (it would set every worker's memory peak).
+    transformers keeps only a weak reference: the caller holds the returned object for as long as the model lives."""
+    if job.deepspeed.zero_stage != 3:
+        return None
+    deepspeed.init_distributed()  # joins Ray Train's process group, so zero.Init sees every worker
+    return HfDeepSpeedConfig(deepspeed_config(job, world_size))
 
 
 def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int, world_size: int) -> deepspeed.DeepSpeedEngine:

@@ -13,23 +13,26 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import psutil
 import ray.train
 import torch
 import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
-from orchestrator.data.feed import WaitClock, step_batches, timed
-from orchestrator.data.pipeline import quiet_data_progress
+from orchestrator.data.feed import quiet_data_progress, step_batches
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import TORCH_DTYPES, build_model
 from orchestrator.models.tasks import TASKS, Task
 from orchestrator.tracking.metrics import MetricsLogger, deliver, fail_fast_requests, last_logged_steps
-from orchestrator.tracking.plots import confusion_matrix_plot, training_curves
 from orchestrator.train import checkpoint
+from orchestrator.train.clocks import Clock, Window, timed, timed_calls
 from orchestrator.train.deepspeed_config import accumulation_steps
-from orchestrator.train.engine import build_engine, export_hf_model, restart_schedule
+from orchestrator.train.engine import build_engine, export_hf_model, partitioned_construction, restart_schedule
+from orchestrator.train.flops import device_peak_flops, mfu, model_flops_per_token
 from orchestrator.train.manifest import manifest_text
+from orchestrator.train.memory import current_bytes, model_state_bytes, peak_bytes
+from orchestrator.train.timeline import Timeline, format_phases
 
 MODEL_CARD = "orchestrator.json"  # beside the exported model: what it was trained for
 GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
@@ -47,7 +50,7 @@ class TrainPlan:
     has_validation: bool
     tracking_uri: str
     run_id: str
-    job_started_at: float  # driver's wall clock when the job started, for time-to-first-step
+    timeline: Timeline  # the driver's start-up marks; rank 0 adds its own up to the first step
     label_names: list[str]  # classification: label of each class index
     initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
 
@@ -125,11 +128,18 @@ def train_loop(config: dict) -> None:
     accum = accumulation_steps(job, world_size)  # more when an elastic job runs on fewer workers
     tokens_per_step = job.global_batch_size * job.data.seq_len
 
-    started = time.perf_counter()
+    timeline = plan.timeline
+    timeline.mark("worker_processes", at=psutil.Process().create_time())  # Ray Train started this process
+    timeline.mark("worker_setup")  # imports, torch.distributed, dataset shards
+    memory_at_start = current_bytes(job.scaling.use_gpu)  # the process before the model: libraries, runtime
     tokenizer = from_json(plan.tokenizer_json)
+    zero3_construction = partitioned_construction(job, world_size)  # noqa: F841 (held while the model lives)
     model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed)
+    flops_per_token = model_flops_per_token(model, job.data.seq_len)
+    peak_flops = device_peak_flops(job.scaling.use_gpu, job.deepspeed.precision)
+    timeline.mark("model_init")
     engine = build_engine(job, model, plan.total_steps, world_size)
-    engine_ready = time.perf_counter()
+    timeline.mark("deepspeed_init")
     # Ray Train's own checkpoint (this run restarted after a failure) comes before the one the run started from.
     source = ray.train.get_checkpoint()
     if source is None and plan.initial_checkpoint:
@@ -148,8 +158,7 @@ def train_loop(config: dict) -> None:
             )
 
     metrics = open_metrics(job, plan, resumed=restored is not None, unsent=unsent_metrics) if rank == 0 else None
-    if metrics:
-        metrics.log(progress.step, {"time/model_and_engine_init_s": engine_ready - started})
+    timeline.mark("checkpoint_restore")
     train_data = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if plan.has_validation else None
     if val_data is not None and job.train.eval_at_start and progress.step == 0:
@@ -158,10 +167,12 @@ def train_loop(config: dict) -> None:
             metrics.log(0, evaluation)
             log.info(f"step 0 (untrained) | eval {format_metrics(evaluation)}")
 
+    engine.train()  # from_pretrained returns a model in eval mode: without this, dropout would stay off
     step_loss = torch.zeros(1)
-    window_started, window_steps, first_step_done = time.perf_counter(), 0, False
-    data_wait = WaitClock()  # time this rank waited for its next batch
-    window_wait = 0.0
+    data_wait, allreduce = Clock(), Clock()  # time this rank waited for its next batch, and reduced gradients
+    engine.allreduce_gradients = timed_calls(engine.allreduce_gradients, allreduce)
+    window = Window({"data_wait": data_wait, "allreduce": allreduce})
+    first_step_done, resumed_at = False, progress.step
     last_train_loss, final_result = None, None
     while progress.step < plan.total_steps:
         batches = step_batches(
@@ -174,40 +185,48 @@ def train_loop(config: dict) -> None:
             skip=progress.steps_in_epoch,
         )
         for micro_batches in timed(batches, data_wait):
+            if not first_step_done:
+                timeline.mark("first_batch")
             for batch in micro_batches:  # DeepSpeed accumulates, and steps the optimizer after the last one
                 loss = engine(**task.model_inputs(batch)).loss
                 engine.backward(loss)
+                if metrics and progress.step == resumed_at + 1 and batch is micro_batches[-1]:
+                    # model states at their fullest: gradients reduced, optimizer states made by the step before
+                    log_memory(metrics, progress.step, engine, memory_at_start)
                 engine.step()
                 step_loss += loss.detach().float()
 
             progress.step += 1
             progress.steps_in_epoch += 1
             progress.tokens += tokens_per_step
-            window_steps += 1
+            window.steps += 1
             step = progress.step
             is_last = step >= plan.total_steps
             if not first_step_done:
                 first_step_done = True
+                timeline.mark("first_step")
                 if metrics:
-                    first_step_s = time.time() - plan.job_started_at
-                    metrics.log(step, {"time/first_step_s": first_step_s})
-                    log.info(f"first optimizer step done {first_step_s:.1f} s after the job started")
+                    log_startup(metrics, step, timeline, flops_per_token)
 
             if step % job.train.log_every == 0 or is_last:
                 last_train_loss = mean_over_ranks(step_loss / accum)
-                elapsed = time.perf_counter() - window_started
-                tokens_per_s = window_steps * tokens_per_step / elapsed
+                elapsed = window.seconds()
+                tokens_per_s = window.steps * tokens_per_step / elapsed
                 if metrics:
                     logged = {"train/loss": last_train_loss, "train/lr": engine.get_lr()[0], "train/tokens_per_s": tokens_per_s}
                     logged["train/epoch"] = progress.epoch
-                    logged["train/data_wait_fraction"] = (data_wait.seconds - window_wait) / elapsed
+                    logged["perf/flops_per_s"] = tokens_per_s * flops_per_token
+                    if peak_flops:
+                        logged["perf/mfu"] = mfu(tokens_per_s, flops_per_token, world_size, peak_flops)
+                    logged |= {f"train/{name}_fraction": share for name, share in window.fractions(elapsed).items()}
+                    logged["memory/peak_bytes"] = peak_bytes(job.scaling.use_gpu)
                     grad_norm = engine.get_global_grad_norm()
                     if grad_norm is not None:
                         logged["train/grad_norm"] = float(grad_norm)
                     metrics.log(step, logged)
-                    eta_s = (plan.total_steps - step) * elapsed / window_steps
+                    eta_s = (plan.total_steps - step) * elapsed / window.steps
                     log.info(format_progress(step, plan.total_steps, last_train_loss, logged["train/lr"], tokens_per_s, eta_s))
-                window_started, window_steps, window_wait = time.perf_counter(), 0, data_wait.seconds
+                window.restart()
             step_loss.zero_()
 
             # Results go to Ray (and through it to Tune) at evaluation and checkpoint steps.
@@ -234,8 +253,7 @@ def train_loop(config: dict) -> None:
                     final_result = (report, directory)
                     break
                 report_to_ray(report, directory)
-                # keep evaluation and checkpoint time out of tokens/s
-                window_started, window_steps, window_wait = time.perf_counter(), 0, data_wait.seconds
+                window.restart()  # keep evaluation and checkpoint time out of tokens/s
         else:  # the pass over the data ended before the last step: next epoch
             progress.epoch += 1
             progress.steps_in_epoch = 0
@@ -243,6 +261,20 @@ def train_loop(config: dict) -> None:
     export(engine, job, tokenizer, metrics, rank)
     if final_result:
         report_to_ray(*final_result)
+
+
+def log_startup(metrics: MetricsLogger, step: int, timeline: Timeline, flops_per_token: int) -> None:
+    phases = timeline.phases()
+    logged = {f"time/startup/{phase}_s": seconds for phase, seconds in phases.items()}
+    metrics.log(step, logged | {"time/first_step_s": timeline.total(), "perf/model_flops_per_token": flops_per_token})
+    log.info(f"first optimizer step {timeline.total():.1f} s after the job started: {format_phases(phases)}")
+
+
+def log_memory(metrics: MetricsLogger, step: int, engine, memory_at_start: int) -> None:
+    metrics.log(step, {
+        "memory/at_start_bytes": memory_at_start,
+        "memory/model_state_bytes": model_state_bytes(engine.module, engine.optimizer),
+    })
 
 
 def report_to_ray(result: dict[str, float], checkpoint_directory: str | None) -> None:
@@ -256,6 +288,8 @@ def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_
     """What the last evaluation predicted, for a person to look at: the confusion matrix of a classifier, or
     generated texts beside their references."""
     if label_names:
+        from orchestrator.tracking.plots import confusion_matrix_plot  # see export()
+
         directory = tempfile.mkdtemp(prefix="orchestrator-plots-")
         confusion_matrix_plot(predictions["label"], predictions["predicted"], label_names, directory)
         deliver(lambda: metrics.client.log_artifacts(metrics.run_id, directory, "plots"), "the confusion matrix")
@@ -272,6 +306,9 @@ def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, ran
     directory = tempfile.mkdtemp(prefix="orchestrator-model-")
     export_hf_model(engine, directory, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
     if metrics:
+        # imported here: matplotlib would add half a second to every worker's start, and only rank 0 plots, at the end
+        from orchestrator.tracking.plots import training_curves
+
         tokenizer.save_pretrained(directory)
         write_model_card(job, directory)
         deliver(lambda: metrics.client.log_artifacts(metrics.run_id, directory, "model"), "the model")

@@ -30,6 +30,7 @@ from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
 from orchestrator.train.launch import build_trainer, job_artifacts, total_steps
 from orchestrator.train.loop import TrainPlan
+from orchestrator.train.timeline import Timeline
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
 
 TRAIN_CHECKPOINTS_KEPT = 2  # per trial attempt; Tune keeps the trial's history (each result is copied to it)
@@ -82,7 +83,7 @@ class ResultsToTune(UserCallback):
 
 
 def run_trial(values: dict[str, Any], context: SweepContext) -> None:
-    started_at = time.time()
+    timeline = Timeline()  # the trial's start-up, from Tune starting it
     sweep = context.sweep
     trial_id = tune.get_context().get_trial_id()
     job = sweep.trial_job(values)
@@ -101,6 +102,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         },
         params={f"sweep.{key}": value for key, value in values.items()},
     )
+    timeline.mark("mlflow_run")
     start_from = tune.get_checkpoint()
     plan = TrainPlan(
         total_steps=context.total_steps,
@@ -108,7 +110,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         has_validation=context.data.val is not None,
         tracking_uri=run.uri,
         run_id=run.run_id,
-        job_started_at=started_at,
+        timeline=timeline,
         label_names=context.data.label_names,
         initial_checkpoint=start_from.path if start_from else None,
     )

@@ -1,5 +1,6 @@
 """Real jobs on a real Ray cluster with real DeepSpeed and a real MLflow server, on a tiny GPT-2."""
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,11 @@ from helpers import ANSI, mlflow_run_id, orchestrator, tiny_job, write_job
 from helpers import submit as submit_job
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from orchestrator.config.job import ModelConfig, TokenizerConfig
+from orchestrator.data.tokenizers import train_tokenizer
+from orchestrator.models.build import build_model
+from orchestrator.train.timeline import PHASES
 
 
 pytestmark = pytest.mark.integration
@@ -25,8 +31,17 @@ class FinishedRun:
     job: Path
 
 
-def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, **sections) -> FinishedRun:
+def started_from(job: dict, start: Path) -> dict:
+    """The job, training the saved model of `start` with its tokenizer instead of a new random one."""
+    job["model"] = {"family": "gpt2", "pretrained": str(start)}
+    job["data"]["tokenizer"] = {"path": str(start)}
+    return job
+
+
+def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, start: Path | None = None, **sections) -> FinishedRun:
     job = tiny_job(corpus, checkpoint={"dir": str(tmp / "runs")}, tracking={"experiment": "integration", "run_name": name}, **sections)
+    if start:
+        job = started_from(job, start)
     path = write_job(tmp / f"{name}.yaml", job)
     if submit:  # the way users run jobs: through the cluster's job API
         output = submit_job(cluster, "train", str(path))
@@ -55,11 +70,24 @@ def client(mlflow_server) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def stage_runs(cluster, corpus, tmp_path_factory) -> dict[int, FinishedRun]:
+def start(corpus, tmp_path_factory) -> Path:
+    """A random-init tiny GPT-2 and its tokenizer, saved. Runs whose losses are compared start from these weights:
+    under ZeRO-3 a random model is initialised shard by shard (deepspeed.zero.Init), so with other random numbers."""
+    directory = tmp_path_factory.mktemp("start")
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    tokenizer = train_tokenizer(TokenizerConfig(train="bpe", vocab_size=512), texts)
+    model = build_model(ModelConfig(family="gpt2", dims=tiny_job(corpus)["model"]["dims"]), "causal_lm", tokenizer, [], seed=0)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def stage_runs(cluster, corpus, start, tmp_path_factory) -> dict[int, FinishedRun]:
     """The same 20-step job under ZeRO stages 0-3 with 2 workers; stage 2 goes through `ray job submit`."""
     tmp = tmp_path_factory.mktemp("stages")
     return {
-        stage: run_job(cluster, tmp, f"zero{stage}", corpus, submit=stage == 2, deepspeed={"zero_stage": stage}, train=CONSTANT_LR)
+        stage: run_job(cluster, tmp, f"zero{stage}", corpus, submit=stage == 2, start=start, deepspeed={"zero_stage": stage}, train=CONSTANT_LR)
         for stage in STAGES
     }
 
@@ -90,6 +118,12 @@ def test_submitted_job_is_fully_tracked(stage_runs, client):
     for key in ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/loss", "eval/perplexity"]:
         assert key in metrics, key
     assert 0 < metrics["time/first_step_s"] < 300
+    startup = {key for key in metrics if key.startswith("time/startup/")}
+    assert startup == {f"time/startup/{phase}_s" for phase in PHASES}
+    assert sum(metrics[key] for key in startup) == pytest.approx(metrics["time/first_step_s"], abs=0.01)
+    assert metrics["perf/flops_per_s"] > 0 and metrics["perf/model_flops_per_token"] > 0 and "perf/mfu" not in metrics  # CPU
+    assert 0 < metrics["memory/at_start_bytes"] < metrics["memory/peak_bytes"]
+    assert 0 <= metrics["train/allreduce_fraction"] < 1
     assert any(key.startswith("system/") for key in metrics), "no system metrics"
     assert sorted(history(client, run.info.run_id, "eval/loss")) == [0, 10, 20]
     assert {"data/rows_read", "data/tokens", "train/data_wait_fraction"} <= metrics.keys()
@@ -118,11 +152,12 @@ def test_two_workers_match_one_worker_with_twice_the_micro_batch(cluster, corpus
     assert_close(history(client, one.run_id, "train/loss"), history(client, two.run_id, "train/loss"), rel=1e-3)
 
 
-def test_resubmitted_job_resumes_from_its_checkpoint(cluster, corpus, client, stage_runs, tmp_path):
+def test_resubmitted_job_resumes_from_its_checkpoint(cluster, corpus, client, stage_runs, start, tmp_path):
     """A job stopped at step 10, submitted again with the same run_name, continues from its step-10 checkpoint
     in the same MLflow run and from there trains exactly as the uninterrupted stage-0 run did: same model,
     optimizer, LR schedule, RNG (dropout) and data position."""
     job = tiny_job(corpus, checkpoint={"dir": str(tmp_path / "runs")}, tracking={"experiment": "integration", "run_name": "resumed"}, train=CONSTANT_LR)
+    job = started_from(job, start)
     path = write_job(tmp_path / "resumed.yaml", job)
     first = orchestrator(cluster, "train", str(path), "--set", "train.max_steps=10")
     assert first.returncode == 0, ANSI.sub("", first.stdout + first.stderr)[-4000:]

@@ -1,7 +1,7 @@
 """The DeepSpeed config is derived from the job in one place; these pin what DeepSpeed relies on."""
 
 from orchestrator.config.load import validate
-from orchestrator.train.deepspeed_config import accumulation_steps, deepspeed_config
+from orchestrator.train.deepspeed_config import accumulation_steps, bucket_sizes, deepspeed_config
 
 
 def job(**sections):
@@ -32,6 +32,7 @@ def test_zero3_offload_and_precision():
     config = deepspeed_config(job(deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "precision": "bf16"}))
     assert config["zero_optimization"] == {
         "stage": 3,
+        **bucket_sizes(3, 128),
         "offload_optimizer": {"device": "cpu"},
         "offload_param": {"device": "cpu"},
     }
@@ -48,5 +49,13 @@ def test_optimizers():
 def test_extra_is_deep_merged_last():
     extra = {"zero_optimization": {"reduce_bucket_size": 1000}, "gradient_clipping": 0.5, "flops_profiler": {"enabled": True}}
     config = deepspeed_config(job(deepspeed={"zero_stage": 2, "extra": extra}))
-    assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000}
+    assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000, "allgather_bucket_size": 2**20}
     assert config["gradient_clipping"] == 0.5 and config["flops_profiler"] == {"enabled": True}
+
+
+def test_zero_buckets_follow_the_model_width():
+    wide = {"dims": {"hidden": 2048, "heads": 16}}
+    stage3 = deepspeed_config(job(deepspeed={"zero_stage": 3}, model=wide))["zero_optimization"]
+    assert stage3["reduce_bucket_size"] == 2048**2 and stage3["stage3_param_persistence_threshold"] == 20480
+    stage2 = deepspeed_config(job(deepspeed={"zero_stage": 2}))["zero_optimization"]  # tiny preset: at least 2**20
+    assert stage2["reduce_bucket_size"] == stage2["allgather_bucket_size"] == 2**20
