@@ -5,26 +5,22 @@ Both preprocessing paths read the same files and call the same functions for eac
 row checks, label conflicts and exact duplicates, MinHash near-duplicates, tokenizer training, token counting,
 encoding, the split and the shuffle. The plain loop holds everything in one process's memory; the Ray path
 distributes it (on this 2-core machine, over 2 CPUs) and keeps it in the object store.
-The training part runs jobs/gpt-tiny.yaml and reads `train/data_wait_fraction` from its MLflow run.
+The training part runs a job like jobs/gpt-tiny.yaml and reads `train/data_wait_fraction` from its MLflow run.
 
-    python benchmarks/data_pipeline.py            # about 4 minutes on 2 CPU cores
-    python benchmarks/data_pipeline.py --smoke    # a few files and steps: checks that it works
+    python -m benchmarks.data_pipeline            # about 4 minutes on 2 CPU cores
+    python -m benchmarks.data_pipeline --smoke    # a few files and steps: checks that it works
 """
 
 import argparse
-import glob
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import ray
-from mlflow.tracking import MlflowClient
 
+from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
 from orchestrator.config.job import JobConfig
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import (
@@ -42,9 +38,6 @@ from orchestrator.data.pipeline import prepare
 from orchestrator.data.read import fields_of, parse_file
 from orchestrator.data.tokenizers import separator_id, train_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-CORPUS = Path.home() / ".cache/orchestrator/data/fortunes"
 
 
 def benchmark_job(files: list[str]) -> JobConfig:
@@ -112,18 +105,15 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
     return {"rows_read": len(rows), "rows_kept": int(keep.sum()), "tokens": tokens, "sequences": len(encoded["input_ids"])}
 
 
-def data_wait(steps: int, directory: Path) -> dict:
-    """Runs jobs/gpt-tiny.yaml (ZeRO-2, 2 workers) and reads its workers' data wait from MLflow."""
-    uri = f"sqlite:///{directory}/mlflow.db"
-    command = [sys.executable, "-m", "orchestrator", "train", str(REPO / "jobs/gpt-tiny.yaml")]
-    for override in (f"train.max_steps={steps}", f"checkpoint.dir={directory}/runs", "checkpoint.every_steps=null", f"data.cache_dir={directory}/cache"):
-        command += ["--set", override]
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": "local"}
-    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("gpt-tiny").experiment_id])
-    fractions = [m.value for m in client.get_metric_history(run.info.run_id, "train/data_wait_fraction")]
+def data_wait(steps: int, jobs: Jobs) -> dict:
+    """A job like jobs/gpt-tiny.yaml (ZeRO-2, 2 workers): its workers' data wait, from MLflow."""
+    figures = jobs.run("data-wait", {
+        "model": {"family": "gpt2", "size": "tiny"},
+        "train": {"max_steps": steps},
+        "deepspeed": {"zero_stage": 2},
+        "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
+    })
+    fractions = figures.history("train/data_wait_fraction")
     return {"steps": steps, "mean_data_wait_fraction": float(np.mean(fractions)), "max_data_wait_fraction": float(np.max(fractions))}
 
 
@@ -131,20 +121,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    files = sorted(glob.glob(str(CORPUS / "*.jsonl")))[: 3 if args.smoke else None]
-    if not files:
-        sys.exit(f"no corpus in {CORPUS}: run bash cluster/install.sh")
+    files = corpus_files(args.smoke)
     job = benchmark_job(files)
 
     started = time.perf_counter()
     plain = plain_pipeline(job, files)
     plain["seconds"] = time.perf_counter() - started
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    started = time.perf_counter()
-    prepared = prepare(job)
-    seconds = time.perf_counter() - started
-    ray.shutdown()
+    with local_cluster() as env, tempfile.TemporaryDirectory() as directory:
+        ray.init(log_to_driver=False)
+        started = time.perf_counter()
+        prepared = prepare(job)
+        seconds = time.perf_counter() - started
+        ray.shutdown()
+        wait = data_wait(20 if args.smoke else 200, Jobs(Path(directory), env, files))
     report = prepared.report
     ray_data = {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "tokens": report.tokens,
                 "sequences": report.train_sequences + report.val_sequences, "seconds": seconds}
@@ -153,8 +143,6 @@ def main() -> None:
     for result in (plain, ray_data):
         result["rows_per_s"] = result["rows_read"] / result["seconds"]
         result["tokens_per_s"] = result["tokens"] / result["seconds"]
-    with tempfile.TemporaryDirectory() as directory:
-        wait = data_wait(20 if args.smoke else 200, Path(directory))
     results = {
         "machine": f"{os.cpu_count()} CPU cores",
         "corpus": f"{len(files)} fortunes files",
@@ -163,14 +151,10 @@ def main() -> None:
         "ray_over_plain_throughput": plain["seconds"] / ray_data["seconds"],
         "training": wait,
     }
-    print(json.dumps(results, indent=2))
-    if not args.smoke:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "data.json").write_text(json.dumps(results, indent=2) + "\n")
-        (RESULTS / "data.md").write_text(markdown(results))
+    write_results("data_pipeline", results, markdown(results))
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict) -> list[str]:
     rows = [
         "| path | rows | kept | tokens | seconds | rows/s | tokens/s |",
         "|---|---|---|---|---|---|---|",
@@ -185,7 +169,7 @@ def markdown(results: dict) -> str:
         f"Training ({wait['steps']} steps of jobs/gpt-tiny.yaml): workers wait for data {100 * wait['mean_data_wait_fraction']:.2f}% "
         f"of step time on average (worst logging window {100 * wait['max_data_wait_fraction']:.2f}%)",
     ]
-    return "\n".join(rows) + "\n"
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """Sweep benchmark: what a trial costs beyond its training, and ASHA against FIFO on the same search.
 
 Runs two sweeps of jobs/gpt-tiny.yaml (one worker per trial, so a 2-CPU machine runs two trials at a time)
-with the same search space and seed: FIFO, then ASHA. Prints the figures, writes benchmarks/results/sweep.json
-and a markdown table.
+with the same search space and seed: FIFO, then ASHA. Prints the figures, writes
+benchmarks/results/sweep_overhead.json and a markdown table.
 
-    python benchmarks/sweep_overhead.py            # about 6 minutes on 2 CPU cores
-    python benchmarks/sweep_overhead.py --smoke    # 2 short trials per sweep: checks that it works
+    python -m benchmarks.sweep_overhead            # about 6 minutes on 2 CPU cores
+    python -m benchmarks.sweep_overhead --smoke    # 2 short trials per sweep: checks that it works
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -18,11 +17,10 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks.common import REPO, local_cluster, write_results
 from orchestrator.config.load import load_sweep
 from orchestrator.tune.sweep import run_sweep
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def sweep_file(directory: Path, scheduler: dict, samples: int, steps: int) -> Path:
@@ -56,7 +54,7 @@ def trial_breakdown(client: MlflowClient, run_id: str) -> dict[str, float]:
     run = client.get_run(run_id)
     loss = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)
     first_step_s = run.data.metrics["time/first_step_s"]
-    engine_s = run.data.metrics["time/model_and_engine_init_s"]
+    engine_s = run.data.metrics["time/startup/model_init_s"] + run.data.metrics["time/startup/deepspeed_init_s"]
     wall_s = (run.info.end_time - run.info.start_time) / 1000
     training_s = (loss[-1].timestamp - loss[0].timestamp) / 1000
     return {
@@ -94,7 +92,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 short trials per sweep")
     args = parser.parse_args()
     samples, steps = (2, 12) if args.smoke else (8, 60)
-    with tempfile.TemporaryDirectory() as tmp:
+    with local_cluster(), tempfile.TemporaryDirectory() as tmp:
         fifo = run({"name": "fifo"}, samples, steps, Path(tmp))
         asha = run({"name": "asha", "grace_period": steps // 6, "reduction_factor": 2}, samples, steps, Path(tmp))
 
@@ -107,8 +105,6 @@ def main() -> None:
         "asha": asha,
         "asha_over_fifo_wall_time": asha["wall_s"] / fifo["wall_s"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sweep.json").write_text(json.dumps(figures, indent=2))
     table = [
         "| figure | value |",
         "|---|---|",
@@ -118,8 +114,7 @@ def main() -> None:
         f"| ASHA / FIFO wall time | {figures['asha_over_fifo_wall_time']:.2f} |",
         f"| best eval/loss FIFO / ASHA | {fifo['best_eval_loss']:.4f} / {asha['best_eval_loss']:.4f} |",
     ]
-    (RESULTS / "sweep.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    write_results("sweep_overhead", figures, table)
 
 
 if __name__ == "__main__":

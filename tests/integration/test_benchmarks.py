@@ -1,0 +1,63 @@
+"""The benchmarks' smoke mode on the test cluster: each runs for real, briefly, and writes the figures it promises.
+Figures themselves are not judged here (benchmarks are not timed tests); their presence and sanity are."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from orchestrator.train.timeline import PHASES
+
+# Not in the default run (pyproject addopts): about 6 minutes, beyond CI's budget. Run with: pytest -m benchmarks
+pytestmark = [pytest.mark.integration, pytest.mark.benchmarks]
+NAMES = ("overhead", "scaling", "zero_memory", "first_step", "mfu")
+
+
+@pytest.fixture(scope="module")
+def smoke(cluster, tmp_path_factory):
+    """Runs these benchmarks' smoke mode once, through the one command users run."""
+    results = tmp_path_factory.mktemp("benchmarks")
+    env = cluster.env | {"RAY_API_SERVER_ADDRESS": cluster.dashboard, "BENCHMARK_RESULTS": str(results)}
+    command = [sys.executable, "-m", "benchmarks.run_all", "--smoke", "--only", *NAMES]
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "## Time to first step" in (results / "README.md").read_text()
+    return {name: json.loads((results / f"{name}.json").read_text()) for name in NAMES}
+
+
+def test_overhead_compares_the_job_with_bare_pytorch(smoke):
+    overhead = smoke["overhead"]
+    assert overhead["bare_pytorch_tokens_per_s"] > 0 and overhead["orchestrator_tokens_per_s"] > 0
+    assert overhead["ratio"] == pytest.approx(overhead["orchestrator_tokens_per_s"] / overhead["bare_pytorch_tokens_per_s"])
+    assert overhead["orchestrator_flops_per_s"] == pytest.approx(overhead["orchestrator_tokens_per_s"] * overhead["model_flops_per_token"], rel=0.5)
+
+
+def test_scaling_splits_step_time(smoke):
+    runs = smoke["scaling"]["runs"]
+    assert set(runs) == {"1 worker", "2 workers"}
+    for run in runs.values():
+        assert run["samples_per_s"] > 0
+        assert 0 <= run["data_wait_fraction"] < 1 and 0 <= run["allreduce_fraction"] < 1
+    assert runs["1 worker"]["allreduce_fraction"] < runs["2 workers"]["allreduce_fraction"]  # nothing to reduce alone
+
+
+def test_zero3_holds_less_model_state_than_zero0(smoke):
+    runs = smoke["zero_memory"]["runs"]
+    for run in runs.values():
+        assert run["peak_bytes"] > run["at_start_bytes"] > 0
+        assert run["deepspeed_estimate_bytes"] > 0 and run["paper_bytes"] > 0
+    assert runs["ZeRO-3"]["model_state_bytes"] < runs["ZeRO-0"]["model_state_bytes"]
+
+
+def test_first_step_is_broken_down_by_phase(smoke):
+    median = smoke["first_step"]["seconds_warm_median"]
+    assert set(PHASES) <= set(median) and median["submission"] > 0
+    assert sum(median[phase] for phase in PHASES) == pytest.approx(median["submit_to_first_step"] - median["submission"], abs=0.5)
+
+
+def test_mfu_reports_achieved_flops_and_says_why_no_mfu(smoke):
+    [run] = smoke["mfu"]["runs"].values()
+    assert run["achieved_tflops"] > 0 and run["tokens_per_s"] > 0
+    assert "mfu" not in run and "GPU mode not run" in smoke["mfu"]["device"]
