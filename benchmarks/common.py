@@ -100,15 +100,17 @@ class Jobs:
     def job(self, name: str) -> dict:
         return yaml.safe_load((self.directory / f"{name}.yaml").read_text())
 
-    def run(self, name: str, overrides: dict, submit: bool = False) -> "RunFigures":
-        """One job to its end, as a driver on the cluster or through `ray job submit`; its MLflow run's figures."""
+    def run(self, name: str, overrides: dict, submit: bool = False, env_vars: dict | None = None) -> "RunFigures":
+        """One job to its end, as a driver on the cluster or through `ray job submit` (with `env_vars` in its
+        runtime environment, which its workers inherit); its MLflow run's figures."""
         job = deep_merge(self.base, overrides)
         job["tracking"]["run_name"] = name
         path = self.directory / f"{name}.yaml"
         path.write_text(yaml.safe_dump(job, sort_keys=False))
         command = [sys.executable, "-m", "orchestrator", "train", str(path)]
-        if submit:
-            command = ["ray", "job", "submit", "--address", self.env["RAY_API_SERVER_ADDRESS"], "--", "python", *command[1:]]
+        if submit or env_vars:
+            runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
+            command = ["ray", "job", "submit", "--address", self.env["RAY_API_SERVER_ADDRESS"], *runtime_env, "--", "python", *command[1:]]
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, cwd=REPO)
         if done.returncode:
             sys.exit(f"job {name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")

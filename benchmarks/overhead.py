@@ -4,7 +4,7 @@ ZeRO-0, one worker) against a bare PyTorch loop doing the same training by hand,
 Same model (built by the same function, same seed), same token sequences (the job's prepared split, held in memory
 here), same batch, AdamW with the same settings, the same gradient clipping, and the same number of threads as the
 job's worker has CPUs. Both are measured the same way: tokens/s over windows of `log_every` steps, the median
-of all windows but the first. Each is run twice, alternating (job, bare, job, bare), and averaged. The job's run also gives model FLOPs per token and achieved FLOP/s.
+of all windows but the first. Each is run `--rounds` times, alternating (job, bare, job, bare...), and averaged. The job's run also gives model FLOPs per token and achieved FLOP/s.
 
     python -m benchmarks.overhead [--smoke]
 """
@@ -26,6 +26,14 @@ from orchestrator.config.load import resolve_data_files
 from orchestrator.data import cache
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import build_model
+from orchestrator.train.optimizers import optimizer_section
+
+
+def torch_optimizer_arguments(job: JobConfig) -> dict:
+    """The AdamW arguments the job gives DeepSpeed (learning rate, betas, eps, weight decay, fused kernel), less the
+    two that only DeepSpeed reads."""
+    params = optimizer_section(job.train.optimizer)["params"]
+    return {key: value for key, value in params.items() if key not in ("torch_adam", "adam_w_mode")}
 
 
 def bare_pytorch(job: JobConfig, steps: int) -> list[float]:
@@ -36,8 +44,7 @@ def bare_pytorch(job: JobConfig, steps: int) -> list[float]:
     sequences = torch.from_numpy(np.stack(column.to_numpy(zero_copy_only=False))).long()
     model = build_model(job.model, job.task, from_json((entry / "tokenizer.json").read_text()), [], job.train.seed)
     model.train()
-    opt = job.train.optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), **torch_optimizer_arguments(job))
     batch, tokens_per_step = job.train.micro_batch_size, job.train.micro_batch_size * job.data.seq_len
     windows, started = [], time.perf_counter()
     for step in range(1, steps + 1):
@@ -57,8 +64,9 @@ def bare_pytorch(job: JobConfig, steps: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few files: checks that it works")
+    parser.add_argument("--rounds", type=int, default=2, help="job and loop runs each, alternating (smoke: 1)")
     args = parser.parse_args()
-    steps, rounds = (20, 1) if args.smoke else (150, 2)
+    steps, rounds = (20, 1) if args.smoke else (150, args.rounds)
     runs, bare_runs = [], []
     with local_cluster() as env, tempfile.TemporaryDirectory() as directory:
         jobs = Jobs(Path(directory), env, corpus_files(args.smoke))

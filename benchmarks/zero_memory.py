@@ -7,6 +7,12 @@ and optimizer, at the second step's gradient reduction) and `memory/peak_bytes` 
 CPU, peak allocated memory on GPU), also shown above the worker process's own start (`memory/at_start_bytes`: Python,
 torch, Ray, DeepSpeed). On a CPU machine "offload" moves states to the same memory, so it saves nothing there.
 
+Each configuration runs twice on CPU. Once as a user's job runs (peak RSS), where glibc keeps memory that large
+short-lived tensors freed (ZeRO-3's gathered parameters, Adam's updates) for reuse; once with that retention off
+(MALLOC_MMAP_THRESHOLD_, in the job's runtime environment: every block over 64 KiB goes back to the system when
+freed), where the peak RSS is the peak of memory in use: the CPU counterpart of the peak allocated memory a GPU
+reports. That mode trains about 40% slower, so it is a measurement, not a setting.
+
     python -m benchmarks.zero_memory [--smoke]
 """
 
@@ -15,111 +21,71 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
 from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import resolve_data_files
-from orchestrator.data import cache
-from orchestrator.data.tokenizers import from_json
-from orchestrator.models.build import build_model
+from orchestrator.train.plan import OPTIONS, deepspeed_estimate, model_size, paper_bytes
 
 WORKERS = 2
 MODEL = {"family": "gpt2", "dims": {"layers": 12, "hidden": 1024, "heads": 16, "ffn": 4096, "max_positions": 128}}
 SMOKE_MODEL = {"family": "gpt2", "dims": {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 128}}
-CONFIGS = {
-    "ZeRO-0": {"zero_stage": 0},
-    "ZeRO-1": {"zero_stage": 1},
-    "ZeRO-2": {"zero_stage": 2},
-    "ZeRO-3": {"zero_stage": 3},
-    "ZeRO-2 + offload optimizer": {"zero_stage": 2, "offload_optimizer": True},
-    "ZeRO-3 + offload optimizer and params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+
+
+# How the allocator treats freed memory: as jobs run it, and returning it at once (see the module docstring).
+ALLOCATORS = {"": {}, "live": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
+COLUMNS = {  # result key -> table heading, GiB per worker
+    "model_state_bytes": "model states measured",
+    "deepspeed_estimate_bytes": "DeepSpeed estimate",
+    "paper_bytes": "ZeRO paper",
+    "peak_bytes": "peak RSS",
+    "peak_above_start_bytes": "peak RSS above process start",
+    "live_peak_bytes": "peak in use",
+    "live_peak_above_start_bytes": "peak in use above process start",
 }
-
-
-def paper_bytes(stage: int, params: int, workers: int) -> float:
-    """ZeRO paper, mixed-precision Adam: 2 (bf16 weights) + 2 (bf16 gradients) + 12 (fp32 weights, momentum,
-    variance) bytes per parameter, each term divided among workers from the stage that partitions it on."""
-    weights, grads, optimizer = 2 * params, 2 * params, 12 * params
-    divided = {0: (), 1: ("optimizer",), 2: ("optimizer", "grads"), 3: ("optimizer", "grads", "weights")}[stage]
-    terms = {"weights": weights, "grads": grads, "optimizer": optimizer}
-    return sum(value / workers if name in divided else value for name, value in terms.items())
-
-
-def deepspeed_estimate(config: dict, params: int, largest_layer: int) -> int:
-    """DeepSpeed's own estimate of one worker's device memory for model states (stages 1 and 2 share one)."""
-    offload = config.get("offload_optimizer", False)
-    if config["zero_stage"] == 3:
-        _, device, _ = estimate_zero3_model_states_mem_needs(
-            params, largest_layer, num_gpus_per_node=WORKERS, cpu_offload=offload,
-            cpu_offload_params=config.get("offload_params", False),
-        )
-    elif config["zero_stage"] == 0:  # no partitioning: the stage-2 formula on one device
-        _, device = estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=1, cpu_offload=False)
-    else:
-        _, device = estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=WORKERS, cpu_offload=offload)
-    return device
-
-
-def model_size(job: JobConfig) -> tuple[int, int]:
-    """Parameters, and those of the largest single module (what ZeRO-3 gathers at once), on the meta device."""
-    entry = cache.entry_dir(job, cache.fingerprint(job, resolve_data_files(job)))
-    with torch.device("meta"):
-        model = build_model(job.model, job.task, from_json((entry / "tokenizer.json").read_text()), [], 0)
-    params = sum(p.numel() for p in model.parameters())
-    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
-    return params, largest
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a tiny model, ZeRO-0 and ZeRO-3 only")
     args = parser.parse_args()
-    configs = {name: CONFIGS[name] for name in ("ZeRO-0", "ZeRO-3")} if args.smoke else CONFIGS
-    runs, gib = {}, 2**30
+    configs = {name: OPTIONS[name] for name in ("ZeRO-0", "ZeRO-3")} if args.smoke else OPTIONS
+    runs: dict[str, dict] = {name: {} for name in configs}
     with local_cluster() as env, tempfile.TemporaryDirectory() as directory:
         jobs = Jobs(Path(directory), env, corpus_files(args.smoke))
-        for name, deepspeed in configs.items():
-            figures = jobs.run(f"memory-{name.split()[0]}-{len(runs)}", {
-                "model": SMOKE_MODEL if args.smoke else MODEL,
-                "data": {"seq_len": 64},
-                "train": {"max_steps": 3, "micro_batch_size": 1, "log_every": 1},
-                "deepspeed": deepspeed | {"precision": "bf16"},
-                "scaling": {"num_workers": WORKERS, "cpus_per_worker": os.cpu_count() / WORKERS},
-            })
-            runs[name] = {key: figures.last[f"memory/{key}"] for key in ("model_state_bytes", "peak_bytes", "at_start_bytes")}
-        params, largest = model_size(JobConfig.model_validate(jobs.job("memory-ZeRO-0-0")))
+        for index, (name, deepspeed) in enumerate(configs.items()):
+            for allocator, env_vars in ALLOCATORS.items():
+                figures = jobs.run(f"memory-{index}-{allocator or 'rss'}", {
+                    "model": SMOKE_MODEL if args.smoke else MODEL,
+                    "data": {"seq_len": 64},
+                    "train": {"max_steps": 3, "micro_batch_size": 1, "log_every": 1},
+                    "deepspeed": deepspeed | {"precision": "bf16"},
+                    "scaling": {"num_workers": WORKERS, "cpus_per_worker": os.cpu_count() / WORKERS},
+                }, env_vars=env_vars)
+                prefix = f"{allocator}_" if allocator else ""
+                start, peak = figures.last["memory/at_start_bytes"], figures.last["memory/peak_bytes"]
+                runs[name] |= {f"{prefix}peak_bytes": peak, f"{prefix}peak_above_start_bytes": peak - start}
+                runs[name].setdefault("model_state_bytes", figures.last["memory/model_state_bytes"])
+        size = model_size(JobConfig.model_validate(jobs.job("memory-0-rss")))
     for name, run in runs.items():
-        config = configs[name]
-        run["peak_above_start_bytes"] = run["peak_bytes"] - run["at_start_bytes"]
-        run["deepspeed_estimate_bytes"] = deepspeed_estimate(config, params, largest)
-        run["paper_bytes"] = paper_bytes(config["zero_stage"], params, WORKERS)
-    base, stage3 = runs["ZeRO-0"], runs["ZeRO-3"]
+        run["deepspeed_estimate_bytes"], _ = deepspeed_estimate(configs[name], size, WORKERS)
+        run["paper_bytes"] = paper_bytes(configs[name]["zero_stage"], size.parameters, WORKERS)
+    ratios = {key: runs["ZeRO-3"][key] / runs["ZeRO-0"][key] for key in COLUMNS}
     results = {
         "machine": f"{os.cpu_count()} CPU cores, {WORKERS} workers, bf16",
-        "parameters": params,
-        "largest_layer_parameters": largest,
+        "parameters": size.parameters,
+        "largest_layer_parameters": size.largest_layer,
         "runs": runs,
-        "zero3_over_zero0_peak": stage3["peak_bytes"] / base["peak_bytes"],
-        "zero3_over_zero0_peak_above_start": stage3["peak_above_start_bytes"] / base["peak_above_start_bytes"],
-        "zero3_over_zero0_model_states": stage3["model_state_bytes"] / base["model_state_bytes"],
+        "zero3_over_zero0": ratios,
     }
+    gib = 2**30
     table = [
-        f"{params / 1e6:.0f}M parameters, {results['machine']}; GiB per worker.",
+        f"{size.parameters / 1e6:.0f}M parameters, {results['machine']}; GiB per worker.",
         "",
-        "| config | model states measured | DeepSpeed estimate | ZeRO paper | peak | peak above process start |",
-        "|---|---|---|---|---|---|",
+        "| config | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|" + "---|" * len(COLUMNS),
     ]
     for name, run in runs.items():
-        cells = [run[key] / gib for key in ("model_state_bytes", "deepspeed_estimate_bytes", "paper_bytes", "peak_bytes", "peak_above_start_bytes")]
-        table.append(f"| {name} | " + " | ".join(f"{value:.2f}" for value in cells) + " |")
-    table += [
-        "",
-        f"ZeRO-3 / ZeRO-0 per worker: peak {results['zero3_over_zero0_peak']:.2f}, peak above process start "
-        f"{results['zero3_over_zero0_peak_above_start']:.2f}, model states {results['zero3_over_zero0_model_states']:.2f}",
-    ]
+        table.append(f"| {name} | " + " | ".join(f"{run[key] / gib:.2f}" for key in COLUMNS) + " |")
+    table.append("| ZeRO-3 / ZeRO-0 | " + " | ".join(f"{ratios[key]:.2f}" for key in COLUMNS) + " |")
     write_results("zero_memory", results, table)
 
 

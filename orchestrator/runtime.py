@@ -27,6 +27,18 @@ def connect() -> str:
         return "an embedded local Ray instance"
 
 
+# Ray Train's controller checks on its workers every 2 s by default, so a run that ended waits up to 2 s more to be
+# noticed, and then its teardown too: at 1 s a job ends 1-3 s sooner. The polls are cheap actor calls.
+RAY_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0"}
+
+
+def apply_ray_train_settings() -> None:
+    """Ray Train reads these from the environment of the process that calls fit() (a job's driver, a sweep's trial);
+    a value already set there wins."""
+    for name, value in RAY_TRAIN_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
 def check_resources(job: JobConfig) -> None:
     """Ray would otherwise wait forever for workers the cluster cannot place."""
     have = ray.cluster_resources()

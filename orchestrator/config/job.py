@@ -30,12 +30,16 @@ class Section(BaseModel):
 class ModelDims(Section):
     """Explicit dimensions; each one set here overrides the size preset."""
 
-    layers: PositiveInt | None = None
-    hidden: PositiveInt | None = None
-    heads: PositiveInt | None = None
+    layers: PositiveInt | None = Field(None, description="Transformer blocks (encoder-decoders: each side).")
+    hidden: PositiveInt | None = Field(None, description="Width of the hidden states.")
+    heads: PositiveInt | None = Field(None, description="Attention heads.")
     kv_heads: PositiveInt | None = Field(None, description="Key/value heads (llama grouped-query attention).")
     ffn: PositiveInt | None = Field(None, description="Width of the feed-forward layer.")
-    max_positions: PositiveInt | None = None
+    max_positions: PositiveInt | None = Field(None, description="Longest sequence the model takes (absolute-position models).")
+
+
+# What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama, T5).
+HF_DIM_KEYS = {"hidden": ("hidden_size", "n_embd", "d_model"), "max_positions": ("max_position_embeddings", "n_positions")}
 
 
 class ModelConfig(Section):
@@ -72,18 +76,13 @@ class ModelConfig(Section):
         dims.update(self.dims.model_dump(exclude_none=True))
         return dims
 
-    def hidden_size(self) -> int | None:
+    def dim(self, name: str) -> int | None:
+        """One dimension of the model: the preset with the job's dims, or what the pretrained model's config.json
+        calls it. None where the model has none (max_positions of relative-position models such as T5)."""
         if self.pretrained:
             hf_config = self.pretrained_config() or {}
-            return hf_config.get("hidden_size") or hf_config.get("n_embd") or hf_config.get("d_model")
-        return self.dims_resolved()["hidden"]
-
-    def max_positions(self) -> int | None:
-        """None for relative-position models (T5), which take any length."""
-        if self.pretrained:
-            hf_config = self.pretrained_config() or {}
-            return hf_config.get("max_position_embeddings") or hf_config.get("n_positions")
-        return self.dims_resolved().get("max_positions")
+            return next((hf_config[key] for key in HF_DIM_KEYS[name] if hf_config.get(key)), None)
+        return self.dims_resolved().get(name)
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ class AugmentConfig(Section):
     word_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of deleting each word.")
     word_swap: float = Field(0.1, ge=0, le=1, description="Probability of swapping each word with its neighbour.")
     char_noise: float = Field(0.02, ge=0, lt=1, description="Probability of replacing each letter with a random one.")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the augmentation's random choices.")
 
 
 class DataConfig(Section):
@@ -178,11 +177,11 @@ class DataConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: PositiveFloat = 3e-4
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer (registry: train/optimizers.py).")
+    lr: PositiveFloat = Field(3e-4, description="Peak learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only.")
     eps: PositiveFloat = Field(1e-8, description="adam and adamw only.")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled for adamw, L2 for adam and sgd.")
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd only.")
 
     @model_validator(mode="after")
@@ -211,29 +210,29 @@ class CosineSchedule(_Schedule):
     """Half a cosine from the peak down to min_lr_ratio x peak at the last step."""
 
     name: Literal["cosine"]
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the decay, as a share of the peak.")
 
 
 class CosineWithRestartsSchedule(_Schedule):
     """Cosine decay to 0, restarted num_cycles times (hard restarts)."""
 
     name: Literal["cosine_with_restarts"]
-    num_cycles: PositiveInt = 2
+    num_cycles: PositiveInt = Field(2, description="Cosine cycles, each restarting at the peak.")
 
 
 class ExponentialSchedule(_Schedule):
     """lr = peak x gamma ** (step - warmup_steps) after warmup."""
 
     name: Literal["exponential"]
-    gamma: float = Field(0.999, gt=0, le=1)
+    gamma: float = Field(0.999, gt=0, le=1, description="Factor applied to the learning rate at every step.")
 
 
 class PolynomialSchedule(_Schedule):
     """(peak - lr_end) x (1 - progress) ** power + lr_end after warmup."""
 
     name: Literal["polynomial"]
-    power: PositiveFloat = 1.0
-    lr_end: float = Field(1e-7, ge=0)
+    power: PositiveFloat = Field(1.0, description="Exponent of the decay (1: linear).")
+    lr_end: float = Field(1e-7, ge=0, description="Learning rate at the last step.")
 
 
 ScheduleConfig = Annotated[
@@ -311,8 +310,8 @@ class ScalingConfig(Section):
         description="Elastic: go on with as few as this many workers when some are lost, instead of waiting for all "
         "(ZeRO stage 0; the global batch stays the same, by accumulating more micro batches per worker).",
     )
-    use_gpu: bool = False
-    cpus_per_worker: PositiveFloat = 1.0
+    use_gpu: bool = Field(False, description="One GPU per worker, and the nccl backend.")
+    cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs Ray reserves for each worker.")
 
 
 class CheckpointConfig(Section):
@@ -329,11 +328,11 @@ class CheckpointConfig(Section):
 
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db.")
-    experiment: str = "orchestrator"
+    experiment: str = Field("orchestrator", description="MLflow experiment of the run.")
     run_name: str | None = Field(
         None, description="Names the run; a job submitted again with the same run_name resumes it."
     )
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the run's own (task, model, ZeRO stage...).")
     system_metrics_every_s: PositiveFloat = Field(10.0, description="Sampling interval of CPU/memory/GPU metrics.")
 
 
@@ -355,7 +354,7 @@ class JobConfig(Section):
     def _fits_together(self):
         if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("deepspeed.precision: fp16 needs a GPU (scaling.use_gpu: true); use bf16 or fp32 on CPU")
-        positions = self.model.max_positions()
+        positions = self.model.dim("max_positions")
         if positions and self.data.seq_len > positions:
             raise ValueError(
                 f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)"

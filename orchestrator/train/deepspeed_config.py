@@ -29,7 +29,7 @@ def bucket_sizes(stage: int, hidden: int | None) -> dict:
 def deepspeed_config(job: JobConfig, world_size: int | None = None) -> dict:
     """For `world_size` workers (default: scaling.num_workers)."""
     ds = job.deepspeed
-    zero: dict = {"stage": ds.zero_stage, **bucket_sizes(ds.zero_stage, job.model.hidden_size())}
+    zero: dict = {"stage": ds.zero_stage, **bucket_sizes(ds.zero_stage, job.model.dim("hidden"))}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     if ds.offload_params:

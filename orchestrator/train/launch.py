@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import time
 
 import psutil
@@ -33,12 +32,6 @@ def total_steps(job: JobConfig, train_sequences: int) -> int:
     return steps
 
 
-# Ray Train's controller checks on its workers every 2 s by default, so a run that ended waits up to 2 s more to be
-# noticed, and then its teardown too: at 1 s a job ends 1-3 s sooner.
-# The polls are cheap actor calls. A value set in the environment wins.
-RAY_TRAIN_HEALTH_CHECK_INTERVAL_S = "1.0"
-
-
 def build_trainer(
     job: JobConfig,
     data: PreparedData,
@@ -49,7 +42,7 @@ def build_trainer(
     callbacks: tuple = (),
 ) -> TorchTrainer:
     """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S)  # read by fit()
+    runtime.apply_ray_train_settings()
     datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
     return TorchTrainer(
         train_loop,

@@ -1,7 +1,10 @@
 """Optimizer registry: the job's optimizer -> the `optimizer` section of the DeepSpeed config.
 
 DeepSpeed builds the optimizer itself so that ZeRO and offload can manage its states. `torch_adam` selects
-torch's Adam/AdamW instead of DeepSpeed's compiled fused kernel, which would need a CUDA build step.
+torch's Adam/AdamW instead of DeepSpeed's compiled fused kernel, which would need a CUDA build step; `fused` picks
+torch's own fused kernel (CPU and GPU). ZeRO hands the optimizer one flat tensor per partition, and the default
+per-tensor Adam makes temporaries of that tensor's size at every step: on CPU, fused is faster and takes ZeRO-3's
+peak down (benchmarks/zero_memory.py and overhead.py, figures in the README).
 """
 
 from typing import Callable
@@ -12,7 +15,7 @@ from orchestrator.config.job import OptimizerConfig
 def _adam(decoupled_weight_decay: bool) -> Callable[[OptimizerConfig], dict]:
     def section(opt: OptimizerConfig) -> dict:
         params = {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay}
-        params.update(torch_adam=True, adam_w_mode=decoupled_weight_decay)
+        params.update(torch_adam=True, fused=True, adam_w_mode=decoupled_weight_decay)
         return {"type": "AdamW" if decoupled_weight_decay else "Adam", "params": params}
 
     return section

@@ -27,7 +27,7 @@ def test_defaults_and_shortcuts(corpus, tmp_path):
     job = load_job(write_job(tmp_path / "job.yaml", tiny_job(corpus, train={"max_steps": 5, "lr": 0.01, "optimizer": {"name": "adamw"}})))
     assert job.train.optimizer.lr == 0.01
     assert job.deepspeed.zero_stage == 0 and job.scaling.num_workers == 2
-    assert job.model.max_positions() == 64
+    assert job.model.dim("max_positions") == 64
 
 
 def test_overrides_are_typed_by_the_schema(corpus, tmp_path):

@@ -1,0 +1,134 @@
+"""Memory per worker before anything runs (`orchestrator plan`): model states for each ZeRO stage and offload choice,
+as the ZeRO paper counts them and as DeepSpeed's own estimators do, plus activations, against what a worker has.
+
+The model is built on the meta device (no memory, no weights read), so its parameter count is exact.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import transformers
+from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+from orchestrator.config.job import JobConfig
+from orchestrator.config.load import expand_path
+from orchestrator.models.build import build_model, label_keys
+from orchestrator.models.tasks import TASKS
+
+# The layouts `plan` compares, in the order it prefers them when several fit (less communication first).
+OPTIONS = {
+    "ZeRO-0": {"zero_stage": 0},
+    "ZeRO-1": {"zero_stage": 1},
+    "ZeRO-2": {"zero_stage": 2},
+    "ZeRO-3": {"zero_stage": 3},
+    "ZeRO-2 + offload optimizer": {"zero_stage": 2, "offload_optimizer": True},
+    "ZeRO-3 + offload optimizer and params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+}
+# A worker process before its model (Python, torch, Ray, DeepSpeed), measured on CPU: benchmarks/zero_memory.py.
+CPU_PROCESS_BYTES = int(0.46 * 2**30)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    parameters: int
+    largest_layer: int  # parameters of the largest single module: what ZeRO-3 gathers at once
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int
+
+
+class _Vocabulary:
+    """What build_model reads of a tokenizer: its size and two valid token ids."""
+
+    eos_token_id, pad_token_id = 0, 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def vocabulary_size(job: JobConfig) -> int:
+    """The trained tokenizer's configured size (an upper bound: a small corpus may give fewer), or a local one's."""
+    if job.data.tokenizer.path:
+        from orchestrator.data.tokenizers import load_tokenizer
+
+        return len(load_tokenizer(job.data.tokenizer.path))
+    return job.data.tokenizer.vocab_size
+
+
+def model_size(job: JobConfig) -> ModelSize:
+    labels = job.data.labels or ["0", "1"]  # a classification head's size hardly matters
+    with torch.device("meta"):
+        if job.model.pretrained:
+            config = transformers.AutoConfig.from_pretrained(expand_path(job.model.pretrained), **label_keys(labels))
+            model = getattr(transformers, TASKS[job.task].auto_class).from_config(config)
+        else:
+            model = build_model(job.model, job.task, _Vocabulary(vocabulary_size(job)), labels if job.task == "sequence_classification" else [], 0)
+    config = model.config
+    return ModelSize(
+        parameters=sum(p.numel() for p in model.parameters()),
+        largest_layer=max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules()),
+        layers=config.num_hidden_layers + getattr(config, "num_decoder_layers", 0),  # encoder-decoders have both
+        hidden=config.hidden_size,
+        heads=config.num_attention_heads,
+        vocab=config.vocab_size,
+    )
+
+
+def paper_bytes(stage: int, parameters: int, workers: int) -> float:
+    """ZeRO paper (Rajbhandari et al. 2020, section 5), mixed-precision Adam: 2 (16-bit weights) + 2 (16-bit
+    gradients) + 12 (fp32 weights, momentum, variance) bytes per parameter, each term divided among the workers from
+    the stage that partitions it on."""
+    terms = {"weights": 2 * parameters, "grads": 2 * parameters, "optimizer": 12 * parameters}
+    divided = {0: (), 1: ("optimizer",), 2: ("optimizer", "grads"), 3: ("optimizer", "grads", "weights")}[stage]
+    return sum(value / workers if name in divided else value for name, value in terms.items())
+
+
+def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int, int]:
+    """DeepSpeed's estimate of one worker's (device, host) memory for model states: its stage-2 estimator for stages
+    1 and 2, the same on a single device for stage 0 (nothing partitioned), its stage-3 estimator for stage 3."""
+    offload = option.get("offload_optimizer", False)
+    if option["zero_stage"] == 3:
+        host, device, _ = estimate_zero3_model_states_mem_needs(
+            size.parameters, size.largest_layer, num_gpus_per_node=workers, cpu_offload=offload,
+            cpu_offload_params=option.get("offload_params", False), zero_init=True,
+        )
+        return device, host / workers  # the estimators give host memory per node of `workers` devices
+    partitions = 1 if option["zero_stage"] == 0 else workers
+    host, device = estimate_zero2_model_states_mem_needs(size.parameters, num_gpus_per_node=partitions, cpu_offload=offload)
+    return device, host / partitions
+
+
+def activation_bytes(job: JobConfig, size: ModelSize) -> int:
+    """Activations of one micro batch kept for the backward pass, without recomputation (Korthikanti et al. 2022:
+    s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit, twice that in fp32), plus the fp32 logits and their gradient."""
+    s, b, h, a = job.data.seq_len, job.train.micro_batch_size, size.hidden, size.heads
+    per_layer = s * b * h * (34 + 5 * a * s / h) * (2 if job.deepspeed.precision == "fp32" else 1)
+    return int(size.layers * per_layer + 2 * 4 * s * b * size.vocab)
+
+
+@dataclass(frozen=True)
+class OptionPlan:
+    name: str
+    paper_bytes: float
+    deepspeed_device_bytes: int
+    deepspeed_host_bytes: float
+    needed_bytes: float  # per worker, in the memory that limits it (the GPU's; on CPU, the machine's share)
+    fits: bool
+
+
+def plan(job: JobConfig, size: ModelSize, memory_per_worker: float) -> tuple[list[OptionPlan], str | None]:
+    """Every option's memory per worker, and the first that fits (None if none does)."""
+    workers, activations = job.scaling.num_workers, activation_bytes(job, size)
+    options = []
+    for name, option in OPTIONS.items():
+        device, host = deepspeed_estimate(option, size, workers)
+        paper = paper_bytes(option["zero_stage"], size.parameters, workers)
+        # On a GPU, offloaded states leave its memory; on CPU they stay in the same memory, so the paper's count holds.
+        needed = device + activations if job.scaling.use_gpu else paper + activations + CPU_PROCESS_BYTES
+        options.append(OptionPlan(name, paper, device, host, needed, needed <= memory_per_worker))
+    return options, next((option.name for option in options if option.fits), None)
