@@ -1,8 +1,9 @@
-# Settings shared by the cluster scripts; `source cluster/env.sh` to use the local cluster from a shell.
+# The local cluster's settings; `source cluster/env.sh` to use it from a shell (PATH with .venv, job API, MLflow).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export VENV="${VENV:-$ROOT/.venv}"
 export PATH="$VENV/bin:$PATH"
-export STATE_DIR="${STATE_DIR:-$ROOT/.cluster}"          # MLflow store, artifacts, pid and log files
+# Read by `orchestrator cluster up/down/status` too:
+export ORCHESTRATOR_STATE_DIR="${ORCHESTRATOR_STATE_DIR:-$ROOT/.cluster}"   # MLflow store, artifacts, pid and log files
 export MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}"
 export RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"

@@ -3,6 +3,7 @@
 import json
 import random
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,12 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our teacher", "the bird", "a child", "the farmer"]
 VERBS = ["sees", "likes", "follows", "finds", "paints", "calls", "feeds", "watches"]
 OBJECTS = ["the red ball", "a small house", "the green tree", "a quiet river", "the tall tower", "an open door"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def write_corpus(directory: Path, documents: int = 1500, seed: int = 0) -> Path:

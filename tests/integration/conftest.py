@@ -4,7 +4,6 @@ started and stopped here: nothing is left running. Every test uses its own exper
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ANSI
+from helpers import ANSI, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(url: str, seconds: float) -> None:
@@ -67,6 +60,12 @@ class TrackingServer:
             self.process.wait()
 
 
+def pytest_collection_modifyitems(items):
+    """Tests with a cluster of their own (`orchestrator cluster up` / `down`) go first, before the session's cluster
+    starts: `ray stop` stops every Ray process of the machine, and `ray status` would find either."""
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
+
+
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory) -> TrackingServer:
     server = TrackingServer(tmp_path_factory.mktemp("mlflow"))
@@ -93,12 +92,12 @@ class Cluster:
 def cluster(mlflow_server) -> Cluster:
     env = os.environ | {
         "RAY_AUTH_MODE": "token",
-        "MLFLOW_TRACKING_URI": mlflow_server,  # jobs inherit it from the cluster, as with cluster/up.sh
+        "MLFLOW_TRACKING_URI": mlflow_server,  # jobs inherit it from the cluster, as with `orchestrator cluster up`
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
     ray = str(BIN / "ray")
     if subprocess.run([ray, "status"], env=env, capture_output=True).returncode == 0:
-        pytest.fail("a Ray cluster is already running here; stop it (bash cluster/down.sh) so the tests can use their own")
+        pytest.fail("a Ray cluster is already running here; stop it (orchestrator cluster down) so the tests can use their own")
     # A new machine has no token yet, and a token-auth head refuses to start without one.
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
     dashboard_port = free_port()

@@ -39,6 +39,6 @@ def test_the_upload_holds_the_code_and_none_of_the_run_state(tmp_path):
     create_package(str(repo), package, include_gitignore=True)
     uploaded = set(zipfile.ZipFile(package).namelist())
 
-    assert {"pyproject.toml", "orchestrator/cli.py", "jobs/gpt-tiny.yaml"} <= uploaded
+    assert {"pyproject.toml", "orchestrator/cli/app.py", "jobs/gpt-tiny.yaml"} <= uploaded
     assert not [name for name in LEFT_BEHIND if name in uploaded]
     assert package.stat().st_size < GCS_STORAGE_MAX_SIZE // 10

@@ -1,21 +1,16 @@
-"""`orchestrator` / `python -m orchestrator`: the only place that turns a UserError into exit code 2.
-
-Heavy imports (torch, ray) happen inside the commands that need them, so `validate` and `schema` stay fast.
-"""
+"""Commands that run the work itself, in this process as the driver: train, sweep, prepare, predict, evaluate; and
+the ones that only read job files: validate, schema."""
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from orchestrator.cli.app import app
 from orchestrator.config import JobConfig, UserError, load_job
 from orchestrator.config.load import is_sweep, load_sweep, read_yaml, storage_path
-from orchestrator.tracking.redact import redact_text
 from orchestrator.train.manifest import check_resumable
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed training of transformers on Ray.")
 
 JobFile = Annotated[Path, typer.Argument(help="Job YAML file.", show_default=False)]
 Overrides = Annotated[
@@ -152,19 +147,66 @@ def evaluate(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON schema of job files (for editors and documentation)."""
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="The reference table of every key instead (the README's).")] = False,
+) -> None:
+    """Print the JSON schema of job files (for editors), or with --markdown the job file reference.
+
+    Example: python -m orchestrator schema --markdown
+    """
+    if markdown:
+        from orchestrator.config.reference import markdown as reference
+
+        print(reference(), end="")
+        return
     print(json.dumps(JobConfig.model_json_schema(), indent=2))
 
 
-def main() -> None:
-    # Ctrl-C, and SIGTERM from `ray job stop` (which Ray's driver turns into SystemExit), mark the MLflow run KILLED
-    # (tracking/run.py); the last checkpoint stays, and the job resumes from it when submitted again.
-    try:
-        app()
-    except UserError as err:  # it may quote a value of the job: secrets are masked
-        print(f"error: {redact_text(str(err))}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("stopped; the run can resume from its last checkpoint (submit the job again)", file=sys.stderr)
-        sys.exit(130)
+def readable_bytes(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
+
+
+@app.command()
+def plan(
+    job_file: JobFile,
+    overrides: Overrides = [],
+    memory_per_worker: Annotated[
+        float | None,
+        typer.Option(help="GiB each worker may use; default: the local GPU's memory (GPU jobs), or this machine's memory shared by the workers."),
+    ] = None,
+) -> None:
+    """Before running: the model's parameters and, for each ZeRO stage and offload choice, memory per worker (ZeRO
+    paper, DeepSpeed's estimators, activations), what fits, and which to use.
+
+    Example: python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
+    """
+    job = load_job(job_file, overrides)
+    import psutil
+    import torch  # torch, deepspeed: only now
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.train import plan as planning
+
+    gib = 2**30
+    if memory_per_worker is None:
+        if job.scaling.use_gpu and not torch.cuda.is_available():
+            raise UserError("--memory-per-worker: this machine has no GPU to read a worker's memory from; give it in GiB")
+        available = torch.cuda.get_device_properties(0).total_memory if job.scaling.use_gpu else psutil.virtual_memory().total / job.scaling.num_workers
+    else:
+        available = memory_per_worker * gib
+    size = planning.model_size(job)
+    options, choice = planning.plan(job, size, available)
+    workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"
+    print(f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
+          f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}")
+    print(f"activations per worker: {readable_bytes(planning.activation_bytes(job, size))}; memory per worker: {readable_bytes(available)}")
+    table = Table("option", "model states (ZeRO paper)", "DeepSpeed estimate: device", "DeepSpeed estimate: host", "needed per worker", "fits")
+    for option in options:
+        cells = (option.paper_bytes, option.deepspeed_device_bytes, option.deepspeed_host_bytes, option.needed_bytes)
+        table.add_row(option.name, *(readable_bytes(value) for value in cells), "yes" if option.fits else "no")
+    Console(width=160).print(table)
+    if not job.scaling.use_gpu:
+        print("On CPU, offloaded states stay in the same memory: needed = ZeRO paper + activations + the worker process.")
+    print(f"recommended: {choice} (the fitting option with the least communication)" if choice else
+          "recommended: none fits; add workers, lower train.micro_batch_size or data.seq_len, or use a machine with more memory")

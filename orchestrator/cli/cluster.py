@@ -1,0 +1,147 @@
+"""`orchestrator cluster up / down / status`: a local Ray head and an MLflow tracking server (sqlite store, local
+artifact root), both on 127.0.0.1. `up` is idempotent: what already runs is left as it is.
+
+Ray is started with MLFLOW_TRACKING_URI in its environment, so every job submitted to it logs to this server. Ray
+2.60 turns token auth on for the clusters it starts: clients need RAY_AUTH_MODE=token (set here for the commands
+this runs, and by `source cluster/env.sh` for a shell).
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.app import app
+from orchestrator.config import UserError
+
+cluster_app = typer.Typer(no_args_is_help=True, help="A local Ray head and MLflow tracking server, on 127.0.0.1.")
+app.add_typer(cluster_app, name="cluster")
+
+BIN = Path(sys.executable).parent  # ray and mlflow of this environment
+StateDir = Annotated[
+    Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", help="MLflow store and artifacts, pid and log files.")
+]
+MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.")]
+DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.")]
+
+
+def client_env(mlflow_port: int) -> dict[str, str]:
+    return os.environ | {"RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+
+
+def mlflow_is_up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def ray_is_up(env: dict[str, str]) -> bool:
+    return subprocess.run([BIN / "ray", "status"], env=env, capture_output=True).returncode == 0
+
+
+def start_mlflow(state_dir: Path, port: int) -> None:
+    command = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{state_dir.resolve()}/mlflow.db"]
+    command += ["--default-artifact-root", str(state_dir.resolve() / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    with open(state_dir / "mlflow.log", "a") as log:
+        server = subprocess.Popen(
+            command + ["--workers", "1"],  # one worker and no job runner: 2 processes instead of ~10
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+    (state_dir / "mlflow.pid").write_text(str(server.pid))
+    deadline = time.monotonic() + 90
+    while not mlflow_is_up(port):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise UserError(f"MLflow did not start on port {port}: see {state_dir / 'mlflow.log'}")
+        time.sleep(0.5)
+
+
+@cluster_app.command()
+def up(
+    state_dir: StateDir = Path(".cluster"),
+    mlflow_port: MlflowPort = 5000,
+    dashboard_port: DashboardPort = 8265,
+    ray_port: Annotated[int, typer.Option(help="Ray head (GCS) port.")] = 6379,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use; default: all.")] = None,
+) -> None:
+    """Start the MLflow server and the Ray head, unless they already run; print their URLs.
+
+    Example: orchestrator cluster up
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = client_env(mlflow_port)
+    if mlflow_is_up(mlflow_port):
+        print("MLflow already running")
+    else:
+        start_mlflow(state_dir, mlflow_port)
+    if ray_is_up(env):
+        print("Ray already running")
+    else:
+        # A new machine has no token yet, and a token-auth head refuses to start without one.
+        subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
+        command = [BIN / "ray", "start", "--head", "--port", str(ray_port), "--dashboard-host", "127.0.0.1"]
+        command += ["--dashboard-port", str(dashboard_port), "--disable-usage-stats"]
+        command += ["--num-cpus", str(num_cpus)] if num_cpus else []
+        started = subprocess.run(command, env=env, capture_output=True, text=True)  # jobs inherit MLFLOW_TRACKING_URI
+        (state_dir / "ray-start.log").write_text(started.stdout + started.stderr)
+        if started.returncode:
+            raise UserError(f"ray start failed: see {state_dir / 'ray-start.log'}")
+    print(f"Ray dashboard and job API: http://127.0.0.1:{dashboard_port}")
+    print(f"MLflow:                    {env['MLFLOW_TRACKING_URI']}")
+
+
+@cluster_app.command()
+def down(state_dir: StateDir = Path(".cluster")) -> None:
+    """Stop the Ray head (and every Ray process of this machine, as `ray stop` does) and the MLflow server.
+
+    Example: orchestrator cluster down
+    """
+    if subprocess.run([BIN / "ray", "stop"], capture_output=True).returncode == 0:
+        print("Ray stopped")
+    pid_file = state_dir / "mlflow.pid"
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)  # the server and its worker: one process group
+            print("MLflow stopped")
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+
+
+@cluster_app.command()
+def status(mlflow_port: MlflowPort = 5000, dashboard_port: DashboardPort = 8265) -> None:
+    """Nodes with their CPUs and GPUs, running jobs, and the MLflow server.
+
+    Example: orchestrator cluster status
+    """
+    env = client_env(mlflow_port)
+    print(f"MLflow {env['MLFLOW_TRACKING_URI']}: {'up' if mlflow_is_up(mlflow_port) else 'not running'}")
+    if not ray_is_up(env):
+        print("Ray: not running (orchestrator cluster up)")
+        raise typer.Exit(1)
+    os.environ["RAY_AUTH_MODE"] = "token"  # read when ray is imported
+    import ray  # only now
+    from ray.job_submission import JobSubmissionClient
+
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        nodes = [node for node in ray.nodes() if node["Alive"]]
+    finally:
+        ray.shutdown()
+    for node in nodes:
+        resources = node["Resources"]
+        role = "head" if "node:__internal_head__" in resources else "worker"
+        print(f"node {node['NodeManagerAddress']} ({role}): {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+    jobs = [job for job in JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}").list_jobs() if job.submission_id]
+    running = [job for job in jobs if job.status.value in ("PENDING", "RUNNING")]
+    print(f"jobs: {len(running)} running of {len(jobs)}" + "".join(f"\n  {job.submission_id} {job.status.value}: {job.entrypoint}" for job in running))
+    print(f"Ray dashboard and job API: http://127.0.0.1:{dashboard_port}")

@@ -1,0 +1,171 @@
+"""Jobs on a Ray cluster through its job API: what `ray job submit / status / logs / stop / list` do, with the job
+file checked before anything is sent, and each job tied to its MLflow run (the URL its driver prints).
+
+The cluster is --address, else RAY_API_SERVER_ADDRESS (as for `ray job`), else the local head's job API. Plain
+`ray job submit -- python -m orchestrator train JOB` keeps working: these commands read the same jobs.
+"""
+
+import asyncio
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.app import app
+from orchestrator.cli.training import Overrides
+from orchestrator.config import UserError, load_job
+from orchestrator.config.load import is_sweep, load_sweep, read_yaml
+
+LOCAL_JOB_API = "http://127.0.0.1:8265"
+# Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
+# What a driver prints of its MLflow run (tracking/run.py TrackedRun.url): a URL, or the run id in a local store.
+MLFLOW_RUN = re.compile(r"MLflow (?:sweep )?run(?: \((?:new|resumed)\))?: (https?://\S+|run \S+ in \S+)")
+
+Address = Annotated[
+    str | None, typer.Option("--address", help="Job API of the cluster; default: RAY_API_SERVER_ADDRESS, else the local head.")
+]
+SubmissionId = Annotated[str, typer.Argument(help="The job's submission id (from submit or list).", show_default=False)]
+Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends; exit with its status.")]
+
+
+def job_client(address: str | None):
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # clusters Ray 2.60 starts ask for its token; read at import
+    from ray.job_submission import JobSubmissionClient  # ray: only now
+
+    return JobSubmissionClient(address or os.environ.get("RAY_API_SERVER_ADDRESS") or LOCAL_JOB_API)
+
+
+def mlflow_run_url(logs: str) -> str | None:
+    """The MLflow run the job's driver opened, from the line it prints."""
+    found = MLFLOW_RUN.search(logs)
+    return found.group(1) if found else None
+
+
+def entrypoint(file: Path, overrides: list[str], working_dir: Path) -> str:
+    """`python -m orchestrator train|sweep FILE`, FILE as the job will see it: relative inside the uploaded working
+    directory, else absolute (a cluster whose nodes share this file system)."""
+    raw = read_yaml(file)
+    if is_sweep(raw):
+        if overrides:
+            raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
+        load_sweep(file)
+    else:
+        load_job(file, overrides)
+    path = file.resolve()
+    if path.is_relative_to(working_dir.resolve()):
+        path = path.relative_to(working_dir.resolve())
+    command = ["python", "-m", "orchestrator", "sweep" if is_sweep(raw) else "train", str(path)]
+    return shlex.join(command + [argument for key_value in overrides for argument in ("--set", key_value)])
+
+
+def follow_logs(client, submission_id: str) -> str:
+    """Streams the log to stdout until the job ends; its final status."""
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(submission_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    while (status := str(client.get_job_status(submission_id).value)) not in EXIT_CODES:
+        time.sleep(0.5)  # the log can end a moment before the status is final
+    return status
+
+
+def finish(client, submission_id: str, status: str) -> None:
+    url = mlflow_run_url(client.get_job_logs(submission_id))
+    print(f"job {submission_id}: {status}" + (f" | MLflow run: {url}" if url else ""))
+    raise typer.Exit(EXIT_CODES[status])
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Job or sweep YAML file.", show_default=False)],
+    overrides: Overrides = [],
+    follow: Follow = False,
+    working_dir: Annotated[Path, typer.Option(help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")] = Path("."),
+    address: Address = None,
+) -> None:
+    """Check a job or sweep file, then submit it to the cluster's job API; MLFLOW_TRACKING_URI set here goes with it.
+
+    Example: orchestrator submit jobs/gpt-tiny.yaml --follow
+    """
+    command = entrypoint(file, overrides, working_dir)
+    env_vars = {name: os.environ[name] for name in ("MLFLOW_TRACKING_URI",) if name in os.environ}
+    client = job_client(address)
+    runtime_env = {"working_dir": str(working_dir)} | ({"env_vars": env_vars} if env_vars else {})
+    submission_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
+    print(f"submitted {submission_id}: {command}")
+    print(f"Ray dashboard: {client.get_address()}/#/jobs/{submission_id}", flush=True)
+    if follow:
+        finish(client, submission_id, follow_logs(client, submission_id))
+
+
+@app.command()
+def status(submission_id: SubmissionId, address: Address = None) -> None:
+    """A job's status, entrypoint, times and MLflow run.
+
+    Example: orchestrator status raysubmit_XYZ
+    """
+    client = job_client(address)
+    info = client.get_job_info(submission_id)
+    print(f"job {submission_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+    print(f"entrypoint: {info.entrypoint}")
+    if info.start_time:
+        end = info.end_time or time.time() * 1000
+        print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.start_time / 1000))}, {(end - info.start_time) / 1000:.0f} s")
+    if url := mlflow_run_url(client.get_job_logs(submission_id)):
+        print(f"MLflow run: {url}")
+
+
+@app.command()
+def logs(submission_id: SubmissionId, follow: Follow = False, address: Address = None) -> None:
+    """A job's log (its driver's output); --follow streams it until the job ends and exits with its status.
+
+    Example: orchestrator logs raysubmit_XYZ --follow
+    """
+    client = job_client(address)
+    if follow:
+        finish(client, submission_id, follow_logs(client, submission_id))
+    sys.stdout.write(client.get_job_logs(submission_id))
+
+
+@app.command()
+def stop(submission_id: SubmissionId, address: Address = None) -> None:
+    """Stop a job. Its MLflow run is marked KILLED and its checkpoints stay: submitted again, it resumes.
+
+    Example: orchestrator stop raysubmit_XYZ
+    """
+    client = job_client(address)
+    if not client.stop_job(submission_id):
+        print(f"job {submission_id} had already ended: {client.get_job_status(submission_id).value}")
+        return
+    print(f"stop requested for {submission_id}")
+
+
+@app.command("list")
+def list_jobs(address: Address = None) -> None:
+    """The cluster's jobs, newest first, with their MLflow runs.
+
+    Example: orchestrator list
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    client = job_client(address)
+    table = Table("submission id", "status", "started", "entrypoint", "MLflow run")
+    for column in table.columns[:3] + table.columns[4:]:  # ids and URLs whole, to copy
+        column.no_wrap = True
+    for job in sorted(client.list_jobs(), key=lambda job: job.start_time or 0, reverse=True):
+        if not job.submission_id:  # drivers started by hand (python -m orchestrator train) have no job API entry
+            continue
+        started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
+        url = mlflow_run_url(client.get_job_logs(job.submission_id)) or ""
+        table.add_row(job.submission_id, str(job.status.value), started, job.entrypoint, url)
+    Console(width=200).print(table)

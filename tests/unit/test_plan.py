@@ -1,0 +1,64 @@
+"""`orchestrator plan`: memory per worker for each ZeRO option, in agreement with DeepSpeed's estimators."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+from helpers import tiny_job, write_job
+
+from orchestrator.config import load_job
+from orchestrator.models.build import build_model
+from orchestrator.train.plan import OPTIONS, _Vocabulary, deepspeed_estimate, model_size, paper_bytes, plan
+
+
+@pytest.fixture
+def job(corpus, tmp_path):
+    return load_job(write_job(tmp_path / "job.yaml", tiny_job(corpus)))
+
+
+def test_the_meta_model_counts_the_parameters_of_the_model_that_trains(job):
+    size = model_size(job)
+    model = build_model(job.model, job.task, _Vocabulary(job.data.tokenizer.vocab_size), [], seed=0)
+    assert size.parameters == sum(p.numel() for p in model.parameters())
+    assert size.largest_layer == max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    assert (size.layers, size.hidden, size.heads) == (2, 64, 2)
+
+
+def test_estimates_are_deepspeeds_own(job):
+    size, workers = model_size(job), job.scaling.num_workers
+    _, zero2_device = estimate_zero2_model_states_mem_needs(size.parameters, num_gpus_per_node=workers, cpu_offload=False)
+    _, zero3_device, _ = estimate_zero3_model_states_mem_needs(size.parameters, size.largest_layer, num_gpus_per_node=workers, cpu_offload=False, cpu_offload_params=False)
+    assert deepspeed_estimate(OPTIONS["ZeRO-2"], size, workers)[0] == zero2_device
+    assert deepspeed_estimate(OPTIONS["ZeRO-3"], size, workers)[0] == zero3_device
+
+
+def test_paper_bytes_divide_each_term_from_the_stage_that_partitions_it():
+    assert paper_bytes(0, 1000, 4) == 16 * 1000
+    assert paper_bytes(1, 1000, 4) == 4 * 1000 + 12 * 1000 / 4
+    assert paper_bytes(2, 1000, 4) == 2 * 1000 + 14 * 1000 / 4
+    assert paper_bytes(3, 1000, 4) == 16 * 1000 / 4
+
+
+def test_the_recommendation_is_the_first_option_that_fits(job):
+    size = model_size(job)
+    options, choice = plan(job, size, memory_per_worker=2**40)
+    assert choice == "ZeRO-0" and all(option.fits for option in options)
+    needed = {option.name: option.needed_bytes for option in options}
+    assert needed["ZeRO-3"] < needed["ZeRO-0"]
+    _, choice = plan(job, size, memory_per_worker=(needed["ZeRO-3"] + needed["ZeRO-2"]) / 2)
+    assert choice == "ZeRO-3"
+    assert plan(job, size, memory_per_worker=1)[1] is None
+
+
+def test_plan_command_prints_every_option_and_a_recommendation(job, corpus, tmp_path):
+    path = write_job(tmp_path / "cli.yaml", tiny_job(corpus))
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "orchestrator", "plan", str(path), *args], capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"}
+    )
+    fits = run("--memory-per-worker", "64")
+    assert fits.returncode == 0, fits.stderr
+    assert all(name in fits.stdout for name in OPTIONS) and "recommended: ZeRO-0" in fits.stdout
+    assert "recommended: none fits" in run("--memory-per-worker", "0.0001").stdout
