@@ -1,7 +1,6 @@
 """The Ray Data pipeline a job runs before its workers start:
 
-    read -> clean -> tokenizer -> measure (token lengths, split) -> per group of lines: [augment] -> encode
-         -> split -> seeded shuffle (train) -> fixed blocks
+    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> encode -> split -> shuffle
 
 Every stage is a Ray Data operator over the cluster's CPUs while they are still free; the finished splits stay in
 Ray's object store (never in the driver's memory) and are cached on disk as parquet (data/cache.py). Rows the
@@ -12,7 +11,6 @@ sizes needed for `epochs`, the ETA and the checks below are known before any wor
 
 import json
 import tempfile
-import zlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +31,6 @@ from orchestrator.data.report import DataReport, count_dropped, length_histogram
 from orchestrator.data.tokenizers import load_tokenizer, separator_id, texts_of, train_tokenizer
 
 ROWS_PER_TASK_BATCH = 1024
-# Documents are encoded (and packed) in groups of consecutive lines of a file, GROUP_ROWS lines each, so the
-# sequences a corpus gives never depend on the blocks Ray formed (which follow sampling and the cluster's size).
-GROUP_ROWS = 1024
-GROUP_POSITIONS = 2**20  # sequences a group may give (position = group * this + index)
-SEQUENCES_PER_BLOCK = 4096
 QUARANTINE_FILE = "quarantine.jsonl"
 
 
@@ -160,57 +153,31 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
     report.length_bins, report.length_counts = length_histogram(lengths)
     label_names = label_names_of(job, final)
 
-    examples = final.select_columns([*columns, "is_val", "row_id"]).map_batches(_with_group, batch_format="numpy")
-    encoded = examples.groupby("group").map_groups(
-        encode_group,
+    examples = final.select_columns([*columns, "is_val"])
+    if cfg.augment.copies:
+        examples = examples.map_batches(add_augmented_copies, batch_format="numpy", fn_kwargs={"cfg": cfg.augment})
+    encoded = examples.map_batches(
+        ENCODERS[job.task],
+        batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
         fn_kwargs=dict(
-            encoder=ENCODERS[job.task], augment=cfg.augment if cfg.augment.copies else None, shuffle_seed=cfg.seed,
             tokenizer_json=tokenizer_json, seq_len=cfg.seq_len, separator=separator_id(tokenizer),
             pad=tokenizer.pad_token_id, label_ids={name: i for i, name in enumerate(label_names)},
         ),
     ).materialize()
     if cfg.augment.copies:
         report.augmented_rows = encoded.count() - report.rows_kept  # classification: one encoded row per example
-    train = in_fixed_blocks(_split(encoded, validation=False).sort(["shuffle_key", "position"]))  # seeded shuffle
-    val = in_fixed_blocks(_split(encoded, validation=True).sort("position"))
+    train = encoded.map_batches(_split, fn_kwargs={"validation": False}, batch_format="numpy")
+    train = train.random_shuffle(seed=cfg.seed).materialize()
+    val = encoded.map_batches(_split, fn_kwargs={"validation": True}, batch_format="numpy").materialize()
     report.train_sequences, report.val_sequences = train.count(), val.count()
     report.seconds = time.perf_counter() - started
     return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, label_names, report, directory)
 
 
-def _with_group(batch: dict) -> dict:
-    batch["group"] = batch["row_id"] // GROUP_ROWS
-    return batch
-
-
-def encode_group(group: dict, encoder, augment, shuffle_seed: int, **encoder_args) -> dict:
-    """One group of documents, in corpus order: augmented, encoded (packed back to back for causal LM), each
-    sequence given its place in the corpus and a seeded shuffle key. Nothing here depends on how Ray cut blocks."""
-    order = np.argsort(group["row_id"], kind="stable")
-    batch = {column: values[order] for column, values in group.items() if column not in ("row_id", "group")}
-    if augment:
-        batch = add_augmented_copies(batch, augment)
-    encoded = encoder(batch, **encoder_args)
-    position = int(group["group"][0]) * GROUP_POSITIONS + np.arange(len(encoded["is_val"]), dtype=np.int64)
-    encoded["position"] = position
-    encoded["shuffle_key"] = np.array([zlib.crc32(f"{shuffle_seed}:{p}".encode()) for p in position], dtype=np.int64)
-    return encoded
-
-
-def _split(encoded: ray.data.Dataset, validation: bool) -> ray.data.Dataset:
-    def rows_of_split(batch: dict) -> dict:
-        keep = batch["is_val"] == validation
-        return {column: values[keep] for column, values in batch.items() if column != "is_val"}
-
-    return encoded.map_batches(rows_of_split, batch_format="numpy")
-
-
-def in_fixed_blocks(split: ray.data.Dataset) -> ray.data.Dataset:
-    """The split's sequence columns, cut into equal blocks that depend only on its length: the sort before this
-    forms blocks from sampled boundaries, and training reads blocks through a shuffle buffer."""
-    split = split.drop_columns(["position", "shuffle_key"]).materialize()
-    return split.repartition(max(1, -(-split.count() // SEQUENCES_PER_BLOCK)), shuffle=False).materialize()
+def _split(batch: dict, validation: bool) -> dict:
+    keep = batch["is_val"] == validation
+    return {column: values[keep] for column, values in batch.items() if column != "is_val"}
 
 
 def store(data: PreparedData, staging: Path, entry: Path) -> None:

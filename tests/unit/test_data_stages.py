@@ -110,23 +110,3 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     assert key != cache.fingerprint(job, [str(corpus)])
     # where the cache lives is not part of what it holds
     assert cache.fingerprint(job, [str(corpus)]) == cache.fingerprint(job.model_copy(update={"data": job.data.model_copy(update={"cache_dir": "/elsewhere"})}), [str(corpus)])
-
-
-def test_a_group_of_lines_encodes_the_same_in_whatever_order_ray_delivers_it(tokenizer):
-    """The pipeline packs documents per group of lines (not per Ray block): a group's sequences, their positions
-    and shuffle keys depend only on its rows, so a corpus prepared twice gives the same data."""
-    from orchestrator.data.encode import encode_causal_lm
-    from orchestrator.data.pipeline import GROUP_POSITIONS, encode_group
-
-    texts = [f"the fox {i} jumps over the lazy dog number {i * 7}" for i in range(40)]
-    group = {"text": np.array(texts, dtype=object), "is_val": np.arange(40) % 10 == 0}
-    group |= {"row_id": (3 << 32) + np.arange(40), "group": np.full(40, ((3 << 32) + 0) // 1024)}
-    args = dict(encoder=encode_causal_lm, augment=None, shuffle_seed=0, tokenizer_json=tokenizer.backend_tokenizer.to_str(),
-                seq_len=16, separator=separator_id(tokenizer))
-    in_order = encode_group(group, **args)
-    shuffled = np.random.default_rng(0).permutation(40)
-    again = encode_group({column: values[shuffled] for column, values in group.items()}, **args)
-    for column in ("input_ids", "is_val", "position", "shuffle_key"):
-        assert np.array_equal(in_order[column], again[column])
-    assert in_order["position"][0] == group["group"][0] * GROUP_POSITIONS and len(set(in_order["shuffle_key"])) == len(in_order["position"])
-    assert not np.array_equal(in_order["shuffle_key"], encode_group(group, **args | {"shuffle_seed": 1})["shuffle_key"])
