@@ -17,9 +17,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.app import app
-from orchestrator.cli.training import Overrides
-from orchestrator.config import UserError, load_job
-from orchestrator.config.load import is_sweep, load_sweep, read_yaml
+from orchestrator.cli.training import Overrides, check_file
 
 LOCAL_JOB_API = "http://127.0.0.1:8265"
 # Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.
@@ -50,17 +48,11 @@ def mlflow_run_url(logs: str) -> str | None:
 def entrypoint(file: Path, overrides: list[str], working_dir: Path) -> str:
     """`python -m orchestrator train|sweep FILE`, FILE as the job will see it: relative inside the uploaded working
     directory, else absolute (a cluster whose nodes share this file system)."""
-    raw = read_yaml(file)
-    if is_sweep(raw):
-        if overrides:
-            raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
-        load_sweep(file)
-    else:
-        load_job(file, overrides)
+    sweep = check_file(file, overrides)
     path = file.resolve()
     if path.is_relative_to(working_dir.resolve()):
         path = path.relative_to(working_dir.resolve())
-    command = ["python", "-m", "orchestrator", "sweep" if is_sweep(raw) else "train", str(path)]
+    command = ["python", "-m", "orchestrator", "sweep" if sweep else "train", str(path)]
     return shlex.join(command + [argument for key_value in overrides for argument in ("--set", key_value)])
 
 

@@ -80,13 +80,20 @@ def validate(
 
     Example: python -m orchestrator validate jobs/sweeps/lr-schedules.yaml
     """
-    if is_sweep(read_yaml(file)):
+    check_file(file, overrides)
+    print(f"{file}: valid")
+
+
+def check_file(file: Path, overrides: list[str]) -> bool:
+    """Loads a job or sweep file as its command would, raising a UserError for any problem; True for a sweep."""
+    sweep = is_sweep(read_yaml(file))
+    if sweep:
         if overrides:
             raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
         load_sweep(file)
     else:
         load_job(file, overrides)
-    print(f"{file}: valid")
+    return sweep
 
 
 ModelSpec = Annotated[
