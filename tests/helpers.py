@@ -180,6 +180,17 @@ def wait_for_job(cluster, submission_id: str, timeout: float = 600) -> str:
     raise TimeoutError(f"job {submission_id} still {status} after {timeout} s")
 
 
+def stop_running_jobs(cluster) -> list[str]:
+    """Stops every submitted job still PENDING or RUNNING, waiting for each to end; returns their ids."""
+    listing = subprocess.run(["ray", "list", "jobs", "--address", cluster.dashboard, "--format", "json", "--detail"],
+                             env=cluster.env, capture_output=True, text=True, timeout=60)
+    running = [job["submission_id"] for job in json.loads(listing.stdout)
+               if job.get("submission_id") and job["status"] in ("PENDING", "RUNNING")]
+    for submission_id in running:
+        ray_job(cluster, "stop", submission_id)
+    return running
+
+
 def wait_until(condition, timeout: float, what: str, every: float = 1.0):
     """Polls `condition()` until it returns something truthy, which is returned."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ANSI, free_port
+from helpers import ANSI, free_port, stop_running_jobs
 
 BIN = Path(sys.executable).parent
 
@@ -115,3 +115,12 @@ def cluster(mlflow_server) -> Cluster:
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
 
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(request):
+    """A job that a failed test leaves running would take the CPUs the next tests need, and fail them too."""
+    yield
+    if "cluster" in request.fixturenames:
+        if stopped := stop_running_jobs(request.getfixturevalue("cluster")):
+            print(f"stopped jobs left running: {stopped}")
