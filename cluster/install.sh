@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
-# Creates .venv, installs the project and prepares the example corpus (Debian fortunes). Idempotent.
+# Creates .venv, installs the project and prepares the example corpora (Debian fortunes, English-French pairs).
+# Idempotent. `--runtime` leaves out what only the tests need (pytest, Playwright, Chromium): cluster nodes and images.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+RUNTIME=false
+[ "${1:-}" = "--runtime" ] && RUNTIME=true
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # The CPU build of torch first: a plain `torch` requirement would pull several GB of CUDA packages.
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q torch==2.13.0
-"$VENV/bin/pip" install -q -e "$ROOT[dev]"
+if $RUNTIME; then "$VENV/bin/pip" install -q -e "$ROOT"; else "$VENV/bin/pip" install -q -e "$ROOT[dev]"; fi
 
-# The example corpora: Debian's fortunes (language modelling, classification) and English-French dictionary pairs.
-if [ ! -d /usr/share/games/fortunes ] || [ ! -f /usr/share/dictd/freedict-eng-fra.index ]; then
+# Debian's example corpora; and Chromium, which the browser test drives (Playwright's own download needs the internet).
+PACKAGES=(fortunes dict-freedict-eng-fra)
+$RUNTIME || PACKAGES+=(chromium)
+missing=()
+for package in "${PACKAGES[@]}"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes dict-freedict-eng-fra >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "install Debian's example data: sudo apt-get install fortunes dict-freedict-eng-fra" >&2
+    echo "install Debian's packages first: sudo apt-get install ${missing[*]}" >&2
+    exit 1
   fi
 fi
 "$VENV/bin/python" "$ROOT/cluster/prepare_data.py"

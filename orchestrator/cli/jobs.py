@@ -18,6 +18,7 @@ import typer
 
 from orchestrator.cli.app import app
 from orchestrator.cli.training import Overrides, check_file
+from orchestrator.config import UserError
 
 LOCAL_JOB_API = "http://127.0.0.1:8265"
 # Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.
@@ -36,7 +37,11 @@ def job_client(address: str | None):
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # clusters Ray 2.60 starts ask for its token; read at import
     from ray.job_submission import JobSubmissionClient  # ray: only now
 
-    return JobSubmissionClient(address or os.environ.get("RAY_API_SERVER_ADDRESS") or LOCAL_JOB_API)
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or LOCAL_JOB_API
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError:
+        raise UserError(f"--address: no Ray job API answers at {address}; start one with `orchestrator cluster up`") from None
 
 
 def mlflow_run_url(logs: str) -> str | None:
@@ -149,6 +154,7 @@ def list_jobs(address: Address = None) -> None:
     """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     client = job_client(address)
     table = Table("submission id", "status", "started", "entrypoint", "MLflow run")
@@ -159,5 +165,6 @@ def list_jobs(address: Address = None) -> None:
             continue
         started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
         url = mlflow_run_url(client.get_job_logs(job.submission_id)) or ""
-        table.add_row(job.submission_id, str(job.status.value), started, job.entrypoint, url)
+        # Text, not markup: an entrypoint holds brackets (--set data.paths=[...]) that rich would read as tags
+        table.add_row(job.submission_id, str(job.status.value), started, Text(job.entrypoint or ""), Text(url))
     Console(width=200).print(table)

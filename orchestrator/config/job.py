@@ -170,7 +170,11 @@ class DataConfig(Section):
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation.")
     seed: int = Field(0, description="Seed of the train/val split and of the shuffle.")
     cache: bool = Field(True, description="Reuse the prepared dataset of an earlier run with the same inputs and settings.")
-    cache_dir: str = Field("~/.cache/orchestrator/datasets", description="Where prepared datasets and tokenizers are kept.")
+    cache_dir: str = Field(
+        "~/.cache/orchestrator/datasets",
+        description="Where prepared datasets and tokenizers are kept; a directory every node sees on a multi-node "
+        "cluster ($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set).",
+    )
 
 
 # --- train -------------------------------------------------------------------------------------------
@@ -311,6 +315,11 @@ class ScalingConfig(Section):
         "(ZeRO stage 0; the global batch stays the same, by accumulating more micro batches per worker).",
     )
     use_gpu: bool = Field(False, description="One GPU per worker, and the nccl backend.")
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="How Ray places the workers on nodes (its placement group strategy): PACK fills nodes in turn, "
+        "keeping all-reduces local; SPREAD one per node where it can; STRICT_* or not at all.",
+    )
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs Ray reserves for each worker.")
 
 
@@ -322,7 +331,8 @@ class CheckpointConfig(Section):
     )
     dir: str = Field(
         "~/orchestrator/runs",
-        description="Run storage: a local path or a pyarrow URI (shared storage for multi-node clusters).",
+        description="Run storage: a local path or a pyarrow URI; storage every node sees on a multi-node cluster "
+        "($ORCHESTRATOR_SHARED_STORAGE/runs when that is set).",
     )
 
 
@@ -333,6 +343,11 @@ class TrackingConfig(Section):
         None, description="Names the run; a job submitted again with the same run_name resumes it."
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the run's own (task, model, ZeRO stage...).")
+    registered_model: str | None = Field(
+        None,
+        description="Model Registry name the final model is registered under, a new version per run; default: "
+        "tracking.run_name, else the job file's name. A sweep registers its best trial's model under the sweep's name.",
+    )
     system_metrics_every_s: PositiveFloat = Field(10.0, description="Sampling interval of CPU/memory/GPU metrics.")
 
 

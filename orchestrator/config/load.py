@@ -85,6 +85,23 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
+SHARED_STORAGE = "ORCHESTRATOR_SHARED_STORAGE"
+SHARED_DIRS = {"checkpoint.dir": "runs", "data.cache_dir": "datasets"}
+
+
+def with_shared_storage(raw: dict[str, Any]) -> dict[str, Any]:
+    """On a cluster of several nodes, checkpoints and the data cache must be on storage every node sees. Where
+    $ORCHESTRATOR_SHARED_STORAGE names such a mounted directory (the configs in cluster/ set it), the keys in
+    SHARED_DIRS that a job file leaves unset get a directory there, so one job file runs on one machine or many."""
+    if shared := os.environ.get(SHARED_STORAGE):
+        for key, subdir in SHARED_DIRS.items():
+            section, field = key.split(".")
+            values = raw.get(section)
+            if values is None or (isinstance(values, dict) and field not in values):  # else validation speaks
+                set_key(raw, key, f"{shared.rstrip('/')}/{subdir}")
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`a.b.c=value` sets raw['a']['b']['c']; the value is read as YAML, so the schema types it."""
     for item in overrides:
@@ -185,7 +202,7 @@ def in_file(path: str | Path, err: UserError) -> UserError:
 
 
 def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
-    raw = apply_overrides(read_yaml(path), list(overrides))
+    raw = with_shared_storage(apply_overrides(read_yaml(path), list(overrides)))
     try:
         job = validate(raw)
         check_inputs(job)
@@ -258,6 +275,7 @@ def load_sweep(path: str | Path) -> LoadedSweep:
         if not is_job_key(JobConfig, key):
             raise UserError(f"{path}: overrides.{key}: not a key of the job (see: orchestrator schema)")
         set_key(base_raw, key, value)
+    with_shared_storage(base_raw)
     try:
         base_job = validate(base_raw)
         check_inputs(base_job)

@@ -28,7 +28,7 @@ from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.feed import quiet_data_progress
 from orchestrator.data.read import fields_of, file_format, read_rows
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
-from orchestrator.data.tokenizers import load_tokenizer, separator_id, texts_of, train_tokenizer
+from orchestrator.data.tokenizers import from_json, load_tokenizer, separator_id, texts_of, train_tokenizer
 
 ROWS_PER_TASK_BATCH = 1024
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -198,6 +198,20 @@ def load_cached(entry: Path, meta: dict) -> PreparedData:
     return PreparedData(
         train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry
     )
+
+
+def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> list[str]:
+    """The first texts of a few prepared sequences, decoded back (up to the first separator): the input example of
+    the model a run logs. The raw rows are gone by then, and these are what training saw."""
+    tokenizer = from_json(data.tokenizer_json)
+    separator = separator_id(tokenizer)
+    texts = []
+    for row in (data.val if data.val_sequences else data.train).take(count):
+        ids = [int(token) for token in row["input_ids"]]
+        start = next((i for i, token in enumerate(ids) if token != separator), len(ids))
+        end = ids.index(separator, start) if separator in ids[start:] else len(ids)
+        texts.append(tokenizer.decode(ids[start:end][:max_tokens], skip_special_tokens=True).strip())
+    return texts
 
 
 def check_sizes(job: JobConfig, data: PreparedData) -> None:

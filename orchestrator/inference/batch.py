@@ -1,35 +1,30 @@
 """Batch inference with an exported model (train/loop.py's `export`): predictions written to files, or metrics.
 
 Rows come from the training reader (one Ray task per file; unreadable lines are counted and skipped), and an actor
-pool of `Predictor`s runs the model, each actor loading it once. Inputs are tokenized as in training (data/encode.py)
-but padded per batch, not to seq_len.
+pool of `Predictor`s (inference/predictor.py) runs the model, each actor loading it once.
 """
 
-import json
 import os
 import time
 from pathlib import Path
 
 import mlflow.artifacts
-import numpy as np
 import ray
-import torch
 import transformers
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_job
 from orchestrator.config.errors import UserError
-from orchestrator.data.encode import IGNORED_LABEL
 from orchestrator.data.read import file_format, read_rows, row_fields
-from orchestrator.data.tokenizers import separator_id
+from orchestrator.inference.predictor import MODEL_CARD, Predictor, read_card
 from orchestrator.models.tasks import TASKS
+from orchestrator.tracking.model import ARTIFACT_PATH, hf_directory
 from orchestrator.tracking.run import tracking_uri as job_tracking_uri
 
-MODEL_CARD = "orchestrator.json"  # written beside the model by train/loop.py
+MLMODEL = "MLmodel"  # the file that marks an MLflow model directory
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 OUTPUT_FORMATS = ("parquet", "jsonl")
-CAUSAL_NEW_TOKENS = 32  # continuation length of causal_lm predictions
 CPUS_PER_ACTOR = 1
 MAX_ACTORS = 4  # each holds a whole model: more would only multiply memory on a small cluster
 
@@ -37,15 +32,12 @@ MAX_ACTORS = 4  # each holds a whole model: more would only multiply memory on a
 # --- which model ---------------------------------------------------------------------------------------
 
 
-def read_card(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / MODEL_CARD).read_text())
-
-
 def resolve_model(spec: str, tracking_uri: str | None) -> Path:
-    """The exported model directory that a local path, an MLflow artifact URI or a job file (its latest run) names."""
+    """The exported Hugging Face directory that a local directory, an MLflow URI (runs:/<run_id>/model,
+    models:/<name>/<version>) or a job file (its latest run) names."""
     path = Path(spec).expanduser()
-    if (path / MODEL_CARD).is_file():
-        return path
+    if path.is_dir():
+        return _hf_directory(path, spec)
     if spec.startswith(MLFLOW_SCHEMES):
         # The default of training jobs (tracking/run.py), so that a run logged by `orchestrator train` is found.
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
@@ -53,19 +45,28 @@ def resolve_model(spec: str, tracking_uri: str | None) -> Path:
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         return _latest_job_model(path)
     raise UserError(
-        f"model: {spec!r} is not an exported model directory (with {MODEL_CARD}), an MLflow URI (runs:/<run_id>/model) "
+        f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) "
         "or a job YAML file"
     )
 
 
+def _hf_directory(directory: Path, spec: str) -> Path:
+    """The directory itself (a Hugging Face export with its card), or the one inside an MLflow model."""
+    if (directory / MLMODEL).is_file():
+        directory = hf_directory(directory)
+    if not (directory / MODEL_CARD).is_file():
+        raise UserError(f"model: {spec} holds no model exported by orchestrator ({MODEL_CARD} is missing)")
+    return directory
+
+
 def _download(uri: str, tracking_uri: str) -> Path:
+    # models:/ URIs are looked up in the process-wide registry URI, whatever registry_uri download_artifacts is given
+    mlflow.set_registry_uri(tracking_uri)
     try:
         directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     except MlflowException as err:
         raise UserError(f"model: cannot download {uri} from {tracking_uri}: {err.message.splitlines()[0]}") from None
-    if not (directory / MODEL_CARD).is_file():
-        raise UserError(f"model: {uri} holds no exported model ({MODEL_CARD} is missing)")
-    return directory
+    return _hf_directory(directory, uri)
 
 
 def _latest_job_model(job_file: Path) -> Path:
@@ -79,105 +80,14 @@ def _latest_job_model(job_file: Path) -> Path:
     order = ["attributes.start_time DESC"]
     runs = client.search_runs([experiment.experiment_id], query, order_by=order) if experiment else []
     # A run that failed to export, or a sweep's parent, has no model.
-    run = next((run for run in runs if any(a.path == "model" for a in client.list_artifacts(run.info.run_id))), None)
+    run = next((run for run in runs if any(a.path == ARTIFACT_PATH for a in client.list_artifacts(run.info.run_id))), None)
     if run is None:
         raise UserError(f"model: no finished run with a model in experiment {experiment_name!r} of {uri} ({job_file})")
     print(f"model of run {run.info.run_name} ({run.info.run_id}) in experiment {experiment_name!r}")
-    return _download(f"runs:/{run.info.run_id}/model", uri)
+    return _download(f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", uri)
 
 
 # --- the actors ----------------------------------------------------------------------------------------
-
-
-def _pad(rows: list[list[int]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask of rows padded to the longest; decoder-only generation pads on the left."""
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Mean cross-entropy of each row over its scored (not ignored) positions."""
-    losses = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=IGNORED_LABEL, reduction="none"
-    )
-    return (losses.sum(1) / (labels != IGNORED_LABEL).sum(1).clamp(min=1)).numpy()
-
-
-class Predictor:
-    """One model per actor of a `map_batches` pool. Predict mode returns source, text and the prediction columns;
-    evaluate mode returns what the task's metrics need: predictions, the true label index or reference text, and
-    each row's loss."""
-
-    def __init__(self, model_dir: str, evaluate: bool = False, cpus: int = CPUS_PER_ACTOR):
-        torch.set_num_threads(cpus)  # torch would otherwise take every core of the node, which the other actors share
-        card = read_card(model_dir)
-        self.task, self.seq_len, self.evaluate = card["task"], card["seq_len"], evaluate
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        self.separator = separator_id(self.tokenizer)
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.separator
-        auto_class = getattr(transformers, TASKS[self.task].auto_class)
-        # fp32 whatever the export's dtype: half-precision matmuls are slow or missing on CPU.
-        self.model = auto_class.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [str(text) for text in batch["text"]]
-        run = {"sequence_classification": self._classify, "seq2seq": self._seq2seq, "causal_lm": self._causal_lm}
-        with torch.no_grad():
-            columns = run[self.task](texts, batch)
-        return columns if self.evaluate else {"source": batch["source"], "text": batch["text"], **columns}
-
-    def _ended(self, texts: list[str]) -> list[list[int]]:
-        """Token ids ended by the separator and cut to seq_len, as encode_seq2seq has them."""
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [[*ids[: self.seq_len - 1], self.separator] for ids in encoded]
-
-    def _classify(self, texts: list[str], batch: dict) -> dict:
-        # The tokenizer's own template ([CLS] text [SEP] for WordPiece), as in encode_classification.
-        inputs = _pad(self.tokenizer(texts, truncation=True, max_length=self.seq_len)["input_ids"], self.pad)
-        logits = self.model(**inputs).logits.float()
-        score, index = logits.softmax(-1).max(-1)
-        predicted = [self.model.config.id2label[i] for i in index.tolist()]
-        columns = {"predicted": np.array(predicted), "score": score.numpy()}
-        if self.evaluate:
-            labels = torch.tensor([self.model.config.label2id[label] for label in batch["label"]])
-            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-            columns |= {"label": labels.numpy(), "loss": loss.numpy()}
-        return columns
-
-    def _seq2seq(self, texts: list[str], batch: dict) -> dict:
-        inputs = _pad(self._ended(texts), self.pad)
-        generated = self.model.generate(**inputs, max_new_tokens=self.seq_len, do_sample=False, num_beams=1)
-        columns = {"generated": np.array(self.tokenizer.batch_decode(generated, skip_special_tokens=True))}
-        if self.evaluate:
-            references = [str(target) for target in batch["target"]]
-            labels = _pad(self._ended(references), IGNORED_LABEL)["input_ids"]
-            loss = _row_losses(self.model(**inputs, labels=labels).logits, labels)
-            columns |= {"reference": np.array(references), "loss": loss}
-        return columns
-
-    def _causal_lm(self, texts: list[str], batch: dict) -> dict:
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        if self.evaluate:  # perplexity needs the loss only: no generation
-            # As packed in training: after a separator and ended by one, so even an empty text has a token to score.
-            inputs = _pad([[self.separator, *ids[: self.seq_len - 2], self.separator] for ids in encoded], self.pad)
-            labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, IGNORED_LABEL)
-            return {"loss": _row_losses(self.model(**inputs).logits[:, :-1], labels[:, 1:])}
-        # In training a document follows a separator; the prompt keeps its end, leaving positions for the continuation.
-        positions = getattr(self.model.config, "max_position_embeddings", None) or self.seq_len + CAUSAL_NEW_TOKENS
-        keep = max(1, min(self.seq_len, positions - CAUSAL_NEW_TOKENS))
-        prompts = [[self.separator, *ids][-keep:] for ids in encoded]
-        inputs = _pad(prompts, self.pad, left=True)
-        generated = self.model.generate(
-            **inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad
-        )
-        continuations = generated[:, inputs["input_ids"].shape[1] :]
-        return {"generated": np.array(self.tokenizer.batch_decode(continuations, skip_special_tokens=True))}
 
 
 # --- the jobs ------------------------------------------------------------------------------------------

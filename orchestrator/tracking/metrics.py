@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, TypeVar
 
 from mlflow.entities import Metric
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call
 SYSTEM_PREFIX = "system/"
 RETRY_EVERY_S = 5.0  # while the server is away
+T = TypeVar("T")
 DELIVERY_DEADLINE_S = 900.0  # artifacts at the end of a run wait this long for an absent server
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,17 @@ def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
     return {key: max(point.step for point in client.get_metric_history(run_id, key)) for key in keys}
 
 
-def deliver(action: Callable[[], None], what: str, deadline_s: float = DELIVERY_DEADLINE_S) -> None:
-    """Runs a call to the tracking server, waiting out an outage of up to `deadline_s` (then the error is raised)."""
+def deliver(action: Callable[[], T], what: str, deadline_s: float = DELIVERY_DEADLINE_S) -> T:
+    """Runs a call to the tracking server, waiting out an outage of up to `deadline_s` (then the error is raised);
+    returns what the call returns."""
     give_up_at = time.monotonic() + deadline_s
     told = False
     while True:
         try:
-            action()
+            result = action()
             if told:
                 log.warning(f"MLflow is back: {what} delivered")
-            return
+            return result
         except Exception as err:
             if time.monotonic() > give_up_at:
                 raise

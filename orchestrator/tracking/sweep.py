@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator.config.load import LoadedSweep
+from orchestrator.tracking.model import ARTIFACT_PATH, register
 from orchestrator.tracking.params import flatten
 from orchestrator.tracking.redact import redact_config, redact_text
 from orchestrator.tracking.plots import sweep_plots
@@ -106,7 +107,9 @@ def summarize_sweep(
         tags = [RunTag("best_trial_id", best.trial_id), RunTag("best_run_id", best.run_id or "")]
         if best.run_id:
             client.set_tag(best.run_id, "sweep.best", "true")
-            tags.append(RunTag("sweep.output_model", f"runs:/{best.run_id}/model"))
+            if any(artifact.path == ARTIFACT_PATH for artifact in client.list_artifacts(best.run_id)):  # it finished
+                version = register(client, best.run_id, sweep.name)
+                tags.append(RunTag("sweep.output_model", f"models:/{version.name}/{version.version}"))
         client.log_batch(
             parent.run_id,
             metrics=[Metric(f"best/{config.metric}", float(best[config.metric]), 0, 0)],

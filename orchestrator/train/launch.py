@@ -14,12 +14,13 @@ from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import storage_path
-from orchestrator.data.pipeline import PreparedData, prepare
+from orchestrator.data.pipeline import PreparedData, example_texts, prepare
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.redact import redact_config
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop
+from orchestrator.train.progress import live_progress
 from orchestrator.train.timeline import Timeline
 
 
@@ -53,6 +54,7 @@ def build_trainer(
             num_workers=(job.scaling.min_workers, job.scaling.num_workers) if job.scaling.min_workers else job.scaling.num_workers,
             use_gpu=job.scaling.use_gpu,
             resources_per_worker={"CPU": job.scaling.cpus_per_worker},
+            placement_strategy=job.scaling.placement,
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -64,6 +66,29 @@ def build_trainer(
         datasets=datasets,
         # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+
+
+def registered_name(job: JobConfig, job_name: str) -> str:
+    return job.tracking.registered_model or job.tracking.run_name or job_name
+
+
+def train_plan(
+    data: PreparedData, run: TrackedRun, steps: int, timeline: Timeline, registered_model: str | None,
+    initial_checkpoint: str | None = None, progress_board=None,
+) -> TrainPlan:
+    return TrainPlan(
+        total_steps=steps,
+        tokenizer_json=data.tokenizer_json,
+        has_validation=data.val is not None,
+        tracking_uri=run.uri,
+        run_id=run.run_id,
+        timeline=timeline,
+        label_names=data.label_names,
+        example_texts=example_texts(data),
+        registered_model=registered_model,
+        initial_checkpoint=initial_checkpoint,
+        progress_board=progress_board,
     )
 
 
@@ -102,16 +127,9 @@ def launch(job: JobConfig, job_name: str, restart: bool = False) -> tuple[ray.tr
         log_data_report(run.uri, run.run_id, data)
     timeline.mark("mlflow_run")
 
-    plan = TrainPlan(
-        total_steps=steps,
-        tokenizer_json=data.tokenizer_json,
-        has_validation=data.val is not None,
-        tracking_uri=run.uri,
-        run_id=run.run_id,
-        timeline=timeline,
-        label_names=data.label_names,
-    )
-    trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
-    with ends_with_outcome(run):
-        result = trainer.fit()
+    with live_progress(steps) as board:  # a bar in a terminal; log lines only in job logs
+        plan = train_plan(data, run, steps, timeline, registered_model=registered_name(job, job_name), progress_board=board)
+        trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
+        with ends_with_outcome(run):
+            result = trainer.fit()
     return result, run

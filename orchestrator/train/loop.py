@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import ray.train
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.config.job import JobConfig
 from orchestrator.data.feed import quiet_data_progress, step_batches
 from orchestrator.data.tokenizers import from_json
+from orchestrator.inference.predictor import MODEL_CARD
 from orchestrator.models.build import TORCH_DTYPES, build_model
 from orchestrator.models.tasks import TASKS, Task
 from orchestrator.tracking.metrics import MetricsLogger, deliver, fail_fast_requests, last_logged_steps
@@ -32,9 +34,9 @@ from orchestrator.train.engine import build_engine, export_hf_model, partitioned
 from orchestrator.train.flops import device_peak_flops, mfu, model_flops_per_token
 from orchestrator.train.manifest import manifest_text
 from orchestrator.train.memory import current_bytes, model_state_bytes, peak_bytes
+from orchestrator.train.progress import ProgressSender
 from orchestrator.train.timeline import Timeline, format_phases
 
-MODEL_CARD = "orchestrator.json"  # beside the exported model: what it was trained for
 GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class TrainPlan:
     run_id: str
     timeline: Timeline  # the driver's start-up marks; rank 0 adds its own up to the first step
     label_names: list[str]  # classification: label of each class index
+    example_texts: list[str]  # the input example of the logged model
+    registered_model: str | None  # Model Registry name of the final model (none for sweep trials)
+    progress_board: Any = None  # train/progress.py's actor, when the driver draws a bar in a terminal
     initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
 
 
@@ -114,6 +119,13 @@ def open_metrics(job: JobConfig, plan: TrainPlan, resumed: bool, unsent: dict) -
     )
 
 
+def node_count(world_size: int) -> int:
+    """How many Ray nodes the workers run on (every rank takes part)."""
+    node_ids = [None] * world_size
+    dist.all_gather_object(node_ids, ray.get_runtime_context().get_node_id())
+    return len(set(node_ids))
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     return " | ".join(f"{name.split('/')[-1]} {value:.4g}" for name, value in metrics.items())
 
@@ -157,7 +169,11 @@ def train_loop(config: dict) -> None:
                 f"with {world_size} workers"
             )
 
+    nodes = node_count(world_size)
+    if rank == 0:
+        log.info(f"{world_size} workers on {nodes} node(s)")
     metrics = open_metrics(job, plan, resumed=restored is not None, unsent=unsent_metrics) if rank == 0 else None
+    bar = ProgressSender(plan.progress_board) if rank == 0 and plan.progress_board else None
     timeline.mark("checkpoint_restore")
     train_data = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if plan.has_validation else None
@@ -226,7 +242,11 @@ def train_loop(config: dict) -> None:
                     metrics.log(step, logged)
                     eta_s = (plan.total_steps - step) * elapsed / window.steps
                     log.info(format_progress(step, plan.total_steps, last_train_loss, logged["train/lr"], tokens_per_s, eta_s))
+                    if bar:
+                        bar.step(step, {"loss": last_train_loss, "lr": logged["train/lr"], "tokens_per_s": tokens_per_s})
                 window.restart()
+            elif bar:
+                bar.step(step)
             step_loss.zero_()
 
             # Results go to Ray (and through it to Tune) at evaluation and checkpoint steps.
@@ -258,7 +278,7 @@ def train_loop(config: dict) -> None:
             progress.epoch += 1
             progress.steps_in_epoch = 0
 
-    export(engine, job, tokenizer, metrics, rank)
+    export(engine, job, plan, tokenizer, metrics, rank)
     if final_result:
         report_to_ray(*final_result)
 
@@ -300,18 +320,26 @@ def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_
         deliver(lambda: metrics.client.log_text(metrics.run_id, table, "eval/generated.tsv"), "the generated texts")
 
 
-def export(engine, job: JobConfig, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
-    """The final model and tokenizer in Hugging Face format, with the task it was trained for (what `predict` needs),
-    and the training curves, into the MLflow run."""
+def export(engine, job: JobConfig, plan: TrainPlan, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
+    """The final model into the MLflow run as an MLflow model (tracking/model.py) holding the Hugging Face weights,
+    tokenizer and the task it was trained for (what `predict` needs), registered; and the training curves."""
     directory = tempfile.mkdtemp(prefix="orchestrator-model-")
-    export_hf_model(engine, directory, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
+    hf_dir = os.path.join(directory, "hf")
+    export_hf_model(engine, hf_dir, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
     if metrics:
-        # imported here: matplotlib would add half a second to every worker's start, and only rank 0 plots, at the end
+        # imported here: mlflow.pyfunc and matplotlib would add a second to every worker's start, and only rank 0
+        # exports, at the end
+        from orchestrator.tracking.model import ARTIFACT_PATH, register, save_model
         from orchestrator.tracking.plots import training_curves
 
-        tokenizer.save_pretrained(directory)
-        write_model_card(job, directory)
-        deliver(lambda: metrics.client.log_artifacts(metrics.run_id, directory, "model"), "the model")
+        tokenizer.save_pretrained(hf_dir)
+        write_model_card(job, hf_dir)
+        model_dir = os.path.join(directory, "mlflow_model")
+        save_model(hf_dir, model_dir, job.task, plan.example_texts)
+        deliver(lambda: metrics.client.log_artifacts(metrics.run_id, model_dir, ARTIFACT_PATH), "the model")
+        if plan.registered_model:
+            version = deliver(lambda: register(metrics.client, metrics.run_id, plan.registered_model), "the registration")
+            log.info(f"registered the model as models:/{version.name}/{version.version}")
         plot = os.path.join(directory, "training_curves.png")
         training_curves(metrics.history, plot)
         deliver(lambda: metrics.client.log_artifact(metrics.run_id, plot, "plots"), "the training curves")

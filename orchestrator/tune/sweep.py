@@ -28,8 +28,7 @@ from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
-from orchestrator.train.launch import build_trainer, job_artifacts, total_steps
-from orchestrator.train.loop import TrainPlan
+from orchestrator.train.launch import build_trainer, job_artifacts, total_steps, train_plan
 from orchestrator.train.timeline import Timeline
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
 
@@ -104,16 +103,9 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
     )
     timeline.mark("mlflow_run")
     start_from = tune.get_checkpoint()
-    plan = TrainPlan(
-        total_steps=context.total_steps,
-        tokenizer_json=context.data.tokenizer_json,
-        has_validation=context.data.val is not None,
-        tracking_uri=run.uri,
-        run_id=run.run_id,
-        timeline=timeline,
-        label_names=context.data.label_names,
-        initial_checkpoint=start_from.path if start_from else None,
-    )
+    # Trials register no model: the sweep registers its best trial's (tracking/sweep.py).
+    plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None,
+                      initial_checkpoint=start_from.path if start_from else None)
     # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
     attempt = f"{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     bridge = ResultsToTune()

@@ -29,7 +29,8 @@ def job_file(corpus, tmp_path, name: str, steps: int):
 
 def test_submit_follow_status_logs_list_and_stop(cluster, corpus, tmp_path):
     """Two jobs at once (1 worker each): one followed to its end, one stopped while it runs."""
-    code, out = cli(cluster, "submit", str(job_file(corpus, tmp_path, "stopped", steps=100_000)))
+    # A list in --set puts brackets in the entrypoint, which `list` prints as they are
+    code, out = cli(cluster, "submit", str(job_file(corpus, tmp_path, "stopped", steps=100_000)), "--set", f"data.paths=[{corpus}]")
     assert code == 0, out
     running_id = re.search(r"submitted (\S+):", out).group(1)
 
@@ -45,7 +46,7 @@ def test_submit_follow_status_logs_list_and_stop(cluster, corpus, tmp_path):
     code, out = cli(cluster, "logs", submission_id)
     assert code == 0 and "step 6/6" in out
     code, out = cli(cluster, "list")
-    assert code == 0
+    assert code == 0, out
     [row] = [line for line in out.splitlines() if submission_id in line]
     assert "SUCCEEDED" in row and url in row
     assert "RUNNING" in next(line for line in out.splitlines() if running_id in line)

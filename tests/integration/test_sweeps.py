@@ -57,7 +57,10 @@ def client(mlflow_server) -> MlflowClient:
     return MlflowClient(mlflow_server)
 
 
-def test_optuna_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp_path):
+@pytest.fixture(scope="module")
+def asha_sweep(cluster, corpus, tmp_path_factory) -> tuple[str, Path]:
+    """An Optuna + ASHA sweep submitted with `ray job submit`: its output and directory."""
+    tmp_path = tmp_path_factory.mktemp("asha")
     path = write_sweep(
         tmp_path,
         sweep_job(corpus, tmp_path, "sweep-asha"),
@@ -70,7 +73,11 @@ def test_optuna_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp
         scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2},
         num_samples=4,
     )
-    output = submit(cluster, "sweep", str(path))
+    return submit(cluster, "sweep", str(path)), tmp_path
+
+
+def test_optuna_asha_sweep_submitted_to_the_cluster(asha_sweep, client):
+    output, tmp_path = asha_sweep
     assert "2 trial(s) at a time" in output
 
     parent = parent_run(client, "sweep-asha", "asha")
@@ -98,10 +105,54 @@ def test_optuna_asha_sweep_submitted_to_the_cluster(cluster, corpus, client, tmp
     assert parent.data.metrics["best/eval/loss"] == pytest.approx(last_eval[best_id])
     best = client.get_run(best_id)
     assert best.data.tags["sweep.best"] == "true"
-    assert "model/config.json" in {a.path for a in client.list_artifacts(best_id, "model")}
+    registered = client.get_model_version("asha", parent.data.tags["sweep.output_model"].rsplit("/", 1)[1])
+    assert parent.data.tags["sweep.output_model"].startswith("models:/asha/") and registered.run_id == best_id
 
     table = pd.read_csv(client.download_artifacts(parent.info.run_id, "sweep/results.csv", str(tmp_path)))
     assert sorted(table["run_id"]) == sorted(last_eval)
+
+
+# Debian's chromium as root, offline: no sandbox, and nothing that would reach beyond loopback.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = REPO / "test-artifacts" / "mlflow-ui"
+
+
+def test_the_mlflow_ui_shows_the_sweep_its_trials_plots_and_registered_model(asha_sweep, client, mlflow_server):
+    """What a person reviewing the sweep clicks through, in headless Chromium driven by Playwright; each page is
+    saved as a screenshot in test-artifacts/mlflow-ui/."""
+    from playwright.sync_api import expect, sync_playwright
+
+    parent = parent_run(client, "sweep-asha", "asha")
+    best = client.get_run(parent.data.tags["best_run_id"])
+    experiment = f"{mlflow_server}/#/experiments/{parent.info.experiment_id}"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{experiment}/runs")
+            row = page.locator("[role=row]").filter(has=page.get_by_role("link", name="asha", exact=True))
+            row.locator("button[data-component-id*='runnamecellrenderer']").click()  # unfolds the parent's child runs
+            for child in children_of(client, parent.info.run_id):
+                expect(page.get_by_role("link", name=child.info.run_name, exact=True)).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "sweep_and_trials.png")
+
+            for run, folder, plot in [(parent, "sweep", "lr_schedules.png"), (best, "plots", "training_curves.png")]:
+                page.goto(f"{experiment}/runs/{run.info.run_id}/artifacts")
+                page.get_by_text(folder, exact=True).click()
+                page.get_by_text(plot, exact=True).click()
+                image = page.locator("img[src^='blob:']").first  # the preview of the downloaded file
+                expect(image).to_be_visible()
+                assert image.evaluate("image => image.complete && image.naturalWidth") > 100
+                page.screenshot(path=SCREENSHOTS / f"{run.info.run_name}_{plot}")
+
+            page.goto(f"{mlflow_server}/#/models/asha")
+            expect(page.get_by_role("link", name="Version 1", exact=True)).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "registered_model.png")
+        finally:
+            browser.close()
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus, client, tmp_path):

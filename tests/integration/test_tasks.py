@@ -53,7 +53,7 @@ def test_classification_fine_tunes_minilm_beyond_the_majority_baseline(cluster, 
     for key in ("eval/precision", "eval/recall", "eval/f1", "data/rows_read", "data/rows_quarantined", "data/tokens"):
         assert client.get_metric_history(run_id, key), key
     found = artifacts(client, run_id)
-    assert DATA_REPORT | {"plots/confusion_matrix.png", "plots/confusion_matrix.csv", "model/orchestrator.json"} <= found
+    assert DATA_REPORT | {"plots/confusion_matrix.png", "plots/confusion_matrix.csv", "model/MLmodel", "model/artifacts/hf/orchestrator.json"} <= found
     matrix = client.download_artifacts(run_id, "plots/confusion_matrix.csv", str(tmp_path))
     assert open(matrix).readline().strip().split(",")[1:] == ["computers", "definitions", "love", "politics", "science", "sports"]
 
@@ -72,4 +72,4 @@ def test_translation_bleu_beats_the_untrained_model(cluster, client, tmp_path):
         scores = by_step(client, run_id, key)
         assert scores[300] > scores[0], (key, scores)
     found = artifacts(client, run_id)
-    assert DATA_REPORT | {"eval/generated.tsv", "plots/training_curves.png", "model/orchestrator.json"} <= found
+    assert DATA_REPORT | {"eval/generated.tsv", "plots/training_curves.png", "model/MLmodel", "model/artifacts/hf/orchestrator.json"} <= found

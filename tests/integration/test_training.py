@@ -4,6 +4,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.pyfunc
+import pandas as pd
 import pytest
 import torch
 from helpers import ANSI, mlflow_run_id, orchestrator, tiny_job, write_job
@@ -14,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from orchestrator.config.job import ModelConfig, TokenizerConfig
 from orchestrator.data.tokenizers import train_tokenizer
 from orchestrator.models.build import build_model
+from orchestrator.tracking.model import hf_directory
 from orchestrator.train.timeline import PHASES
 
 
@@ -128,14 +131,26 @@ def test_submitted_job_is_fully_tracked(stage_runs, client):
     assert sorted(history(client, run.info.run_id, "eval/loss")) == [0, 10, 20]
     assert {"data/rows_read", "data/tokens", "train/data_wait_fraction"} <= metrics.keys()
 
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    artifacts |= {a.path for folder in ("model", "plots") for a in client.list_artifacts(run.info.run_id, folder)}
-    expected = {"job.yaml", "deepspeed_config.json", "model/config.json", "model/model.safetensors"}
-    assert expected | {"model/tokenizer.json", "plots/training_curves.png"} <= artifacts
+    folders = ("", "model", "model/artifacts/hf", "plots")
+    artifacts = {a.path for folder in folders for a in client.list_artifacts(run.info.run_id, folder)}
+    expected = {"job.yaml", "deepspeed_config.json", "model/MLmodel", "plots/training_curves.png"}
+    assert expected | {f"model/artifacts/hf/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")} <= artifacts
+
+
+def test_the_model_is_registered_under_the_run_name_and_predicts_through_pyfunc(stage_runs, client, corpus, mlflow_server, monkeypatch):
+    (version,) = client.search_model_versions(f"run_id = '{stage_runs[2].run_id}'")
+    assert version.name == "zero2"  # tracking.run_name
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/zero2/{version.version}")
+    documents = "\n".join(json.loads(line)["text"] for line in corpus.read_text().splitlines())
+    assert all(text and text in documents for text in model.input_example["text"])  # decoded from the training data
+    predicted = model.predict(pd.DataFrame({"text": ["the cat sees", "a dog"]}))
+    assert list(predicted.columns) == ["generated"] and len(predicted) == 2
+    assert all(isinstance(text, str) for text in predicted["generated"])
 
 
 def test_zero3_export_loads_as_a_whole_hugging_face_model(stage_runs, client, tmp_path):
-    directory = client.download_artifacts(stage_runs[3].run_id, "model", str(tmp_path))
+    directory = hf_directory(Path(client.download_artifacts(stage_runs[3].run_id, "model", str(tmp_path))))
     model = AutoModelForCausalLM.from_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert model.transformer.wte.weight.shape == (len(tokenizer), 64)  # gathered, not a ZeRO-3 partition

@@ -105,8 +105,7 @@ def test_near_duplicates_union_find_keeps_lowest():
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # its own, even beside a running cluster
+def ray_data(local_ray):
     context = ray.data.DataContext.get_current()
     saved = context.shuffle_strategy, context.enable_progress_bars
     # Ray's default hash shuffle starts aggregator actors for every groupby (~8 s each on 2 CPUs); the sort
@@ -114,7 +113,6 @@ def local_ray():
     context.shuffle_strategy, context.enable_progress_bars = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, False
     yield
     context.shuffle_strategy, context.enable_progress_bars = saved
-    ray.shutdown()
 
 
 def row(row_id: int, text, **fields) -> dict:
@@ -135,7 +133,7 @@ def test_stage_order_is_fixed():
     assert STAGES == ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
 
 
-def test_classification_stages(local_ray):
+def test_classification_stages(ray_data):
     items = [
         row(8, "Great  movie", label="pos"),  # arrives first but is the later copy
         row(2, "great movie", label="pos"),
@@ -170,13 +168,13 @@ def test_classification_stages(local_ray):
     assert len(rows) == len(items)
 
 
-def test_unchecked_labels_and_no_stages(local_ray):
+def test_unchecked_labels_and_no_stages(ray_data):
     items = [row(1, "same", label="a"), row(2, "same", label="b"), row(3, "other", label="zz"), row(4, "no label")]
     assert verdicts(run(items, labels=["a"], labelled=True, check_labels=False)) == {4: ("empty", "missing label")}
     assert verdicts(run(items, labels=["a"], labelled=False)) == {}
 
 
-def test_translation_pairs(local_ray):
+def test_translation_pairs(ray_data):
     items = [
         row(1, "hello", target="hallo"),
         row(2, "hello", target="servus"),
@@ -193,7 +191,7 @@ def test_translation_pairs(local_ray):
     assert rows[3]["target"] == "hallo"
 
 
-def test_near_duplicates(local_ray):
+def test_near_duplicates(ray_data):
     items = [
         row(5, NEAR.upper(), label="a"),  # shingles are lowercase
         row(3, LONG, label="a"),
@@ -210,7 +208,7 @@ def test_near_duplicates(local_ray):
     assert float(reason.split("jaccard ")[1].split(")")[0]) >= 0.8
 
 
-def test_no_near_duplicates_and_empty_dataset(local_ray):
+def test_no_near_duplicates_and_empty_dataset(ray_data):
     cfg = dict(dedup_exact=True, dedup_near={"threshold": 0.8})
     assert verdicts(run([row(1, LONG), row(2, OTHER)], **cfg)) == {}
     assert verdicts(run([row(1, ""), row(2, None)], **cfg)) == {1: ("empty", "empty text"), 2: ("empty", "empty text")}

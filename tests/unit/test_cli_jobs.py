@@ -1,9 +1,11 @@
 """What `orchestrator submit` sends and how the job commands find a job's MLflow run (without a cluster)."""
 
 import shlex
+import subprocess
+import sys
 
 import pytest
-from helpers import tiny_job, write_job, write_sweep
+from helpers import free_port, tiny_job, write_job, write_sweep
 
 from orchestrator.cli.jobs import entrypoint, mlflow_run_url
 from orchestrator.config import UserError
@@ -40,3 +42,10 @@ def test_bad_files_are_refused_before_submission(corpus, tmp_path):
 ])
 def test_the_mlflow_run_is_read_from_the_line_the_driver_prints(line, url):
     assert mlflow_run_url(f"connected to the local Ray cluster\n{line}\n") == url
+
+
+def test_a_job_command_without_a_cluster_says_so_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no Ray job API answers at http://127.0.0.1:" in result.stderr and "Traceback" not in result.stderr

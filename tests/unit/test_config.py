@@ -37,6 +37,19 @@ def test_overrides_are_typed_by_the_schema(corpus, tmp_path):
     assert job.train.optimizer.betas == (0.8, 0.9)
 
 
+def test_shared_storage_holds_the_checkpoints_and_cache_a_job_file_leaves_unset(corpus, tmp_path, monkeypatch):
+    job = tiny_job(corpus)
+    job.pop("checkpoint", None)
+    job["data"].pop("cache_dir", None)
+    path = write_job(tmp_path / "job.yaml", job)
+    assert load_job(path).checkpoint.dir == "~/orchestrator/runs"  # unset: the defaults
+
+    monkeypatch.setenv("ORCHESTRATOR_SHARED_STORAGE", str(tmp_path / "shared/"))
+    loaded = load_job(path)
+    assert (loaded.checkpoint.dir, loaded.data.cache_dir) == (f"{tmp_path}/shared/runs", f"{tmp_path}/shared/datasets")
+    assert load_job(path, [f"checkpoint.dir={tmp_path}/mine"]).checkpoint.dir == f"{tmp_path}/mine"  # set: kept
+
+
 def test_resolved_job_loads_back_unchanged(corpus, tmp_path):
     """The job.yaml artifact in MLflow is the resolved job; a user must be able to run it again."""
     job = load_job(write_job(tmp_path / "job.yaml", tiny_job(corpus, train={"max_steps": 5, "lr": 0.01, "optimizer": {"name": "adamw"}})))

@@ -4,9 +4,9 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import ray
 import transformers
 import yaml
 
@@ -14,9 +14,11 @@ from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.data.tokenizers import train_tokenizer
-from orchestrator.inference.batch import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor, evaluate, predict, resolve_model
+from orchestrator.inference.batch import evaluate, predict, resolve_model
+from orchestrator.inference.predictor import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor
 from orchestrator.models.build import label_keys, special_tokens
 from orchestrator.models.tasks import TASKS
+from orchestrator.tracking.model import register, save_model
 
 TEXTS = [f"{s} {v} {o}." for s in SUBJECTS for v in VERBS for o in OBJECTS][:40]
 LABELS = ["neg", "pos"]
@@ -100,18 +102,48 @@ def test_causal_lm_continues_texts_and_scores_them(models):
     assert np.all(np.abs(scored["loss"] - np.log(predictor.model.config.vocab_size)) < 2)  # near-uniform: untrained
 
 
-def test_resolve_model_finds_local_mlflow_and_job_models(models, tmp_path, corpus):
+def log_model(client: mlflow.MlflowClient, experiment_id: str, hf_dir, task: str, run_name: str, registered_model: str) -> str:
+    """What train/loop.py's export does with a finished run's model: an MLflow model, logged and registered."""
+    run_id = client.create_run(experiment_id, tags={"orchestrator.run_name": run_name}).info.run_id
+    save_model(str(hf_dir), str(hf_dir.parent / f"{run_name}-mlflow"), task, TEXTS[:2])
+    client.log_artifacts(run_id, str(hf_dir.parent / f"{run_name}-mlflow"), "model")
+    register(client, run_id, registered_model)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+@pytest.fixture
+def registry(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    return uri, client, client.create_experiment("inference", artifact_location=str(tmp_path / "artifacts"))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_the_registered_model_loads_with_pyfunc_and_predicts_as_predict_does(models, registry, task, monkeypatch):
+    uri, client, experiment_id = registry
+    log_model(client, experiment_id, models[task], task, task, "tiny")
+    version = client.get_model_version("tiny", "1")
+    assert version.run_id and version.status == "READY"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.pyfunc.load_model("models:/tiny/1")
+    assert loaded.metadata.get_input_schema().input_names() == ["text"]
+    texts = TEXTS[:3] + [""]
+    predicted = loaded.predict(pd.DataFrame({"text": texts}))
+    expected = pd.DataFrame(Predictor(str(models[task])).columns(texts))
+    pd.testing.assert_frame_equal(predicted, expected)
+    assert loaded.metadata.get_output_schema().input_names() == list(expected.columns)
+
+
+def test_resolve_model_finds_local_mlflow_and_job_models(models, registry, tmp_path, corpus):
     local = models["causal_lm"]
     assert resolve_model(str(local), None) == local
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri)
-    experiment_id = client.create_experiment("inference", artifact_location=str(tmp_path / "artifacts"))
-    run = client.create_run(experiment_id, tags={"orchestrator.run_name": "tiny"})
-    client.log_artifacts(run.info.run_id, str(local), "model")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    downloaded = resolve_model(f"runs:/{run.info.run_id}/model", uri)
-    assert json.loads((downloaded / MODEL_CARD).read_text())["task"] == "causal_lm"
+    uri, client, experiment_id = registry
+    run_id = log_model(client, experiment_id, local, "causal_lm", "tiny", "tiny-model")
+    for spec in (f"runs:/{run_id}/model", "models:/tiny-model/1"):
+        assert json.loads((resolve_model(spec, uri) / MODEL_CARD).read_text())["task"] == "causal_lm"
 
     job = tiny_job(corpus, tracking={"uri": uri, "experiment": "inference", "run_name": "tiny"})
     job_file = tmp_path / "job.yaml"
@@ -124,17 +156,10 @@ def test_resolve_model_finds_local_mlflow_and_job_models(models, tmp_path, corpu
 
 
 def test_resolve_model_rejects_anything_else(tmp_path):
-    with pytest.raises(UserError, match="not an exported model directory"):
+    with pytest.raises(UserError, match="is not a model directory, an MLflow URI"):
         resolve_model(str(tmp_path / "nowhere"), None)
-    with pytest.raises(UserError, match="not an exported model directory"):
+    with pytest.raises(UserError, match="holds no model exported by orchestrator"):
         resolve_model(str(tmp_path), None)  # a directory without a model card
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # its own, even beside a running cluster
-    yield
-    ray.shutdown()
 
 
 def test_predict_and_evaluate_on_ray(models, tmp_path, local_ray, capsys):

@@ -1,0 +1,122 @@
+"""The model of a finished training run (train/loop.py's `export`) turned into predictions: one `Predictor` holds the
+model and tokenizer, and is what both batch inference (inference/batch.py) and the MLflow model (tracking/model.py)
+run. It needs no Ray. Inputs are tokenized as in training (data/encode.py) but padded per batch, not to seq_len.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from orchestrator.data.encode import IGNORED_LABEL
+from orchestrator.data.tokenizers import separator_id
+from orchestrator.models.tasks import TASKS
+
+MODEL_CARD = "orchestrator.json"  # written beside the model by train/loop.py
+CAUSAL_NEW_TOKENS = 32  # continuation length of causal_lm predictions
+# What predict mode returns for each task, with the MLflow type of each column (the logged model's signature).
+PREDICTION_COLUMNS = {
+    "sequence_classification": {"predicted": "string", "score": "float"},
+    "seq2seq": {"generated": "string"},
+    "causal_lm": {"generated": "string"},
+}
+
+
+def read_card(model_dir: str | Path) -> dict:
+    return json.loads((Path(model_dir) / MODEL_CARD).read_text())
+
+
+def _pad(rows: list[list[int]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of rows padded to the longest; decoder-only generation pads on the left."""
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Mean cross-entropy of each row over its scored (not ignored) positions."""
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORED_LABEL, reduction="none"
+    )
+    return (losses.sum(1) / (labels != IGNORED_LABEL).sum(1).clamp(min=1)).numpy()
+
+
+class Predictor:
+    """One model per actor of a `map_batches` pool. Predict mode returns source, text and the prediction columns;
+    evaluate mode returns what the task's metrics need: predictions, the true label index or reference text, and
+    each row's loss."""
+
+    def __init__(self, model_dir: str, evaluate: bool = False, cpus: int = 1):
+        torch.set_num_threads(cpus)  # torch would otherwise take every core of the node, which the other actors share
+        card = read_card(model_dir)
+        self.task, self.seq_len, self.evaluate = card["task"], card["seq_len"], evaluate
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.separator = separator_id(self.tokenizer)
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.separator
+        auto_class = getattr(transformers, TASKS[self.task].auto_class)
+        # fp32 whatever the export's dtype: half-precision matmuls are slow or missing on CPU.
+        self.model = auto_class.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        columns = self.columns([str(text) for text in batch["text"]], batch)
+        return columns if self.evaluate else {"source": batch["source"], "text": batch["text"], **columns}
+
+    def columns(self, texts: list[str], batch: dict | None = None) -> dict[str, np.ndarray]:
+        """The task's prediction columns for `texts`; evaluate mode reads the labels or targets from `batch`."""
+        run = {"sequence_classification": self._classify, "seq2seq": self._seq2seq, "causal_lm": self._causal_lm}
+        with torch.no_grad():
+            return run[self.task](texts, batch)
+
+    def _ended(self, texts: list[str]) -> list[list[int]]:
+        """Token ids ended by the separator and cut to seq_len, as encode_seq2seq has them."""
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [[*ids[: self.seq_len - 1], self.separator] for ids in encoded]
+
+    def _classify(self, texts: list[str], batch: dict) -> dict:
+        # The tokenizer's own template ([CLS] text [SEP] for WordPiece), as in encode_classification.
+        inputs = _pad(self.tokenizer(texts, truncation=True, max_length=self.seq_len)["input_ids"], self.pad)
+        logits = self.model(**inputs).logits.float()
+        score, index = logits.softmax(-1).max(-1)
+        predicted = [self.model.config.id2label[i] for i in index.tolist()]
+        columns = {"predicted": np.array(predicted), "score": score.numpy()}
+        if self.evaluate:
+            labels = torch.tensor([self.model.config.label2id[label] for label in batch["label"]])
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+            columns |= {"label": labels.numpy(), "loss": loss.numpy()}
+        return columns
+
+    def _seq2seq(self, texts: list[str], batch: dict) -> dict:
+        inputs = _pad(self._ended(texts), self.pad)
+        generated = self.model.generate(**inputs, max_new_tokens=self.seq_len, do_sample=False, num_beams=1)
+        columns = {"generated": np.array(self.tokenizer.batch_decode(generated, skip_special_tokens=True))}
+        if self.evaluate:
+            references = [str(target) for target in batch["target"]]
+            labels = _pad(self._ended(references), IGNORED_LABEL)["input_ids"]
+            loss = _row_losses(self.model(**inputs, labels=labels).logits, labels)
+            columns |= {"reference": np.array(references), "loss": loss}
+        return columns
+
+    def _causal_lm(self, texts: list[str], batch: dict) -> dict:
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self.evaluate:  # perplexity needs the loss only: no generation
+            # As packed in training: after a separator and ended by one, so even an empty text has a token to score.
+            inputs = _pad([[self.separator, *ids[: self.seq_len - 2], self.separator] for ids in encoded], self.pad)
+            labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, IGNORED_LABEL)
+            return {"loss": _row_losses(self.model(**inputs).logits[:, :-1], labels[:, 1:])}
+        # In training a document follows a separator; the prompt keeps its end, leaving positions for the continuation.
+        positions = getattr(self.model.config, "max_position_embeddings", None) or self.seq_len + CAUSAL_NEW_TOKENS
+        keep = max(1, min(self.seq_len, positions - CAUSAL_NEW_TOKENS))
+        prompts = [[self.separator, *ids][-keep:] for ids in encoded]
+        inputs = _pad(prompts, self.pad, left=True)
+        generated = self.model.generate(
+            **inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad
+        )
+        continuations = generated[:, inputs["input_ids"].shape[1] :]
+        return {"generated": np.array(self.tokenizer.batch_decode(continuations, skip_special_tokens=True))}
