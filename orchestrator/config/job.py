@@ -397,6 +397,9 @@ class JobConfig(Section):
             raise ValueError("scaling.min_workers: elastic jobs need deepspeed.zero_stage 0 (ZeRO shards are per worker count)")
         if not self.checkpoint.every_steps:
             raise ValueError("scaling.min_workers: an elastic job resumes from checkpoints; set checkpoint.every_steps")
+        if self.scaling.placement == "STRICT_SPREAD":
+            # Ray Train sizes an elastic group by free CPUs alone: it would retry forever a size no set of nodes fits
+            raise ValueError("scaling.placement: STRICT_SPREAD cannot be elastic (scaling.min_workers); use SPREAD")
         micro_batches = self.train.grad_accum_steps * high  # per optimizer step, shared by the workers there are
         uneven = [count for count in range(low, high + 1) if micro_batches % count]
         if uneven:

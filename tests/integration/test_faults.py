@@ -217,12 +217,17 @@ def kill_node(cluster, node: subprocess.Popen) -> None:
 
 
 def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) -> str:
-    """Runs a 2-worker job on a local two-node cluster, one worker per node (STRICT_SPREAD): the head and a second
-    `ray start --address` on this machine. Then SIGKILLs the second node's processes mid-run. A fixed-size job is given
-    a node back after it has waited a while. Returns the job's log."""
+    """Runs a job on a local two-node cluster, the head (2 CPUs) and a second `ray start --address` on this machine
+    (1 CPU), and SIGKILLs the second node's processes mid-run. A fixed-size job (2 workers, one per node:
+    STRICT_SPREAD) is given a node back after it has waited a while. An elastic job (3 workers, 2 at least) goes on
+    without it: it cannot be STRICT_SPREAD, because Ray Train sizes an elastic group by the CPUs alone. Returns the
+    job's log."""
     max_steps, every = 120, 30
-    scaling = {"num_workers": 2, "placement": "STRICT_SPREAD"} | ({"min_workers": 1} if elastic else {})
-    train = {"grad_accum_steps": 2}  # 4 micro batches per step: shared by 2 workers or by 1
+    if elastic:
+        scaling, workers, nodes = {"num_workers": 3, "min_workers": 2}, 3, 2
+    else:
+        scaling, workers, nodes = {"num_workers": 2, "placement": "STRICT_SPREAD"}, 2, 2
+    train = {"grad_accum_steps": 2}  # 6 (elastic) or 4 micro batches per step, shared by the workers there are
     path = fault_job(tmp_path, corpus, name, max_steps, every, model=tiny_job(corpus)["model"], scaling=scaling, **train)
     node = join_node(cluster, tmp_path / "node.log")
     try:
@@ -237,7 +242,7 @@ def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) 
         assert wait_for_job(cluster, f"fault-{name}") == "SUCCEEDED"
         print(f"{name}: finished {time.monotonic() - lost_at:.0f} s after the node was lost")
         logs = ray_job(cluster, "logs", f"fault-{name}")
-        assert logs.index("2 workers on 2 node(s)") < logs.index("resumed from step")  # one worker per node at first
+        assert logs.index(f"{workers} workers on {nodes} node(s)") < logs.index("resumed from step")  # both nodes at first
         assert resumed_step(logs) >= every
         assert_each_step_once(client, run_id, max_steps)
         assert client.get_run(run_id).info.status == "FINISHED"
@@ -255,7 +260,7 @@ def test_a_job_that_lost_a_node_waits_for_capacity_and_resumes(cluster, corpus, 
 
 
 def test_an_elastic_job_that_lost_a_node_goes_on_with_fewer_workers(cluster, corpus, client, tmp_path):
-    """With scaling.min_workers the job resumes at once on the worker left on the head, accumulating 4 micro batches
-    instead of 2, so the global batch (and the steps it counts) stay the same."""
+    """With scaling.min_workers the job resumes at once on the 2 workers left on the head, accumulating 3 micro
+    batches each instead of 2, so the global batch (and the steps it counts) stay the same."""
     logs = lose_a_node(cluster, corpus, client, tmp_path, "elastic", elastic=True)
-    assert re.search(r"resumed from step \d+ .* with 1 workers", logs) and "1 workers on 1 node(s)" in logs
+    assert re.search(r"resumed from step \d+ .* with 2 workers", logs) and "2 workers on 1 node(s)" in logs

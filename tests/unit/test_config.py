@@ -64,6 +64,7 @@ BAD_JOBS = [
     ("elastic with zero", {}, ["scaling.min_workers=1", "deepspeed.zero_stage=2"], "scaling.min_workers: elastic jobs need deepspeed.zero_stage 0"),
     ("elastic uneven", {}, ["scaling.num_workers=3", "scaling.min_workers=2"], "3 micro batches per step (train.grad_accum_steps x num_workers) cannot be shared evenly by 2 workers"),
     ("elastic range", {}, ["scaling.min_workers=3"], "scaling.min_workers: 3 is more than scaling.num_workers (2)"),
+    ("elastic strict spread", {}, ["scaling.min_workers=1", "scaling.placement=STRICT_SPREAD"], "scaling.placement: STRICT_SPREAD cannot be elastic"),
     ("seq_len", {}, ["data.seq_len=128"], "data.seq_len: 128 exceeds the model's 64 positions"),
     ("fp16 on cpu", {}, ["deepspeed.precision=fp16"], "deepspeed.precision: fp16 needs a GPU"),
     ("offload", {}, ["deepspeed.offload_params=true"], "deepspeed.offload_params: needs zero_stage 3"),
