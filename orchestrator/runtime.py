@@ -39,8 +39,29 @@ def apply_ray_train_settings() -> None:
         os.environ.setdefault(name, value)
 
 
+def release_orphaned_placement_groups() -> None:
+    """Removes the placement groups whose job has ended, which Ray itself should have removed. A SIGKILLed sweep
+    driver leaves a trial's worker group reserved for good (Ray 2.60), and every later job then waits for CPUs
+    that nothing uses. Detached groups, made to outlive their job, are left alone."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_jobs, list_placement_groups
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        ended = {job.job_id for job in list_jobs(limit=10_000) if job.status in ("SUCCEEDED", "FAILED", "STOPPED")}
+        created = list_placement_groups(filters=[("state", "=", "CREATED")], detail=True, limit=10_000)
+    except (RayStateApiException, ConnectionError):  # a Ray without its state API: nothing to go by
+        return
+    for group in created:
+        if group.creator_job_id in ended and not group.is_detached:
+            ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group.placement_group_id))))
+            print(f"released placement group {group.placement_group_id} of ended job {group.creator_job_id}", flush=True)
+
+
 def check_resources(job: JobConfig) -> None:
     """Ray would otherwise wait forever for workers the cluster cannot place."""
+    release_orphaned_placement_groups()
     have = ray.cluster_resources()
     workers = job.scaling.min_workers or job.scaling.num_workers  # an elastic job starts with what there is
     cpus = workers * job.scaling.cpus_per_worker

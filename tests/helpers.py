@@ -191,6 +191,14 @@ def stop_running_jobs(cluster) -> list[str]:
     return running
 
 
+def placement_groups(cluster, state: str) -> list[dict]:
+    """The cluster's placement groups in `state` (PENDING, CREATED, REMOVED), from Ray's state API."""
+    listing = subprocess.run(["ray", "list", "placement-groups", "--address", cluster.dashboard, "--filter", f"state={state}",
+                              "--format", "json"], env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    return [] if listing.stdout.startswith("No resource") else json.loads(listing.stdout)  # none: a line, not []
+
+
 def wait_until(condition, timeout: float, what: str, every: float = 1.0):
     """Polls `condition()` until it returns something truthy, which is returned."""
     deadline = time.monotonic() + timeout

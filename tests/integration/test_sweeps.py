@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ANSI, REPO, submit, tiny_job, write_sweep
+from helpers import ANSI, REPO, placement_groups, submit, tiny_job, wait_until, write_sweep
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import SCHEDULE_CLASSES
@@ -191,9 +191,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
     attempts = os.listdir(tmp_path / "runs" / "resume" / "train_runs")
     for trial_id in done_before:  # a finished trial's Train run was not started again
         assert sum(name.startswith(trial_id) for name in attempts) == 1, attempts
+    # The killed driver's running trial left its worker group's CPUs reserved (Ray does not remove that placement
+    # group); the second run released it, and its own are gone with it: nothing holds CPUs for the next jobs.
+    wait_until(lambda: not placement_groups(cluster, "CREATED"), 60, "no placement group left")
 
 
 def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus, client, tmp_path):
+    """PBT can only exploit while both trials train at once: 2 trials of 1 worker on the 2 CPUs."""
     schedule = {"name": "linear", "warmup_steps": 0}
     path = write_sweep(
         tmp_path,
