@@ -180,23 +180,23 @@ def wait_for_job(cluster, submission_id: str, timeout: float = 600) -> str:
     raise TimeoutError(f"job {submission_id} still {status} after {timeout} s")
 
 
+def ray_state(cluster, kind: str, *filters: str, detail: bool = False) -> list[dict]:
+    """`ray list <kind>` (jobs, nodes, actors, placement-groups...) from the cluster's state API, with filters such
+    as "state=ALIVE"."""
+    command = ["ray", "list", kind, "--address", cluster.dashboard, "--format", "json"]
+    command += [arg for condition in filters for arg in ("--filter", condition)] + (["--detail"] if detail else [])
+    listing = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    return [] if listing.stdout.startswith("No resource") else json.loads(listing.stdout)  # none: a line, not []
+
+
 def stop_running_jobs(cluster) -> list[str]:
     """Stops every submitted job still PENDING or RUNNING, waiting for each to end; returns their ids."""
-    listing = subprocess.run(["ray", "list", "jobs", "--address", cluster.dashboard, "--format", "json", "--detail"],
-                             env=cluster.env, capture_output=True, text=True, timeout=60)
-    running = [job["submission_id"] for job in json.loads(listing.stdout)
+    running = [job["submission_id"] for job in ray_state(cluster, "jobs", detail=True)
                if job.get("submission_id") and job["status"] in ("PENDING", "RUNNING")]
     for submission_id in running:
         ray_job(cluster, "stop", submission_id)
     return running
-
-
-def placement_groups(cluster, state: str) -> list[dict]:
-    """The cluster's placement groups in `state` (PENDING, CREATED, REMOVED), from Ray's state API."""
-    listing = subprocess.run(["ray", "list", "placement-groups", "--address", cluster.dashboard, "--filter", f"state={state}",
-                              "--format", "json"], env=cluster.env, capture_output=True, text=True, timeout=60)
-    assert listing.returncode == 0, listing.stderr
-    return [] if listing.stdout.startswith("No resource") else json.loads(listing.stdout)  # none: a line, not []
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 1.0):

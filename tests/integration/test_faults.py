@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import job_status, ray_job, start_job, submit, tiny_job, wait_for_job, wait_until, write_job
+from helpers import job_status, ray_job, ray_state, start_job, submit, tiny_job, wait_for_job, wait_until, write_job
 from mlflow.tracking import MlflowClient
 
 from orchestrator.train import checkpoint
@@ -80,12 +80,7 @@ def resumed_step(logs: str) -> int:
 
 def train_worker_pids(cluster) -> list[int]:
     """Ray Train's worker processes, found through Ray's state API."""
-    listing = subprocess.run(
-        ["ray", "list", "actors", "--address", cluster.dashboard, "--filter", "class_name=RayTrainWorker",
-         "--filter", "state=ALIVE", "--detail", "--format", "json"],
-        env=cluster.env, capture_output=True, text=True, timeout=60,
-    )
-    return [actor["pid"] for actor in json.loads(listing.stdout)]
+    return [actor["pid"] for actor in ray_state(cluster, "actors", "class_name=RayTrainWorker", "state=ALIVE", detail=True)]
 
 
 def registered_step(run_dir: Path) -> int:
@@ -182,11 +177,7 @@ def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run_and_res
 
 
 def alive_nodes(cluster) -> int:
-    listing = subprocess.run(
-        ["ray", "list", "nodes", "--address", cluster.dashboard, "--filter", "state=ALIVE", "--format", "json"],
-        env=cluster.env, capture_output=True, text=True, timeout=60,
-    )
-    return len(json.loads(listing.stdout))
+    return len(ray_state(cluster, "nodes", "state=ALIVE"))
 
 
 def join_node(cluster, log: Path) -> subprocess.Popen:

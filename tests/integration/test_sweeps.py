@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ANSI, REPO, placement_groups, submit, tiny_job, wait_until, write_sweep
+from helpers import ANSI, REPO, ray_state, submit, tiny_job, wait_until, write_sweep
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import SCHEDULE_CLASSES
@@ -193,7 +193,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
         assert sum(name.startswith(trial_id) for name in attempts) == 1, attempts
     # The killed driver's running trial left its worker group's CPUs reserved (Ray does not remove that placement
     # group); the second run released it, and its own are gone with it: nothing holds CPUs for the next jobs.
-    wait_until(lambda: not placement_groups(cluster, "CREATED"), 60, "no placement group left")
+    wait_until(lambda: not ray_state(cluster, "placement-groups", "state=CREATED"), 60, "no placement group left")
 
 
 def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus, client, tmp_path):
