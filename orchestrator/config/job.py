@@ -323,6 +323,40 @@ class ScalingConfig(Section):
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs Ray reserves for each worker.")
 
 
+class ParallelismConfig(Section):
+    """How the workers share the model: data x tensor x pipeline = scaling.num_workers. Workers of one tensor- or
+    pipeline-parallel group train on the same batch; the global batch is counted over the data-parallel replicas."""
+
+    data: PositiveInt | None = Field(
+        None, description="Data-parallel replicas (ZeRO shards over these); default: scaling.num_workers / (tensor x pipeline)."
+    )
+    tensor: PositiveInt = Field(
+        1, description="Tensor-parallel degree: each linear layer split over this many workers (DeepSpeed AutoTP; "
+        "llama causal LMs, ZeRO stage 0-2).",
+    )
+    pipeline: PositiveInt = Field(
+        1, description="Pipeline stages the layers are partitioned over (DeepSpeed PipelineModule; gpt2 causal LMs, "
+        "ZeRO stage 0-1); train.grad_accum_steps micro batches flow through them per step.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.tensor > 1 and self.pipeline > 1:
+            raise ValueError(
+                "tensor and pipeline parallelism together are not supported (DeepSpeed's AutoTP does not "
+                "combine with its PipelineModule); pick one"
+            )
+        return self
+
+    @property
+    def layout(self) -> str:
+        """Which way the model is split (a key of train.parallel.LAYOUTS)."""
+        return "tensor" if self.tensor > 1 else "pipeline" if self.pipeline > 1 else "data"
+
+    def data_size(self, num_workers: int) -> int:
+        return self.data or num_workers // (self.tensor * self.pipeline)
+
+
 class CheckpointConfig(Section):
     every_steps: PositiveInt | None = Field(100, description="Checkpoint every N optimizer steps (and at the end).")
     keep: PositiveInt = Field(2, description="Checkpoints kept; older ones are deleted.")
@@ -362,6 +396,7 @@ class JobConfig(Section):
     train: TrainConfig
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     scaling: ScalingConfig = ScalingConfig()
+    parallelism: ParallelismConfig = ParallelismConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -387,7 +422,39 @@ class JobConfig(Section):
             raise ValueError("data.augment.copies: augmentation is for sequence_classification")
         if self.scaling.min_workers:
             self._check_elastic()
+        if self.parallelism.layout != "data":
+            self._check_model_parallel()
         return self
+
+    def _check_model_parallel(self) -> None:
+        split = self.parallelism
+        data, workers = split.data_size(self.scaling.num_workers), self.scaling.num_workers
+        if data * split.tensor * split.pipeline != workers:
+            raise ValueError(
+                f"parallelism: data x tensor x pipeline = {data} x {split.tensor} x {split.pipeline} = "
+                f"{data * split.tensor * split.pipeline} workers, but scaling.num_workers is {workers}"
+            )
+        kind, degree = split.layout, max(split.tensor, split.pipeline)
+        family = FAMILIES[self.model.family]
+        if self.task != "causal_lm":
+            raise ValueError(f"parallelism.{kind}: model parallelism trains causal_lm models (task is {self.task})")
+        if not getattr(family, "tensor_parallel" if kind == "tensor" else "pipeline"):
+            able = [name for name, other in FAMILIES.items() if getattr(other, "tensor_parallel" if kind == "tensor" else "pipeline")]
+            raise ValueError(f"parallelism.{kind}: splits {', '.join(able)} models, not {self.model.family}")
+        highest_stage = 2 if kind == "tensor" else 1  # DeepSpeed: ZeRO-3 shards what AutoTP splits; pipelines take ZeRO-1 at most
+        if self.deepspeed.zero_stage > highest_stage:
+            raise ValueError(f"deepspeed.zero_stage: {kind} parallelism works with ZeRO stage 0-{highest_stage} (got {self.deepspeed.zero_stage})")
+        if self.scaling.min_workers:
+            raise ValueError(f"scaling.min_workers: a {kind}-parallel job cannot be elastic (its groups need every worker)")
+        if self.model.pretrained:
+            return
+        dims = self.model.dims_resolved()
+        if kind == "tensor":
+            for name in ("heads", "kv_heads", "ffn"):
+                if dims.get(name) and dims[name] % degree:
+                    raise ValueError(f"parallelism.tensor: model {name} ({dims[name]}) must divide by {degree}")
+        elif dims["layers"] < degree:
+            raise ValueError(f"parallelism.pipeline: {degree} stages need at least as many layers (the model has {dims['layers']})")
 
     def _check_elastic(self) -> None:
         low, high = self.scaling.min_workers, self.scaling.num_workers
@@ -410,5 +477,11 @@ class JobConfig(Section):
 
     @property
     def global_batch_size(self) -> int:
-        """Sequences per optimizer step over all workers; the same however many workers an elastic job runs on."""
-        return self.train.micro_batch_size * self.train.grad_accum_steps * self.scaling.num_workers
+        """Sequences per optimizer step over all data-parallel replicas; the same however many workers an elastic job
+        runs on."""
+        return self.train.micro_batch_size * self.train.grad_accum_steps * self.data_parallel_size
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Replicas that train on different data: the workers, unless tensor or pipeline parallelism groups them."""
+        return self.parallelism.data_size(self.scaling.num_workers)

@@ -216,11 +216,11 @@ def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> l
 
 def check_sizes(job: JobConfig, data: PreparedData) -> None:
     """Enough sequences for one global batch of training (and of validation when the job holds data out)."""
-    global_micro = job.train.micro_batch_size * job.scaling.num_workers
+    global_micro = job.train.micro_batch_size * job.data_parallel_size
     if data.train_sequences < job.global_batch_size:
         raise UserError(
             f"data: the corpus yields {data.train_sequences} training sequences of {job.data.seq_len} tokens, "
-            f"fewer than one global batch ({job.scaling.num_workers} workers x {job.train.micro_batch_size} "
+            f"fewer than one global batch ({job.data_parallel_size} data-parallel workers x {job.train.micro_batch_size} "
             f"x {job.train.grad_accum_steps} accumulated); add data or lower data.seq_len"
         )
     if job.data.val_fraction > 0 and data.val_sequences < global_micro:

@@ -14,6 +14,8 @@ class Family:
     presets: dict[str, dict[str, int]]  # size name -> job dimensions
     fixed: dict  # HF config keys every model of the family gets
     dropout_keys: tuple[str, ...]  # HF config keys that model.dropout sets
+    tensor_parallel: bool = False  # DeepSpeed's AutoTP can split its layers (it refuses GPT-2, which has a kernel policy)
+    pipeline: bool = False  # models/pipeline.py can cut it into pipeline stages
 
 
 GPT2 = Family(
@@ -26,6 +28,7 @@ GPT2 = Family(
     },
     fixed={},
     dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+    pipeline=True,
 )
 
 LLAMA = Family(
@@ -44,6 +47,7 @@ LLAMA = Family(
     },
     fixed={"tie_word_embeddings": False},
     dropout_keys=("attention_dropout",),
+    tensor_parallel=True,
 )
 
 BERT = Family(  # encoders, for classification; the pretrained MiniLM of the fortunes example is one

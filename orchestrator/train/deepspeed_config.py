@@ -47,6 +47,11 @@ def deepspeed_config(job: JobConfig, world_size: int | None = None) -> dict:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if job.parallelism.tensor > 1:
+        config["tensor_parallel"] = {"autotp_size": job.parallelism.tensor}
+        # DeepSpeed checks train_batch_size against micro x accumulation x all workers, tensor-parallel ones included
+        # although they share a batch; left out, it is derived from the other two.
+        del config["train_batch_size"]
     if ds.offload_optimizer:
         # torch's Adam on offloaded states instead of DeepSpeedCPUAdam, which needs a C++ build.
         config["zero_force_ds_cpu_optimizer"] = False

@@ -9,6 +9,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from orchestrator.config.job import JobConfig
 from orchestrator.train.deepspeed_config import deepspeed_config
+from orchestrator.train.parallel import DataParallel
 from orchestrator.train.schedules import build_schedule
 
 
@@ -54,9 +55,10 @@ def restart_schedule(engine: deepspeed.DeepSpeedEngine, job: JobConfig, total_st
     engine.lr_scheduler = schedule
 
 
-def export_hf_model(engine: deepspeed.DeepSpeedEngine, directory: str, dtype: torch.dtype, is_writer: bool) -> None:
-    """Saves whole weights in Hugging Face format. Under ZeRO-3 every rank must take part in gathering them."""
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        if is_writer:
-            state = {name: tensor.to(dtype) for name, tensor in engine.module.state_dict().items()}
-            engine.module.save_pretrained(directory, state_dict=state)
+def export_hf_model(engine: deepspeed.DeepSpeedEngine, layout: DataParallel, directory: str, dtype: torch.dtype, is_writer: bool) -> None:
+    """Saves the whole model in Hugging Face format, however its weights are split: every rank takes part in
+    gathering them (ZeRO-3 shards, tensor-parallel slices, pipeline stages), the writer saves them."""
+    state = layout.full_state_dict(engine, is_writer)
+    if is_writer:
+        state = {name: tensor.to(dtype) for name, tensor in state.items()}
+        layout.hf_model(engine).save_pretrained(directory, state_dict=state)

@@ -5,6 +5,7 @@ Only rank 0 talks to MLflow; every rank takes part in the collectives (loss aver
 checkpointing, the ZeRO-3 gather at export), always at the same steps.
 """
 
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from orchestrator.train.deepspeed_config import accumulation_steps
 from orchestrator.train.engine import build_engine, export_hf_model, partitioned_construction, restart_schedule
 from orchestrator.train.flops import device_peak_flops, mfu, model_flops_per_token
 from orchestrator.train.manifest import manifest_text
+from orchestrator.train.parallel import DataParallel, layout as parallel_layout
 from orchestrator.train.memory import current_bytes, model_state_bytes, peak_bytes
 from orchestrator.train.progress import ProgressSender
 from orchestrator.train.timeline import Timeline, format_phases
@@ -78,21 +80,22 @@ def mean_over_ranks(value: torch.Tensor) -> float:
     return value.item() / dist.get_world_size()
 
 
-def evaluate(engine, dataset, task: Task, job: JobConfig, plan: TrainPlan, tokenizer) -> tuple[dict, dict[str, list]]:
+def evaluate(engine, layout: DataParallel, dataset, task: Task, job: JobConfig, plan: TrainPlan, tokenizer) -> tuple[dict, dict[str, list]]:
     """The task's metrics over the validation split (capped by eval_batches), and the predictions of every rank."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+    data_rank, data_size = layout.data_rank(engine)
+    world_size = dist.get_world_size()
     engine.eval()
     loss_sum, batches = torch.zeros(1), torch.zeros(1)
     predictions: dict[str, list] = {}
     with torch.no_grad():
         micro = job.train.micro_batch_size
         for index, (batch,) in enumerate(
-            step_batches(dataset, rank=rank, world_size=world_size, micro_batch_size=micro, global_batch_size=micro * world_size)
+            step_batches(dataset, rank=data_rank, world_size=data_size, micro_batch_size=micro, global_batch_size=micro * data_size)
         ):
             if job.train.eval_batches and index >= job.train.eval_batches:
                 break
-            outputs = engine(**task.model_inputs(batch))
-            loss_sum += outputs.loss.float()
+            loss, outputs = layout.eval_batch(engine, task.model_inputs(batch))
+            loss_sum += loss.float()
             batches += 1
             for key, values in task.predictions(engine.module, batch, outputs, tokenizer, job.deepspeed.zero_stage == 3).items():
                 predictions.setdefault(key, []).extend(values)
@@ -148,9 +151,12 @@ def train_loop(config: dict) -> None:
     zero3_construction = partitioned_construction(job, world_size)  # noqa: F841 (held while the model lives)
     model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed)
     flops_per_token = model_flops_per_token(model, job.data.seq_len)
+    model_parameters = sum(parameter.numel() for parameter in model.parameters())
     peak_flops = device_peak_flops(job.scaling.use_gpu, job.deepspeed.precision)
+    layout = parallel_layout(job)
     timeline.mark("model_init")
-    engine = build_engine(job, model, plan.total_steps, world_size)
+    engine = build_engine(job, layout.wrap(model), plan.total_steps, world_size)
+    data_rank, data_size = layout.data_rank(engine)  # the workers of a tensor- or pipeline-parallel group share batches
     timeline.mark("deepspeed_init")
     # Ray Train's own checkpoint (this run restarted after a failure) comes before the one the run started from.
     source = ray.train.get_checkpoint()
@@ -170,15 +176,16 @@ def train_loop(config: dict) -> None:
             )
 
     nodes = node_count(world_size)
+    parameter_share = largest_parameter_share(engine, model_parameters)
     if rank == 0:
-        log.info(f"{world_size} workers on {nodes} node(s)")
+        log.info(f"{world_size} workers on {nodes} node(s){format_layout(job, data_size, parameter_share)}")
     metrics = open_metrics(job, plan, resumed=restored is not None, unsent=unsent_metrics) if rank == 0 else None
     bar = ProgressSender(plan.progress_board) if rank == 0 and plan.progress_board else None
     timeline.mark("checkpoint_restore")
     train_data = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if plan.has_validation else None
     if val_data is not None and job.train.eval_at_start and progress.step == 0:
-        evaluation, _ = evaluate(engine, val_data, task, job, plan, tokenizer)
+        evaluation, _ = evaluate(engine, layout, val_data, task, job, plan, tokenizer)
         if metrics:
             metrics.log(0, evaluation)
             log.info(f"step 0 (untrained) | eval {format_metrics(evaluation)}")
@@ -193,8 +200,8 @@ def train_loop(config: dict) -> None:
     while progress.step < plan.total_steps:
         batches = step_batches(
             train_data,
-            rank=rank,
-            world_size=world_size,
+            rank=data_rank,
+            world_size=data_size,
             micro_batch_size=job.train.micro_batch_size,
             global_batch_size=job.global_batch_size,
             shuffle_seed=job.data.seed + progress.epoch,
@@ -203,14 +210,9 @@ def train_loop(config: dict) -> None:
         for micro_batches in timed(batches, data_wait):
             if not first_step_done:
                 timeline.mark("first_batch")
-            for batch in micro_batches:  # DeepSpeed accumulates, and steps the optimizer after the last one
-                loss = engine(**task.model_inputs(batch)).loss
-                engine.backward(loss)
-                if metrics and progress.step == resumed_at + 1 and batch is micro_batches[-1]:
-                    # model states at their fullest: gradients reduced, optimizer states made by the step before
-                    log_memory(metrics, progress.step, engine, memory_at_start)
-                engine.step()
-                step_loss += loss.detach().float()
+            measure = metrics and progress.step == resumed_at + 1
+            at_fullest = functools.partial(log_memory, metrics, progress.step, engine, memory_at_start, parameter_share) if measure else None
+            step_loss += layout.train_step(engine, [task.model_inputs(batch) for batch in micro_batches], at_fullest)
 
             progress.step += 1
             progress.steps_in_epoch += 1
@@ -257,7 +259,7 @@ def train_loop(config: dict) -> None:
                 if last_train_loss is not None:
                     report["train/loss"] = last_train_loss
                 if evaluating and val_data is not None:
-                    evaluation, predictions = evaluate(engine, val_data, task, job, plan, tokenizer)
+                    evaluation, predictions = evaluate(engine, layout, val_data, task, job, plan, tokenizer)
                     report.update(evaluation)
                     if metrics:
                         metrics.log(step, evaluation)
@@ -278,7 +280,7 @@ def train_loop(config: dict) -> None:
             progress.epoch += 1
             progress.steps_in_epoch = 0
 
-    export(engine, job, plan, tokenizer, metrics, rank)
+    export(engine, layout, job, plan, tokenizer, metrics, rank)
     if final_result:
         report_to_ray(*final_result)
 
@@ -290,11 +292,30 @@ def log_startup(metrics: MetricsLogger, step: int, timeline: Timeline, flops_per
     log.info(f"first optimizer step {timeline.total():.1f} s after the job started: {format_phases(phases)}")
 
 
-def log_memory(metrics: MetricsLogger, step: int, engine, memory_at_start: int) -> None:
+def log_memory(metrics: MetricsLogger, step: int, engine, memory_at_start: int, parameter_share: float) -> None:
     metrics.log(step, {
         "memory/at_start_bytes": memory_at_start,
         "memory/model_state_bytes": model_state_bytes(engine.module, engine.optimizer),
+        "memory/parameter_share": parameter_share,
     })
+
+
+def largest_parameter_share(engine, model_parameters: int) -> float:
+    """The most of the model's parameters one worker holds (every rank takes part): 1 unless tensor or pipeline
+    parallelism split the model (ZeRO-3's shards are not counted: it gathers whole layers to compute)."""
+    share = torch.tensor([sum(parameter.numel() for parameter in engine.module.parameters()) / model_parameters])
+    dist.all_reduce(share, op=dist.ReduceOp.MAX)
+    return share.item()
+
+
+def format_layout(job: JobConfig, data_size: int, parameter_share: float) -> str:
+    if job.parallelism.layout == "data":
+        return ""
+    split = job.parallelism
+    return (
+        f": data x tensor x pipeline = {data_size} x {split.tensor} x {split.pipeline}, "
+        f"each worker holding at most {parameter_share:.0%} of the model's parameters"
+    )
 
 
 def report_to_ray(result: dict[str, float], checkpoint_directory: str | None) -> None:
@@ -320,12 +341,12 @@ def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_
         deliver(lambda: metrics.client.log_text(metrics.run_id, table, "eval/generated.tsv"), "the generated texts")
 
 
-def export(engine, job: JobConfig, plan: TrainPlan, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
+def export(engine, layout: DataParallel, job: JobConfig, plan: TrainPlan, tokenizer, metrics: MetricsLogger | None, rank: int) -> None:
     """The final model into the MLflow run as an MLflow model (tracking/model.py) holding the Hugging Face weights,
     tokenizer and the task it was trained for (what `predict` needs), registered; and the training curves."""
     directory = tempfile.mkdtemp(prefix="orchestrator-model-")
     hf_dir = os.path.join(directory, "hf")
-    export_hf_model(engine, hf_dir, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
+    export_hf_model(engine, layout, hf_dir, TORCH_DTYPES[job.model.dtype], is_writer=rank == 0)
     if metrics:
         # imported here: mlflow.pyfunc and matplotlib would add a second to every worker's start, and only rank 0
         # exports, at the end

@@ -23,6 +23,7 @@ def describe(job: JobConfig) -> dict[str, object]:
         "model": job.model.model_dump(mode="json", exclude={"dropout"}),
         "deepspeed.zero_stage": job.deepspeed.zero_stage,
         "scaling.num_workers": job.scaling.num_workers,
+        "parallelism": {"data": job.data_parallel_size, "tensor": job.parallelism.tensor, "pipeline": job.parallelism.pipeline},
     }
 
 
