@@ -111,7 +111,11 @@ def prepare(job: JobConfig) -> PreparedData:
         if entry:
             data.report.cache = "miss"
             store(data, directory, entry)
-            data.directory = entry
+            # Train on what a later cache hit reads: the batches' local shuffle depends on block boundaries, which
+            # differ between the shuffled dataset in memory and its parquet files, so a job that prepared the data
+            # would otherwise train on other batches than the jobs (or its own resumed run) that load it.
+            data = load_cached(entry, cache.read_meta(entry))
+            data.report.cache = "miss"
     for line in data.report.summary_lines():
         print(line, flush=True)
     print(f"data: quarantined rows: {data.directory / QUARANTINE_FILE}", flush=True)

@@ -1,6 +1,7 @@
-"""Reading, encoding, augmentation, the report and the cache key: pure functions, without Ray."""
+"""Reading, encoding, augmentation, the report and the cache key: pure functions, without Ray; and the cache round trip on a local Ray."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,27 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     assert key != cache.fingerprint(job, [str(corpus)])
     # where the cache lives is not part of what it holds
     assert cache.fingerprint(job, [str(corpus)]) == cache.fingerprint(job.model_copy(update={"data": job.data.model_copy(update={"cache_dir": "/elsewhere"})}), [str(corpus)])
+
+
+def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, tmp_path):
+    """The batches' local shuffle depends on Ray's block boundaries, which differ between the freshly shuffled data
+    and its parquet files; so the job that fills the cache must train on what it wrote, or it and every job after it
+    (its own resumed run too) would see other batches. A corpus of several files, so that there are several blocks."""
+    import torch
+
+    from orchestrator.config.load import validate
+    from orchestrator.data.feed import step_batches
+    from orchestrator.data.pipeline import prepare
+
+    files = sorted(str(path) for path in (Path.home() / ".cache/orchestrator/data/fortunes").glob("*.jsonl"))[:6]
+    if not files:
+        pytest.skip("no fortunes corpus: bash cluster/install.sh prepares it")
+    job = validate(tiny_job(Path(files[0]), data={"paths": files, "tokenizer": {"train": "bpe", "vocab_size": 512}, "seq_len": 32, "cache_dir": str(tmp_path)}))
+    first, second = prepare(job), prepare(job)
+    assert (first.report.cache, second.report.cache) == ("miss", "hit")
+
+    def first_batches(data):
+        batches = step_batches(data.train, rank=0, world_size=1, micro_batch_size=8, global_batch_size=8, shuffle_seed=0)
+        return [batch["input_ids"] for (batch,), _ in zip(batches, range(5))]
+
+    assert all(torch.equal(a, b) for a, b in zip(first_batches(first), first_batches(second), strict=True))
