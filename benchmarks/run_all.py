@@ -15,6 +15,7 @@ BENCHMARKS = {
     "overhead": "Framework overhead against bare PyTorch",
     "scaling": "Data-parallel scaling",
     "zero_memory": "ZeRO memory per worker",
+    "model_parallel": "Tensor and pipeline parallelism against data parallelism",
     "first_step": "Time to first step",
     "mfu": "Model FLOPs utilisation",
     "data_pipeline": "Data pipeline",

@@ -207,6 +207,11 @@ def plan(
     workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"
     print(f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
           f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}")
+    split = job.parallelism
+    if split.layout != "data":
+        print(f"data x tensor x pipeline = {job.data_parallel_size} x {split.tensor} x {split.pipeline}: at most "
+              f"{size.worker_parameters:,} parameters per worker ({size.worker_parameters / size.parameters:.0%}), "
+              f"ZeRO over {job.data_parallel_size} replica(s), stages 0-{split.highest_zero_stage}")
     print(f"activations per worker: {readable_bytes(planning.activation_bytes(job, size))}; memory per worker: {readable_bytes(available)}")
     table = Table("option", "model states (ZeRO paper)", "DeepSpeed estimate: device", "DeepSpeed estimate: host", "needed per worker", "fits")
     for option in options:

@@ -339,19 +339,15 @@ class ParallelismConfig(Section):
         "ZeRO stage 0-1); train.grad_accum_steps micro batches flow through them per step.",
     )
 
-    @model_validator(mode="after")
-    def _one_kind(self):
-        if self.tensor > 1 and self.pipeline > 1:
-            raise ValueError(
-                "tensor and pipeline parallelism together are not supported (DeepSpeed's AutoTP does not "
-                "combine with its PipelineModule); pick one"
-            )
-        return self
-
     @property
     def layout(self) -> str:
         """Which way the model is split (a key of train.parallel.LAYOUTS)."""
         return "tensor" if self.tensor > 1 else "pipeline" if self.pipeline > 1 else "data"
+
+    @property
+    def highest_zero_stage(self) -> int:
+        """DeepSpeed: ZeRO-3 would shard again what AutoTP splits; pipelines take ZeRO-1 at most."""
+        return {"data": 3, "tensor": 2, "pipeline": 1}[self.layout]
 
     def data_size(self, num_workers: int) -> int:
         return self.data or num_workers // (self.tensor * self.pipeline)
@@ -434,6 +430,11 @@ class JobConfig(Section):
                 f"parallelism: data x tensor x pipeline = {data} x {split.tensor} x {split.pipeline} = "
                 f"{data * split.tensor * split.pipeline} workers, but scaling.num_workers is {workers}"
             )
+        if split.tensor > 1 and split.pipeline > 1:
+            raise ValueError(
+                "parallelism: tensor and pipeline parallelism together are not supported (DeepSpeed's AutoTP does not "
+                "combine with its PipelineModule); pick one"
+            )
         kind, degree = split.layout, max(split.tensor, split.pipeline)
         family = FAMILIES[self.model.family]
         if self.task != "causal_lm":
@@ -441,9 +442,10 @@ class JobConfig(Section):
         if not getattr(family, "tensor_parallel" if kind == "tensor" else "pipeline"):
             able = [name for name, other in FAMILIES.items() if getattr(other, "tensor_parallel" if kind == "tensor" else "pipeline")]
             raise ValueError(f"parallelism.{kind}: splits {', '.join(able)} models, not {self.model.family}")
-        highest_stage = 2 if kind == "tensor" else 1  # DeepSpeed: ZeRO-3 shards what AutoTP splits; pipelines take ZeRO-1 at most
-        if self.deepspeed.zero_stage > highest_stage:
-            raise ValueError(f"deepspeed.zero_stage: {kind} parallelism works with ZeRO stage 0-{highest_stage} (got {self.deepspeed.zero_stage})")
+        if self.deepspeed.zero_stage > split.highest_zero_stage:
+            raise ValueError(
+                f"deepspeed.zero_stage: {kind} parallelism works with ZeRO stage 0-{split.highest_zero_stage} (got {self.deepspeed.zero_stage})"
+            )
         if self.scaling.min_workers:
             raise ValueError(f"scaling.min_workers: a {kind}-parallel job cannot be elastic (its groups need every worker)")
         if self.model.pretrained:

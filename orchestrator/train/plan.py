@@ -1,13 +1,18 @@
 """Memory per worker before anything runs (`orchestrator plan`): model states for each ZeRO stage and offload choice,
 as the ZeRO paper counts them and as DeepSpeed's own estimators do, plus activations, against what a worker has.
 
-The model is built on the meta device (no memory, no weights read), so its parameter count is exact.
+The model is built on the meta device (no memory, no weights read), so its parameter count is exact. Tensor and
+pipeline parallelism first split the parameters (what the busiest worker holds is counted), then ZeRO shards that
+worker's states over the data-parallel replicas.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import math
 
 import torch
 import transformers
+from deepspeed.runtime.utils import partition_balanced
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
@@ -32,6 +37,7 @@ CPU_PROCESS_BYTES = int(0.46 * 2**30)
 @dataclass(frozen=True)
 class ModelSize:
     parameters: int
+    worker_parameters: int  # the most one worker holds once tensor or pipeline parallelism has split the model
     largest_layer: int  # parameters of the largest single module: what ZeRO-3 gathers at once
     layers: int
     hidden: int
@@ -71,12 +77,34 @@ def model_size(job: JobConfig) -> ModelSize:
     config = model.config
     return ModelSize(
         parameters=sum(p.numel() for p in model.parameters()),
+        worker_parameters=largest_worker_parameters(job, model),
         largest_layer=max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules()),
         layers=config.num_hidden_layers + getattr(config, "num_decoder_layers", 0),  # encoder-decoders have both
         hidden=config.hidden_size,
         heads=config.num_attention_heads,
         vocab=config.vocab_size,
     )
+
+
+def count(module: torch.nn.Module, recurse: bool = True) -> int:
+    return sum(parameter.numel() for parameter in module.parameters(recurse=recurse))
+
+
+def largest_worker_parameters(job: JobConfig, model: torch.nn.Module) -> int:
+    """Tensor parallel: AutoTP splits every linear layer (the head included) over the T ranks, the embeddings and
+    norms stay whole. Pipeline: the stage DeepSpeed's own balanced partition gives the most (the tied embedding
+    counts on the first and the last stage)."""
+    split = job.parallelism
+    if split.layout == "tensor":
+        linear = sum(count(module, recurse=False) for module in model.modules() if isinstance(module, torch.nn.Linear))
+        return count(model) - linear + math.ceil(linear / split.tensor)
+    if split.layout == "pipeline":
+        from orchestrator.models.pipeline import PIPELINE_LAYERS
+
+        layers = [count(spec.build()) for spec in PIPELINE_LAYERS[job.model.family](model)]
+        bounds = partition_balanced(weights=layers, num_parts=split.pipeline)  # what PipelineModule does
+        return max(sum(layers[start:end]) for start, end in zip(bounds, bounds[1:]))
+    return count(model)
 
 
 def paper_bytes(stage: int, parameters: int, workers: int) -> float:
@@ -106,8 +134,10 @@ def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int
 def activation_bytes(job: JobConfig, size: ModelSize) -> int:
     """Activations of one micro batch kept for the backward pass, without recomputation (Korthikanti et al. 2022:
     s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit, twice that in fp32), plus the fp32 logits and their gradient."""
-    s, b, h, a = job.data.seq_len, job.train.micro_batch_size, size.hidden, size.heads
-    per_layer = s * b * h * (34 + 5 * a * s / h) * (2 if job.deepspeed.precision == "fp32" else 1)
+    s, b, h, a, t = job.data.seq_len, job.train.micro_batch_size, size.hidden, size.heads, job.parallelism.tensor
+    # tensor parallel: s·b·h·(10 + 24/t + 5·a·s/(h·t)) (the same paper); a pipeline's first stage holds P micro batches
+    # of its L/P layers in flight (1F1B), as many activations as one micro batch through all layers
+    per_layer = s * b * h * (10 + 24 / t + 5 * a * s / (h * t)) * (2 if job.deepspeed.precision == "fp32" else 1)
     return int(size.layers * per_layer + 2 * 4 * s * b * size.vocab)
 
 
@@ -123,11 +153,14 @@ class OptionPlan:
 
 def plan(job: JobConfig, size: ModelSize, memory_per_worker: float) -> tuple[list[OptionPlan], str | None]:
     """Every option's memory per worker, and the first that fits (None if none does)."""
-    workers, activations = job.scaling.num_workers, activation_bytes(job, size)
+    replicas, activations = job.data_parallel_size, activation_bytes(job, size)  # ZeRO shards over the replicas
+    worker = replace(size, parameters=size.worker_parameters)  # what one worker holds of the model
     options = []
     for name, option in OPTIONS.items():
-        device, host = deepspeed_estimate(option, size, workers)
-        paper = paper_bytes(option["zero_stage"], size.parameters, workers)
+        if option["zero_stage"] > job.parallelism.highest_zero_stage:
+            continue
+        device, host = deepspeed_estimate(option, worker, replicas)
+        paper = paper_bytes(option["zero_stage"], worker.parameters, replicas)
         # On a GPU, offloaded states leave its memory; on CPU they stay in the same memory, so the paper's count holds.
         needed = device + activations if job.scaling.use_gpu else paper + activations + CPU_PROCESS_BYTES
         options.append(OptionPlan(name, paper, device, host, needed, needed <= memory_per_worker))

@@ -12,7 +12,7 @@ from orchestrator.train.timeline import PHASES
 
 # Not in the default run (pyproject addopts): about 6 minutes, beyond CI's budget. Run with: pytest -m benchmarks
 pytestmark = [pytest.mark.integration, pytest.mark.benchmarks]
-NAMES = ("overhead", "scaling", "zero_memory", "first_step", "mfu")
+NAMES = ("overhead", "scaling", "zero_memory", "model_parallel", "first_step", "mfu")
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,10 @@ def test_mfu_reports_achieved_flops_and_says_why_no_mfu(smoke):
     [run] = smoke["mfu"]["runs"].values()
     assert run["achieved_tflops"] > 0 and run["tokens_per_s"] > 0
     assert "mfu" not in run and "GPU mode not run" in smoke["mfu"]["device"]
+
+
+def test_model_parallel_compares_losses_and_memory_with_data_parallel(smoke):
+    for run in smoke["model_parallel"].values():
+        assert run["max_rel_loss_difference"] < 1e-3  # same seed and global batch
+        assert 0.5 <= run["parameter_share"] < 1 and run["planned_parameter_share"] == pytest.approx(run["parameter_share"], abs=0.05)
+        assert 0 < run["model_state_bytes"] < run["data_parallel_model_state_bytes"]

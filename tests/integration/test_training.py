@@ -159,12 +159,70 @@ def test_zero3_export_loads_as_a_whole_hugging_face_model(stage_runs, client, tm
     assert loss < 4.0  # trained: far below log(vocab) of an untrained model (about 6.2)
 
 
-def test_two_workers_match_one_worker_with_twice_the_micro_batch(cluster, corpus, client, tmp_path):
+# Models for the layout comparisons: no dropout (each layout draws its random numbers on other ranks), and blocks
+# that outweigh the embeddings, so that the share of the parameters a model-parallel worker holds means something.
+GPT2_NO_DROPOUT = {"family": "gpt2", "dims": {"layers": 4, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 64}, "dropout": 0.0}
+LLAMA_NO_DROPOUT = {
+    "family": "llama", "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64}, "dropout": 0.0,
+}
+ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
+
+
+def data_parallel_reference(cluster, corpus, tmp_path_factory, model: dict) -> FinishedRun:
+    return run_job(cluster, tmp_path_factory.mktemp("dp"), "dp2", corpus, model=model, train=CONSTANT_LR)
+
+
+@pytest.fixture(scope="module")
+def gpt2_data_parallel(cluster, corpus, tmp_path_factory) -> FinishedRun:
+    return data_parallel_reference(cluster, corpus, tmp_path_factory, GPT2_NO_DROPOUT)
+
+
+@pytest.fixture(scope="module")
+def llama_data_parallel(cluster, corpus, tmp_path_factory) -> FinishedRun:
+    return data_parallel_reference(cluster, corpus, tmp_path_factory, LLAMA_NO_DROPOUT)
+
+
+def test_two_workers_match_one_worker_with_twice_the_micro_batch(cluster, corpus, client, gpt2_data_parallel, tmp_path):
     """Same global batch and seed: 2 workers x 4 and 1 worker x 8 see the same data and give the same losses."""
-    no_dropout = {"dropout": 0.0}
-    two = run_job(cluster, tmp_path, "dp2", corpus, model=no_dropout)
-    one = run_job(cluster, tmp_path, "dp1", corpus, model=no_dropout, scaling={"num_workers": 1}, train={"micro_batch_size": 8})
-    assert_close(history(client, one.run_id, "train/loss"), history(client, two.run_id, "train/loss"), rel=1e-3)
+    one = run_job(cluster, tmp_path, "dp1", corpus, model=GPT2_NO_DROPOUT, scaling={"num_workers": 1}, train=CONSTANT_LR | {"micro_batch_size": 8})
+    assert_close(history(client, one.run_id, "train/loss"), history(client, gpt2_data_parallel.run_id, "train/loss"), rel=1e-3)
+
+
+def exported_loss(client: MlflowClient, run_id: str, corpus: Path, tmp: Path) -> float:
+    """The exported model's loss on the corpus's first texts, read back as a plain Hugging Face model."""
+    directory = hf_directory(Path(client.download_artifacts(run_id, "model", str(tmp))))
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    text = " ".join(json.loads(line)["text"] for line in corpus.read_text().splitlines()[:8])
+    ids = torch.tensor([tokenizer.encode(text)[:64]])
+    with torch.no_grad():
+        return model(input_ids=ids, labels=ids).loss.item()
+
+
+@pytest.mark.parametrize(
+    "kind, model, reference",
+    [("pipeline", GPT2_NO_DROPOUT, "gpt2_data_parallel"), ("tensor", LLAMA_NO_DROPOUT, "llama_data_parallel")],
+)
+def test_a_model_parallel_job_trains_like_data_parallel_resumes_and_exports_one_model(
+    cluster, corpus, client, tmp_path, request, kind, model, reference
+):
+    """2 workers as 2 pipeline stages (GPT-2) or 2 tensor-parallel ranks (Llama), one data-parallel replica, against
+    2 data-parallel workers: same seed and global batch, so the same losses over 20 steps. The job stops at step 10
+    and, submitted again through the job API, resumes from its model-parallel checkpoint. Each worker holds about
+    half the parameters, and the export is one whole Hugging Face model that computes what the reference's does."""
+    reference = request.getfixturevalue(reference)
+    sections = {"model": model, "parallelism": {kind: 2}, "deepspeed": {"zero_stage": 1}}
+    first = run_job(cluster, tmp_path, kind, corpus, train=CONSTANT_LR | ONE_REPLICA | {"max_steps": 10}, **sections)
+    assert "data x tensor x pipeline = " + ("1 x 1 x 2" if kind == "pipeline" else "1 x 2 x 1") in first.output
+    resumed = run_job(cluster, tmp_path, kind, corpus, submit=True, train=CONSTANT_LR | ONE_REPLICA, **sections)
+    assert "resumed from step 10 (epoch 0)" in resumed.output and resumed.run_id == first.run_id
+
+    losses = history(client, resumed.run_id, "train/loss")
+    assert_close(losses, history(client, reference.run_id, "train/loss"), rel=1e-3)
+    shares = history(client, resumed.run_id, "memory/parameter_share").values()  # logged by each part
+    assert all(0.45 < share < 0.6 for share in shares), shares  # 1/2 of the blocks; the embeddings on both workers
+    assert exported_loss(client, resumed.run_id, corpus, tmp_path / "mp") == pytest.approx(
+        exported_loss(client, reference.run_id, corpus, tmp_path / "dp"), rel=1e-3
+    )
 
 
 def test_resubmitted_job_resumes_from_its_checkpoint(cluster, corpus, client, stage_runs, start, tmp_path):

@@ -28,6 +28,18 @@ def test_an_elastic_job_on_fewer_workers_accumulates_to_the_same_global_batch():
     assert deepspeed_config(elastic)["gradient_accumulation_steps"] == 3
 
 
+def test_model_parallel_groups_share_a_batch():
+    """Workers of a tensor- or pipeline-parallel group train on the same batch: the global batch counts replicas."""
+    pipeline = job(parallelism={"pipeline": 2})
+    assert pipeline.data_parallel_size == 1 and pipeline.global_batch_size == 4 * 3
+    assert deepspeed_config(pipeline)["train_batch_size"] == 12 and "tensor_parallel" not in deepspeed_config(pipeline)
+    tensor = job(model={"family": "llama"}, parallelism={"tensor": 2}, scaling={"num_workers": 4})
+    config = deepspeed_config(tensor)
+    assert tensor.data_parallel_size == 2 and tensor.global_batch_size == 4 * 3 * 2
+    assert config["tensor_parallel"] == {"autotp_size": 2} and config["gradient_accumulation_steps"] == 3
+    assert "train_batch_size" not in config  # DeepSpeed would count the tensor-parallel ranks as replicas
+
+
 def test_zero3_offload_and_precision():
     config = deepspeed_config(job(deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True, "precision": "bf16"}))
     assert config["zero_optimization"] == {

@@ -62,3 +62,26 @@ def test_plan_command_prints_every_option_and_a_recommendation(job, corpus, tmp_
     assert fits.returncode == 0, fits.stderr
     assert all(name in fits.stdout for name in OPTIONS) and "recommended: ZeRO-0" in fits.stdout
     assert "recommended: none fits" in run("--memory-per-worker", "0.0001").stdout
+
+
+def test_model_parallel_plans_count_the_busiest_worker_and_shard_over_replicas(corpus, tmp_path):
+    """Pipeline: the largest stage of DeepSpeed's balanced partition (the tied embedding on both ends), ZeRO 0-1.
+    Tensor: linear layers split, embeddings whole, ZeRO 0-2 over the data-parallel replicas only."""
+    path = write_job(tmp_path / "job.yaml", tiny_job(corpus))
+    whole = model_size(load_job(path))
+    pipeline = load_job(path, ["parallelism.pipeline=2"])
+    size = model_size(pipeline)
+    assert size.parameters == whole.parameters and whole.parameters / 2 < size.worker_parameters < whole.parameters
+    options, _ = plan(pipeline, size, memory_per_worker=2**40)
+    assert [option.name for option in options] == ["ZeRO-0", "ZeRO-1"]
+    assert options[0].paper_bytes == paper_bytes(0, size.worker_parameters, 1)
+
+    tensor = load_job(path, ["model.family=llama", "parallelism.tensor=2", "scaling.num_workers=4"])
+    size = model_size(tensor)
+    model = build_model(tensor.model, tensor.task, _Vocabulary(tensor.data.tokenizer.vocab_size), [], seed=0)
+    embeddings = model.model.embed_tokens.weight.numel()
+    norms = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
+    assert size.worker_parameters == embeddings + norms + (size.parameters - embeddings - norms) // 2
+    options, _ = plan(tensor, size, memory_per_worker=2**40)
+    assert "ZeRO-3" not in {option.name for option in options}
+    assert options[1].paper_bytes == paper_bytes(1, size.worker_parameters, 2)  # sharded over 2 replicas, not 4 workers
