@@ -308,7 +308,7 @@ class DeepSpeedConfig(Section):
 
 
 class ScalingConfig(Section):
-    num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel ranks); the most, if elastic.")
+    num_workers: PositiveInt = Field(2, description="Ray Train workers: data x tensor x pipeline ranks (see parallelism); the most, if elastic.")
     min_workers: PositiveInt | None = Field(
         None,
         description="Elastic: go on with as few as this many workers when some are lost, instead of waiting for all "

@@ -54,6 +54,7 @@ def job_tags(job: JobConfig, run_name: str) -> dict[str, str]:
         "model.size": "pretrained" if job.model.pretrained else job.model.size,
         "deepspeed.zero_stage": str(job.deepspeed.zero_stage),
         "scaling.num_workers": str(job.scaling.num_workers),
+        "parallelism": job.parallelism.layout,  # data, tensor or pipeline
         "host": socket.gethostname(),
         **job.tracking.tags,
     }
