@@ -196,7 +196,8 @@ def store(data: PreparedData, staging: Path, entry: Path) -> None:
 def load_cached(entry: Path, meta: dict) -> PreparedData:
     report = DataReport(**meta["report"])
     report.cache = "hit"
-    train = ray.data.read_parquet(str(entry / "train")).materialize()
+    # an empty split has no parquet file (check_sizes then says what is missing)
+    train = ray.data.read_parquet(str(entry / "train")).materialize() if report.train_sequences else None
     val = ray.data.read_parquet(str(entry / "val")).materialize() if report.val_sequences else None
     tokenizer_json = (entry / "tokenizer.json").read_text()
     return PreparedData(

@@ -32,7 +32,7 @@ from orchestrator.train import checkpoint
 from orchestrator.train.clocks import Clock, Window, timed, timed_calls
 from orchestrator.train.deepspeed_config import accumulation_steps
 from orchestrator.train.engine import build_engine, export_hf_model, partitioned_construction, restart_schedule
-from orchestrator.train.flops import device_peak_flops, mfu, model_flops_per_token
+from orchestrator.train.flops import device_peak_flops, mfu, model_flops_per_token, parameter_count
 from orchestrator.train.manifest import manifest_text
 from orchestrator.train.parallel import DataParallel, layout as parallel_layout
 from orchestrator.train.memory import current_bytes, model_state_bytes, peak_bytes
@@ -151,7 +151,7 @@ def train_loop(config: dict) -> None:
     zero3_construction = partitioned_construction(job, world_size)  # noqa: F841 (held while the model lives)
     model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed)
     flops_per_token = model_flops_per_token(model, job.data.seq_len)
-    model_parameters = sum(parameter.numel() for parameter in model.parameters())
+    model_parameters = sum(parameter_count(parameter) for parameter in model.parameters())
     peak_flops = device_peak_flops(job.scaling.use_gpu, job.deepspeed.precision)
     layout = parallel_layout(job)
     timeline.mark("model_init")
@@ -303,7 +303,7 @@ def log_memory(metrics: MetricsLogger, step: int, engine, memory_at_start: int, 
 def largest_parameter_share(engine, model_parameters: int) -> float:
     """The most of the model's parameters one worker holds (every rank takes part): 1 unless tensor or pipeline
     parallelism split the model (ZeRO-3's shards are not counted: it gathers whole layers to compute)."""
-    share = torch.tensor([sum(parameter.numel() for parameter in engine.module.parameters()) / model_parameters])
+    share = torch.tensor([sum(parameter_count(parameter) for parameter in engine.module.parameters()) / model_parameters])
     dist.all_reduce(share, op=dist.ReduceOp.MAX)
     return share.item()
 

@@ -158,9 +158,11 @@ def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
             run_config=tune.RunConfig(
                 name=sweep.name,
                 storage_path=storage,
-                # PBT restores trials from other trials' checkpoints: keep a few more of them around.
+                # PBT and PB2 restore a trial from the checkpoint another trial had when it was exploited, seconds
+                # later, while that trial trains on: a pruned one is gone by then (seen: DeepSpeed found no state to
+                # load, and the exploiting trial failed). They keep every trial checkpoint.
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=job.checkpoint.keep + (2 if config.scheduler.name in ("pbt", "pb2") else 0)
+                    num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep
                 ),
             ),
         )
