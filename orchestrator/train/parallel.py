@@ -8,6 +8,7 @@ The workers of one tensor- or pipeline-parallel group train on the same batch: d
 data-parallel rank, and those workers share it.
 """
 
+import warnings
 from typing import Callable
 
 import deepspeed
@@ -89,6 +90,10 @@ class PipelineParallel(DataParallel):
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from orchestrator.models.pipeline import pipeline_module
 
+        # DeepSpeed's pipeline moves activations and tied gradients between stages with broadcasts on purpose,
+        # outside autograd (its schedule runs the backward pass itself); torch warns at every step that the
+        # broadcast has no autograd kernel. The equivalence with data parallelism is tested.
+        warnings.filterwarnings("ignore", message="c10d::broadcast_: an autograd kernel was not registered")
         self.model = model
         module, self.own_parameters = pipeline_module(model, self.job.model.family, self.job.parallelism.pipeline)
         return module
