@@ -349,9 +349,6 @@ class ParallelismConfig(Section):
         """DeepSpeed: ZeRO-3 would shard again what AutoTP splits; pipelines take ZeRO-1 at most."""
         return {"data": 3, "tensor": 2, "pipeline": 1}[self.layout]
 
-    def data_size(self, num_workers: int) -> int:
-        return self.data or num_workers // (self.tensor * self.pipeline)
-
 
 class CheckpointConfig(Section):
     every_steps: PositiveInt | None = Field(100, description="Checkpoint every N optimizer steps (and at the end).")
@@ -424,7 +421,7 @@ class JobConfig(Section):
 
     def _check_model_parallel(self) -> None:
         split = self.parallelism
-        data, workers = split.data_size(self.scaling.num_workers), self.scaling.num_workers
+        data, workers = self.data_parallel_size, self.scaling.num_workers
         if data * split.tensor * split.pipeline != workers:
             raise ValueError(
                 f"parallelism: data x tensor x pipeline = {data} x {split.tensor} x {split.pipeline} = "
@@ -439,8 +436,8 @@ class JobConfig(Section):
         family = FAMILIES[self.model.family]
         if self.task != "causal_lm":
             raise ValueError(f"parallelism.{kind}: model parallelism trains causal_lm models (task is {self.task})")
-        if not getattr(family, "tensor_parallel" if kind == "tensor" else "pipeline"):
-            able = [name for name, other in FAMILIES.items() if getattr(other, "tensor_parallel" if kind == "tensor" else "pipeline")]
+        if kind not in family.model_parallel:
+            able = [name for name, other in FAMILIES.items() if kind in other.model_parallel]
             raise ValueError(f"parallelism.{kind}: splits {', '.join(able)} models, not {self.model.family}")
         if self.deepspeed.zero_stage > split.highest_zero_stage:
             raise ValueError(
@@ -486,4 +483,5 @@ class JobConfig(Section):
     @property
     def data_parallel_size(self) -> int:
         """Replicas that train on different data: the workers, unless tensor or pipeline parallelism groups them."""
-        return self.parallelism.data_size(self.scaling.num_workers)
+        split = self.parallelism
+        return split.data or self.scaling.num_workers // (split.tensor * split.pipeline)

@@ -14,8 +14,9 @@ class Family:
     presets: dict[str, dict[str, int]]  # size name -> job dimensions
     fixed: dict  # HF config keys every model of the family gets
     dropout_keys: tuple[str, ...]  # HF config keys that model.dropout sets
-    tensor_parallel: bool = False  # DeepSpeed's AutoTP can split its layers (it refuses GPT-2, which has a kernel policy)
-    pipeline: bool = False  # models/pipeline.py can cut it into pipeline stages
+    # the model-parallel layouts that can split it (keys of train.parallel.LAYOUTS): "tensor" where DeepSpeed's AutoTP
+    # parses its layers (it refuses GPT-2, which has a kernel policy), "pipeline" where models/pipeline.py cuts it
+    model_parallel: tuple[str, ...] = ()
 
 
 GPT2 = Family(
@@ -28,7 +29,7 @@ GPT2 = Family(
     },
     fixed={},
     dropout_keys=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
-    pipeline=True,
+    model_parallel=("pipeline",),
 )
 
 LLAMA = Family(
@@ -47,7 +48,7 @@ LLAMA = Family(
     },
     fixed={"tie_word_embeddings": False},
     dropout_keys=("attention_dropout",),
-    tensor_parallel=True,
+    model_parallel=("tensor",),
 )
 
 BERT = Family(  # encoders, for classification; the pretrained MiniLM of the fortunes example is one

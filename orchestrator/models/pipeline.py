@@ -65,7 +65,7 @@ def gpt2_layers(model) -> list[LayerSpec]:
     ]
 
 
-# model family -> its layer sequence (the families whose models.families entry says pipeline=True)
+# model family -> its layer sequence (the families whose models.families entry lists "pipeline")
 PIPELINE_LAYERS = {"gpt2": gpt2_layers}
 
 
