@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import tiny_job, write_job
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.errors import UserError
@@ -67,6 +68,19 @@ def test_names_derived_from_files_and_trials(tmp_path):
     assert derived_name("sweep", "-a1b2c_00001") == "sweep-a1b2c_00001"
     with pytest.raises(UserError):
         derived_name("sweep", "/../x")
+
+
+def test_train_refuses_a_job_file_whose_name_cannot_name_its_run(corpus, tmp_path):
+    """Before anything starts: no run directory, no MLflow run. With tracking.run_name set, the file's name is free."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import training  # noqa: F401 - adds the train command
+    from orchestrator.cli.app import app
+
+    job = tiny_job(corpus, checkpoint={"dir": str(tmp_path / "runs")})
+    result = CliRunner().invoke(app, ["train", str(write_job(tmp_path / "my job.yaml", job))])
+    assert isinstance(result.exception, UserError) and "set tracking.run_name" in str(result.exception)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_paths_stay_inside_their_root(tmp_path):
