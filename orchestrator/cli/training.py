@@ -10,6 +10,8 @@ import typer
 from orchestrator.cli.app import app
 from orchestrator.config import JobConfig, UserError, load_job
 from orchestrator.config.load import is_sweep, load_sweep, read_yaml, storage_path
+from orchestrator.config.names import file_name
+from orchestrator.config.paths import path_inside
 from orchestrator.train.manifest import check_resumable
 
 JobFile = Annotated[Path, typer.Argument(help="Job YAML file.", show_default=False)]
@@ -32,11 +34,13 @@ def train(
     Example: python -m orchestrator train jobs/gpt-tiny.yaml --set deepspeed.zero_stage=3
     """
     job = load_job(job_file, overrides)
+    # Without a run_name, the run is named after the job file (and the time), so that name must be a valid one.
+    job_name = None if job.tracking.run_name else file_name(job_file, instead="tracking.run_name")
     if job.tracking.run_name and not restart:
-        check_resumable(job, f"{storage_path(job)}/{job.tracking.run_name}")
+        check_resumable(job, path_inside(storage_path(job), job.tracking.run_name, "tracking.run_name"))
     from orchestrator.train.launch import launch  # torch, ray, deepspeed: only now
 
-    result, run = launch(job, job_file.stem, restart=restart)
+    result, run = launch(job, job_name, restart=restart)
     summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
     print(f"finished: {summary}")
     print(f"MLflow run: {run.url}")

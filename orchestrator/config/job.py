@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from orchestrator.config.names import Name, tag_problem
 from orchestrator.models.families import FAMILIES
 from orchestrator.models.tasks import TASKS
 
@@ -365,17 +366,23 @@ class CheckpointConfig(Section):
 
 class TrackingConfig(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db.")
-    experiment: str = Field("orchestrator", description="MLflow experiment of the run.")
-    run_name: str | None = Field(
+    experiment: Name = Field("orchestrator", description="MLflow experiment of the run.")
+    run_name: Name | None = Field(
         None, description="Names the run; a job submitted again with the same run_name resumes it."
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the run's own (task, model, ZeRO stage...).")
-    registered_model: str | None = Field(
+    registered_model: Name | None = Field(
         None,
         description="Model Registry name the final model is registered under, a new version per run; default: "
         "tracking.run_name, else the job file's name. A sweep registers its best trial's model under the sweep's name.",
     )
     system_metrics_every_s: PositiveFloat = Field(10.0, description="Sampling interval of CPU/memory/GPU metrics.")
+
+    @model_validator(mode="after")
+    def _tags_mlflow_takes(self):
+        if problem := tag_problem(self.tags):
+            raise ValueError(f"tags: {problem}")
+        return self
 
 
 class JobConfig(Section):

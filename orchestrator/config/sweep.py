@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from orchestrator.config.job import Section
+from orchestrator.config.names import Name
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
 # Sections a trial may vary. Data is prepared once for the whole sweep, and scaling, checkpoint and tracking
@@ -100,7 +101,7 @@ class SchedulerConfig(Section):
 class SweepConfig(Section):
     """A sweep: trials of the base job with values drawn from `search_space`, run by Ray Tune."""
 
-    name: str | None = Field(
+    name: Name | None = Field(
         None, description="Names the sweep (default: the file's name); the same sweep submitted again resumes."
     )
     base: str = Field(description="The job file every trial starts from, relative to the sweep file.")

@@ -120,13 +120,15 @@ def open_run(
 
     secrets = redact_config({**params, **tags})  # flat, dotted names: the secret-looking ones are masked
     run_id = client.create_run(experiment_id, run_name=run_name, tags={k: str(secrets[k]) for k in tags}).info.run_id
-    entries = [Param(key, str(secrets[key])) for key in params]
-    for start in range(0, len(entries), MLFLOW_BATCH_LIMIT):
-        client.log_batch(run_id, params=entries[start : start + MLFLOW_BATCH_LIMIT])
-    for name, text in artifacts.items():
-        client.log_text(run_id, redact_text(text, {**params, **tags}), name)
-    _remember_run_id(run_dir, run_id)
-    return TrackedRun(uri, experiment_id, run_id, resumed=False)
+    run = TrackedRun(uri, experiment_id, run_id, resumed=False)
+    with ended_if_raises(run):
+        entries = [Param(key, str(secrets[key])) for key in params]
+        for start in range(0, len(entries), MLFLOW_BATCH_LIMIT):
+            client.log_batch(run_id, params=entries[start : start + MLFLOW_BATCH_LIMIT])
+        for name, text in artifacts.items():
+            client.log_text(run_id, redact_text(text, {**params, **tags}), name)
+        _remember_run_id(run_dir, run_id)
+    return run
 
 
 def start_run(
@@ -160,9 +162,10 @@ def end_run(run: TrackedRun, status: str, error: str | None = None) -> None:
 
 
 @contextmanager
-def ends_with_outcome(run: TrackedRun, stopped: str | None = "KILLED") -> Iterator[None]:
-    """Ends the run with what the block did: FINISHED, `stopped` on Ctrl-C or SIGTERM (`ray job stop`; Ray's driver
-    handler turns it into SystemExit; None leaves the run to whoever stopped it), or FAILED with the traceback."""
+def ended_if_raises(run: TrackedRun, stopped: str | None = "KILLED") -> Iterator[None]:
+    """Ends the run if the block raises: `stopped` on Ctrl-C or SIGTERM (`ray job stop`; Ray's driver handler turns it
+    into SystemExit; None leaves the run to whoever stopped it), or FAILED with the traceback. A run left RUNNING
+    would look alive forever."""
     try:
         yield
     except (KeyboardInterrupt, SystemExit):
@@ -172,4 +175,11 @@ def ends_with_outcome(run: TrackedRun, stopped: str | None = "KILLED") -> Iterat
     except Exception:
         end_run(run, "FAILED", traceback.format_exc())
         raise
+
+
+@contextmanager
+def ends_with_outcome(run: TrackedRun, stopped: str | None = "KILLED") -> Iterator[None]:
+    """Ends the run with what the block did: FINISHED, or as `ended_if_raises`."""
+    with ended_if_raises(run, stopped):
+        yield
     end_run(run, "FINISHED")

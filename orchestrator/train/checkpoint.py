@@ -9,6 +9,7 @@ import glob
 import os
 import random
 import shutil
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 
@@ -19,6 +20,7 @@ from orchestrator.train.manifest import MANIFEST
 
 TAG = "state"  # DeepSpeed sub-directory of each checkpoint
 LOCAL_PREFIX = "orchestrator-ckpt-"  # a rank's local copy, removed once Ray Train has it
+LOCAL_MARKER = ".orchestrator-local-copy"  # in every local copy: the mark of one `save` made
 
 
 @dataclass
@@ -30,11 +32,21 @@ class Progress:
 
 
 def remove_orphans() -> None:
-    """Local checkpoint copies left by workers that were killed while saving (their pid is in the name)."""
+    """Local checkpoint copies left by workers that were killed while saving (their pid is in the name). Only a real
+    directory of this user's carrying the marker `save` writes first is removed: the temporary directory is shared,
+    and anyone can make an entry of that name (a link to elsewhere, someone else's files)."""
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{LOCAL_PREFIX}*-*")):
         pid = os.path.basename(path)[len(LOCAL_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _is_running(int(pid)):
+        if pid.isdigit() and not _is_running(int(pid)) and _is_own_local_copy(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_own_local_copy(path: str) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and os.path.isfile(os.path.join(path, LOCAL_MARKER))
 
 
 def _is_running(pid: int) -> bool:
@@ -61,6 +73,7 @@ def save(engine, progress: Progress, rank: int, unsent_metrics: dict | None = No
     `manifest` (rank 0): what wrote the checkpoint (train/manifest.py), written last."""
     remove_orphans()
     directory = tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-")
+    open(os.path.join(directory, LOCAL_MARKER), "w").close()  # first: what remove_orphans may delete
     state = {"progress": asdict(progress), "unsent_metrics": unsent_metrics or {}}
     engine.save_checkpoint(directory, tag=TAG, client_state=state)
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -5,7 +5,6 @@ import math
 import time
 
 import psutil
-import pyarrow.fs
 import ray.train
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -14,6 +13,8 @@ from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import storage_path
+from orchestrator.config.names import derived_name
+from orchestrator.config.paths import claim, delete_claimed, path_inside
 from orchestrator.data.pipeline import PreparedData, example_texts, prepare
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.redact import redact_config
@@ -69,7 +70,7 @@ def build_trainer(
     )
 
 
-def registered_name(job: JobConfig, job_name: str) -> str:
+def registered_name(job: JobConfig, job_name: str | None) -> str:
     return job.tracking.registered_model or job.tracking.run_name or job_name
 
 
@@ -99,21 +100,27 @@ def job_artifacts(job: JobConfig) -> dict[str, str]:
     }
 
 
-def forget_run(run_dir: str) -> None:
-    """--restart: the run's checkpoints and its remembered MLflow run go, so the job starts over in a new run."""
-    fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
-        fs.delete_dir(path)
-        print(f"--restart: deleted the checkpoints in {run_dir}", flush=True)
+RUN_DIR = "run"  # the kind of directory (config/paths.py) a training run keeps its checkpoints in
 
 
-def launch(job: JobConfig, job_name: str, restart: bool = False) -> tuple[ray.train.Result, TrackedRun]:
+def forget_run(storage: str, run_name: str) -> None:
+    """--restart: the run's checkpoints and its remembered MLflow run go, so the job starts over in a new run. Only
+    a run directory orchestrator created is deleted."""
+    if deleted := delete_claimed(storage, run_name, RUN_DIR, "tracking.run_name"):
+        print(f"--restart: deleted the checkpoints in {deleted}", flush=True)
+
+
+def launch(job: JobConfig, job_name: str | None, restart: bool = False) -> tuple[ray.train.Result, TrackedRun]:
+    """`job_name`: the job file's name, a valid name (config/names.py); the default of the run's name, with the
+    time after it. Needed only when the job sets no tracking.run_name."""
     timeline = Timeline(started=psutil.Process().create_time())  # from the process start: imports count too
     timeline.mark("python_start")
-    run_name = job.tracking.run_name or f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = job.tracking.run_name or derived_name(job_name, time.strftime("-%Y%m%d-%H%M%S"))
     storage = storage_path(job)
+    run_dir = path_inside(storage, run_name, "tracking.run_name")
     if restart:
-        forget_run(f"{storage}/{run_name}")
+        forget_run(storage, run_name)
+    claim(run_dir, RUN_DIR, "tracking.run_name")
     print(f"connected to {runtime.connect()}", flush=True)
     runtime.check_resources(job)
     timeline.mark("ray_connect")
@@ -121,15 +128,14 @@ def launch(job: JobConfig, job_name: str, restart: bool = False) -> tuple[ray.tr
     steps = total_steps(job, data.train_sequences)
     timeline.mark("data_prepare")
 
-    run = start_run(job, run_name, f"{storage}/{run_name}", artifacts=job_artifacts(job))
-    print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
-    if not run.resumed:
-        log_data_report(run.uri, run.run_id, data)
-    timeline.mark("mlflow_run")
-
-    with live_progress(steps) as board:  # a bar in a terminal; log lines only in job logs
-        plan = train_plan(data, run, steps, timeline, registered_model=registered_name(job, job_name), progress_board=board)
-        trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
-        with ends_with_outcome(run):
+    run = start_run(job, run_name, run_dir, artifacts=job_artifacts(job))
+    with ends_with_outcome(run):  # from here on, whatever fails ends the run
+        print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
+        if not run.resumed:
+            log_data_report(run.uri, run.run_id, data)
+        timeline.mark("mlflow_run")
+        with live_progress(steps) as board:  # a bar in a terminal; log lines only in job logs
+            plan = train_plan(data, run, steps, timeline, registered_model=registered_name(job, job_name), progress_board=board)
+            trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
             result = trainer.fit()
     return result, run

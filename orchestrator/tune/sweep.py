@@ -24,6 +24,8 @@ from ray.util.queue import Queue
 
 from orchestrator import runtime
 from orchestrator.config.load import LoadedSweep, storage_path
+from orchestrator.config.names import checked_name, derived_name
+from orchestrator.config.paths import claim, path_inside
 from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
@@ -33,6 +35,8 @@ from orchestrator.train.timeline import Timeline
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
 
 TRAIN_CHECKPOINTS_KEPT = 2  # per trial attempt; Tune keeps the trial's history (each result is copied to it)
+TRAIN_RUNS = "train_runs"  # in the sweep's directory: the Train runs of trial attempts
+SWEEP_DIR = "sweep"  # the kind of directory (config/paths.py) a sweep keeps its trials in
 
 
 @dataclass
@@ -90,7 +94,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
     check_sizes(job, context.data)
     run = start_run(
         job,
-        f"{sweep.name}-{trial_id}",
+        derived_name(sweep.name, f"-{trial_id}"),
         trial_run_dir(context.sweep_dir, trial_id),
         artifacts=job_artifacts(job),
         tags={
@@ -101,20 +105,19 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         },
         params={f"sweep.{key}": value for key, value in values.items()},
     )
-    timeline.mark("mlflow_run")
-    start_from = tune.get_checkpoint()
-    # Trials register no model: the sweep registers its best trial's (tracking/sweep.py).
-    plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None,
-                      initial_checkpoint=start_from.path if start_from else None)
-    # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
-    attempt = f"{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    bridge = ResultsToTune()
-    trainer = build_trainer(
-        job, context.data, plan, attempt, f"{context.sweep_dir}/train_runs", TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,)
-    )
     # Tune ends a trial its scheduler stops with SystemExit: the sweep's summary ends that run (FINISHED, tagged
-    # with the step it stopped at), not as a run a person killed.
+    # with the step it stopped at), not as a run a person killed. Anything else that fails from here ends it.
     with ends_with_outcome(run, stopped=None):
+        timeline.mark("mlflow_run")
+        start_from = tune.get_checkpoint()
+        # Trials register no model: the sweep registers its best trial's (tracking/sweep.py).
+        plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None,
+                          initial_checkpoint=start_from.path if start_from else None)
+        # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
+        attempt = derived_name(trial_id, time.strftime("-%Y%m%d-%H%M%S"))
+        train_runs = path_inside(context.sweep_dir, TRAIN_RUNS, "name")
+        bridge = ResultsToTune()
+        trainer = build_trainer(job, context.data, plan, attempt, train_runs, TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,))
         bridge.forward(trainer, sweep.config.metric)
 
 
@@ -128,45 +131,48 @@ def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
     data = prepare(job)  # once, for every trial
     steps = total_steps(job, data.train_sequences)
     storage = storage_path(job)
-    sweep_dir = f"{storage}/{sweep.name}"
+    sweep_dir = path_inside(storage, checked_name(sweep.name, f"{sweep.path}: name"), "name")
     at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)
+    claim(sweep_dir, SWEEP_DIR, "name")
     parent = start_sweep_run(sweep, sweep_dir)
-    print(f"MLflow sweep run ({'resumed' if parent.resumed else 'new'}): {parent.url}", flush=True)
-    if not parent.resumed:
-        log_data_report(parent.uri, parent.run_id, data)
-    print(f"{at_once} trial(s) at a time, {job.scaling.num_workers} worker(s) each, {steps} steps per trial", flush=True)
-
-    context = SweepContext(sweep, data, steps, parent, sweep_dir)
-    # The trial function only waits on its TorchTrainer: it must hold no CPU, or the workers starve.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": 1})
-    if tune.Tuner.can_restore(sweep_dir):
-        print(f"resuming the sweep in {sweep_dir}: finished trials are kept", flush=True)
-        tuner = tune.Tuner.restore(sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(config),
-            tune_config=tune.TuneConfig(
-                metric=config.metric,
-                mode=config.mode,
-                search_alg=search_algorithm(config, at_once),
-                scheduler=trial_scheduler(config, job, steps),
-                num_samples=config.num_samples,
-                max_concurrent_trials=at_once,
-                time_budget_s=config.time_budget_s,
-            ),
-            run_config=tune.RunConfig(
-                name=sweep.name,
-                storage_path=storage,
-                # PBT and PB2 restore a trial from the checkpoint another trial had when it was exploited, seconds
-                # later, while that trial trains on: a pruned one is gone by then (seen: DeepSpeed found no state to
-                # load, and the exploiting trial failed). They keep every trial checkpoint.
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep
-                ),
-            ),
-        )
-    with ends_with_outcome(parent):
-        results = tuner.fit()
+    with ends_with_outcome(parent):  # from here on, whatever fails ends the sweep's run
+        print(f"MLflow sweep run ({'resumed' if parent.resumed else 'new'}): {parent.url}", flush=True)
+        if not parent.resumed:
+            log_data_report(parent.uri, parent.run_id, data)
+        print(f"{at_once} trial(s) at a time, {job.scaling.num_workers} worker(s) each, {steps} steps per trial", flush=True)
+        results = tuner(sweep, SweepContext(sweep, data, steps, parent, sweep_dir), steps, at_once).fit()
         summarize_sweep(parent, sweep, results, sweep_dir, steps)
     return results, parent
+
+
+def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -> tune.Tuner:
+    """The sweep's Tune experiment in `context.sweep_dir`: restored where it ran before (finished trials are kept)."""
+    config, job = sweep.config, sweep.base_job
+    # The trial function only waits on its TorchTrainer: it must hold no CPU, or the workers starve.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": 1})
+    if tune.Tuner.can_restore(context.sweep_dir):
+        print(f"resuming the sweep in {context.sweep_dir}: finished trials are kept", flush=True)
+        return tune.Tuner.restore(context.sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(config),
+        tune_config=tune.TuneConfig(
+            metric=config.metric,
+            mode=config.mode,
+            search_alg=search_algorithm(config, at_once),
+            scheduler=trial_scheduler(config, job, steps),
+            num_samples=config.num_samples,
+            max_concurrent_trials=at_once,
+            time_budget_s=config.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=storage_path(job),
+            # PBT and PB2 restore a trial from the checkpoint another trial had when it was exploited, seconds
+            # later, while that trial trains on: a pruned one is gone by then (seen: DeepSpeed found no state to
+            # load, and the exploiting trial failed). They keep every trial checkpoint.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep
+            ),
+        ),
+    )
