@@ -95,8 +95,8 @@ def check_file(file: Path, overrides: list[str]) -> bool:
         if overrides:
             raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
         load_sweep(file)
-    else:
-        load_job(file, overrides)
+    elif not load_job(file, overrides).tracking.run_name:
+        file_name(file, instead="tracking.run_name")  # the run is named after the file
     return sweep
 
 

@@ -5,20 +5,71 @@ Nothing here imports torch or ray: `orchestrator validate` must answer in well u
 """
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from orchestrator.config.names import Name, tag_problem
 from orchestrator.models.families import FAMILIES
 from orchestrator.models.tasks import TASKS
 
+# --- values: numbers with real bounds, paths without control characters -----------------------------
+# Every number a job gives is bounded by what the machine and the libraries (torch, DeepSpeed, numpy) can take,
+# with room to spare; the reference shows each bound.
+MAX_WORKERS = 4096  # Ray Train workers, and any parallel degree
+MAX_BATCH = 65536  # micro batch size, micro batches accumulated
+MAX_DIM = 2**20  # any model dimension: layers, width, heads, positions
+MAX_VOCAB = 2**20
+MAX_SEQ_LEN = 2**20
+MAX_STEPS = 10**9  # any count or interval of optimizer steps
+MAX_EPOCHS = 10**6
+MAX_TEXT_LENGTH = 2**31 - 1  # characters or tokens of one text
+MAX_SEED = 2**31 - 1  # within numpy's seed range (2**32 - 1) with room for what is added to it (the epoch, the rank)
+MAX_CHECKPOINTS_KEPT = 1000
+MAX_RESTARTS = 10_000
+MAX_CPUS_PER_WORKER = 1024
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_EPS = 1.0
+MAX_GRAD_CLIP = 1e6
+MAX_SECONDS = 365 * 24 * 3600
+MIN_SAMPLING_S = 0.1  # system metrics sampled more often would busy the CPU they measure
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _not_bool_or_text(value: Any, kind: str) -> Any:
+    """YAML booleans and quoted text are not numbers: `max_steps: yes` or `"0123"` fail instead of becoming 1 or 123."""
+    if isinstance(value, (bool, str, bytes)):
+        raise PydanticCustomError(f"{kind}_type", "Input should be a valid {kind}", {"kind": kind})
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, float) and not value.is_integer():  # 32.0 from a quniform search is 32; inf and 1.5 are not
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return _not_bool_or_text(value, "integer")
+
+
+def _no_control_characters(value: str) -> str:
+    if CONTROL_CHARACTERS.search(value):
+        raise PydanticCustomError("path_characters", "a path cannot hold control characters (NUL, newline, escape...)")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+Real = Annotated[float, BeforeValidator(lambda value: _not_bool_or_text(value, "number"))]
+Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
+PathText = Annotated[str, Field(max_length=MAX_PATH_CHARS), AfterValidator(_no_control_characters)]
+
 
 class Section(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default."""
+    """Unknown keys are errors: a typo must never silently fall back to a default. Floats are finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     def changed_from_default(self, *names: str) -> list[str]:
         """Fields given a value other than their default (a resolved, dumped job must load back unchanged)."""
@@ -31,12 +82,12 @@ class Section(BaseModel):
 class ModelDims(Section):
     """Explicit dimensions; each one set here overrides the size preset."""
 
-    layers: PositiveInt | None = Field(None, description="Transformer blocks (encoder-decoders: each side).")
-    hidden: PositiveInt | None = Field(None, description="Width of the hidden states.")
-    heads: PositiveInt | None = Field(None, description="Attention heads.")
-    kv_heads: PositiveInt | None = Field(None, description="Key/value heads (llama grouped-query attention).")
-    ffn: PositiveInt | None = Field(None, description="Width of the feed-forward layer.")
-    max_positions: PositiveInt | None = Field(None, description="Longest sequence the model takes (absolute-position models).")
+    layers: Int | None = Field(None, gt=0, le=MAX_DIM, description="Transformer blocks (encoder-decoders: each side).")
+    hidden: Int | None = Field(None, gt=0, le=MAX_DIM, description="Width of the hidden states.")
+    heads: Int | None = Field(None, gt=0, le=MAX_DIM, description="Attention heads.")
+    kv_heads: Int | None = Field(None, gt=0, le=MAX_DIM, description="Key/value heads (llama grouped-query attention).")
+    ffn: Int | None = Field(None, gt=0, le=MAX_DIM, description="Width of the feed-forward layer.")
+    max_positions: Int | None = Field(None, gt=0, le=MAX_DIM, description="Longest sequence the model takes (absolute-position models).")
 
 
 # What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama, T5).
@@ -47,10 +98,10 @@ class ModelConfig(Section):
     family: Literal[tuple(FAMILIES)] = Field("gpt2", description="Architecture family (a key of models.families).")
     size: str = Field("tiny", description="Size preset of the family (models/families.py), e.g. tiny or small.")
     dims: ModelDims = ModelDims()
-    pretrained: str | None = Field(
+    pretrained: PathText | None = Field(
         None, description="Local Hugging Face model directory to start from instead of random initialisation."
     )
-    dropout: float | None = Field(
+    dropout: Real | None = Field(
         None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own."
     )
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
@@ -90,9 +141,9 @@ class ModelConfig(Section):
 
 
 class TokenizerConfig(Section):
-    path: str | None = Field(None, description="Local tokenizer: a Hugging Face tokenizer directory or tokenizer.json.")
+    path: PathText | None = Field(None, description="Local tokenizer: a Hugging Face tokenizer directory or tokenizer.json.")
     train: Literal["bpe", "wordpiece"] = Field("bpe", description="Without path: algorithm to train on the corpus.")
-    vocab_size: PositiveInt = Field(8192, ge=256, description="Without path: vocabulary size to train.")
+    vocab_size: Int = Field(8192, ge=256, le=MAX_VOCAB, description="Without path: vocabulary size to train.")
 
     @model_validator(mode="after")
     def _path_or_train(self):
@@ -106,9 +157,9 @@ class NearDedupConfig(Section):
     near-duplicates, and all but the first of them are dropped. 0.8 catches reformatted copies and small edits
     while keeping texts that merely share phrases (the datasketch and dedup literature default)."""
 
-    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which two texts are near-duplicates.")
-    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: a finer similarity estimate).")
-    shingle_words: PositiveInt = Field(3, description="Words per shingle (the units whose overlap is measured).")
+    threshold: Real = Field(0.8, gt=0, lt=1, description="Jaccard similarity at which two texts are near-duplicates.")
+    num_perm: Int = Field(128, ge=16, le=1024, description="MinHash permutations (more: a finer similarity estimate).")
+    shingle_words: Int = Field(3, gt=0, le=1024, description="Words per shingle (the units whose overlap is measured).")
 
 
 class CleanConfig(Section):
@@ -119,10 +170,10 @@ class CleanConfig(Section):
     normalize: bool = Field(
         False, description="NFKC Unicode normalization, control characters removed, spaces and blank lines collapsed."
     )
-    min_chars: PositiveInt | None = Field(None, description="Drop texts shorter than this many characters.")
-    max_chars: PositiveInt | None = Field(None, description="Drop texts longer than this many characters.")
-    min_tokens: PositiveInt | None = Field(None, description="Drop texts of fewer tokens than this.")
-    max_tokens: PositiveInt | None = Field(None, description="Drop texts of more tokens than this.")
+    min_chars: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts shorter than this many characters.")
+    max_chars: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts longer than this many characters.")
+    min_tokens: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts of fewer tokens than this.")
+    max_tokens: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts of more tokens than this.")
     check_labels: bool = Field(
         True, description="Labelled data: drop unknown labels (see data.labels) and texts given conflicting labels."
     )
@@ -140,17 +191,18 @@ class CleanConfig(Section):
 class AugmentConfig(Section):
     """Classification only: noisy copies of training texts (never of validation texts), seeded."""
 
-    copies: int = Field(0, ge=0, le=16, description="Augmented copies added per training text; 0 turns it off.")
-    word_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of deleting each word.")
-    word_swap: float = Field(0.1, ge=0, le=1, description="Probability of swapping each word with its neighbour.")
-    char_noise: float = Field(0.02, ge=0, lt=1, description="Probability of replacing each letter with a random one.")
-    seed: int = Field(0, description="Seed of the augmentation's random choices.")
+    copies: Int = Field(0, ge=0, le=16, description="Augmented copies added per training text; 0 turns it off.")
+    word_dropout: Real = Field(0.1, ge=0, lt=1, description="Probability of deleting each word.")
+    word_swap: Real = Field(0.1, ge=0, le=1, description="Probability of swapping each word with its neighbour.")
+    char_noise: Real = Field(0.02, ge=0, lt=1, description="Probability of replacing each letter with a random one.")
+    seed: Seed = Field(0, description="Seed of the augmentation's random choices.")
 
 
 class DataConfig(Section):
-    paths: list[str] = Field(
+    paths: list[PathText] = Field(
         min_length=1,
-        description="Local files or globs (jsonl, json, parquet, csv, txt); ~ and $VARS are expanded.",
+        description="Local files or globs (jsonl, json, parquet, csv, txt); ~ and $VARS are expanded. Nothing under "
+        "/proc, /sys or /dev, and no recursive ** from the filesystem root (it would walk every mounted disk).",
     )
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field(
         "auto", description="File format; auto infers it from the extension."
@@ -167,27 +219,31 @@ class DataConfig(Section):
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
-    seq_len: int = Field(128, ge=8, description="Tokens per training sequence (packed, or padded and truncated).")
-    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation.")
-    seed: int = Field(0, description="Seed of the train/val split and of the shuffle.")
+    seq_len: Int = Field(128, ge=8, le=MAX_SEQ_LEN, description="Tokens per training sequence (packed, or padded and truncated).")
+    val_fraction: Real = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation.")
+    seed: Seed = Field(0, description="Seed of the train/val split and of the shuffle.")
     cache: bool = Field(True, description="Reuse the prepared dataset of an earlier run with the same inputs and settings.")
-    cache_dir: str = Field(
+    cache_dir: PathText = Field(
         "~/.cache/orchestrator/datasets",
         description="Where prepared datasets and tokenizers are kept; a directory every node sees on a multi-node "
-        "cluster ($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set).",
+        "cluster ($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set). Its nearest existing directory must be "
+        "writable (checked when the job is loaded; nothing is created then).",
     )
 
 
 # --- train -------------------------------------------------------------------------------------------
 
 
+Beta = Annotated[Real, Field(ge=0, lt=1)]
+
+
 class OptimizerConfig(Section):
     name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer (registry: train/optimizers.py).")
-    lr: PositiveFloat = Field(3e-4, description="Peak learning rate.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only.")
-    eps: PositiveFloat = Field(1e-8, description="adam and adamw only.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled for adamw, L2 for adam and sgd.")
-    momentum: float = Field(0.0, ge=0, lt=1, description="sgd only.")
+    lr: Real = Field(3e-4, gt=0, le=MAX_LR, description="Peak learning rate.")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="adam and adamw only.")
+    eps: Real = Field(1e-8, gt=0, le=MAX_EPS, description="adam and adamw only.")
+    weight_decay: Real = Field(0.0, ge=0, le=MAX_WEIGHT_DECAY, description="Decoupled for adamw, L2 for adam and sgd.")
+    momentum: Real = Field(0.0, ge=0, lt=1, description="sgd only.")
 
     @model_validator(mode="after")
     def _only_own_params(self):
@@ -198,7 +254,7 @@ class OptimizerConfig(Section):
 
 
 class _Schedule(Section):
-    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0 to the peak learning rate.")
+    warmup_steps: Int = Field(0, ge=0, le=MAX_STEPS, description="Steps of linear warmup from 0 to the peak learning rate.")
 
 
 class ConstantSchedule(_Schedule):
@@ -215,29 +271,29 @@ class CosineSchedule(_Schedule):
     """Half a cosine from the peak down to min_lr_ratio x peak at the last step."""
 
     name: Literal["cosine"]
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Floor of the decay, as a share of the peak.")
+    min_lr_ratio: Real = Field(0.0, ge=0, le=1, description="Floor of the decay, as a share of the peak.")
 
 
 class CosineWithRestartsSchedule(_Schedule):
     """Cosine decay to 0, restarted num_cycles times (hard restarts)."""
 
     name: Literal["cosine_with_restarts"]
-    num_cycles: PositiveInt = Field(2, description="Cosine cycles, each restarting at the peak.")
+    num_cycles: Int = Field(2, gt=0, le=MAX_STEPS, description="Cosine cycles, each restarting at the peak.")
 
 
 class ExponentialSchedule(_Schedule):
     """lr = peak x gamma ** (step - warmup_steps) after warmup."""
 
     name: Literal["exponential"]
-    gamma: float = Field(0.999, gt=0, le=1, description="Factor applied to the learning rate at every step.")
+    gamma: Real = Field(0.999, gt=0, le=1, description="Factor applied to the learning rate at every step.")
 
 
 class PolynomialSchedule(_Schedule):
     """(peak - lr_end) x (1 - progress) ** power + lr_end after warmup."""
 
     name: Literal["polynomial"]
-    power: PositiveFloat = Field(1.0, description="Exponent of the decay (1: linear).")
-    lr_end: float = Field(1e-7, ge=0, description="Learning rate at the last step.")
+    power: Real = Field(1.0, gt=0, le=100, description="Exponent of the decay (1: linear).")
+    lr_end: Real = Field(1e-7, ge=0, le=MAX_LR, description="Learning rate at the last step.")
 
 
 ScheduleConfig = Annotated[
@@ -256,19 +312,19 @@ SCHEDULE_NAMES = list(SCHEDULE_CLASSES)
 
 
 class TrainConfig(Section):
-    max_steps: PositiveInt | None = Field(None, description="Optimizer steps to train; or set epochs.")
-    epochs: PositiveFloat | None = Field(None, description="Passes over the training split; or set max_steps.")
-    micro_batch_size: PositiveInt = Field(8, description="Sequences per worker per forward pass.")
-    grad_accum_steps: PositiveInt = Field(1, description="Micro batches accumulated per optimizer step.")
-    lr: PositiveFloat | None = Field(None, description="Shortcut for optimizer.lr.")
+    max_steps: Int | None = Field(None, gt=0, le=MAX_STEPS, description="Optimizer steps to train; or set epochs.")
+    epochs: Real | None = Field(None, gt=0, le=MAX_EPOCHS, description="Passes over the training split; or set max_steps.")
+    micro_batch_size: Int = Field(8, gt=0, le=MAX_BATCH, description="Sequences per worker per forward pass.")
+    grad_accum_steps: Int = Field(1, gt=0, le=MAX_BATCH, description="Micro batches accumulated per optimizer step.")
+    lr: Real | None = Field(None, gt=0, le=MAX_LR, description="Shortcut for optimizer.lr.")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ConstantSchedule(name="constant")
-    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clipping; 0 disables it.")
-    eval_every: PositiveInt | None = Field(100, description="Evaluate every N optimizer steps (and at the end).")
-    eval_batches: PositiveInt | None = Field(None, description="Cap on validation batches per evaluation.")
+    grad_clip: Real = Field(1.0, ge=0, le=MAX_GRAD_CLIP, description="Global gradient-norm clipping; 0 disables it.")
+    eval_every: Int | None = Field(100, gt=0, le=MAX_STEPS, description="Evaluate every N optimizer steps (and at the end).")
+    eval_batches: Int | None = Field(None, gt=0, le=MAX_STEPS, description="Cap on validation batches per evaluation.")
     eval_at_start: bool = Field(False, description="Also evaluate before the first step: the untrained baseline.")
-    log_every: PositiveInt = Field(10, description="Log a progress line and metrics every N optimizer steps.")
-    seed: int = Field(0, description="Seed of model initialisation and dropout.")
+    log_every: Int = Field(10, gt=0, le=MAX_STEPS, description="Log a progress line and metrics every N optimizer steps.")
+    seed: Seed = Field(0, description="Seed of model initialisation and dropout.")
 
     @model_validator(mode="after")
     def _length_and_lr(self):
@@ -296,7 +352,9 @@ class DeepSpeedConfig(Section):
     offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO 3 only).")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision; fp16 needs a GPU.")
     extra: dict[str, Any] = Field(
-        default_factory=dict, description="Raw DeepSpeed config keys, deep-merged last over the derived config."
+        default_factory=dict,
+        description="Raw DeepSpeed config keys, deep-merged last over the derived config: they may add keys, not change "
+        "one the job sets (ZeRO stage, batch sizes, precision, gradient clipping, optimizer type and lr).",
     )
 
     @model_validator(mode="after")
@@ -309,9 +367,11 @@ class DeepSpeedConfig(Section):
 
 
 class ScalingConfig(Section):
-    num_workers: PositiveInt = Field(2, description="Ray Train workers: data x tensor x pipeline ranks (see parallelism); the most, if elastic.")
-    min_workers: PositiveInt | None = Field(
+    num_workers: Int = Field(2, gt=0, le=MAX_WORKERS, description="Ray Train workers: data x tensor x pipeline ranks (see parallelism); the most, if elastic.")
+    min_workers: Int | None = Field(
         None,
+        gt=0,
+        le=MAX_WORKERS,
         description="Elastic: go on with as few as this many workers when some are lost, instead of waiting for all "
         "(ZeRO stage 0; the global batch stays the same, by accumulating more micro batches per worker).",
     )
@@ -321,22 +381,22 @@ class ScalingConfig(Section):
         description="How Ray places the workers on nodes (its placement group strategy): PACK fills nodes in turn, "
         "keeping all-reduces local; SPREAD one per node where it can; STRICT_* or not at all.",
     )
-    cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs Ray reserves for each worker.")
+    cpus_per_worker: Real = Field(1.0, gt=0, le=MAX_CPUS_PER_WORKER, description="CPUs Ray reserves for each worker.")
 
 
 class ParallelismConfig(Section):
     """How the workers share the model: data x tensor x pipeline = scaling.num_workers. Workers of one tensor- or
     pipeline-parallel group train on the same batch; the global batch is counted over the data-parallel replicas."""
 
-    data: PositiveInt | None = Field(
-        None, description="Data-parallel replicas (ZeRO shards over these); default: scaling.num_workers / (tensor x pipeline)."
+    data: Int | None = Field(
+        None, gt=0, le=MAX_WORKERS, description="Data-parallel replicas (ZeRO shards over these); default: scaling.num_workers / (tensor x pipeline)."
     )
-    tensor: PositiveInt = Field(
-        1, description="Tensor-parallel degree: each linear layer split over this many workers (DeepSpeed AutoTP; "
+    tensor: Int = Field(
+        1, gt=0, le=MAX_WORKERS, description="Tensor-parallel degree: each linear layer split over this many workers (DeepSpeed AutoTP; "
         "llama causal LMs, ZeRO stage 0-2).",
     )
-    pipeline: PositiveInt = Field(
-        1, description="Pipeline stages the layers are partitioned over (DeepSpeed PipelineModule; gpt2 causal LMs, "
+    pipeline: Int = Field(
+        1, gt=0, le=MAX_WORKERS, description="Pipeline stages the layers are partitioned over (DeepSpeed PipelineModule; gpt2 causal LMs, "
         "ZeRO stage 0-1); train.grad_accum_steps micro batches flow through them per step.",
     )
 
@@ -352,20 +412,21 @@ class ParallelismConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_steps: PositiveInt | None = Field(100, description="Checkpoint every N optimizer steps (and at the end).")
-    keep: PositiveInt = Field(2, description="Checkpoints kept; older ones are deleted.")
-    max_failures: int = Field(
-        2, ge=-1, description="Worker-group restarts from the latest checkpoint before the job fails (-1: no limit)."
+    every_steps: Int | None = Field(100, gt=0, le=MAX_STEPS, description="Checkpoint every N optimizer steps (and at the end).")
+    keep: Int = Field(2, gt=0, le=MAX_CHECKPOINTS_KEPT, description="Checkpoints kept; older ones are deleted.")
+    max_failures: Int = Field(
+        2, ge=-1, le=MAX_RESTARTS, description="Worker-group restarts from the latest checkpoint before the job fails (-1: no limit)."
     )
-    dir: str = Field(
+    dir: PathText = Field(
         "~/orchestrator/runs",
         description="Run storage: a local path or a pyarrow URI; storage every node sees on a multi-node cluster "
-        "($ORCHESTRATOR_SHARED_STORAGE/runs when that is set).",
+        "($ORCHESTRATOR_SHARED_STORAGE/runs when that is set). A local path's nearest existing directory must be "
+        "writable (checked when the job is loaded; nothing is created then).",
     )
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db.")
+    uri: PathText | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db.")
     experiment: Name = Field("orchestrator", description="MLflow experiment of the run.")
     run_name: Name | None = Field(
         None, description="Names the run; a job submitted again with the same run_name resumes it."
@@ -376,7 +437,7 @@ class TrackingConfig(Section):
         description="Model Registry name the final model is registered under, a new version per run; default: "
         "tracking.run_name, else the job file's name. A sweep registers its best trial's model under the sweep's name.",
     )
-    system_metrics_every_s: PositiveFloat = Field(10.0, description="Sampling interval of CPU/memory/GPU metrics.")
+    system_metrics_every_s: Real = Field(10.0, ge=MIN_SAMPLING_S, le=MAX_SECONDS, description="Sampling interval of CPU/memory/GPU metrics.")
 
     @model_validator(mode="after")
     def _tags_mlflow_takes(self):
@@ -420,20 +481,25 @@ class JobConfig(Section):
                 raise ValueError(f"data.{name}: not used by the {self.task} task")
         if self.data.augment.copies and self.task != "sequence_classification":
             raise ValueError("data.augment.copies: augmentation is for sequence_classification")
-        if self.scaling.min_workers:
-            self._check_elastic()
-        if self.parallelism.layout != "data":
-            self._check_model_parallel()
-        return self
-
-    def _check_model_parallel(self) -> None:
-        split = self.parallelism
-        data, workers = self.data_parallel_size, self.scaling.num_workers
+        split, data, workers = self.parallelism, self.data_parallel_size, self.scaling.num_workers
         if data * split.tensor * split.pipeline != workers:
             raise ValueError(
                 f"parallelism: data x tensor x pipeline = {data} x {split.tensor} x {split.pipeline} = "
                 f"{data * split.tensor * split.pipeline} workers, but scaling.num_workers is {workers}"
             )
+        if self.scaling.min_workers:
+            self._check_elastic()
+        if self.parallelism.layout != "data":
+            self._check_model_parallel()
+        # Imported here: the derived DeepSpeed config is built from this module's classes.
+        from orchestrator.train.deepspeed_config import extra_conflict
+
+        if conflict := extra_conflict(self):
+            raise ValueError(conflict)
+        return self
+
+    def _check_model_parallel(self) -> None:
+        split = self.parallelism
         if split.tensor > 1 and split.pipeline > 1:
             raise ValueError(
                 "parallelism: tensor and pipeline parallelism together are not supported (DeepSpeed's AutoTP does not "

@@ -3,57 +3,157 @@
 import copy
 import glob
 import os
+import re
+import tempfile
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
+from orchestrator.config.job import CONTROL_CHARACTERS, SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
+from orchestrator.config.names import file_name
 from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
+from orchestrator.tracking.redact import is_secret_name, redact_text
+
+MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
+MAX_YAML_DEPTH = 64  # far deeper than any job nests; PyYAML composes (and Python copies) nested values recursively
+MAX_ECHO_CHARS = 200  # of a value quoted back in an error; the rest is cut, with its length
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML (no python tags) that also refuses duplicate keys, which plain YAML silently overwrites."""
+def printable(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """Text as it may reach the terminal: control characters escaped (no fake lines, no escape sequences) and cut
+    past `limit` characters with a marker saying how long it was."""
+    cut = text if len(text) <= limit else f"{text[:limit]}...[{len(text)} chars]"
+    return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], cut)
+
+
+def _core_scalar(kind: str, pattern: str, convert):
+    """A constructor for an implicit (or explicitly tagged) scalar of YAML 1.2's core schema."""
+    matcher = re.compile(pattern, re.VERBOSE)
+
+    def construct(loader: yaml.SafeLoader, node: yaml.Node):
+        text = loader.construct_scalar(node)
+        if not matcher.fullmatch(text):
+            raise yaml.constructor.ConstructorError(None, None, f"{printable(repr(text))} is not a YAML {kind}", node.start_mark)
+        return convert(text)
+
+    return construct
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node):
+    raise yaml.constructor.ConstructorError(None, None, f"the tag {printable(repr(node.tag))} is not allowed in job files", node.start_mark)
+
+
+# YAML 1.2's core schema (the YAML 1.1 one PyYAML follows reads yes/on as true, 12:30 as 750 and 0123 as 83), except
+# that a leading zero makes no number, so 0123 stays text and fails the schema by type rather than meaning 123.
+# kind: (pattern, the characters a value of that kind can start with, conversion).
+CORE_SCHEMA = {
+    "null": (r"~|null|Null|NULL|", ("~", "n", "N", ""), lambda text: None),
+    "bool": (r"true|True|TRUE|false|False|FALSE", "tTfF", lambda text: text.lower() == "true"),
+    "int": (
+        r"[-+]?(0|[1-9][0-9]*) | 0o[0-7]+ | 0x[0-9a-fA-F]+",
+        "-+0123456789",
+        lambda text: int(text[2:], {"o": 8, "x": 16}[text[1]]) if text[1:2] in ("o", "x") else int(text),
+    ),
+    "float": (
+        r"[-+]?(\.[0-9]+ | (0|[1-9][0-9]*)(\.[0-9]*)?)([eE][-+]?[0-9]+)? | [-+]?\.(inf|Inf|INF) | \.(nan|NaN|NAN)",
+        "-+.0123456789",
+        lambda text: float(text.replace(".", "", 1) if text.lower().lstrip("+-") in (".inf", ".nan") else text),
+    ),
+}
+REFUSED_TAGS = ("timestamp", "binary", "set", "omap", "pairs")  # safe, but no job key takes them
+
+
+# libyaml's parser where PyYAML has it (its wheels do): the pure-Python one takes seconds to scan a 10 MB value.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_SafeLoader):
+    """Safe YAML (no python tags) read with the core schema of YAML 1.2, that also refuses duplicate keys (which
+    plain YAML silently overwrites) and keys that are not plain values."""
+
+    yaml_implicit_resolvers: ClassVar[dict] = {}  # its own: only the core schema below, not YAML 1.1's
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise UserError(f"line {key_node.start_mark.line + 1}: a key must be a plain value, not a list or mapping")
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise UserError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+                raise UserError(f"line {key_node.start_mark.line + 1}: duplicate key {printable(repr(key))}")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
+for _kind, (_pattern, _first, _convert) in CORE_SCHEMA.items():
+    _StrictLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_kind}", re.compile(f"^(?:{_pattern})$", re.VERBOSE), list(_first))
+    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_kind}", _core_scalar(_kind, _pattern, _convert))
+for _tag in REFUSED_TAGS:
+    _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 
 
-def count_values(node: Any, limit: int) -> int:
-    """Values in a loaded document, counting stopped past `limit` (an alias bomb never finishes counting)."""
-    count, stack = 0, [node]
+def parse_yaml(text: str) -> Any:
+    """A YAML document, read with _StrictLoader; a UserError (one line) for anything it cannot or will not read."""
+    try:
+        check_nesting(text)
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"not valid YAML: {printable(' '.join(str(err).split()), 2 * MAX_ECHO_CHARS)}") from None
+    count, depth = measure(raw, MAX_YAML_VALUES)
+    if count > MAX_YAML_VALUES:
+        raise UserError(f"expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?); refused")
+    if depth > MAX_YAML_DEPTH:
+        raise UserError(f"nested deeper than {MAX_YAML_DEPTH} levels (YAML aliases?); refused")
+    return raw
+
+
+def check_nesting(text: str) -> None:
+    """Refuses nesting deeper than MAX_YAML_DEPTH before anything is composed (composing, and later copying, nested
+    values is recursive: too deep a document would exhaust Python's stack)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_StrictLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise UserError(f"line {event.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def measure(node: Any, limit: int) -> tuple[int, int]:
+    """Values in a loaded document and how deep they nest, stopped past `limit` values (an alias bomb never
+    finishes counting)."""
+    count, deepest, stack = 0, 0, [(node, 1)]
     while stack and count <= limit:
-        item = stack.pop()
-        count += 1
+        item, depth = stack.pop()
+        count, deepest = count + 1, max(deepest, depth)
         if isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend((value, depth + 1) for value in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
-    return count
+            stack.extend((value, depth + 1) for value in item)
+    return count, deepest
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A file's YAML mapping, read safely: no python tags, no duplicate keys, no alias bombs, UTF-8 only."""
+    """A file's YAML mapping, read safely: no python tags, no duplicate keys, no alias bombs, no deep nesting,
+    UTF-8 only."""
+    if CONTROL_CHARACTERS.search(str(path)):
+        raise UserError(f"{printable(repr(str(path)))}: a file path cannot hold control characters (NUL, newline...)")
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not a YAML file")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    data = path.read_bytes()
+    try:
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, not a YAML file")
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{printable(str(path))}: cannot be read ({err.strerror})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -62,26 +162,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not text.strip() or all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
         raise UserError(f"{path}: the file is empty")
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)
+        raw = parse_yaml(text)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level (got a {type(raw).__name__})")
-    if count_values(raw, MAX_YAML_VALUES) > MAX_YAML_VALUES:
-        raise UserError(f"{path}: expands to more than {MAX_YAML_VALUES:,} values (YAML aliases?); refused")
     return raw
 
 
 def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
     """raw['a']['b']['c'] = value for key `a.b.c`, creating sections on the way."""
+    if key.count(".") >= MAX_YAML_DEPTH:
+        raise UserError(f"nested deeper than {MAX_YAML_DEPTH} levels")
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UserError(f"{key}: {part} is not a section")
+            raise UserError(f"{printable(key)}: {printable(part)} is not a section")
     node[leaf] = value
 
 
@@ -107,21 +205,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--set {item}: expected dotted.key=value")
+            raise UserError(f"--set {printable(item)}: expected dotted.key=value")
         try:
-            set_key(raw, key, yaml.safe_load(value))
+            set_key(raw, key, parse_yaml(value))
         except UserError as err:
-            raise UserError(f"--set {item}: {err}") from None
+            raise UserError(f"--set {printable(key)}: {err}") from None
     return raw
 
 
 def format_validation_error(err: ValidationError) -> str:
-    """One line per problem: `section.field: what is wrong (got X)`."""
+    """One line per problem: `section.field: what is wrong (got X)`; X cut short, and never the value of a field
+    named like a secret."""
     lines = []
     for problem in err.errors():
-        location = ".".join(str(part) for part in problem["loc"] if not _is_union_tag(part))
+        location = ".".join(printable(str(part)) for part in problem["loc"] if not _is_union_tag(part))
         message = problem["msg"].removeprefix("Value error, ")
-        message = message.replace("Input should be", "must be").replace("Extra inputs are not permitted", "unknown key")
+        message = message.replace("Input should be", "must be").replace("should have", "must have").replace("Extra inputs are not permitted", "unknown key")
         if problem["type"] == "value_error":
             # Cross-field checks name their own field, relative to the section that ran them.
             field, _, message = message.partition(": ")
@@ -130,9 +229,9 @@ def format_validation_error(err: ValidationError) -> str:
             context = problem["ctx"]
             location = f"{location}.{context['discriminator'].strip(chr(39))}"
             message = f"must be one of {context['expected_tags']} (got {context['tag']!r})"
-        elif problem["type"] not in ("missing", "extra_forbidden"):
-            message += f" (got {problem['input']!r})"
-        lines.append(f"{location}: {message}")
+        elif problem["type"] not in ("missing", "extra_forbidden") and not any(is_secret_name(str(part)) for part in problem["loc"]):
+            message += f" (got {printable(repr(problem['input']))})"
+        lines.append(f"{location}: {printable(message, 2 * MAX_ECHO_CHARS)}")
     return "\n".join(lines)
 
 
@@ -142,10 +241,11 @@ def _is_union_tag(part) -> bool:
 
 
 def validate(raw: dict[str, Any], model: type[BaseModel] = JobConfig):
+    """The validated model, or a UserError in which the values of raw's secret-named keys are masked."""
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise UserError(format_validation_error(err)) from None
+        raise UserError(redact_text(format_validation_error(err), raw)) from None
 
 
 def expand_path(pattern: str) -> str:
@@ -162,6 +262,27 @@ def storage_path(job: JobConfig) -> str:
     return path if is_uri(path) else os.path.abspath(path)
 
 
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # the kernel's views: not data, and some of their files never end
+
+
+def pseudo_filesystem(path: str) -> str | None:
+    """The pseudo filesystem an absolute path lies in, if any."""
+    return next((root for root in PSEUDO_FILESYSTEMS if path == root or path.startswith(root + "/")), None)
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why a local data path or glob may not be read: it lies in a pseudo filesystem, or its recursive ** starts at
+    the filesystem root (it would walk every mounted disk, /proc included). None if it may."""
+    path = os.path.abspath(pattern)
+    wildcard = min((path.find(char) for char in "*?[" if char in path), default=-1)
+    start = os.path.realpath(os.path.dirname(path[:wildcard]) if wildcard >= 0 else path)  # where the walk begins
+    if where := pseudo_filesystem(start):
+        return f"{where} is a pseudo filesystem, not data"
+    if "**" in path and start == "/":
+        return "a recursive ** may not start at the filesystem root; start it in the data's directory"
+    return None
+
+
 def resolve_data_files(job: JobConfig) -> list[str]:
     """Expands globs of local paths (URIs pass through to pyarrow). Missing or empty input is a UserError."""
     files: list[str] = []
@@ -170,6 +291,8 @@ def resolve_data_files(job: JobConfig) -> list[str]:
         if is_uri(pattern):
             files.append(pattern)
             continue
+        if problem := glob_problem(pattern):
+            raise UserError(f"data.paths[{index}]: {printable(repr(pattern))}: {problem}")
         if os.path.isdir(pattern):
             raise UserError(f"data.paths[{index}]: {pattern!r} is a directory; name its files, e.g. '{pattern}/*.jsonl'")
         matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
@@ -182,14 +305,38 @@ def resolve_data_files(job: JobConfig) -> list[str]:
     return files
 
 
-def check_inputs(job: JobConfig) -> None:
-    """Checks what the schema cannot: that the files the job names exist, hold something and have the columns it
-    reads, and that the data cache can be written. All before Ray starts."""
-    from orchestrator.data.cache import check_writable  # the data package needs this one loaded first
-    from orchestrator.data.read import check_columns
+def output_dir_problem(path: str) -> str | None:
+    """Why a local output directory could not be made and written, or None. Creates nothing: the nearest existing
+    directory on its way is probed with a temporary directory, removed at once."""
+    target = Path(os.path.abspath(path))
+    if where := pseudo_filesystem(str(target)):
+        return f"{where} is a pseudo filesystem"
+    try:
+        ancestor = next(folder for folder in (target, *target.parents) if os.path.lexists(folder))
+        if not ancestor.is_dir():
+            return f"{ancestor} is not a directory"
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=ancestor))
+    except OSError as err:
+        return err.strerror
+    return None
 
+
+def check_output_dirs(job: JobConfig) -> None:
+    """checkpoint.dir and, if the cache is on, data.cache_dir: local ones must be writable (URIs are pyarrow's)."""
+    outputs = {"checkpoint.dir": job.checkpoint.dir, "data.cache_dir": job.data.cache_dir if job.data.cache else None}
+    for field, path in outputs.items():
+        if path and not is_uri(expanded := expand_path(path)) and (problem := output_dir_problem(expanded)):
+            hint = "; fix it or set data.cache: false" if field == "data.cache_dir" else ""
+            raise UserError(f"{field}: {printable(path)} is not writable ({problem}){hint}")
+
+
+def check_inputs(job: JobConfig) -> None:
+    """Checks what the schema cannot: that the output directories can be written, and that the files the job names
+    exist, hold something and have the columns it reads. All before Ray starts, and before any data is read."""
+    from orchestrator.data.read import check_columns  # the data package needs this one loaded first
+
+    check_output_dirs(job)
     check_columns(job, resolve_data_files(job))
-    check_writable(job)
     if job.data.tokenizer.path and not os.path.exists(expand_path(job.data.tokenizer.path)):
         raise UserError(f"data.tokenizer.path: {job.data.tokenizer.path!r} does not exist")
     if job.model.pretrained and not os.path.isfile(os.path.join(expand_path(job.model.pretrained), "config.json")):
@@ -273,7 +420,7 @@ def load_sweep(path: str | Path) -> LoadedSweep:
     base_raw = read_yaml(base_path)
     for key, value in config.overrides.items():
         if not is_job_key(JobConfig, key):
-            raise UserError(f"{path}: overrides.{key}: not a key of the job (see: orchestrator schema)")
+            raise UserError(f"{path}: overrides.{printable(key)}: not a key of the job (see: orchestrator schema)")
         set_key(base_raw, key, value)
     with_shared_storage(base_raw)
     try:
@@ -281,8 +428,8 @@ def load_sweep(path: str | Path) -> LoadedSweep:
         check_inputs(base_job)
     except UserError as err:
         raise in_file(base_path, err) from None
-    sweep = LoadedSweep(path, config, config.name or path.stem, base_raw, base_job)
     try:
+        sweep = LoadedSweep(path, config, config.name or file_name(path, instead="name"), base_raw, base_job)
         check_sweep(sweep)
     except UserError as err:
         raise in_file(path, err) from None
@@ -294,17 +441,17 @@ def check_sweep(sweep: LoadedSweep) -> None:
     config, job = sweep.config, sweep.base_job
     for key, distribution in config.search_space.items():
         if not is_job_key(JobConfig, key):
-            raise UserError(f"search_space.{key}: not a key of the job (see: orchestrator schema)")
+            raise UserError(f"search_space.{printable(key)}: not a key of the job (see: orchestrator schema)")
         for value in distribution.extremes():
             try:
                 sweep.trial_job({key: value})
             except UserError as err:
-                raise UserError(f"search_space.{key}: {value!r} makes the job invalid: {str(err).splitlines()[0]}") from None
+                raise UserError(f"search_space.{printable(key)}: {printable(repr(value))} makes the job invalid: {str(err).splitlines()[0]}") from None
     if not job.train.eval_every:
         raise UserError("train.eval_every: trials report their results to Tune when they evaluate; set it")
     reported = TASKS[job.task].reported_metrics
     if config.metric not in reported:
-        raise UserError(f"metric: the {job.task} task reports {', '.join(reported)} (got {config.metric!r})")
+        raise UserError(f"metric: the {job.task} task reports {', '.join(reported)} (got {printable(repr(config.metric))})")
     if config.metric.startswith("eval/") and not job.data.val_fraction > 0:
         raise UserError(f"metric: {config.metric} needs evaluations: set train.eval_every and data.val_fraction > 0")
     if config.scheduler.name in ("pbt", "pb2"):

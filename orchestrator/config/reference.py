@@ -29,6 +29,7 @@ def type_text(annotation, metadata: list) -> str:
         inner = ", ".join(type_text(arg, []) for arg in args if arg is not Ellipsis)
         return {list: f"list of {inner}", tuple: f"[{inner}]", dict: f"map of {inner}"}[get_origin(annotation)]
     name = getattr(annotation, "__name__", str(annotation))
+    metadata = [bound for item in metadata for bound in (item.metadata if isinstance(item, FieldInfo) else [item])]
     bounds = [f"{CONSTRAINTS[type(item)]} {getattr(item, type(item).__name__.lower())}" for item in metadata if type(item) in CONSTRAINTS]
     return " ".join([{"Any": "any"}.get(name, name), *bounds])
 

@@ -8,26 +8,33 @@ Nothing here imports torch or ray.
 import math
 from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
-from orchestrator.config.job import Section
+from orchestrator.config.job import MAX_SECONDS, MAX_STEPS, Int, PathText, Real, Section, Seed
 from orchestrator.config.names import Name
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform")
 # Sections a trial may vary. Data is prepared once for the whole sweep, and scaling, checkpoint and tracking
 # describe where and how trials run, so those stay the base job's.
 SEARCHABLE_SECTIONS = ("model", "train", "deepspeed")
+MAX_TRIALS = 10_000  # trials of one sweep, grid points x num_samples included: Tune keeps every one in memory
+MAX_SEARCHED_VALUES = 1000  # choice and grid values of all keys together: each is validated as a job beforehand
+MAX_SEARCHED_KEYS = 100
 
 
 class Distribution(Section):
     """Exactly one of the keys, e.g. `{loguniform: [1e-5, 1e-2]}`."""
 
-    choice: list[Any] | None = Field(None, min_length=1, description="Sample one of the values.")
-    grid: list[Any] | None = Field(None, min_length=1, description="Try every value (a Tune grid search).")
-    uniform: tuple[float, float] | None = Field(None, description="[low, high]")
-    loguniform: tuple[float, float] | None = Field(None, description="[low, high], both > 0, sampled in log space.")
-    randint: tuple[int, int] | None = Field(None, description="[low, high): an integer, high excluded.")
-    quniform: tuple[float, float, float] | None = Field(None, description="[low, high, q]: uniform rounded to q.")
+    choice: list[Any] | None = Field(
+        None, min_length=1, max_length=MAX_SEARCHED_VALUES, description="Sample one of the values."
+    )
+    grid: list[Any] | None = Field(
+        None, min_length=1, max_length=MAX_SEARCHED_VALUES, description="Try every value (a Tune grid search)."
+    )
+    uniform: tuple[Real, Real] | None = Field(None, description="[low, high]")
+    loguniform: tuple[Real, Real] | None = Field(None, description="[low, high], both > 0, sampled in log space.")
+    randint: tuple[Int, Int] | None = Field(None, description="[low, high): an integer, high excluded.")
+    quniform: tuple[Real, Real, Real] | None = Field(None, description="[low, high, q]: uniform rounded to q.")
 
     @model_validator(mode="after")
     def _one_kind_with_sane_bounds(self):
@@ -73,13 +80,13 @@ class SearchConfig(Section):
 
 class SchedulerConfig(Section):
     name: Literal["fifo", "asha", "pbt", "pb2"] = Field("fifo", description="Trial scheduler.")
-    grace_period: PositiveInt | None = Field(None, description="asha: steps before a trial can be stopped; default eval_every.")
-    reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor of trials at each rung.")
-    perturbation_interval: PositiveInt | None = Field(
-        None, description="pbt/pb2: steps between exploit/explore; a multiple of train.eval_every; default eval_every."
+    grace_period: Int | None = Field(None, gt=0, le=MAX_STEPS, description="asha: steps before a trial can be stopped; default eval_every.")
+    reduction_factor: Real = Field(2.0, gt=1, le=100, description="asha: keep 1/reduction_factor of trials at each rung.")
+    perturbation_interval: Int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="pbt/pb2: steps between exploit/explore; a multiple of train.eval_every; default eval_every."
     )
-    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="pbt/pb2: share of trials exploited / exploiting.")
-    resample_probability: float = Field(0.25, ge=0, le=1, description="pbt: chance to resample instead of perturbing.")
+    quantile_fraction: Real = Field(0.25, gt=0, le=0.5, description="pbt/pb2: share of trials exploited / exploiting.")
+    resample_probability: Real = Field(0.25, ge=0, le=1, description="pbt: chance to resample instead of perturbing.")
 
     @model_validator(mode="after")
     def _own_options(self):
@@ -104,23 +111,25 @@ class SweepConfig(Section):
     name: Name | None = Field(
         None, description="Names the sweep (default: the file's name); the same sweep submitted again resumes."
     )
-    base: str = Field(description="The job file every trial starts from, relative to the sweep file.")
+    base: PathText = Field(description="The job file every trial starts from, relative to the sweep file.")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Dotted job keys set for every trial, e.g. train.max_steps: 100."
     )
     search_space: dict[str, Distribution] = Field(
-        min_length=1, description="Dotted job key -> distribution, e.g. train.optimizer.lr: {loguniform: [1e-5, 1e-2]}."
+        min_length=1, max_length=MAX_SEARCHED_KEYS, description="Dotted job key -> distribution, e.g. train.optimizer.lr: {loguniform: [1e-5, 1e-2]}."
     )
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     metric: str = Field("eval/loss", description="Reported metric the sweep optimises.")
     mode: Literal["min", "max"] = "min"
-    num_samples: PositiveInt = Field(4, description="Trials to sample (each grid point is tried num_samples times).")
-    max_concurrent_trials: PositiveInt | None = Field(
-        None, description="Upper bound on trials at once; the cluster's CPUs/GPUs and the job's scaling set the rest."
+    num_samples: Int = Field(
+        4, gt=0, le=MAX_TRIALS, description="Trials to sample (each grid point is tried num_samples times)."
     )
-    time_budget_s: PositiveFloat | None = Field(None, description="Stop starting and running trials after this long.")
-    seed: int = Field(0, description="Seed of the search algorithm and the scheduler.")
+    max_concurrent_trials: Int | None = Field(
+        None, gt=0, le=MAX_TRIALS, description="Upper bound on trials at once; the cluster's CPUs/GPUs and the job's scaling set the rest."
+    )
+    time_budget_s: Real | None = Field(None, gt=0, le=MAX_SECONDS, description="Stop starting and running trials after this long.")
+    seed: Seed = Field(0, description="Seed of the search algorithm and the scheduler.")
 
     @model_validator(mode="after")
     def _searchable(self):
@@ -128,6 +137,12 @@ class SweepConfig(Section):
             if key.split(".")[0] not in SEARCHABLE_SECTIONS:
                 raise ValueError(f"search_space.{key}: only keys of {', '.join(SEARCHABLE_SECTIONS)} can be searched")
         kinds = {key: distribution.kind for key, distribution in self.search_space.items()}
+        values = sum(len(d.args) for d in self.search_space.values() if d.kind in ("choice", "grid"))
+        if values > MAX_SEARCHED_VALUES:
+            raise ValueError(f"search_space: {values:,} choice and grid values in all; at most {MAX_SEARCHED_VALUES:,}")
+        trials = self.num_samples * math.prod(len(d.grid) for d in self.search_space.values() if d.kind == "grid")
+        if trials > MAX_TRIALS:
+            raise ValueError(f"num_samples: {trials:,} trials (grid points x num_samples); at most {MAX_TRIALS:,}")
         search = self.search.name
         if search == "grid" and (sampled := [key for key, kind in kinds.items() if kind not in ("grid", "choice")]):
             raise ValueError(f"search: grid enumerates values; search_space.{sampled[0]} is a {kinds[sampled[0]]} range")

@@ -13,7 +13,6 @@ import os
 import shutil
 from pathlib import Path
 
-from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path
 
@@ -50,20 +49,6 @@ def fingerprint(job: JobConfig, files: list[str]) -> str:
 
 def cache_root(job: JobConfig) -> Path:
     return Path(expand_path(job.data.cache_dir))
-
-
-def check_writable(job: JobConfig) -> None:
-    """Before Ray starts: a cache that cannot be written is a job error, not a failure after preprocessing."""
-    if not job.data.cache:
-        return
-    root = cache_root(job)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"data.cache_dir: {root} is not writable ({err.strerror}); fix it or set data.cache: false")
 
 
 def entry_dir(job: JobConfig, key: str) -> Path:

@@ -131,7 +131,7 @@ def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
     data = prepare(job)  # once, for every trial
     steps = total_steps(job, data.train_sequences)
     storage = storage_path(job)
-    sweep_dir = path_inside(storage, checked_name(sweep.name, f"{sweep.path}: name"), "name")
+    sweep_dir = path_inside(storage, sweep.name, "name")
     at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)
     claim(sweep_dir, SWEEP_DIR, "name")
     parent = start_sweep_run(sweep, sweep_dir)

@@ -32,7 +32,7 @@ EXPECTED = {
     "wrong_type_lr.yaml": "train.optimizer.lr: must be a valid number",
     "wrong_type_steps.yaml": "train.max_steps: must be a valid integer (got [10])",
     "negative_lr.yaml": "train.optimizer.lr: must be greater than 0 (got -0.001)",
-    "nan_lr.yaml": "train.optimizer.lr: must be greater than 0 (got nan)",
+    "nan_lr.yaml": "train.optimizer.lr: must be a finite number (got nan)",
     "infinite_steps.yaml": "train.max_steps: must be a valid integer",
     "zero_stage_7.yaml": "deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)",
     "num_workers_0.yaml": "scaling.num_workers: must be greater than 0 (got 0)",

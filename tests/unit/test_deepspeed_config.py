@@ -60,7 +60,7 @@ def test_optimizers():
 
 def test_extra_is_deep_merged_last():
     extra = {"zero_optimization": {"reduce_bucket_size": 1000}, "gradient_clipping": 0.5, "flops_profiler": {"enabled": True}}
-    config = deepspeed_config(job(deepspeed={"zero_stage": 2, "extra": extra}))
+    config = deepspeed_config(job(train={"grad_clip": 0.5}, deepspeed={"zero_stage": 2, "extra": extra}))
     assert config["zero_optimization"] == {"stage": 2, "reduce_bucket_size": 1000, "allgather_bucket_size": 2**20}
     assert config["gradient_clipping"] == 0.5 and config["flops_profiler"] == {"enabled": True}
 
