@@ -98,6 +98,20 @@ for _tag in REFUSED_TAGS:
     _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 
 
+class _QuotingDumper(yaml.SafeDumper):
+    """Writes strings that YAML 1.2 (or 1.1) would read as another type quoted ("1e5", "0x1f", "yes"), so a job
+    written by the framework reads back as the same job."""
+
+
+for _kind, (_pattern, _first, _convert) in CORE_SCHEMA.items():
+    _QuotingDumper.add_implicit_resolver(f"tag:yaml.org,2002:{_kind}", re.compile(f"^(?:{_pattern})$", re.VERBOSE), list(_first))
+
+
+def dump_yaml(tree: Any) -> str:
+    """`tree` as YAML that the job loader reads back unchanged."""
+    return yaml.dump(tree, Dumper=_QuotingDumper, sort_keys=False, allow_unicode=True)
+
+
 def parse_yaml(text: str) -> Any:
     """A YAML document, read with _StrictLoader; a UserError (one line) for anything it cannot or will not read."""
     try:

@@ -9,12 +9,11 @@ import re
 import tempfile
 
 import pandas as pd
-import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestrator.config.load import LoadedSweep
+from orchestrator.config.load import LoadedSweep, dump_yaml
 from orchestrator.tracking.model import ARTIFACT_PATH, register
 from orchestrator.tracking.params import flatten
 from orchestrator.tracking.redact import redact_config, redact_text
@@ -46,7 +45,7 @@ def start_sweep_run(sweep: LoadedSweep, sweep_dir: str) -> TrackedRun:
         params=flatten(sweep.config.model_dump(mode="json", exclude_none=True)),
         artifacts={
             "sweep.yaml": redact_text(sweep.path.read_text(), sweep.base_raw),
-            "base_job.yaml": yaml.safe_dump(redact_config(sweep.base_raw), sort_keys=False),
+            "base_job.yaml": dump_yaml(redact_config(sweep.base_raw)),
         },
     )
 

@@ -6,13 +6,12 @@ import time
 
 import psutil
 import ray.train
-import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import storage_path
+from orchestrator.config.load import dump_yaml, storage_path
 from orchestrator.config.names import derived_name
 from orchestrator.config.paths import claim, delete_claimed, path_inside
 from orchestrator.data.pipeline import PreparedData, example_texts, prepare
@@ -95,7 +94,7 @@ def train_plan(
 
 def job_artifacts(job: JobConfig) -> dict[str, str]:
     return {
-        "job.yaml": yaml.safe_dump(redact_config(job.model_dump(mode="json")), sort_keys=False),
+        "job.yaml": dump_yaml(redact_config(job.model_dump(mode="json"))),
         "deepspeed_config.json": json.dumps(redact_config(deepspeed_config(job)), indent=2),
     }
 

@@ -317,3 +317,10 @@ def test_the_probe_leaves_no_write_test_directory(job, tmp_path):
     for _ in range(3):
         load_job(write_job(tmp_path / "job.yaml", job))
     assert os.listdir(home) == []
+
+
+def test_a_job_the_framework_writes_reads_back_unchanged():
+    from orchestrator.config.load import dump_yaml, parse_yaml
+
+    tree = {"tracking": {"tags": {"a": "1e5", "b": "0x1f", "c": "yes", "d": "12:30", "e": "null", "f": "plain"}}, "n": 3}
+    assert parse_yaml(dump_yaml(tree)) == tree
