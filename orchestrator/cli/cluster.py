@@ -59,7 +59,10 @@ def token_path(env: dict[str, str]) -> Path:
 def ensure_auth_token(env: dict[str, str]) -> None:
     """Generates Ray's auth token unless there is one: a token-auth head refuses to start without it. Ray writes it
     with the umask (0644 as a rule): here under umask 077, so that it is never readable by others."""
-    subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True, umask=0o077)
+    command = [BIN / "ray", "get-auth-token", "--generate"]
+    generated = subprocess.run(command, env=env, capture_output=True, text=True, umask=0o077)  # stdout: the token
+    if generated.returncode:
+        raise UserError(f"ray get-auth-token --generate failed: {(generated.stderr.strip().splitlines() or ['?'])[-1]}")
     restrict_token_file(env)
 
 
