@@ -10,3 +10,6 @@ export RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 export RAY_ADDRESS_HTTP="http://127.0.0.1:$RAY_DASHBOARD_PORT"
 # Ray 2.60 clusters require token auth; clients (ray job submit, drivers) must say they use it.
 export RAY_AUTH_MODE=token
+# The local head is one loopback node: all it starts listens on 127.0.0.1, and its clients (ray status, drivers) must
+# look for it there (orchestrator/cli/cluster.py LOOPBACK_NODE). Not for a node that joins another cluster.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0

@@ -18,6 +18,7 @@ def connect() -> str:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    use_loopback_node()
     try:
         ray.init(address="auto")
         return "the local Ray cluster (ray start --head)"
@@ -25,6 +26,18 @@ def connect() -> str:
         # With its dashboard: Ray Train frees the resources of a stopped run through the state API it serves.
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
         return "an embedded local Ray instance"
+
+
+def use_loopback_node() -> None:
+    """Makes this process see the local head as the loopback node it is (cli/cluster.py LOOPBACK_NODE), and start an
+    embedded instance as one: every server and metrics exporter of it on 127.0.0.1. Without it, a driver would look
+    for the head at the machine's outward address, where nothing answers, and retry for minutes."""
+    from ray._private import ray_constants
+
+    from orchestrator.cli.cluster import LOOPBACK_NODE  # here: cli imports this module
+
+    os.environ.update(LOOPBACK_NODE)  # for the processes Ray starts from here
+    ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray read from it when this process imported ray
 
 
 # Ray Train's controller checks on its workers every 2 s by default, so a run that ended waits up to 2 s more to be

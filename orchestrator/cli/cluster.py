@@ -2,8 +2,9 @@
 artifact root), both on 127.0.0.1. `up` is idempotent: what already runs is left as it is.
 
 Ray is started with MLFLOW_TRACKING_URI in its environment, so every job submitted to it logs to this server. Ray
-2.60 turns token auth on for the clusters it starts: clients need RAY_AUTH_MODE=token (set here for the commands
-this runs, and by `source cluster/env.sh` for a shell).
+2.60 turns token auth on for the clusters it starts: clients need RAY_AUTH_MODE=token. The head is one loopback node
+(LOOPBACK_NODE): its clients need that setting too. Both are set here for the commands this runs, and by
+`source cluster/env.sh` for a shell.
 """
 
 import logging
@@ -31,9 +32,51 @@ StateDir = Annotated[
 MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.")]
 DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.")]
 
+# Ray binds each server and metrics exporter of a node to the node's address, or to all interfaces, and takes 127.0.0.1
+# as the node's address only where it supports no multi-node clusters, which this setting declares. So every process
+# of the local head (GCS, raylet, agents, dashboard, the Prometheus exporters, workers) listens on loopback; clients
+# need it too, or they look for the head at the machine's outward address. A node cannot join such a head.
+LOOPBACK_NODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
-def client_env(mlflow_port: int) -> dict[str, str]:
-    return os.environ | {"RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+
+def client_env(mlflow_uri: str) -> dict[str, str]:
+    """The environment of a client of the local cluster, and of the head itself (its jobs inherit it)."""
+    return os.environ | LOOPBACK_NODE | {"RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": mlflow_uri}
+
+
+def ray_start_command(ray_port: int, dashboard_port: int, num_cpus: int | None) -> list[str]:
+    """`ray start` of the local head; with client_env's environment, everything it starts listens on 127.0.0.1."""
+    command = [str(BIN / "ray"), "start", "--head", "--port", str(ray_port), "--disable-usage-stats"]
+    command += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)]
+    return command + (["--num-cpus", str(num_cpus)] if num_cpus else [])
+
+
+def token_path(env: dict[str, str]) -> Path:
+    """Where Ray reads the auth token from (RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token)."""
+    return Path(env.get("RAY_AUTH_TOKEN_PATH") or Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token")
+
+
+def ensure_auth_token(env: dict[str, str]) -> None:
+    """Generates Ray's auth token unless there is one: a token-auth head refuses to start without it. Ray writes it
+    with the umask (0644 as a rule): here under umask 077, so that it is never readable by others."""
+    command = [BIN / "ray", "get-auth-token", "--generate"]
+    generated = subprocess.run(command, env=env, capture_output=True, text=True, umask=0o077)  # stdout: the token
+    if generated.returncode:
+        raise UserError(f"ray get-auth-token --generate failed: {(generated.stderr.strip().splitlines() or ['?'])[-1]}")
+    restrict_token_file(env)
+
+
+def restrict_token_file(env: dict[str, str]) -> None:
+    """Makes a token file written before (0644) readable by its owner only."""
+    path = token_path(env)
+    if path.exists():
+        path.chmod(0o600)
+
+
+def start_ray(env: dict[str, str], ray_port: int, dashboard_port: int, num_cpus: int | None) -> subprocess.CompletedProcess:
+    """Starts the local head (jobs inherit `env`, MLFLOW_TRACKING_URI with it); its GCS address is 127.0.0.1:ray_port."""
+    ensure_auth_token(env)
+    return subprocess.run(ray_start_command(ray_port, dashboard_port, num_cpus), env=env, capture_output=True, text=True)
 
 
 def mlflow_is_up(port: int) -> bool:
@@ -78,7 +121,7 @@ def up(
     Example: orchestrator cluster up
     """
     state_dir.mkdir(parents=True, exist_ok=True)
-    env = client_env(mlflow_port)
+    env = client_env(f"http://127.0.0.1:{mlflow_port}")
     if mlflow_is_up(mlflow_port):
         print("MLflow already running")
     else:
@@ -86,12 +129,7 @@ def up(
     if ray_is_up(env):
         print("Ray already running")
     else:
-        # A new machine has no token yet, and a token-auth head refuses to start without one.
-        subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
-        command = [BIN / "ray", "start", "--head", "--port", str(ray_port), "--dashboard-host", "127.0.0.1"]
-        command += ["--dashboard-port", str(dashboard_port), "--disable-usage-stats"]
-        command += ["--num-cpus", str(num_cpus)] if num_cpus else []
-        started = subprocess.run(command, env=env, capture_output=True, text=True)  # jobs inherit MLFLOW_TRACKING_URI
+        started = start_ray(env, ray_port, dashboard_port, num_cpus)
         (state_dir / "ray-start.log").write_text(started.stdout + started.stderr)
         if started.returncode:
             raise UserError(f"ray start failed: see {state_dir / 'ray-start.log'}")
@@ -123,12 +161,12 @@ def status(mlflow_port: MlflowPort = 5000, dashboard_port: DashboardPort = 8265)
 
     Example: orchestrator cluster status
     """
-    env = client_env(mlflow_port)
+    env = client_env(f"http://127.0.0.1:{mlflow_port}")
     print(f"MLflow {env['MLFLOW_TRACKING_URI']}: {'up' if mlflow_is_up(mlflow_port) else 'not running'}")
     if not ray_is_up(env):
         print("Ray: not running (orchestrator cluster up)")
         raise typer.Exit(1)
-    os.environ["RAY_AUTH_MODE"] = "token"  # read when ray is imported
+    os.environ.update(LOOPBACK_NODE | {"RAY_AUTH_MODE": "token"})  # read when ray is imported
     import ray  # only now
     from ray.job_submission import JobSubmissionClient
 

@@ -2,7 +2,6 @@
 started and stopped here: nothing is left running. Every test uses its own experiment and directories."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port, stop_running_jobs
 
-from helpers import ANSI, free_port, stop_running_jobs
+from orchestrator.cli.cluster import client_env, start_ray
 
 BIN = Path(sys.executable).parent
 
@@ -90,31 +90,20 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(mlflow_server) -> Cluster:
-    env = os.environ | {
-        "RAY_AUTH_MODE": "token",
-        "MLFLOW_TRACKING_URI": mlflow_server,  # jobs inherit it from the cluster, as with `orchestrator cluster up`
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
+    """Started as `orchestrator cluster up` starts it (its functions): a loopback node with token auth, whose jobs
+    inherit MLFLOW_TRACKING_URI."""
+    env = client_env(mlflow_server) | {"PATH": f"{BIN}:{os.environ['PATH']}"}
     ray = str(BIN / "ray")
     if subprocess.run([ray, "status"], env=env, capture_output=True).returncode == 0:
         pytest.fail("a Ray cluster is already running here; stop it (orchestrator cluster down) so the tests can use their own")
-    # A new machine has no token yet, and a token-auth head refuses to start without one.
-    subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
-    dashboard_port = free_port()
-    started = subprocess.run(
-        [ray, "start", "--head", "--port", str(free_port()), "--num-cpus", "2", "--disable-usage-stats"]
-        + ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    ray_port, dashboard_port = free_port(), free_port()
+    started = start_ray(env, ray_port, dashboard_port, num_cpus=2)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        address = re.search(r"ray start --address='([^']+)'", ANSI.sub("", started.stdout)).group(1)
+        address = f"127.0.0.1:{ray_port}"
         yield Cluster(address, f"http://127.0.0.1:{dashboard_port}", env | {"RAY_ADDRESS": address})
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
-
 
 
 @pytest.fixture(autouse=True)
