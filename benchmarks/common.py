@@ -9,7 +9,6 @@ import contextlib
 import copy
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -20,6 +19,8 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+from orchestrator.cli.cluster import start_ray
+from orchestrator.local_node import LOOPBACK_NODE
 from orchestrator.train.deepspeed_config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,21 +63,16 @@ def local_cluster():
     if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_API_SERVER_ADDRESS"):
         yield dict(os.environ)
         return
-    env = os.environ | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = os.environ | LOOPBACK_NODE | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
     if subprocess.run(["ray", "status"], env=env, capture_output=True).returncode == 0:
         sys.exit("a Ray cluster is already running: stop it, or name it with RAY_ADDRESS and RAY_API_SERVER_ADDRESS")
-    subprocess.run(["ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
-    dashboard = free_port()
-    started = subprocess.run(
-        ["ray", "start", "--head", "--port", str(free_port()), "--disable-usage-stats"]
-        + ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)],
-        env=env, capture_output=True, text=True,
-    )
+    port, dashboard = free_port(), free_port()
+    started = start_ray(env, port, dashboard, num_cpus=None)  # the local head's flags: everything on loopback
     try:
         if started.returncode:
             sys.exit(started.stdout + started.stderr)
-        address = re.search(r"ray start --address='([^']+)'", started.stdout).group(1)
-        cluster = {"RAY_ADDRESS": address, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY_AUTH_MODE": "token"}
+        cluster = {"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+        cluster |= {name: env[name] for name in ("RAY_AUTH_MODE", *LOOPBACK_NODE)}
         os.environ.update(cluster)  # ray.init() in this process joins it too
         yield env | cluster
     finally:

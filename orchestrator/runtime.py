@@ -6,6 +6,7 @@ import ray
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
+from orchestrator.local_node import LOOPBACK_NODE
 
 
 def connect() -> str:
@@ -29,12 +30,10 @@ def connect() -> str:
 
 
 def use_loopback_node() -> None:
-    """Makes this process see the local head as the loopback node it is (cli/cluster.py LOOPBACK_NODE), and start an
+    """Makes this process see the local head as the loopback node it is (local_node.py), and start an
     embedded instance as one: every server and metrics exporter of it on 127.0.0.1. Without it, a driver would look
     for the head at the machine's outward address, where nothing answers, and retry for minutes."""
     from ray._private import ray_constants
-
-    from orchestrator.cli.cluster import LOOPBACK_NODE  # here: cli imports this module
 
     os.environ.update(LOOPBACK_NODE)  # for the processes Ray starts from here
     ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray read from it when this process imported ray

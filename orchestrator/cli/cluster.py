@@ -21,6 +21,7 @@ import typer
 
 from orchestrator.cli.app import app
 from orchestrator.config import UserError
+from orchestrator.local_node import LOOPBACK_NODE
 
 cluster_app = typer.Typer(no_args_is_help=True, help="A local Ray head and MLflow tracking server, on 127.0.0.1.")
 app.add_typer(cluster_app, name="cluster")
@@ -31,12 +32,6 @@ StateDir = Annotated[
 ]
 MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.")]
 DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.")]
-
-# Ray binds each server and metrics exporter of a node to the node's address, or to all interfaces, and takes 127.0.0.1
-# as the node's address only where it supports no multi-node clusters, which this setting declares. So every process
-# of the local head (GCS, raylet, agents, dashboard, the Prometheus exporters, workers) listens on loopback; clients
-# need it too, or they look for the head at the machine's outward address. A node cannot join such a head.
-LOOPBACK_NODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def client_env(mlflow_uri: str) -> dict[str, str]:

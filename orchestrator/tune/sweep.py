@@ -24,7 +24,7 @@ from ray.util.queue import Queue
 
 from orchestrator import runtime
 from orchestrator.config.load import LoadedSweep, storage_path
-from orchestrator.config.names import checked_name, derived_name
+from orchestrator.config.names import derived_name
 from orchestrator.config.paths import claim, path_inside
 from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
 from orchestrator.tracking.data_report import log_data_report

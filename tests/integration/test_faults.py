@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -180,15 +181,25 @@ def alive_nodes(cluster) -> int:
     return len(ray_state(cluster, "nodes", "state=ALIVE"))
 
 
+# The session's head is a loopback node (orchestrator/local_node.py), which Ray lets no node join: it would take
+# 127.0.0.1, the head's address and the node's, for this machine's outward address, where nothing listens. This is
+# Ray's own `ray start`, told to keep 127.0.0.1 as given.
+JOIN_LOOPBACK_HEAD = (
+    "import sys, ray._private.services as services; services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.exit(main())"
+)
+
+
 def join_node(cluster, log: Path) -> subprocess.Popen:
     """A second Ray node on this machine with 1 CPU, joining the head; its processes share one process group. It
     has a temp dir of its own, as a real node would: sharing the head's would share (and clean up) its files."""
     temp_dir = tempfile.mkdtemp(prefix="ray-node-")  # short: Ray's socket paths must fit in 107 characters
     with open(log, "a") as out:
         node = subprocess.Popen(
-            ["ray", "start", "--address", cluster.address, "--num-cpus", "1", "--disable-usage-stats", "--block",
-             "--temp-dir", temp_dir],
-            env=cluster.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-c", JOIN_LOOPBACK_HEAD, "start", "--address", cluster.address, "--node-ip-address",
+             "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block", "--temp-dir", temp_dir],
+            env=cluster.env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},  # under "0", `ray start --address` refuses
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     node.temp_dir = temp_dir
     wait_until(lambda: alive_nodes(cluster) == 2, 90, "the second node joining")

@@ -7,7 +7,8 @@ import stat
 import subprocess
 import sys
 
-from orchestrator.cli.cluster import LOOPBACK_NODE, client_env, ray_start_command, restrict_token_file
+from orchestrator.cli.cluster import client_env, ray_start_command, restrict_token_file
+from orchestrator.local_node import LOOPBACK_NODE
 
 
 def test_ray_start_names_no_address_but_loopback():
