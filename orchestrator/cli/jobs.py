@@ -29,6 +29,8 @@ MLFLOW_RUN = re.compile(r"MLflow (?:sweep )?run(?: \((?:new|resumed)\))?: (https
 Address = Annotated[
     str | None, typer.Option("--address", help="Job API of the cluster; default: RAY_API_SERVER_ADDRESS, else the local head.")
 ]
+# Ray's submission ids (raysubmit_...), job ids (hex) and ids given at submission: a URL path segment, never '..'.
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,255}")
 SubmissionId = Annotated[str, typer.Argument(help="The job's submission id (from submit or list).", show_default=False)]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends; exit with its status.")]
 
@@ -42,6 +44,26 @@ def job_client(address: str | None):
         return JobSubmissionClient(address)
     except ConnectionError:
         raise UserError(f"--address: no Ray job API answers at {address}; start one with `orchestrator cluster up`") from None
+    except ValueError as err:  # Ray's and requests' parsers refuse the address (requests' InvalidURL is one)
+        raise UserError(f"--address: not an address of a job API, such as {LOCAL_JOB_API} ({err})") from None
+
+
+def job_info(client, submission_id: str):
+    """The job's details; an id the cluster does not know is a UserError (Ray's client raises a RuntimeError)."""
+    try:
+        return client.get_job_info(submission_id)
+    except RuntimeError as err:
+        if "status code 404" not in str(err):
+            raise
+        raise UserError(f"submission id: no job {submission_id} on {client.get_address()}") from None
+
+
+def known_job_client(address: str | None, submission_id: str):
+    """The client of a cluster that has the job, and the job's details."""
+    if not SUBMISSION_ID.fullmatch(submission_id):
+        raise UserError(f"submission id: letters, digits, '_', '-' and '.', at most 256 (got {submission_id!r})")
+    client = job_client(address)
+    return client, job_info(client, submission_id)
 
 
 def mlflow_run_url(logs: str) -> str | None:
@@ -93,6 +115,8 @@ def submit(
 
     Example: orchestrator submit jobs/gpt-tiny.yaml --follow
     """
+    if not working_dir.is_dir():
+        raise UserError(f"--working-dir: {working_dir} is not a directory")
     command = entrypoint(file, overrides, working_dir)
     env_vars = {name: os.environ[name] for name in ("MLFLOW_TRACKING_URI",) if name in os.environ}
     client = job_client(address)
@@ -110,8 +134,7 @@ def status(submission_id: SubmissionId, address: Address = None) -> None:
 
     Example: orchestrator status raysubmit_XYZ
     """
-    client = job_client(address)
-    info = client.get_job_info(submission_id)
+    client, info = known_job_client(address, submission_id)
     print(f"job {submission_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
     print(f"entrypoint: {info.entrypoint}")
     if info.start_time:
@@ -127,7 +150,7 @@ def logs(submission_id: SubmissionId, follow: Follow = False, address: Address =
 
     Example: orchestrator logs raysubmit_XYZ --follow
     """
-    client = job_client(address)
+    client, _ = known_job_client(address, submission_id)
     if follow:
         finish(client, submission_id, follow_logs(client, submission_id))
     sys.stdout.write(client.get_job_logs(submission_id))
@@ -139,7 +162,7 @@ def stop(submission_id: SubmissionId, address: Address = None) -> None:
 
     Example: orchestrator stop raysubmit_XYZ
     """
-    client = job_client(address)
+    client, _ = known_job_client(address, submission_id)
     if not client.stop_job(submission_id):
         print(f"job {submission_id} had already ended: {client.get_job_status(submission_id).value}")
         return
