@@ -107,7 +107,7 @@ Inputs = Annotated[
     list[Path],
     typer.Option("--input", "-i", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows per model call.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per model call.")]
 
 
 @app.command()
@@ -126,9 +126,10 @@ def predict(
     from orchestrator import runtime  # ray, torch: only now
     from orchestrator.inference import batch
 
-    print(f"connected to {runtime.connect()}")
+    files = batch.check_inputs([str(path) for path in inputs])  # mistakes first, before connecting
+    batch.check_output(output, output_format)
     model_dir = batch.resolve_model(model, None)
-    files = [str(path) for path in inputs]
+    print(f"connected to {runtime.connect()}")
     batch.predict(model_dir, files, output, output_format, text_field, batch_size=batch_size)
 
 
@@ -146,8 +147,12 @@ def evaluate(
     from orchestrator import runtime  # ray, torch: only now
     from orchestrator.inference import batch
 
+    files = batch.check_inputs([str(path) for path in inputs])  # mistakes first, before connecting
+    if output_json and (output_json.is_dir() or not output_json.parent.is_dir()):
+        raise UserError(f"--output-json: {output_json} cannot be written (a directory, or in a directory that does not exist)")
+    model_dir = batch.resolve_model(model, None)
     print(f"connected to {runtime.connect()}")
-    metrics = batch.evaluate(batch.resolve_model(model, None), [str(path) for path in inputs], batch_size=batch_size)
+    metrics = batch.evaluate(model_dir, files, batch_size=batch_size)
     if output_json:
         output_json.write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"metrics: {output_json}")

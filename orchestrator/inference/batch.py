@@ -87,6 +87,23 @@ def _latest_job_model(job_file: Path) -> Path:
     return _download(f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", uri)
 
 
+# --- what the command asks for, checked before anything connects ---------------------------------------
+
+
+def check_inputs(inputs: list[str]) -> list[str]:
+    """The input files, local ones made absolute; a missing local one is a UserError."""
+    if missing := [path for path in inputs if "://" not in path and not os.path.isfile(path)]:
+        raise UserError(f"--input: no such file: {', '.join(missing)}")
+    return [path if "://" in path else os.path.abspath(path) for path in inputs]
+
+
+def check_output(output_dir: Path, fmt: str) -> None:
+    if fmt not in OUTPUT_FORMATS:
+        raise UserError(f"--format: one of {', '.join(OUTPUT_FORMATS)} (got {fmt!r})")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise UserError(f"--output: {output_dir} is a file, not a directory")
+
+
 # --- the actors ----------------------------------------------------------------------------------------
 
 
@@ -99,10 +116,7 @@ def _readable_rows(
     """The rows the reader could parse, in blocks of a batch: the reader makes one block per file, and small blocks
     give every actor a share of even one large file. Materialized: counted once, and read and split before the
     actors hold the CPUs (tasks upstream of them could not start)."""
-    local = [path for path in inputs if "://" not in path]
-    if missing := [path for path in local if not os.path.exists(path)]:
-        raise UserError(f"--input: no such file: {', '.join(missing)}")
-    files = [path if "://" in path else os.path.abspath(path) for path in inputs]
+    files = check_inputs(inputs)
     fields = row_fields(
         text_field or card["text_field"],
         card["label_field"] if evaluate else None,
@@ -140,8 +154,7 @@ def predict(
     batch_size: int = 32,
 ) -> dict[str, float]:
     """Writes source, text and the prediction columns of every readable row to output_dir; returns the throughput."""
-    if fmt not in OUTPUT_FORMATS:
-        raise UserError(f"--format: one of {', '.join(OUTPUT_FORMATS)} (got {fmt!r})")
+    check_output(output_dir, fmt)
     start = time.perf_counter()
     rows = _readable_rows(inputs, read_card(model_dir), text_field, False, batch_size)
     predictions = _predictions(rows, model_dir, False, concurrency, batch_size)
