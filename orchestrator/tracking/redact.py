@@ -15,14 +15,14 @@ SECRET_WORD = (
     r"(?<![a-z])(?:token|secret|passw(?:or)?d|api[_-]?key|access[_-]?key|private[_-]?key|credentials?|authorization)"
     r"(?![a-z])"
 )
-SECRET_NAME = re.compile(SECRET_WORD, re.I)
+SECRET_NAME = re.compile(SECRET_WORD, re.IGNORECASE)
 # A URL's authority: from '://' to the path, query, fragment or whitespace. Its userinfo ends at the last '@'.
 AUTHORITY = re.compile(r"://([^/?#\s]*+)")
 # A secret-named key given a value in free text: `hf_token=VALUE` (--set, environment) or `'hf_token': VALUE`
 # (a dict quoted by an error). The name starts where no name character precedes it, so each is scanned once.
 NAME = r"(?=[\w.-]*?" + SECRET_WORD + r")[\w.-]++"
 VALUE = r"""(?P<value>'[^'\n]*+'|"[^"\n]*+"|[^\s,;'")\]}]++)"""
-SECRET_ASSIGNMENT = re.compile(rf"""(?P<name>(?<![\w.-]){NAME}=|(?P<quote>['"]){NAME}(?P=quote):[ \t]?){VALUE}""", re.I)
+SECRET_ASSIGNMENT = re.compile(rf"""(?P<name>(?<![\w.-]){NAME}=|(?P<quote>['"]){NAME}(?P=quote):[ \t]?){VALUE}""", re.IGNORECASE)
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words in the text
 NOT_SECRETS = {"true", "false", "none", "null", "auto"}  # switches named like secrets (SOME_TOKEN_ENABLED=true)
 

@@ -6,9 +6,8 @@ pipeline parallelism first split the parameters (what the busiest worker holds i
 worker's states over the data-parallel replicas.
 """
 
-from dataclasses import dataclass, replace
-
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -16,9 +15,9 @@ from deepspeed.runtime.utils import partition_balanced
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
+from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path
-from orchestrator.config.errors import UserError
 from orchestrator.models.build import hf_config, label_keys
 from orchestrator.models.tasks import TASKS
 

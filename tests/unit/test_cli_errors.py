@@ -47,9 +47,9 @@ def test_long_words_are_cut_in_the_middle_and_the_line_is_bounded():
 
 @pytest.mark.parametrize("text", ["x" * 10_000_000, "\x1b[2J\n" * 2_000_000, "a:b@" * 2_500_000, "k: v\n" * 2_000_000])
 def test_ten_megabytes_print_in_linear_time(text):
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU: other processes on the machine do not count
     assert len(one_line(text)) < MAX_LINE + 30
-    assert time.perf_counter() - started < 5  # about 1 s on one core; the old pattern took 2.8 s for 10 k characters
+    assert time.process_time() - started < 5  # under 0.5 s; the old pattern took 2.8 s for 10 k
 
 
 def test_secrets_are_masked_before_anything_is_cut(monkeypatch):

@@ -5,7 +5,6 @@ import sys
 import time
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
@@ -99,6 +98,6 @@ def test_secret_values_of_the_tree_are_masked_whatever_their_type_and_quoting():
 ])
 def test_masking_is_linear_in_the_text(text):
     """2 MB of the inputs that made the old pattern quadratic (10 k characters took 2.8 s) take well under a second."""
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU: other processes on the machine do not count
     redact_text(text)
-    assert time.perf_counter() - started < 1.5
+    assert time.process_time() - started < 1.5
