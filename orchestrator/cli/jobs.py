@@ -16,9 +16,10 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.app import app
+from orchestrator.cli.app import app, escape
 from orchestrator.cli.training import Overrides, check_file
 from orchestrator.config import UserError
+from orchestrator.tracking.redact import redact_text
 
 LOCAL_JOB_API = "http://127.0.0.1:8265"
 # Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.
@@ -66,10 +67,16 @@ def known_job_client(address: str | None, submission_id: str):
     return client, job_info(client, submission_id)
 
 
+def shown(text: str) -> str:
+    """An entrypoint or a message of the job API for the terminal: the --set values it holds may be secrets, or
+    hold escape sequences."""
+    return escape(redact_text(text))
+
+
 def mlflow_run_url(logs: str) -> str | None:
-    """The MLflow run the job's driver opened, from the line it prints."""
+    """The MLflow run the job's driver opened, from the line it prints (as shown: the log is the job's text)."""
     found = MLFLOW_RUN.search(logs)
-    return found.group(1) if found else None
+    return shown(found.group(1)) if found else None
 
 
 def entrypoint(file: Path, overrides: list[str], working_dir: Path) -> str:
@@ -122,7 +129,7 @@ def submit(
     client = job_client(address)
     runtime_env = {"working_dir": str(working_dir)} | ({"env_vars": env_vars} if env_vars else {})
     submission_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
-    print(f"submitted {submission_id}: {command}")
+    print(f"submitted {submission_id}: {shown(command)}")
     print(f"Ray dashboard: {client.get_address()}/#/jobs/{submission_id}", flush=True)
     if follow:
         finish(client, submission_id, follow_logs(client, submission_id))
@@ -135,8 +142,8 @@ def status(submission_id: SubmissionId, address: Address = None) -> None:
     Example: orchestrator status raysubmit_XYZ
     """
     client, info = known_job_client(address, submission_id)
-    print(f"job {submission_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
-    print(f"entrypoint: {info.entrypoint}")
+    print(f"job {submission_id}: {info.status.value}" + (f" ({shown(info.message)})" if info.message else ""))
+    print(f"entrypoint: {shown(info.entrypoint)}")
     if info.start_time:
         end = info.end_time or time.time() * 1000
         print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.start_time / 1000))}, {(end - info.start_time) / 1000:.0f} s")
@@ -189,5 +196,5 @@ def list_jobs(address: Address = None) -> None:
         started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
         url = mlflow_run_url(client.get_job_logs(job.submission_id)) or ""
         # Text, not markup: an entrypoint holds brackets (--set data.paths=[...]) that rich would read as tags
-        table.add_row(job.submission_id, str(job.status.value), started, Text(job.entrypoint or ""), Text(url))
+        table.add_row(job.submission_id, str(job.status.value), started, Text(shown(job.entrypoint or "")), Text(url))
     Console(width=200).print(table)

@@ -2,6 +2,7 @@
 the ones that only read job files: validate, schema."""
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -192,6 +193,8 @@ def plan(
 
     Example: python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
     """
+    if memory_per_worker is not None and not 0 < memory_per_worker < math.inf:
+        raise UserError(f"--memory-per-worker: GiB, a positive number (got {memory_per_worker})")
     job = load_job(job_file, overrides)
     import psutil
     import torch  # torch, deepspeed: only now

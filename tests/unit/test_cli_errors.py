@@ -180,3 +180,30 @@ def test_a_bug_is_not_turned_into_a_user_error(monkeypatch):
     monkeypatch.setattr(cli_app, "app", lambda **kwargs: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main()
+
+
+@pytest.mark.parametrize("memory", ["0", "-1", "nan", "inf"])
+def test_plan_refuses_a_memory_that_is_not_one_before_loading(monkeypatch, capsys, memory):
+    code, lines = run(monkeypatch, capsys, "plan", "no-such-job.yaml", "--memory-per-worker", memory)
+    assert code == 2 and "--memory-per-worker: GiB, a positive number" in assert_one_clean_line(lines)
+
+
+def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys):
+    class Job:
+        entrypoint = "python -m orchestrator train job.yaml --set 'tracking.uri=https://u:p@ss@h' --set 'model.family=\x1b[2J'"
+        message, start_time, status = "failed\x1b[31m", None, type("Status", (), {"value": "FAILED"})
+
+    class Client(FakeJobClient):
+        def get_job_info(self, submission_id):
+            return Job
+
+        def get_job_logs(self, submission_id):
+            return ""
+
+    monkeypatch.setattr(jobs, "job_client", lambda address: Client())
+    monkeypatch.setattr(sys, "argv", ["orchestrator", "status", "raysubmit_X"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out = capsys.readouterr().out
+    assert exited.value.code in (0, None)
+    assert "\x1b" not in out and "p@ss" not in out and "https://u:***@h" in out and "\\x1b[2J" in out and "failed\\x1b[31m" in out
