@@ -122,7 +122,7 @@ def submit(
 
     Example: orchestrator submit jobs/gpt-tiny.yaml --follow
     """
-    if not working_dir.is_dir():
+    if not os.path.isdir(working_dir):  # os.path's answers False for a name the system refuses (too long, NUL)
         raise UserError(f"--working-dir: {working_dir} is not a directory")
     command = entrypoint(file, overrides, working_dir)
     env_vars = {name: os.environ[name] for name in ("MLFLOW_TRACKING_URI",) if name in os.environ}

@@ -3,6 +3,7 @@ the ones that only read job files: validate, schema."""
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -149,7 +150,7 @@ def evaluate(
     from orchestrator.inference import batch
 
     files = batch.check_inputs([str(path) for path in inputs])  # mistakes first, before connecting
-    if output_json and (output_json.is_dir() or not output_json.parent.is_dir()):
+    if output_json and (os.path.isdir(output_json) or not os.path.isdir(output_json.absolute().parent)):
         raise UserError(f"--output-json: {output_json} cannot be written (a directory, or in a directory that does not exist)")
     model_dir = batch.resolve_model(model, None)
     print(f"connected to {runtime.connect()}")

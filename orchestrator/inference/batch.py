@@ -36,13 +36,14 @@ def resolve_model(spec: str, tracking_uri: str | None) -> Path:
     """The exported Hugging Face directory that a local directory, an MLflow URI (runs:/<run_id>/model,
     models:/<name>/<version>) or a job file (its latest run) names."""
     path = Path(spec).expanduser()
-    if path.is_dir():
+    # os.path's checks answer False for a name the system refuses (too long, a NUL byte); Path's raise
+    if os.path.isdir(path):
         return _hf_directory(path, spec)
     if spec.startswith(MLFLOW_SCHEMES):
         # The default of training jobs (tracking/run.py), so that a run logged by `orchestrator train` is found.
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
         return _download(spec, uri)
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
+    if os.path.isfile(path) and path.suffix in (".yaml", ".yml"):
         return _latest_job_model(path)
     raise UserError(
         f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) "
@@ -100,7 +101,7 @@ def check_inputs(inputs: list[str]) -> list[str]:
 def check_output(output_dir: Path, fmt: str) -> None:
     if fmt not in OUTPUT_FORMATS:
         raise UserError(f"--format: one of {', '.join(OUTPUT_FORMATS)} (got {fmt!r})")
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError(f"--output: {output_dir} is a file, not a directory")
 
 

@@ -97,7 +97,9 @@ def test_predict_and_evaluate_check_their_arguments_before_connecting(monkeypatc
         (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--format", "csv\x1b"), "--format: one of parquet, jsonl"),
         (("predict", "m", "-i", str(text), "-o", str(text)), "--output: "),
         (("predict", str(tmp_path / "no-model"), "-i", str(text), "-o", str(tmp_path / "out")), "model: "),
+        (("predict", "a" * 5000, "-i", str(text), "-o", str(tmp_path / "out")), "model: "),  # too long a name for the OS
         (("evaluate", "m", "-i", str(tmp_path / "missing.jsonl")), "--input: no such file"),
+        (("evaluate", "m", "-i", str(text), "--output-json", "a" * 5000), "model: "),
         (("evaluate", "m", "-i", str(text), "--output-json", str(tmp_path / "no" / "m.json")), "--output-json: "),
     ]
     for args, expected in cases:
@@ -148,8 +150,9 @@ def test_an_address_that_is_not_one_is_one_line(monkeypatch, capsys, address):
 
 def test_submit_refuses_a_working_dir_that_is_not_one(monkeypatch, capsys, tmp_path, corpus):
     path = write_job(tmp_path / "job.yaml", tiny_job(corpus))
-    code, lines = run(monkeypatch, capsys, "submit", str(path), "--working-dir", str(tmp_path / "nowhere"))
-    assert code == 2 and "--working-dir: " in assert_one_clean_line(lines)
+    for working_dir in (str(tmp_path / "nowhere"), "a" * 5000):
+        code, lines = run(monkeypatch, capsys, "submit", str(path), "--working-dir", working_dir)
+        assert code == 2 and "--working-dir: " in assert_one_clean_line(lines)
 
 
 @pytest.mark.parametrize("dims, expected", [
