@@ -93,7 +93,7 @@ def _latest_job_model(job_file: Path) -> Path:
 
 def check_inputs(inputs: list[str]) -> list[str]:
     """The input files, local ones made absolute; a missing local one is a UserError."""
-    if missing := [path for path in inputs if "://" not in path and not os.path.isfile(path)]:
+    if missing := [path for path in inputs if "://" not in path and not os.path.exists(path)]:
         raise UserError(f"--input: no such file: {', '.join(missing)}")
     return [path if "://" in path else os.path.abspath(path) for path in inputs]
 
