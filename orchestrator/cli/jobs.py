@@ -16,9 +16,10 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.app import app
+from orchestrator.cli.app import app, escape
 from orchestrator.cli.training import Overrides, check_file
 from orchestrator.config import UserError
+from orchestrator.tracking.redact import redact_text
 
 LOCAL_JOB_API = "http://127.0.0.1:8265"
 # Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.
@@ -29,6 +30,8 @@ MLFLOW_RUN = re.compile(r"MLflow (?:sweep )?run(?: \((?:new|resumed)\))?: (https
 Address = Annotated[
     str | None, typer.Option("--address", help="Job API of the cluster; default: RAY_API_SERVER_ADDRESS, else the local head.")
 ]
+# Ray's submission ids (raysubmit_...), job ids (hex) and ids given at submission: a URL path segment, never '..'.
+SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,255}")
 SubmissionId = Annotated[str, typer.Argument(help="The job's submission id (from submit or list).", show_default=False)]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends; exit with its status.")]
 
@@ -42,12 +45,38 @@ def job_client(address: str | None):
         return JobSubmissionClient(address)
     except ConnectionError:
         raise UserError(f"--address: no Ray job API answers at {address}; start one with `orchestrator cluster up`") from None
+    except ValueError as err:  # Ray's and requests' parsers refuse the address (requests' InvalidURL is one)
+        raise UserError(f"--address: not an address of a job API, such as {LOCAL_JOB_API} ({err})") from None
+
+
+def job_info(client, submission_id: str):
+    """The job's details; an id the cluster does not know is a UserError (Ray's client raises a RuntimeError)."""
+    try:
+        return client.get_job_info(submission_id)
+    except RuntimeError as err:
+        if "status code 404" not in str(err):
+            raise
+        raise UserError(f"submission id: no job {submission_id} on {client.get_address()}") from None
+
+
+def known_job_client(address: str | None, submission_id: str):
+    """The client of a cluster that has the job, and the job's details."""
+    if not SUBMISSION_ID.fullmatch(submission_id):
+        raise UserError(f"submission id: letters, digits, '_', '-' and '.', at most 256 (got {submission_id!r})")
+    client = job_client(address)
+    return client, job_info(client, submission_id)
+
+
+def shown(text: str) -> str:
+    """An entrypoint or a message of the job API for the terminal: the --set values it holds may be secrets, or
+    hold escape sequences."""
+    return escape(redact_text(text))
 
 
 def mlflow_run_url(logs: str) -> str | None:
-    """The MLflow run the job's driver opened, from the line it prints."""
+    """The MLflow run the job's driver opened, from the line it prints (as shown: the log is the job's text)."""
     found = MLFLOW_RUN.search(logs)
-    return found.group(1) if found else None
+    return shown(found.group(1)) if found else None
 
 
 def entrypoint(file: Path, overrides: list[str], working_dir: Path) -> str:
@@ -93,12 +122,14 @@ def submit(
 
     Example: orchestrator submit jobs/gpt-tiny.yaml --follow
     """
+    if not os.path.isdir(working_dir):  # os.path's answers False for a name the system refuses (too long, NUL)
+        raise UserError(f"--working-dir: {working_dir} is not a directory")
     command = entrypoint(file, overrides, working_dir)
     env_vars = {name: os.environ[name] for name in ("MLFLOW_TRACKING_URI",) if name in os.environ}
     client = job_client(address)
     runtime_env = {"working_dir": str(working_dir)} | ({"env_vars": env_vars} if env_vars else {})
     submission_id = client.submit_job(entrypoint=command, runtime_env=runtime_env)
-    print(f"submitted {submission_id}: {command}")
+    print(f"submitted {submission_id}: {shown(command)}")
     print(f"Ray dashboard: {client.get_address()}/#/jobs/{submission_id}", flush=True)
     if follow:
         finish(client, submission_id, follow_logs(client, submission_id))
@@ -110,10 +141,9 @@ def status(submission_id: SubmissionId, address: Address = None) -> None:
 
     Example: orchestrator status raysubmit_XYZ
     """
-    client = job_client(address)
-    info = client.get_job_info(submission_id)
-    print(f"job {submission_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
-    print(f"entrypoint: {info.entrypoint}")
+    client, info = known_job_client(address, submission_id)
+    print(f"job {submission_id}: {info.status.value}" + (f" ({shown(info.message)})" if info.message else ""))
+    print(f"entrypoint: {shown(info.entrypoint)}")
     if info.start_time:
         end = info.end_time or time.time() * 1000
         print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.start_time / 1000))}, {(end - info.start_time) / 1000:.0f} s")
@@ -127,7 +157,7 @@ def logs(submission_id: SubmissionId, follow: Follow = False, address: Address =
 
     Example: orchestrator logs raysubmit_XYZ --follow
     """
-    client = job_client(address)
+    client, _ = known_job_client(address, submission_id)
     if follow:
         finish(client, submission_id, follow_logs(client, submission_id))
     sys.stdout.write(client.get_job_logs(submission_id))
@@ -139,7 +169,7 @@ def stop(submission_id: SubmissionId, address: Address = None) -> None:
 
     Example: orchestrator stop raysubmit_XYZ
     """
-    client = job_client(address)
+    client, _ = known_job_client(address, submission_id)
     if not client.stop_job(submission_id):
         print(f"job {submission_id} had already ended: {client.get_job_status(submission_id).value}")
         return
@@ -166,5 +196,5 @@ def list_jobs(address: Address = None) -> None:
         started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
         url = mlflow_run_url(client.get_job_logs(job.submission_id)) or ""
         # Text, not markup: an entrypoint holds brackets (--set data.paths=[...]) that rich would read as tags
-        table.add_row(job.submission_id, str(job.status.value), started, Text(job.entrypoint or ""), Text(url))
+        table.add_row(job.submission_id, str(job.status.value), started, Text(shown(job.entrypoint or "")), Text(url))
     Console(width=200).print(table)

@@ -2,6 +2,8 @@
 the ones that only read job files: validate, schema."""
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -111,7 +113,7 @@ Inputs = Annotated[
     list[Path],
     typer.Option("--input", "-i", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows per model call.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per model call.")]
 
 
 @app.command()
@@ -130,9 +132,10 @@ def predict(
     from orchestrator import runtime  # ray, torch: only now
     from orchestrator.inference import batch
 
-    print(f"connected to {runtime.connect()}")
+    files = batch.check_inputs([str(path) for path in inputs])  # mistakes first, before connecting
+    batch.check_output(output, output_format)
     model_dir = batch.resolve_model(model, None)
-    files = [str(path) for path in inputs]
+    print(f"connected to {runtime.connect()}")
     batch.predict(model_dir, files, output, output_format, text_field, batch_size=batch_size)
 
 
@@ -150,8 +153,12 @@ def evaluate(
     from orchestrator import runtime  # ray, torch: only now
     from orchestrator.inference import batch
 
+    files = batch.check_inputs([str(path) for path in inputs])  # mistakes first, before connecting
+    if output_json and (os.path.isdir(output_json) or not os.path.isdir(output_json.absolute().parent)):
+        raise UserError(f"--output-json: {output_json} cannot be written (a directory, or in a directory that does not exist)")
+    model_dir = batch.resolve_model(model, None)
     print(f"connected to {runtime.connect()}")
-    metrics = batch.evaluate(batch.resolve_model(model, None), [str(path) for path in inputs], batch_size=batch_size)
+    metrics = batch.evaluate(model_dir, files, batch_size=batch_size)
     if output_json:
         output_json.write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"metrics: {output_json}")
@@ -191,6 +198,8 @@ def plan(
 
     Example: python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
     """
+    if memory_per_worker is not None and not 0 < memory_per_worker < math.inf:
+        raise UserError(f"--memory-per-worker: GiB, a positive number (got {memory_per_worker})")
     job = load_job(job_file, overrides)
     import psutil
     import torch  # torch, deepspeed: only now

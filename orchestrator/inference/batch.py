@@ -36,13 +36,14 @@ def resolve_model(spec: str, tracking_uri: str | None) -> Path:
     """The exported Hugging Face directory that a local directory, an MLflow URI (runs:/<run_id>/model,
     models:/<name>/<version>) or a job file (its latest run) names."""
     path = Path(spec).expanduser()
-    if path.is_dir():
+    # os.path's checks answer False for a name the system refuses (too long, a NUL byte); Path's raise
+    if os.path.isdir(path):
         return _hf_directory(path, spec)
     if spec.startswith(MLFLOW_SCHEMES):
         # The default of training jobs (tracking/run.py), so that a run logged by `orchestrator train` is found.
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
         return _download(spec, uri)
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
+    if os.path.isfile(path) and path.suffix in (".yaml", ".yml"):
         return _latest_job_model(path)
     raise UserError(
         f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) "
@@ -87,6 +88,23 @@ def _latest_job_model(job_file: Path) -> Path:
     return _download(f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", uri)
 
 
+# --- what the command asks for, checked before anything connects ---------------------------------------
+
+
+def check_inputs(inputs: list[str]) -> list[str]:
+    """The input files, local ones made absolute; a missing local one is a UserError."""
+    if missing := [path for path in inputs if "://" not in path and not os.path.exists(path)]:
+        raise UserError(f"--input: no such file: {', '.join(missing)}")
+    return [path if "://" in path else os.path.abspath(path) for path in inputs]
+
+
+def check_output(output_dir: Path, fmt: str) -> None:
+    if fmt not in OUTPUT_FORMATS:
+        raise UserError(f"--format: one of {', '.join(OUTPUT_FORMATS)} (got {fmt!r})")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"--output: {output_dir} is a file, not a directory")
+
+
 # --- the actors ----------------------------------------------------------------------------------------
 
 
@@ -99,10 +117,7 @@ def _readable_rows(
     """The rows the reader could parse, in blocks of a batch: the reader makes one block per file, and small blocks
     give every actor a share of even one large file. Materialized: counted once, and read and split before the
     actors hold the CPUs (tasks upstream of them could not start)."""
-    local = [path for path in inputs if "://" not in path]
-    if missing := [path for path in local if not os.path.exists(path)]:
-        raise UserError(f"--input: no such file: {', '.join(missing)}")
-    files = [path if "://" in path else os.path.abspath(path) for path in inputs]
+    files = check_inputs(inputs)
     fields = row_fields(
         text_field or card["text_field"],
         card["label_field"] if evaluate else None,
@@ -140,8 +155,7 @@ def predict(
     batch_size: int = 32,
 ) -> dict[str, float]:
     """Writes source, text and the prediction columns of every readable row to output_dir; returns the throughput."""
-    if fmt not in OUTPUT_FORMATS:
-        raise UserError(f"--format: one of {', '.join(OUTPUT_FORMATS)} (got {fmt!r})")
+    check_output(output_dir, fmt)
     start = time.perf_counter()
     rows = _readable_rows(inputs, read_card(model_dir), text_field, False, batch_size)
     predictions = _predictions(rows, model_dir, False, concurrency, batch_size)

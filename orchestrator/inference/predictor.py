@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import transformers
 
+from orchestrator.config.errors import UserError
 from orchestrator.data.encode import IGNORED_LABEL
 from orchestrator.data.tokenizers import separator_id
 from orchestrator.models.tasks import TASKS
@@ -25,7 +26,11 @@ PREDICTION_COLUMNS = {
 
 
 def read_card(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / MODEL_CARD).read_text())
+    path = Path(model_dir) / MODEL_CARD
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"model: {path} is corrupt (not JSON)") from None
 
 
 def _pad(rows: list[list[int]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:

@@ -6,9 +6,8 @@ pipeline parallelism first split the parameters (what the busiest worker holds i
 worker's states over the data-parallel replicas.
 """
 
-from dataclasses import dataclass, replace
-
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -16,9 +15,10 @@ from deepspeed.runtime.utils import partition_balanced
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
+from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import expand_path
-from orchestrator.models.build import build_model, label_keys
+from orchestrator.models.build import hf_config, label_keys
 from orchestrator.models.tasks import TASKS
 
 # The layouts `plan` compares, in the order it prefers them when several fit (less communication first).
@@ -30,6 +30,7 @@ OPTIONS = {
     "ZeRO-2 + offload optimizer": {"zero_stage": 2, "offload_optimizer": True},
     "ZeRO-3 + offload optimizer and params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
 }
+MAX_PLANNED_LAYERS = 1024  # ~2 ms each on the meta device; the largest published models have fewer than 200
 # A worker process before its model (Python, torch, Ray, DeepSpeed), measured on CPU: benchmarks/zero_memory.py.
 CPU_PROCESS_BYTES = int(0.46 * 2**30)
 
@@ -66,14 +67,31 @@ def vocabulary_size(job: JobConfig) -> int:
     return job.data.tokenizer.vocab_size
 
 
-def model_size(job: JobConfig) -> ModelSize:
+def meta_model(job: JobConfig) -> torch.nn.Module:
+    """The job's model on the meta device. Dimensions it cannot have are the job's mistake: too many layers to count
+    in seconds (each is built), or sizes that torch or the architecture refuse (a width that overflows a tensor's
+    size, a width that the heads do not divide)."""
     labels = job.data.labels or ["0", "1"]  # a classification head's size hardly matters
-    with torch.device("meta"):
-        if job.model.pretrained:
-            config = transformers.AutoConfig.from_pretrained(expand_path(job.model.pretrained), **label_keys(labels))
-            model = getattr(transformers, TASKS[job.task].auto_class).from_config(config)
-        else:
-            model = build_model(job.model, job.task, _Vocabulary(vocabulary_size(job)), labels if job.task == "sequence_classification" else [], 0)
+    if job.model.pretrained:
+        field = "model.pretrained"
+        config = transformers.AutoConfig.from_pretrained(expand_path(job.model.pretrained), **label_keys(labels))
+    else:
+        field = "model.dims"
+        labels = labels if job.task == "sequence_classification" else []
+        config = hf_config(job.model, _Vocabulary(vocabulary_size(job)), labels)
+    layers = config.num_hidden_layers + getattr(config, "num_decoder_layers", 0)
+    if layers > MAX_PLANNED_LAYERS:
+        where = field if job.model.pretrained else f"{field}.layers"
+        raise UserError(f"{where}: plan builds each layer to count it, at most {MAX_PLANNED_LAYERS:,} (got {layers:,})")
+    try:
+        with torch.device("meta"):
+            return getattr(transformers, TASKS[job.task].auto_class).from_config(config)
+    except (ValueError, RuntimeError) as err:  # raised by the architecture's checks and torch's size arithmetic
+        raise UserError(f"{field}: no model has these dimensions: {' '.join(str(err).split())}") from None
+
+
+def model_size(job: JobConfig) -> ModelSize:
+    model = meta_model(job)
     config = model.config
     return ModelSize(
         parameters=sum(p.numel() for p in model.parameters()),
