@@ -30,8 +30,9 @@ BIN = Path(sys.executable).parent  # ray and mlflow of this environment
 StateDir = Annotated[
     Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", help="MLflow store and artifacts, pid and log files.")
 ]
-MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.")]
-DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.")]
+PORTS = {"min": 1, "max": 65535}
+MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.", **PORTS)]
+DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.", **PORTS)]
 
 
 def client_env(mlflow_uri: str) -> dict[str, str]:
@@ -108,14 +109,17 @@ def up(
     state_dir: StateDir = Path(".cluster"),
     mlflow_port: MlflowPort = 5000,
     dashboard_port: DashboardPort = 8265,
-    ray_port: Annotated[int, typer.Option(help="Ray head (GCS) port.")] = 6379,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use; default: all.")] = None,
+    ray_port: Annotated[int, typer.Option(help="Ray head (GCS) port.", **PORTS)] = 6379,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use; default: all.", min=1)] = None,
 ) -> None:
     """Start the MLflow server and the Ray head, unless they already run; print their URLs.
 
     Example: orchestrator cluster up
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--state-dir: {state_dir} cannot be created ({err.strerror})") from None
     env = client_env(f"http://127.0.0.1:{mlflow_port}")
     if mlflow_is_up(mlflow_port):
         print("MLflow already running")

@@ -92,12 +92,13 @@ def validate(
 
 def check_file(file: Path, overrides: list[str]) -> bool:
     """Loads a job or sweep file as its command would, raising a UserError for any problem; True for a sweep."""
-    sweep = is_sweep(read_yaml(file))
+    raw = read_yaml(file)  # once: a file can be megabytes
+    sweep = is_sweep(raw)
     if sweep:
         if overrides:
             raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
-        load_sweep(file)
-    elif not load_job(file, overrides).tracking.run_name:
+        load_sweep(file, raw)
+    elif not load_job(file, overrides, raw).tracking.run_name:
         file_name(file, instead="tracking.run_name")  # the run is named after the file
     return sweep
 

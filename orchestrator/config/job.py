@@ -21,7 +21,8 @@ from orchestrator.models.tasks import TASKS
 # with room to spare; the reference shows each bound.
 MAX_WORKERS = 4096  # Ray Train workers, and any parallel degree
 MAX_BATCH = 65536  # micro batch size, micro batches accumulated
-MAX_DIM = 2**20  # any model dimension: layers, width, heads, positions
+MAX_DIM = 2**20  # any model dimension: width, heads, positions
+MAX_LAYERS = 1024  # the largest published models have fewer than 200; each layer costs start-up time to build
 MAX_VOCAB = 2**20
 MAX_SEQ_LEN = 2**20
 MAX_STEPS = 10**9  # any count or interval of optimizer steps
@@ -82,7 +83,7 @@ class Section(BaseModel):
 class ModelDims(Section):
     """Explicit dimensions; each one set here overrides the size preset."""
 
-    layers: Int | None = Field(None, gt=0, le=MAX_DIM, description="Transformer blocks (encoder-decoders: each side).")
+    layers: Int | None = Field(None, gt=0, le=MAX_LAYERS, description="Transformer blocks (encoder-decoders: each side).")
     hidden: Int | None = Field(None, gt=0, le=MAX_DIM, description="Width of the hidden states.")
     heads: Int | None = Field(None, gt=0, le=MAX_DIM, description="Attention heads.")
     kv_heads: Int | None = Field(None, gt=0, le=MAX_DIM, description="Key/value heads (llama grouped-query attention).")
@@ -115,7 +116,16 @@ class ModelConfig(Section):
             raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
         if self.pretrained and (hf_config := self.pretrained_config()) and hf_config.get("model_type") != self.family:
             raise ValueError(f"family: {self.pretrained} is a {hf_config.get('model_type')} model (got {self.family!r})")
+        if not self.pretrained:
+            self._check_heads(self.dims_resolved())
         return self
+
+    def _check_heads(self, dims: dict[str, int]) -> None:
+        """Attention splits the width into heads, and grouped-query attention the heads into key/value groups."""
+        if FAMILIES[self.family].heads_split_hidden and dims["hidden"] % dims["heads"]:
+            raise ValueError(f"dims.heads: {dims['heads']} heads cannot split a hidden width of {dims['hidden']}")
+        if dims.get("kv_heads") and dims["heads"] % dims["kv_heads"]:
+            raise ValueError(f"dims.kv_heads: {dims['kv_heads']} key/value heads cannot group {dims['heads']} heads")
 
     def pretrained_config(self) -> dict | None:
         """The pretrained model's config.json, if it is there (a missing directory is reported by check_inputs)."""

@@ -362,8 +362,9 @@ def in_file(path: str | Path, err: UserError) -> UserError:
     return UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines()))
 
 
-def load_job(path: str | Path, overrides: list[str] = ()) -> JobConfig:
-    raw = with_shared_storage(apply_overrides(read_yaml(path), list(overrides)))
+def load_job(path: str | Path, overrides: list[str] = (), raw: dict[str, Any] | None = None) -> JobConfig:
+    """The job of the file at `path` with `overrides`; `raw`: the file's mapping where the caller has read it."""
+    raw = with_shared_storage(apply_overrides(read_yaml(path) if raw is None else raw, list(overrides)))
     try:
         job = validate(raw)
         check_inputs(job)
@@ -424,10 +425,11 @@ class LoadedSweep:
         return validate(self.trial_raw(values))
 
 
-def load_sweep(path: str | Path) -> LoadedSweep:
+def load_sweep(path: str | Path, raw: dict[str, Any] | None = None) -> LoadedSweep:
+    """The sweep of the file at `path`; `raw`: the file's mapping where the caller has read it."""
     path = Path(path)
     try:
-        config = validate(read_yaml(path), SweepConfig)
+        config = validate(read_yaml(path) if raw is None else raw, SweepConfig)
     except UserError as err:
         raise in_file(path, err) from None
     base_path = (path.parent / expand_path(config.base)).resolve()

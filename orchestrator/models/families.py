@@ -17,6 +17,7 @@ class Family:
     # the model-parallel layouts that can split it (keys of train.parallel.LAYOUTS): "tensor" where DeepSpeed's AutoTP
     # parses its layers (it refuses GPT-2, which has a kernel policy), "pipeline" where models/pipeline.py cuts it
     model_parallel: tuple[str, ...] = ()
+    heads_split_hidden: bool = True  # each head gets hidden / heads dimensions (T5 sizes its heads with d_kv instead)
 
 
 GPT2 = Family(
@@ -77,6 +78,7 @@ T5 = Family(  # encoder-decoder, for seq2seq; relative positions, so no max_posi
     },
     fixed={"feed_forward_proj": "relu"},
     dropout_keys=("dropout_rate",),
+    heads_split_hidden=False,
 )
 
 FAMILIES: dict[str, Family] = {"gpt2": GPT2, "llama": LLAMA, "bert": BERT, "t5": T5}

@@ -16,7 +16,7 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import JobConfig
+from orchestrator.config.job import MAX_LAYERS, JobConfig
 from orchestrator.config.load import expand_path
 from orchestrator.models.build import hf_config, label_keys
 from orchestrator.models.tasks import TASKS
@@ -30,7 +30,6 @@ OPTIONS = {
     "ZeRO-2 + offload optimizer": {"zero_stage": 2, "offload_optimizer": True},
     "ZeRO-3 + offload optimizer and params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
 }
-MAX_PLANNED_LAYERS = 1024  # ~2 ms each on the meta device; the largest published models have fewer than 200
 # A worker process before its model (Python, torch, Ray, DeepSpeed), measured on CPU: benchmarks/zero_memory.py.
 CPU_PROCESS_BYTES = int(0.46 * 2**30)
 
@@ -80,9 +79,9 @@ def meta_model(job: JobConfig) -> torch.nn.Module:
         labels = labels if job.task == "sequence_classification" else []
         config = hf_config(job.model, _Vocabulary(vocabulary_size(job)), labels)
     layers = config.num_hidden_layers + getattr(config, "num_decoder_layers", 0)
-    if layers > MAX_PLANNED_LAYERS:
+    if layers > MAX_LAYERS:
         where = field if job.model.pretrained else f"{field}.layers"
-        raise UserError(f"{where}: plan builds each layer to count it, at most {MAX_PLANNED_LAYERS:,} (got {layers:,})")
+        raise UserError(f"{where}: plan builds each layer to count it, at most {MAX_LAYERS:,} (got {layers:,})")
     try:
         with torch.device("meta"):
             return getattr(transformers, TASKS[job.task].auto_class).from_config(config)

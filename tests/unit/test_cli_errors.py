@@ -210,3 +210,23 @@ def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert exited.value.code in (0, None)
     assert "\x1b" not in out and "p@ss" not in out and "https://u:***@h" in out and "\\x1b[2J" in out and "failed\\x1b[31m" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("cluster", "up", "--mlflow-port", "99999"), "'--mlflow-port'"),
+        (("cluster", "up", "--ray-port", "0"), "'--ray-port'"),
+        (("cluster", "up", "--num-cpus", "0"), "'--num-cpus'"),
+        (("cluster", "status", "--dashboard-port", "-1"), "'--dashboard-port'"),
+    ],
+)
+def test_cluster_options_out_of_range_are_refused_before_anything_starts(monkeypatch, capsys, args, expected):
+    code, lines = run(monkeypatch, capsys, *args)
+    assert code == 2 and expected in assert_one_clean_line(lines)
+
+
+def test_a_cluster_state_dir_that_cannot_be_made_is_one_line(monkeypatch, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, lines = run(monkeypatch, capsys, "cluster", "up", "--state-dir", str(tmp_path / "file" / "state"))
+    assert code == 2 and "--state-dir: " in assert_one_clean_line(lines) and "cannot be created" in lines[0]

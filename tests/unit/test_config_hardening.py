@@ -324,3 +324,22 @@ def test_a_job_the_framework_writes_reads_back_unchanged():
 
     tree = {"tracking": {"tags": {"a": "1e5", "b": "0x1f", "c": "yes", "d": "12:30", "e": "null", "f": "plain"}}, "n": 3}
     assert parse_yaml(dump_yaml(tree)) == tree
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.dims.heads=3"], "model.dims.heads: 3 heads cannot split a hidden width of 64"),
+        (["model.family=llama", "model.dims.kv_heads=3"], "model.dims.kv_heads: 3 key/value heads cannot group 2 heads"),
+        (["model.dims.layers=1025"], "model.dims.layers: must be less than or equal to 1024"),
+    ],
+)
+def test_model_dimensions_that_build_no_model_are_refused(job, overrides, expected):
+    assert refused(job, *overrides).startswith(expected)
+
+
+def test_t5_heads_need_not_split_the_width(job):
+    job = job | {"task": "seq2seq"}
+    job["data"] = job["data"] | {"text_field": "text", "target_field": "text"}
+    job["model"] = {"family": "t5", "size": "tiny", "dims": {"heads": 3}}
+    assert validate(job).model.dims.heads == 3
