@@ -86,7 +86,7 @@ BAD_JOBS = [
     ("parallel remainder", {}, ["parallelism.pipeline=2", "scaling.num_workers=3"], "parallelism: data x tensor x pipeline = 1 x 1 x 2 = 2 workers, but scaling.num_workers is 3"),
     ("tensor and pipeline", {}, ["parallelism.tensor=2", "parallelism.pipeline=2", "scaling.num_workers=4"], "parallelism: tensor and pipeline parallelism together are not supported"),
     ("tensor family", {}, ["parallelism.tensor=2"], "parallelism.tensor: splits llama models, not gpt2"),
-    ("tensor heads", {}, ["model.family=llama", "parallelism.tensor=2", "model.dims.heads=3"], "parallelism.tensor: model heads (3) must divide by 2"),
+    ("tensor heads", {}, ["model.family=llama", "parallelism.tensor=2", "model.dims.heads=1", "model.dims.kv_heads=1"], "parallelism.tensor: model heads (1) must divide by 2"),
     ("pipeline zero", {}, ["parallelism.pipeline=2", "deepspeed.zero_stage=2"], "deepspeed.zero_stage: pipeline parallelism works with ZeRO stage 0-1 (got 2)"),
     ("tensor zero", {}, ["model.family=llama", "parallelism.tensor=2", "deepspeed.zero_stage=3"], "deepspeed.zero_stage: tensor parallelism works with ZeRO stage 0-2 (got 3)"),
     ("pipeline elastic", {}, ["parallelism.pipeline=2", "scaling.min_workers=1"], "scaling.min_workers: a pipeline-parallel job cannot be elastic"),
