@@ -8,6 +8,7 @@ strings, deep nesting, aliases, unknown keys, and secrets planted where an error
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -142,7 +143,7 @@ SWEEP_SECTIONS = schema_sections(SweepConfig)
 # --- documents: values, raw YAML, planted secrets -----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class Doc:
     """A YAML document under construction: a tree of plain values, where a placeholder string stands for raw YAML
     text (a YAML 1.1 trap, an alias, a tag, an escape) that a dumper would quote, and the secrets planted in it."""
@@ -157,6 +158,14 @@ class Doc:
         self.raw[placeholder] = text
         return placeholder
 
+    def __repr__(self) -> str:
+        """The YAML as written (long lines cut), which is what a failing case is about."""
+        lines = [line if len(line) <= 200 else f"{line[:200]}... ({len(line):,} characters)" for line in self.text().splitlines()]
+        return "Doc(\n" + "\n".join(lines) + f"\n, secrets={sorted(self.secrets)})"
+
+    def _repr_pretty_(self, printer, cycle) -> None:  # Hypothesis prints a failing case's draws with this
+        printer.text(repr(self))
+
     def raw_key(self, text: str) -> str:
         """A key written as raw YAML text, as an explicit `? key` (an implicit key may not pass 1,024 characters)."""
         placeholder = self.raw_value(text)
@@ -167,11 +176,15 @@ class Doc:
         out = yaml.safe_dump(self.tree, sort_keys=False, width=math.inf)
         for placeholder, text in self.raw.items():
             if placeholder in self.raw_keys:
-                explicit = lambda m, key=text: f"{m[1]}? {key}\n{' ' * len(m[1])}:"  # noqa: E731
-                out = re.sub(rf"^([ -]*){placeholder}:", explicit, out, flags=re.M)
+                out = re.sub(rf"^([ -]*){placeholder}:", functools.partial(_explicit_key, text), out, flags=re.MULTILINE)
             else:
                 out = out.replace(placeholder, text)
         return out
+
+
+def _explicit_key(key: str, match: re.Match) -> str:
+    indent = match[1]  # spaces, or the "- " of a list item
+    return f"{indent}? {key}\n{' ' * len(indent)}:"
 
 
 def quoted(text: str) -> str:
@@ -319,10 +332,11 @@ HOSTILE_TEXT = st.lists(st.one_of(UNICODE, st.text(max_size=8)), max_size=6).map
 
 @st.composite
 def long_text(draw) -> str:
-    """Up to a megabyte: cheap to build (a repeated unit), costly only for code that is not linear in it."""
+    """Up to a megabyte: cheap to build (a repeated unit), costly only for code that is not linear in it. Escape
+    sequences stop at 100 KB: PyYAML alone takes about 2 s to read a megabyte of them."""
     unit = draw(st.sampled_from(["a", "é", "\u202e", "😀", "a/", "a:", "x@", "http://", "\x1b["]))
-    size = draw(st.sampled_from([1_000, 10_000, 100_000, 1_000_000]))
-    return unit * (size // len(unit))
+    sizes = [1_000, 10_000, 100_000] + ([1_000_000] if unit.isprintable() else [])
+    return unit * (draw(st.sampled_from(sizes)) // len(unit))
 
 
 def nested(depth: int, kind: str) -> str:
