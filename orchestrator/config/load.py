@@ -115,9 +115,15 @@ def dump_yaml(tree: Any) -> str:
 def parse_yaml(text: str) -> Any:
     """A YAML document, read with _StrictLoader; a UserError (one line) for anything it cannot or will not read."""
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # undecodable bytes of a command line, which Python keeps as surrogates
+        raise UserError(f"not UTF-8 text (character {err.start + 1})") from None
+    try:
         check_nesting(text)
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as err:
+        if "maximum nesting depth" in str(err):  # libyaml's own limit, met while it scans ahead of check_nesting
+            raise UserError(f"line {err.problem_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels") from None
         raise UserError(f"not valid YAML: {printable(' '.join(str(err).split()), 2 * MAX_ECHO_CHARS)}") from None
     count, depth = measure(raw, MAX_YAML_VALUES)
     if count > MAX_YAML_VALUES:

@@ -53,13 +53,18 @@ def test_yaml_1_1_numbers_fail_an_integer_field_by_type(job, text):
 def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path):
     with pytest.raises(UserError, match=f"line 65: nested deeper than {MAX_YAML_DEPTH} levels"):
         parse_yaml("a:\n" + "".join(" " * depth + "b:\n" for depth in range(1, 200)))
-    with pytest.raises(UserError, match="nest"):  # libyaml stops flow nesting past 1000 levels itself
+    with pytest.raises(UserError, match=f"line 1: nested deeper than {MAX_YAML_DEPTH} levels"):  # libyaml's own limit
         parse_yaml("a: " + "[" * 10_000 + "]" * 10_000)
     chained = "a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 200))  # deep through aliases
     with pytest.raises(UserError, match="nested deeper than"):
         parse_yaml(chained)
     with pytest.raises(UserError, match="nested deeper than"):
         set_key({}, "a" + ".a" * 100, 1)
+
+
+def test_undecodable_bytes_of_a_command_line_are_one_line(job):
+    undecodable = b"\xff\xfe".decode("utf-8", "surrogateescape")  # how Python hands such an argument over
+    assert refused(job, f"model.size={undecodable}") == "--set model.size: not UTF-8 text (character 1)"
 
 
 @pytest.mark.parametrize("text", ["? [a, b]\n: 1", "? {a: 1}\n: 1"])
