@@ -405,18 +405,19 @@ def plant_secret(draw, doc: Doc) -> None:
         leaf = draw(st.sampled_from(JOB_LEAVES))
         set_at(doc.tree, leaf.path, draw(secret_value(doc)))
         return
-    doc.secrets.add(token)
     name = draw(st.sampled_from(SECRET_NAMES))
     if where == "tag":
-        set_at(doc.tree, ("tracking", "tags", name), token)
+        planted = set_at(doc.tree, ("tracking", "tags", name), token)
     elif where == "tag_wrapped":
         wrapped = draw(st.sampled_from([[token], {"value": token}, f"{token}\n"]))
-        set_at(doc.tree, ("tracking", "tags", name), wrapped)
+        planted = set_at(doc.tree, ("tracking", "tags", name), wrapped)
     elif where == "tag_reused":  # a secret's value is secret wherever else it is written
-        set_at(doc.tree, ("tracking", "tags", name), token)
         set_at(doc.tree, draw(st.sampled_from(JOB_LEAVES)).path, token)
+        planted = set_at(doc.tree, ("tracking", "tags", name), token)
     else:
-        set_at(doc.tree, (*draw(st.sampled_from(JOB_SECTIONS)), name), token)
+        planted = set_at(doc.tree, (*draw(st.sampled_from(JOB_SECTIONS)), name), token)
+    if planted:  # a value is a secret while a secret-named key holds it
+        doc.secrets.add(token)
 
 
 # --- mutations ----------------------------------------------------------------------------------------------------
@@ -437,8 +438,10 @@ def tree_paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
 def mutate(draw, doc: Doc, leaves: list[Leaf], sections: list[tuple]) -> Doc:
     """One to three mutations: a hostile value at a schema key or a path of the document, a key removed, an unknown
     key (with escapes and newlines in it), a secret planted, a value aliased from elsewhere."""
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["replace", "replace", "replace", "delete", "unknown_key", "secret", "alias"]))
+    kinds = st.sampled_from(["replace", "replace", "replace", "delete", "unknown_key", "secret", "alias"])
+    kinds = draw(st.lists(kinds, min_size=1, max_size=3))
+    # Secrets last: a later mutation could remove the secret-named key and leave its value as an ordinary word.
+    for kind in sorted(kinds, key=lambda kind: kind == "secret"):
         existing = tree_paths(doc.tree)
         if kind == "replace":
             paths = [leaf.path for leaf in leaves] + sections[1:] + existing

@@ -318,7 +318,7 @@ def write_case(world: World, name: str, doc: Doc) -> Path:
 @pytest.mark.parametrize(
     ("command", "changes", "extra", "naming"),
     [
-        pytest.param("validate", {"model.size": Raw("[" * 10_000 + "]" * 10_000)}, [], "model", id="traceback:deep-nesting"),
+        pytest.param("validate", {"model.size": Raw("[" * 10_000 + "]" * 10_000)}, [], "validate.yaml", id="traceback:deep-nesting"),
         pytest.param("validate", {"train.\x1b[2J\nerror: forged line": 1}, [], "train.", id="leak:escapes-in-unknown-key"),
         pytest.param("validate", {}, ["--set", b"model.size=\xff\xfe"], "model.size", id="traceback:set-undecodable-bytes"),
         pytest.param("validate", {"model.family": "a" * 10 * MB}, [], "model.family", id="hang:10MB-family"),
