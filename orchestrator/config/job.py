@@ -39,6 +39,7 @@ MAX_GRAD_CLIP = 1e6
 MAX_SECONDS = 365 * 24 * 3600
 MIN_SAMPLING_S = 0.1  # system metrics sampled more often would busy the CPU they measure
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+MAX_PATH_PART_BYTES = 255  # NAME_MAX: the longest name of one file or directory
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -55,16 +56,18 @@ def _whole_number(value: Any) -> Any:
     return _not_bool_or_text(value, "integer")
 
 
-def _no_control_characters(value: str) -> str:
+def _path_the_system_takes(value: str) -> str:
     if CONTROL_CHARACTERS.search(value):
         raise PydanticCustomError("path_characters", "a path cannot hold control characters (NUL, newline, escape...)")
+    if any(len(part.encode()) > MAX_PATH_PART_BYTES for part in value.split("/")):
+        raise PydanticCustomError("path_part", f"a file or directory name has at most {MAX_PATH_PART_BYTES} bytes")
     return value
 
 
 Int = Annotated[int, BeforeValidator(_whole_number)]
 Real = Annotated[float, BeforeValidator(lambda value: _not_bool_or_text(value, "number"))]
 Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
-PathText = Annotated[str, Field(max_length=MAX_PATH_CHARS), AfterValidator(_no_control_characters)]
+PathText = Annotated[str, Field(max_length=MAX_PATH_CHARS), AfterValidator(_path_the_system_takes)]
 
 
 class Section(BaseModel):

@@ -22,7 +22,7 @@ from orchestrator.tracking.redact import is_secret_name, redact_text
 
 MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
 MAX_YAML_DEPTH = 64  # far deeper than any job nests; PyYAML composes (and Python copies) nested values recursively
-MAX_ECHO_CHARS = 200  # of a value quoted back in an error; the rest is cut, with its length
+MAX_ECHO_CHARS = 160  # of a value quoted back in an error; the rest is cut, with its length (under the CLI's own cut of long words)
 
 
 def printable(text: str, limit: int = MAX_ECHO_CHARS) -> str:

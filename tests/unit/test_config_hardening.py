@@ -13,7 +13,7 @@ import yaml
 from helpers import tiny_job, write_job, write_sweep
 
 from orchestrator.config import UserError, load_job
-from orchestrator.config.load import MAX_YAML_DEPTH, apply_overrides, load_sweep, parse_yaml, read_yaml, set_key, validate
+from orchestrator.config.load import MAX_ECHO_CHARS, MAX_YAML_DEPTH, apply_overrides, load_sweep, parse_yaml, read_yaml, set_key, validate
 
 
 def refused(raw: dict, *overrides: str) -> str:
@@ -297,7 +297,7 @@ def test_long_values_are_cut_and_answered_fast(job, tmp_path):
         assert elapsed < 2 and marker in message and len(message) < 1000 and "\n" not in message, (key[:20], elapsed)
     raw = copy.deepcopy(job)
     raw["train"]["k" * 1_000_000] = 1  # as a --set key can give it
-    assert refused(raw).startswith("train." + "k" * 200 + "...[1000000 chars]: unknown key")
+    assert refused(raw).startswith("train." + "k" * MAX_ECHO_CHARS + "...[1000000 chars]: unknown key")
 
 
 def test_escape_sequences_in_an_unknown_key_are_escaped(job):
@@ -348,3 +348,9 @@ def test_t5_heads_need_not_split_the_width(job):
     job["data"] = job["data"] | {"text_field": "text", "target_field": "text"}
     job["model"] = {"family": "t5", "size": "tiny", "dims": {"heads": 3}}
     assert validate(job).model.dims.heads == 3
+
+
+@pytest.mark.parametrize("field", ["model.pretrained", "data.cache_dir", "checkpoint.dir", "data.tokenizer.path"])
+def test_a_path_with_a_name_longer_than_the_file_system_takes_is_refused(job, field):
+    """os.stat raises 'File name too long' for these: a validator calling it would end in a traceback."""
+    assert refused(job, f"{field}=/tmp/{'a' * 256}/x").startswith(f"{field}: a file or directory name has at most 255 bytes")
