@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestrator.config.load import LoadedSweep, dump_yaml
+from orchestrator.config.paths import path_inside
 from orchestrator.tracking.model import ARTIFACT_PATH, register
 from orchestrator.tracking.params import flatten
 from orchestrator.tracking.redact import redact_config, redact_text
@@ -25,8 +26,9 @@ TRIAL_ID_IN_PATH = re.compile(r"_([0-9a-f]{5}_[0-9]{5})_")  # Tune names trial d
 
 
 def trial_run_dir(sweep_dir: str, trial_id: str) -> str:
-    """Where a trial remembers its MLflow run, so a resumed or PBT-restarted trial logs into the same one."""
-    return f"{sweep_dir}/trial_runs/{trial_id}"
+    """Where a trial remembers its MLflow run, so a resumed or PBT-restarted trial logs into the same one. The id is
+    Tune's; it is checked like any name that becomes a path."""
+    return path_inside(f"{sweep_dir}/trial_runs", trial_id, "trial id")
 
 
 def start_sweep_run(sweep: LoadedSweep, sweep_dir: str) -> TrackedRun:
