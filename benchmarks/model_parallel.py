@@ -24,7 +24,10 @@ MODELS = {  # layout -> the model it splits (AutoTP refuses GPT-2; models/pipeli
     "pipeline": {"family": "gpt2", "dims": {"layers": 8, "hidden": 512, "heads": 8, "ffn": 2048, "max_positions": 128}},
     "tensor": {"family": "llama", "dims": {"layers": 8, "hidden": 512, "heads": 8, "kv_heads": 4, "ffn": 1376, "max_positions": 128}},
 }
-SMOKE_DIMS = {"layers": 2, "hidden": 128, "heads": 4, "ffn": 256, "max_positions": 128}
+# Small, but shaped like the full models: layers, not the embedding (whole on each pipeline end, unsplit by AutoTP),
+# hold most parameters, so splitting the layers saves model-state memory here too.
+SMOKE_DIMS = {"layers": 8, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 128}
+SMOKE_VOCABULARY = 1024
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
             model = model | {"dropout": 0.0} | ({"dims": model["dims"] | SMOKE_DIMS} if args.smoke else {})
             common = {
                 "model": model,
-                "data": {"seq_len": 128},
+                "data": {"seq_len": 128} | ({"tokenizer": {"train": "bpe", "vocab_size": SMOKE_VOCABULARY}} if args.smoke else {}),
                 "train": {"max_steps": steps, "log_every": 1, "schedule": {"name": "constant"}},
                 "deepspeed": {"zero_stage": 1},
                 "scaling": {"num_workers": WORKERS, "cpus_per_worker": os.cpu_count() / WORKERS},
