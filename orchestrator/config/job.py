@@ -5,13 +5,13 @@ Nothing here imports torch or ray: `orchestrator validate` must answer in well u
 """
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from orchestrator.config.errors import CONTROL_CHARACTERS
 from orchestrator.config.names import Name, tag_problem
 from orchestrator.models.families import FAMILIES
 from orchestrator.models.tasks import TASKS
@@ -40,7 +40,6 @@ MAX_SECONDS = 365 * 24 * 3600
 MIN_SAMPLING_S = 0.1  # system metrics sampled more often would busy the CPU they measure
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 MAX_PATH_PART_BYTES = 255  # NAME_MAX: the longest name of one file or directory
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _not_bool_or_text(value: Any, kind: str) -> Any:

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.config.errors import UserError
-from orchestrator.config.job import CONTROL_CHARACTERS, SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
+from orchestrator.config.errors import CONTROL_CHARACTERS, MAX_ECHO_CHARS, UserError, printable
+from orchestrator.config.job import SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
 from orchestrator.config.names import file_name
 from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
@@ -22,14 +22,6 @@ from orchestrator.tracking.redact import is_secret_name, redact_text
 
 MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
 MAX_YAML_DEPTH = 64  # far deeper than any job nests; PyYAML composes (and Python copies) nested values recursively
-MAX_ECHO_CHARS = 160  # of a value quoted back in an error; the rest is cut, with its length (under the CLI's own cut of long words)
-
-
-def printable(text: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """Text as it may reach the terminal: control characters escaped (no fake lines, no escape sequences) and cut
-    past `limit` characters with a marker saying how long it was."""
-    cut = text if len(text) <= limit else f"{text[:limit]}...[{len(text)} chars]"
-    return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], cut)
 
 
 def _core_scalar(kind: str, pattern: str, convert):
@@ -91,8 +83,14 @@ class _StrictLoader(_SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _resolve_core_schema(cls: type) -> None:
+    """Makes a loader read, or a dumper quote, plain scalars as YAML 1.2's core schema types them."""
+    for kind, (pattern, first, _) in CORE_SCHEMA.items():
+        cls.add_implicit_resolver(f"tag:yaml.org,2002:{kind}", re.compile(f"^(?:{pattern})$", re.VERBOSE), list(first))
+
+
+_resolve_core_schema(_StrictLoader)
 for _kind, (_pattern, _first, _convert) in CORE_SCHEMA.items():
-    _StrictLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_kind}", re.compile(f"^(?:{_pattern})$", re.VERBOSE), list(_first))
     _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_kind}", _core_scalar(_kind, _pattern, _convert))
 for _tag in REFUSED_TAGS:
     _StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
@@ -103,8 +101,7 @@ class _QuotingDumper(yaml.SafeDumper):
     written by the framework reads back as the same job."""
 
 
-for _kind, (_pattern, _first, _convert) in CORE_SCHEMA.items():
-    _QuotingDumper.add_implicit_resolver(f"tag:yaml.org,2002:{_kind}", re.compile(f"^(?:{_pattern})$", re.VERBOSE), list(_first))
+_resolve_core_schema(_QuotingDumper)
 
 
 def dump_yaml(tree: Any) -> str:

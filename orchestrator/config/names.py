@@ -22,7 +22,7 @@ from typing import Annotated
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.config.errors import UserError
+from orchestrator.config.errors import UserError, printable
 
 MAX_NAME_LENGTH = 250  # MLflow's runs.name column; a file name may take 255 bytes
 NAME_RULE = f"ASCII letters, digits, '.', '_' and '-', starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
@@ -52,14 +52,10 @@ def _valid_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_valid_name)]
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
 def checked_name(value: str, what: str) -> str:
     """`value` if it is a valid name; else a UserError starting with `what` (the field or file it came from)."""
     if problem := name_problem(value):
-        raise UserError(f"{what}: {_shown(value)} cannot be used as a name: {problem}")
+        raise UserError(f"{what}: {printable(repr(value))} cannot be used as a name: {problem}")
     return value
 
 
@@ -68,7 +64,7 @@ def file_name(path: str | Path, instead: str) -> str:
     names it explicitly, offered when the file's name is not a valid name."""
     stem = Path(path).stem
     if problem := name_problem(stem):
-        raise UserError(f"{path}: the file's name {_shown(stem)} cannot name a run or sweep ({problem}); set {instead}")
+        raise UserError(f"{path}: the file's name {printable(repr(stem))} cannot name a run or sweep ({problem}); set {instead}")
     return stem
 
 
@@ -84,11 +80,11 @@ def tag_problem(tags: dict[str, str]) -> str | None:
         if len(key) > MAX_TAG_KEY_LENGTH:
             return f"a key has at most {MAX_TAG_KEY_LENGTH} characters ({len(key)} given)"
         if not _TAG_KEY.fullmatch(key):
-            return f"key {_shown(key)}: MLflow takes letters, digits, '_', '-', '.', ' ', ':' and '/' only"
+            return f"key {printable(repr(key))}: MLflow takes letters, digits, '_', '-', '.', ' ', ':' and '/' only"
         if posixpath.normpath(key) != key or key == "." or key.startswith(("..", "/")):  # MLflow: keys may become paths
-            return f"key {_shown(key)}: MLflow takes only a normalized relative path (not empty, '.', '..', '//', '/' at an end)"
+            return f"key {printable(repr(key))}: MLflow takes only a normalized relative path (not empty, '.', '..', '//', '/' at an end)"
         if key in RESERVED_TAG_KEYS:
             return f"key {key!r} is set by orchestrator ({RESERVED_TAG_KEYS[key]})"
         if len(value) > MAX_TAG_VALUE_LENGTH:
-            return f"the value of {_shown(key)} has {len(value)} characters; MLflow keeps at most {MAX_TAG_VALUE_LENGTH}"
+            return f"the value of {printable(repr(key))} has {len(value)} characters; MLflow keeps at most {MAX_TAG_VALUE_LENGTH}"
     return None
