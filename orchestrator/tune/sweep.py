@@ -115,8 +115,8 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
                           initial_checkpoint=start_from.path if start_from else None)
         # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
         attempt = derived_name(trial_id, time.strftime("-%Y%m%d-%H%M%S"))
-        train_runs = path_inside(context.sweep_dir, TRAIN_RUNS, "name")
         bridge = ResultsToTune()
+        train_runs = f"{context.sweep_dir}/{TRAIN_RUNS}"  # a fixed name inside the checked sweep directory
         trainer = build_trainer(job, context.data, plan, attempt, train_runs, TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,))
         bridge.forward(trainer, sweep.config.metric)
 
