@@ -19,7 +19,7 @@ import typer
 from orchestrator.cli.app import app, escape
 from orchestrator.cli.training import Overrides, check_file
 from orchestrator.config import UserError
-from orchestrator.tracking.redact import redact_text
+from orchestrator.config.redact import redact_text
 
 LOCAL_JOB_API = "http://127.0.0.1:8265"
 # Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
 from orchestrator.tracking.params import flatten
-from orchestrator.tracking.redact import mask_uri_passwords, redact_config, redact_text
+from orchestrator.config.redact import mask_uri_passwords, redact_config, redact_text
 
 RUN_MARKER = "mlflow_run.json"
 MLFLOW_BATCH_LIMIT = 100  # params per log_batch call

@@ -11,12 +11,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import dump_yaml, storage_path
+from orchestrator.config.load import dump_yaml
 from orchestrator.config.names import derived_name
-from orchestrator.config.paths import claim, delete_claimed, path_inside
+from orchestrator.config.paths import claim, delete_claimed, path_inside, storage_path
+from orchestrator.config.redact import redact_config
 from orchestrator.data.pipeline import PreparedData, example_texts, prepare
 from orchestrator.tracking.data_report import log_data_report
-from orchestrator.tracking.redact import redact_config
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop

@@ -23,9 +23,9 @@ from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
 from orchestrator import runtime
-from orchestrator.config.load import LoadedSweep, storage_path
+from orchestrator.config.load import LoadedSweep
 from orchestrator.config.names import derived_name
-from orchestrator.config.paths import claim, path_inside
+from orchestrator.config.paths import claim, path_inside, storage_path
 from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run

@@ -255,7 +255,7 @@ def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkey
     path = tmp_path / "lr.yaml"
     path.write_text("base: job.yaml\n")
     config = validate({"base": "job.yaml", "search_space": {"train.lr": {"choice": [0.1, 0.2]}}}, SweepConfig)
-    sweep = LoadedSweep(path, config, "lr", base_raw, validate(base_raw))
+    sweep = LoadedSweep(path, config, "lr", tmp_path / "job.yaml", base_raw, validate(base_raw))
     monkeypatch.setattr(sweeping.runtime, "connect", lambda: "nowhere")
     monkeypatch.setattr(sweeping.runtime, "check_resources", lambda job: None)
     monkeypatch.setattr(sweeping, "prepare", lambda job: SimpleNamespace(train_sequences=8))
