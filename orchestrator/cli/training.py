@@ -43,10 +43,7 @@ def train(
         check_resumable(job, path_inside(storage_path(job), job.tracking.run_name, "tracking.run_name"))
     from orchestrator.train.launch import launch  # torch, ray, deepspeed: only now
 
-    result, run = launch(job, job_name, restart=restart)
-    summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
-    print(f"finished: {summary}")
-    print(f"MLflow run: {run.url}")
+    launch(job, job_name, restart=restart)
 
 
 @app.command()
@@ -74,8 +71,7 @@ def sweep(
     loaded = checked_sweep(sweep_file)
     from orchestrator.tune.sweep import run_sweep  # torch, ray, deepspeed: only now
 
-    _, parent = run_sweep(loaded)
-    print(f"MLflow sweep run: {parent.url}")
+    run_sweep(loaded)
 
 
 @app.command()

@@ -45,6 +45,12 @@ class TrackedRun:
         return f"run {self.run_id} in {uri} (view with: mlflow ui --backend-store-uri {uri})"
 
 
+def print_run_url(run: TrackedRun, what: str = "MLflow run") -> None:
+    """The line that names the run, printed once, last, by train and sweep. Tests read it:
+    `MLflow run (new): URL` (tests/helpers.py mlflow_run_id)."""
+    print(f"{what} ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
+
+
 def job_tags(job: JobConfig, run_name: str) -> dict[str, str]:
     tags = {
         "mlflow.runName": run_name,
