@@ -10,7 +10,7 @@ import sys
 import typer
 
 from orchestrator.config import UserError
-from orchestrator.tracking.redact import redact_text
+from orchestrator.config.redact import redact_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed training of transformers on Ray.")
 
