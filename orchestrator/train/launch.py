@@ -43,7 +43,6 @@ def build_trainer(
     callbacks: tuple = (),
 ) -> TorchTrainer:
     """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
-    runtime.apply_ray_train_settings()
     datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
     return TorchTrainer(
         train_loop,
@@ -62,6 +61,8 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
             failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
             callbacks=list(callbacks),
+            # Ray Train's INFO lines (a dict per report, each checkpoint, the worker group) stay in its log files
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
