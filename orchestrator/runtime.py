@@ -6,6 +6,7 @@ import ray
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
+from orchestrator.environment import driver_data_context, ray_init_options
 from orchestrator.local_node import LOOPBACK_NODE
 
 
@@ -14,18 +15,19 @@ def connect() -> str:
 
     Under `ray job submit` (and with RAY_ADDRESS set) `ray.init()` finds the cluster by itself.
     """
+    driver_data_context()
     if ray.is_initialized():
         return "an already connected Ray cluster"
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**ray_init_options())
         return f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
     use_loopback_node()
     try:
-        ray.init(address="auto")
+        ray.init(address="auto", **ray_init_options())
         return "the local Ray cluster (ray start --head)"
     except ConnectionError:
         # With its dashboard: Ray Train frees the resources of a stopped run through the state API it serves.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **ray_init_options())
         return "an embedded local Ray instance"
 
 
@@ -37,18 +39,6 @@ def use_loopback_node() -> None:
 
     os.environ.update(LOOPBACK_NODE)  # for the processes Ray starts from here
     ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray read from it when this process imported ray
-
-
-# Ray Train's controller checks on its workers every 2 s by default, so a run that ended waits up to 2 s more to be
-# noticed, and then its teardown too: at 1 s a job ends 1-3 s sooner. The polls are cheap actor calls.
-RAY_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0"}
-
-
-def apply_ray_train_settings() -> None:
-    """Ray Train reads these from the environment of the process that calls fit() (a job's driver, a sweep's trial);
-    a value already set there wins."""
-    for name, value in RAY_TRAIN_SETTINGS.items():
-        os.environ.setdefault(name, value)
 
 
 def release_orphaned_placement_groups() -> None:

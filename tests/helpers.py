@@ -191,13 +191,18 @@ def ray_state(cluster, kind: str, *filters: str, detail: bool = False) -> list[d
     return [] if listing.stdout.startswith("No resource") else json.loads(listing.stdout)  # none: a line, not []
 
 
-def submitted_jobs(cluster) -> list[dict]:
-    """The cluster's submitted jobs, straight from its job API over HTTP with the cluster's token: every integration
-    test's teardown asks, and a `ray list jobs` process costs 1-2 s each time."""
+def job_api(cluster, path: str):
+    """What the cluster's job API answers at /api/jobs/<path>, straight over HTTP with the cluster's token: as the
+    job API has it (no client's formatting), and without starting a `ray` process (1-2 s each)."""
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    request = urllib.request.Request(f"{cluster.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(f"{cluster.dashboard}/api/jobs/{path}", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
+
+
+def submitted_jobs(cluster) -> list[dict]:
+    """The cluster's submitted jobs: every integration test's teardown asks."""
+    return job_api(cluster, "")
 
 
 def stop_running_jobs(cluster) -> list[str]:

@@ -11,6 +11,7 @@ import typer
 
 from orchestrator.config import UserError
 from orchestrator.config.redact import redact_text
+from orchestrator.environment import driver_environment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed training of transformers on Ray.")
 
@@ -51,6 +52,7 @@ def fail(message: str, code: int) -> None:
 
 
 def main() -> None:
+    driver_environment()  # first: before any command imports ray, torch or mlflow
     # Ctrl-C, and SIGTERM from `ray job stop` (which Ray's driver turns into SystemExit), mark the MLflow run KILLED
     # (tracking/run.py); the last checkpoint stays, and the job resumes from it when submitted again.
     try:

@@ -37,7 +37,6 @@ Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's l
 
 
 def job_client(address: str | None):
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # clusters Ray 2.60 starts ask for its token; read at import
     from ray.job_submission import JobSubmissionClient  # ray: only now
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or LOCAL_JOB_API

@@ -13,7 +13,6 @@ doing `accumulation` micro steps, micro step k of rank r holds rows [(k * world_
 
 from typing import Iterator
 
-import ray.data
 import torch
 
 SHUFFLE_BUFFER_BATCHES = 8
@@ -51,10 +50,3 @@ def step_batches(
         if index >= skip:
             yield rank_micro_batches(batch, rank, world_size, micro_batch_size)
 
-
-def quiet_data_progress() -> None:
-    """Ray Data's progress bars flood job logs (they are not a terminal); the pipeline reports its own summary."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.enable_operator_progress_bars = False
-    context.print_on_execution_start = False

@@ -24,7 +24,6 @@ from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, measure
-from orchestrator.data.feed import quiet_data_progress
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.tokenizers import from_json, load_tokenizer, separator_id, texts_of, train_tokenizer
@@ -91,12 +90,6 @@ def write_quarantine(rows: ray.data.Dataset, path: Path, columns: tuple[str, ...
 
 
 def prepare(job: JobConfig) -> PreparedData:
-    quiet_data_progress()
-    context = ray.data.DataContext.get_current()
-    # Blocks in file order: the tokenizer and the sequences then depend only on the files and the settings.
-    context.execution_options.preserve_order = True
-    # Ray's default hash shuffle starts 200 partition actors per groupby: seconds each even for a small corpus.
-    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     files = resolve_data_files(job)
     entry = cache.entry_dir(job, cache.fingerprint(job, files)) if job.data.cache else None
     if entry and (meta := cache.read_meta(entry)):

@@ -12,6 +12,7 @@ import mlflow.artifacts
 import ray
 import transformers
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_job
@@ -61,13 +62,23 @@ def _hf_directory(directory: Path, spec: str) -> Path:
 
 
 def _download(uri: str, tracking_uri: str) -> Path:
-    # models:/ URIs are looked up in the process-wide registry URI, whatever registry_uri download_artifacts is given
-    mlflow.set_registry_uri(tracking_uri)
     try:
+        if uri.startswith("models:/"):
+            uri = registered_model_source(uri, tracking_uri)
         directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     except MlflowException as err:
         raise UserError(f"model: cannot download {uri} from {tracking_uri}: {err.message.splitlines()[0]}") from None
     return _hf_directory(directory, uri)
+
+
+def registered_model_source(uri: str, tracking_uri: str) -> str:
+    """Where the model version a models:/ URI names keeps its files, looked up in the registry of `tracking_uri`
+    (MLflow's download would look it up in the process-wide registry URI, whatever registry_uri it is given)."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    name_and_version = get_model_name_and_version(client, uri)
+    if len(name_and_version) == 1:  # a logged model's id (models:/m-...): not in the registry
+        return uri
+    return client.get_model_version_download_uri(*name_and_version)
 
 
 def _latest_job_model(job_file: Path) -> Path:

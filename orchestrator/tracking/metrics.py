@@ -10,7 +10,6 @@ again (`already_logged`), so every metric has one value per step.
 """
 
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
@@ -27,14 +26,6 @@ T = TypeVar("T")
 DELIVERY_DEADLINE_S = 900.0  # artifacts at the end of a run wait this long for an absent server
 
 log = logging.getLogger(__name__)
-log.setLevel(logging.INFO)
-
-
-def fail_fast_requests() -> None:
-    """MLflow retries a failed request for minutes by default, which would hide an outage from the sender and hold
-    every artifact upload behind it. This process retries on its own terms instead (see `deliver`)."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
 
 
 def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
@@ -73,7 +64,6 @@ class MetricsLogger:
         already_logged: dict[str, int] | None = None,
         unsent: list[tuple] = (),
     ):
-        fail_fast_requests()
         self.client = MlflowClient(uri)
         self.run_id = run_id
         self.flush_every_s = flush_every_s

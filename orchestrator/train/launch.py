@@ -7,7 +7,6 @@ import time
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator import runtime
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import dump_yaml
 from orchestrator.config.names import derived_name
@@ -32,7 +31,6 @@ def build_trainer(
     callbacks: tuple = (),
 ) -> TorchTrainer:
     """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
-    runtime.apply_ray_train_settings()
     datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
     return TorchTrainer(
         train_loop,
@@ -51,6 +49,8 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
             failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
             callbacks=list(callbacks),
+            # Ray Train's INFO lines (a dict per report, each checkpoint, the worker group) stay in its log files
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).

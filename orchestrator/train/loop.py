@@ -22,12 +22,13 @@ import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
-from orchestrator.data.feed import quiet_data_progress, step_batches
+from orchestrator.data.feed import step_batches
 from orchestrator.data.tokenizers import from_json
+from orchestrator.environment import worker_environment
 from orchestrator.inference.predictor import MODEL_CARD
 from orchestrator.models.build import TORCH_DTYPES, build_model
 from orchestrator.models.tasks import TASKS, Task
-from orchestrator.tracking.metrics import MetricsLogger, deliver, fail_fast_requests, last_logged_steps
+from orchestrator.tracking.metrics import MetricsLogger, deliver, last_logged_steps
 from orchestrator.train import checkpoint
 from orchestrator.train.clocks import Clock, Window, timed, timed_calls
 from orchestrator.train.deepspeed_config import accumulation_steps
@@ -42,7 +43,6 @@ from orchestrator.train.timeline import Timeline, format_phases
 GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
 
 log = logging.getLogger(__name__)
-log.setLevel(logging.INFO)  # progress lines are the job log's content, whatever the root level
 
 
 @dataclass
@@ -111,7 +111,6 @@ def evaluate(engine, layout: DataParallel, dataset, task: Task, job: JobConfig, 
 def open_metrics(job: JobConfig, plan: TrainPlan, resumed: bool, unsent: dict) -> MetricsLogger:
     """Rank 0's metrics logger. A resumed run skips what MLflow already has of the steps it replays, and delivers
     what its checkpoint had not (unless the checkpoint came from another run, e.g. a trial PBT exploited)."""
-    fail_fast_requests()
     already_logged: dict[str, int] = {}
     if resumed:
         client = MlflowClient(plan.tracking_uri)
@@ -134,9 +133,9 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def train_loop(config: dict) -> None:
+    worker_environment()
     job: JobConfig = config["job"]
     plan: TrainPlan = config["plan"]
-    quiet_data_progress()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     task = TASKS[job.task]
