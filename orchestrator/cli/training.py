@@ -191,19 +191,27 @@ def plan(
     overrides: Overrides = [],
     memory_per_worker: Annotated[
         float | None,
-        typer.Option(help="GiB each worker may use; default: the local GPU's memory (GPU jobs), or this machine's memory shared by the workers."),
+        typer.Option(
+            metavar="GIB",
+            help="GiB each worker may use; default: the local GPU's memory (GPU jobs), or this machine's memory shared by the workers.",
+        ),
     ] = None,
 ) -> None:
-    """Before running: the model's parameters and, for each ZeRO stage and offload choice, memory per worker (ZeRO
-    paper, DeepSpeed's estimators, activations), what fits, and which to use.
+    """Estimate a job's memory per worker, before running it. Prints the model's parameters and, for each ZeRO stage
+    and offload choice, memory per worker (ZeRO paper, DeepSpeed's estimators, activations) and whether it fits; then
+    the job's own choice, and which option to use.
 
-    Example: python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
+    \b
+    Example:
+      python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
     """
     if memory_per_worker is not None and not 0 < memory_per_worker < math.inf:
         raise UserError(f"--memory-per-worker: GiB, a positive number (got {memory_per_worker})")
     job = load_job(job_file, overrides)
+    # plan runs nothing on a device: DeepSpeed, imported for pipeline layouts, need not look for one (and warn)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import psutil
-    import torch  # torch, deepspeed: only now
+    import torch  # torch: only now
     from rich.console import Console
     from rich.table import Table
 
@@ -234,5 +242,7 @@ def plan(
     Console(width=160).print(table)
     if not job.scaling.use_gpu:
         print("On CPU, offloaded states stay in the same memory: needed = ZeRO paper + activations + the worker process.")
+    own = planning.option_plan(job, planning.job_option(job), size, available)
+    print(f"your job: {own.name} ({'fits' if own.fits else 'does not fit'}, {readable_bytes(own.needed_bytes)} per worker)")
     print(f"recommended: {choice} (the fitting option with the least communication)" if choice else
           "recommended: none fits; add workers, lower train.micro_batch_size or data.seq_len, or use a machine with more memory")
