@@ -28,9 +28,9 @@ app.add_typer(cluster_app, name="cluster")
 
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment
 StateDir = Annotated[
-    Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", help="MLflow store and artifacts, pid and log files.")
+    Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", metavar="DIR", help="MLflow store and artifacts, pid and log files.")
 ]
-PORTS = {"min": 1, "max": 65535}
+PORTS = {"min": 1, "max": 65535, "metavar": "PORT"}
 MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.", **PORTS)]
 DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.", **PORTS)]
 
@@ -110,11 +110,13 @@ def up(
     mlflow_port: MlflowPort = 5000,
     dashboard_port: DashboardPort = 8265,
     ray_port: Annotated[int, typer.Option(help="Ray head (GCS) port.", **PORTS)] = 6379,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use; default: all.", min=1)] = None,
+    num_cpus: Annotated[int | None, typer.Option(metavar="N", help="CPUs Ray may use; default: all.", min=1)] = None,
 ) -> None:
-    """Start the MLflow server and the Ray head, unless they already run; print their URLs.
+    """Start the MLflow server and the Ray head (unless they run). Prints their URLs.
 
-    Example: orchestrator cluster up
+    \b
+    Example:
+      orchestrator cluster up
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +140,11 @@ def up(
 
 @cluster_app.command()
 def down(state_dir: StateDir = Path(".cluster")) -> None:
-    """Stop the Ray head (and every Ray process of this machine, as `ray stop` does) and the MLflow server.
+    """Stop the Ray head and the MLflow server. Every Ray process of this machine stops, as with `ray stop`.
 
-    Example: orchestrator cluster down
+    \b
+    Example:
+      orchestrator cluster down
     """
     if subprocess.run([BIN / "ray", "stop"], capture_output=True).returncode == 0:
         print("Ray stopped")
@@ -156,9 +160,11 @@ def down(state_dir: StateDir = Path(".cluster")) -> None:
 
 @cluster_app.command()
 def status(mlflow_port: MlflowPort = 5000, dashboard_port: DashboardPort = 8265) -> None:
-    """Nodes with their CPUs and GPUs, running jobs, and the MLflow server.
+    """The nodes with their CPUs and GPUs, running jobs, and MLflow.
 
-    Example: orchestrator cluster status
+    \b
+    Example:
+      orchestrator cluster status
     """
     env = client_env(f"http://127.0.0.1:{mlflow_port}")
     print(f"MLflow {env['MLFLOW_TRACKING_URI']}: {'up' if mlflow_is_up(mlflow_port) else 'not running'}")

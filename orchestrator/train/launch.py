@@ -109,7 +109,7 @@ def forget_run(storage: str, run_name: str) -> None:
         print(f"--restart: deleted the checkpoints in {deleted}", flush=True)
 
 
-def launch(job: JobConfig, job_name: str | None, restart: bool = False) -> tuple[ray.train.Result, TrackedRun]:
+def launch(job: JobConfig, job_name: str | None, restart: bool = False, address: str | None = None) -> tuple[ray.train.Result, TrackedRun]:
     """`job_name`: the job file's name, a valid name (config/names.py); the default of the run's name, with the
     time after it. Needed only when the job sets no tracking.run_name."""
     timeline = Timeline(started=psutil.Process().create_time())  # from the process start: imports count too
@@ -120,7 +120,7 @@ def launch(job: JobConfig, job_name: str | None, restart: bool = False) -> tuple
     if restart:
         forget_run(storage, run_name)
     claim(run_dir, RUN_DIR, "tracking.run_name")
-    print(f"connected to {runtime.connect()}", flush=True)
+    print(f"connected to {runtime.connect(address)}", flush=True)
     runtime.check_resources(job)
     timeline.mark("ray_connect")
     data = prepare(job)

@@ -121,9 +121,9 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         bridge.forward(trainer, sweep.config.metric)
 
 
-def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
+def run_sweep(sweep: LoadedSweep, address: str | None = None) -> tuple[tune.ResultGrid, TrackedRun]:
     config, job = sweep.config, sweep.base_job
-    print(f"connected to {runtime.connect()}", flush=True)
+    print(f"connected to {runtime.connect(address)}", flush=True)
     runtime.check_resources(job)
     random.seed(config.seed)  # PBT and PB2 draw their perturbations from these
     np.random.seed(config.seed)

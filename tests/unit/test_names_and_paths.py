@@ -212,7 +212,7 @@ def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")},
                           "tracking": {"uri": uri, "experiment": "outcome", "run_name": "breaks"}})
-    monkeypatch.setattr(launching.runtime, "connect", lambda: "nowhere")
+    monkeypatch.setattr(launching.runtime, "connect", lambda address: "nowhere")
     monkeypatch.setattr(launching.runtime, "check_resources", lambda job: None)
     monkeypatch.setattr(launching, "prepare", lambda job: SimpleNamespace(train_sequences=8))
     monkeypatch.setattr(launching, "total_steps", lambda job, sequences: 1)
@@ -256,7 +256,7 @@ def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkey
     path.write_text("base: job.yaml\n")
     config = validate({"base": "job.yaml", "search_space": {"train.lr": {"choice": [0.1, 0.2]}}}, SweepConfig)
     sweep = LoadedSweep(path, config, "lr", base_raw, validate(base_raw))
-    monkeypatch.setattr(sweeping.runtime, "connect", lambda: "nowhere")
+    monkeypatch.setattr(sweeping.runtime, "connect", lambda address: "nowhere")
     monkeypatch.setattr(sweeping.runtime, "check_resources", lambda job: None)
     monkeypatch.setattr(sweeping, "prepare", lambda job: SimpleNamespace(train_sequences=8))
     monkeypatch.setattr(sweeping, "total_steps", lambda job, sequences: 1)
