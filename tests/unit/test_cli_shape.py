@@ -1,5 +1,6 @@
 """The command line has one shape: -h everywhere, help without type noise, --set wherever a job or sweep file is read,
---address wherever a cluster is reached (and each --address saying which address it is). In-process, no cluster."""
+--address wherever a cluster is reached (and each --address saying which address it is), `cluster status` counting
+what runs. In-process, no cluster."""
 
 import re
 import sys
@@ -8,10 +9,12 @@ from types import SimpleNamespace
 import pytest
 import typer.main
 from helpers import tiny_job, write_job, write_sweep
+from ray.job_submission import JobDetails, JobStatus, JobType
 from typer.testing import CliRunner
 
 from orchestrator import runtime
 from orchestrator.cli import app
+from orchestrator.cli.cluster import count_jobs
 
 ROOT = typer.main.get_command(app)
 READ_A_JOB_OR_SWEEP = ("train", "sweep", "prepare", "validate", "plan", "submit")
@@ -85,3 +88,21 @@ def test_commands_pass_their_address_and_set_values_on(monkeypatch, corpus, tmp_
         assert result.exit_code == 0, result.output
     assert received == {"prepare": "prepare:6379", "train": "train:6379", "sweep": "sweep:6379", "steps": 12}
 
+
+def job(status: JobStatus, submission_id: str | None = None, job_id: str = "01000000") -> JobDetails:
+    kind = JobType.SUBMISSION if submission_id else JobType.DRIVER
+    return JobDetails(type=kind, job_id=job_id, submission_id=submission_id, status=status, entrypoint="python -m orchestrator train job.yaml")
+
+
+def test_cluster_status_counts_every_running_job_and_not_its_own_connection():
+    jobs = [
+        job(JobStatus.RUNNING, "raysubmit_a", "02000000"),
+        job(JobStatus.PENDING, "raysubmit_b"),
+        job(JobStatus.SUCCEEDED, "raysubmit_c", "03000000"),
+        job(JobStatus.RUNNING, job_id="04000000"),  # `python -m orchestrator train` run by hand on the cluster
+        job(JobStatus.SUCCEEDED, job_id="05000000"),  # an earlier client (any `cluster status` leaves one)
+        job(JobStatus.RUNNING, job_id="06000000"),  # this command's own, not marked ended yet
+    ]
+    running, counted = count_jobs(jobs, own_job_id="06000000")
+    assert [item.submission_id or item.job_id for item in running] == ["raysubmit_a", "raysubmit_b", "04000000"]
+    assert counted == 4
