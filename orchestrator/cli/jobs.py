@@ -211,7 +211,7 @@ def list_jobs(address: Address = None) -> None:
     for column in table.columns[:3] + table.columns[4:]:  # ids and URLs whole, to copy
         column.no_wrap = True
     for job in sorted(client.list_jobs(), key=lambda job: job.start_time or 0, reverse=True):
-        if not job.submission_id:  # drivers started by hand (python -m orchestrator train) have no job API entry
+        if not job.submission_id:  # a driver started by hand (python -m orchestrator train): no log to read here
             continue
         started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
         url = mlflow_run_url(client.get_job_logs(job.submission_id)) or ""
