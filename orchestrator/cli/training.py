@@ -217,7 +217,7 @@ def evaluate(
 
 @app.command()
 def schema(
-    markdown: Annotated[bool, typer.Option("--markdown", help="The reference table of every key instead (the README's).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The reference table of every key instead (the one in docs/jobs.md).")] = False,
 ) -> None:
     """Print the JSON schema of job files (for editors). With --markdown: the job file reference.
 

@@ -1,5 +1,5 @@
 """The job file's schema. Every key a user can write is declared here, with its default and documentation;
-validation, `orchestrator schema` and the README's reference all come from these classes.
+validation, `orchestrator schema` and the reference in docs/jobs.md all come from these classes.
 
 Nothing here imports torch or ray: `orchestrator validate` must answer in well under a second.
 """

@@ -1,5 +1,5 @@
 """The job file reference in markdown, generated from the config models: every key with its type, default and
-description (`orchestrator schema --markdown`; the README's "Job file reference" is this output, and a test keeps
+description (`orchestrator schema --markdown`; the "Job file reference" of docs/jobs.md is this output, and a test keeps
 the two the same)."""
 
 import json

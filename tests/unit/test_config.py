@@ -178,11 +178,11 @@ def test_registries_cover_every_name_the_schema_accepts():
     assert set(FAMILIES) == set(JobConfig.model_fields["model"].annotation.model_fields["family"].annotation.__args__)
 
 
-def test_readme_job_reference_is_generated_from_the_models():
+def test_docs_job_reference_is_generated_from_the_models():
     from orchestrator.config.reference import markdown
 
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- job-reference:start -->\n")[1].split("<!-- job-reference:end -->")[0]
-    assert block == markdown(), "README's job file reference is stale: paste `orchestrator schema --markdown` into it"
+    jobs_doc = (REPO / "docs" / "jobs.md").read_text()
+    block = jobs_doc.split("<!-- job-reference:start -->\n")[1].split("<!-- job-reference:end -->")[0]
+    assert block == markdown(), "docs/jobs.md's job file reference is stale: paste `orchestrator schema --markdown` into it"
     for name, field in JobConfig.model_fields.items():  # every section and key of the models is in it
         assert f"| `{name}` |" in block
