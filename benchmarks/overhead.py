@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import resolve_data_files
+from orchestrator.data.read import resolve_data_files
 from orchestrator.data import cache
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import build_model

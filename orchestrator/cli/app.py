@@ -10,7 +10,7 @@ import sys
 import typer
 
 from orchestrator.config import UserError
-from orchestrator.tracking.redact import redact_text
+from orchestrator.config.redact import redact_text
 
 # Click's plain help: typer's rich panels print a type beside every flag (`--help <bool>`) that no option turns off.
 app = typer.Typer(

@@ -10,10 +10,11 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.app import app
-from orchestrator.config import JobConfig, UserError, load_job
-from orchestrator.config.load import is_sweep, load_sweep, read_yaml, storage_path
+from orchestrator.config import JobConfig, UserError
+from orchestrator.config.load import is_sweep, read_yaml
 from orchestrator.config.names import file_name
-from orchestrator.config.paths import path_inside
+from orchestrator.config.paths import path_inside, storage_path
+from orchestrator.data.checks import checked_job, checked_sweep
 from orchestrator.train.manifest import check_resumable
 
 JobFile = Annotated[Path, typer.Argument(metavar="JOB_FILE", help="Job YAML file.", show_default=False)]
@@ -65,17 +66,14 @@ def train(
     Example:
       python -m orchestrator train jobs/gpt-tiny.yaml --set deepspeed.zero_stage=3
     """
-    job = load_job(job_file, overrides)
+    job = checked_job(job_file, overrides)
     # Without a run_name, the run is named after the job file (and the time), so that name must be a valid one.
     job_name = None if job.tracking.run_name else file_name(job_file, instead="tracking.run_name")
     if job.tracking.run_name and not restart:
         check_resumable(job, path_inside(storage_path(job), job.tracking.run_name, "tracking.run_name"))
     from orchestrator.train.launch import launch  # torch, ray, deepspeed: only now
 
-    result, run = launch(job, job_name, restart=restart, address=address)
-    summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
-    print(f"finished: {summary}")
-    print(f"MLflow run: {run.url}")
+    launch(job, job_name, restart=restart, address=address)
 
 
 @app.command()
@@ -87,7 +85,7 @@ def prepare(job_file: JobFile, overrides: Overrides = [], address: RayAddress = 
     Example:
       python -m orchestrator prepare jobs/fortunes-classify.yaml
     """
-    job = load_job(job_file, overrides)
+    job = checked_job(job_file, overrides)
     from orchestrator import runtime  # ray: only now
     from orchestrator.data.pipeline import prepare as prepare_data
 
@@ -107,11 +105,10 @@ def sweep(
     Example:
       python -m orchestrator sweep jobs/sweeps/lr-schedules.yaml --set train.max_steps=50
     """
-    loaded = load_sweep(sweep_file, overrides)
+    loaded = checked_sweep(sweep_file, overrides)
     from orchestrator.tune.sweep import run_sweep  # torch, ray, deepspeed: only now
 
-    _, parent = run_sweep(loaded, address)
-    print(f"MLflow sweep run: {parent.url}")
+    run_sweep(loaded, address)
 
 
 @app.command()
@@ -130,12 +127,13 @@ def validate(
 
 
 def check_file(file: Path, overrides: list[str]) -> bool:
-    """Loads a job or sweep file as its command would, raising a UserError for any problem; True for a sweep."""
+    """Loads a job or sweep file as its command would, raising a UserError for any problem; True for a sweep. Writes
+    nothing."""
     raw = read_yaml(file)  # once: a file can be megabytes
     sweep = is_sweep(raw)
     if sweep:
-        load_sweep(file, overrides, raw)
-    elif not load_job(file, overrides, raw).tracking.run_name:
+        checked_sweep(file, overrides, raw)
+    elif not checked_job(file, overrides, raw).tracking.run_name:
         file_name(file, instead="tracking.run_name")  # the run is named after the file
     return sweep
 
@@ -259,7 +257,7 @@ def plan(
     """
     if memory_per_worker is not None and not 0 < memory_per_worker < math.inf:
         raise UserError(f"--memory-per-worker: GiB, a positive number (got {memory_per_worker})")
-    job = load_job(job_file, overrides)
+    job = checked_job(job_file, overrides)
     # plan runs nothing on a device: DeepSpeed, imported for pipeline layouts, need not look for one (and warn)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import psutil

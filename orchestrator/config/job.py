@@ -130,7 +130,7 @@ class ModelConfig(Section):
             raise ValueError(f"dims.kv_heads: {dims['kv_heads']} key/value heads cannot group {dims['heads']} heads")
 
     def pretrained_config(self) -> dict | None:
-        """The pretrained model's config.json, if it is there (a missing directory is reported by check_inputs)."""
+        """The pretrained model's config.json, if it is there (a missing directory is reported by data/checks.py)."""
         path = Path(self.pretrained).expanduser() / "config.json"
         return json.loads(path.read_text()) if path.is_file() else None
 

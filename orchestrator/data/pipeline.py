@@ -20,13 +20,12 @@ import ray.data
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import resolve_data_files
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.feed import quiet_data_progress
-from orchestrator.data.read import fields_of, file_format, read_rows
+from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.tokenizers import from_json, load_tokenizer, separator_id, texts_of, train_tokenizer
 

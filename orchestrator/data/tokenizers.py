@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 
 # Token that ends every document when documents are packed back to back (and every seq2seq text).
 SEPARATOR_TOKENS = {"bpe": "<|endoftext|>", "wordpiece": "[SEP]"}

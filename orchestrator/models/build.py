@@ -4,7 +4,7 @@ import torch
 import transformers
 
 from orchestrator.config.job import ModelConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 from orchestrator.models.families import FAMILIES
 from orchestrator.models.tasks import TASKS
 

@@ -17,7 +17,7 @@ from orchestrator.config.load import LoadedSweep, dump_yaml
 from orchestrator.config.paths import path_inside
 from orchestrator.tracking.model import ARTIFACT_PATH, register
 from orchestrator.tracking.params import flatten
-from orchestrator.tracking.redact import redact_config, redact_text
+from orchestrator.config.redact import redact_config, redact_text
 from orchestrator.tracking.plots import sweep_plots
 from orchestrator.tracking.run import TrackedRun, job_tags, open_run, remembered_run_id, tracking_uri
 

@@ -15,7 +15,7 @@ import transformers
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import MAX_LAYERS, JobConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 from orchestrator.models.build import hf_config, label_keys
 from orchestrator.models.tasks import TASKS
 

@@ -203,10 +203,12 @@ def test_plan_refuses_a_memory_that_is_not_one_before_loading(monkeypatch, capsy
     assert code == 2 and "--memory-per-worker: GiB, a positive number" in assert_one_clean_line(lines)
 
 
-def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys):
+def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys, tmp_path):
     class Job:
+        submission_id = "raysubmit_X"
         entrypoint = "python -m orchestrator train job.yaml --set 'tracking.uri=https://u:p@ss@h' --set 'model.family=\x1b[2J'"
         message, start_time, status = "failed\x1b[31m", None, type("Status", (), {"value": "FAILED"})
+        runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/u:p@ss@h/\x1b[2J.db"}}  # not there
 
     class Client(FakeJobClient):
         def get_job_info(self, submission_id):
@@ -219,9 +221,10 @@ def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["orchestrator", "status", "raysubmit_X"])
     with pytest.raises(SystemExit) as exited:
         main()
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert exited.value.code in (0, None)
     assert "\x1b" not in out and "p@ss" not in out and "https://u:***@h" in out and "\\x1b[2J" in out and "failed\\x1b[31m" in out
+    assert "\x1b" not in err and "\\x1b[2J.db does not answer" in err
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import yaml
 from helpers import REPO, tiny_job, write_job
 
 from orchestrator.config import JobConfig, UserError, load_job
+from orchestrator.data.checks import checked_job
 from orchestrator.train.optimizers import OPTIMIZERS
 from orchestrator.config.job import OptimizerConfig, SCHEDULE_NAMES
 from orchestrator.train.schedules import SCHEDULES
@@ -20,7 +21,7 @@ def test_example_jobs_validate(corpus, tmp_path):
     for path in (REPO / "jobs").glob("*.yaml"):
         job = yaml.safe_load(path.read_text())
         job["data"]["paths"] = [str(corpus)]  # the examples read an installed corpus
-        load_job(write_job(tmp_path / path.name, job))
+        checked_job(write_job(tmp_path / path.name, job))
 
 
 def test_defaults_and_shortcuts(corpus, tmp_path):
@@ -98,7 +99,7 @@ BAD_JOBS = [
 def test_bad_jobs_name_the_field(corpus, tmp_path, name, sections, overrides, message):
     path = write_job(tmp_path / "job.yaml", tiny_job(corpus, **sections))
     with pytest.raises(UserError) as err:
-        load_job(path, overrides)
+        checked_job(path, overrides)
     assert message in str(err.value)
     assert len(str(err.value).splitlines()) == 1
 
@@ -107,7 +108,7 @@ def test_csv_without_the_text_column(tmp_path):
     table = tmp_path / "table.csv"
     table.write_text("title,category\nhello,a\n")
     with pytest.raises(UserError, match=r"data.text_field: .*table.csv has no column 'text' \(columns: title, category\)"):
-        load_job(write_job(tmp_path / "job.yaml", tiny_job(table)))
+        checked_job(write_job(tmp_path / "job.yaml", tiny_job(table)))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -116,7 +117,7 @@ def test_unwritable_cache_dir(corpus, tmp_path):
     locked.mkdir(mode=0o500)
     job = tiny_job(corpus, data={**tiny_job(corpus)["data"], "cache_dir": str(locked / "cache")})
     with pytest.raises(UserError, match="data.cache_dir: .* is not writable"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_cache_dir_that_is_a_file(corpus, tmp_path):
@@ -124,14 +125,14 @@ def test_cache_dir_that_is_a_file(corpus, tmp_path):
     blocker.write_text("")
     job = tiny_job(corpus, data={**tiny_job(corpus)["data"], "cache_dir": str(blocker / "cache")})
     with pytest.raises(UserError, match="data.cache_dir: .*blocker/cache is not writable"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_empty_corpus(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(UserError, match=r"data.paths: the corpus is empty \(1 files, 0 bytes\)"):
-        load_job(write_job(tmp_path / "job.yaml", tiny_job(empty)))
+        checked_job(write_job(tmp_path / "job.yaml", tiny_job(empty)))
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from helpers import tiny_job, write_job, write_sweep
 
 from orchestrator.config import UserError, load_job
 from orchestrator.config.load import MAX_ECHO_CHARS, MAX_YAML_DEPTH, apply_overrides, load_sweep, parse_yaml, read_yaml, set_key, validate
+from orchestrator.data.checks import checked_job
 
 
 def refused(raw: dict, *overrides: str) -> str:
@@ -201,7 +202,7 @@ def test_data_globs_may_not_walk_the_whole_filesystem(job, tmp_path, pattern, pr
     raw["data"]["paths"] = [pattern]
     started = time.monotonic()
     with pytest.raises(UserError, match=f"data.paths\\[0\\]: .*{problem}"):
-        load_job(write_job(tmp_path / "job.yaml", raw))
+        checked_job(write_job(tmp_path / "job.yaml", raw))
     assert time.monotonic() - started < 1
 
 
@@ -241,13 +242,13 @@ def test_an_output_directory_under_a_file_is_refused(job, tmp_path, field):
     afile.write_text("")
     set_key(job, field, str(afile / "runs"))
     with pytest.raises(UserError, match=f"{field}: .* is not writable \\({afile} is not a directory\\)"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_an_output_directory_under_proc_is_refused(job, tmp_path):
     set_key(job, "checkpoint.dir", "/proc/runs")
     with pytest.raises(UserError, match="checkpoint.dir: /proc/runs is not writable \\(/proc is a pseudo filesystem\\)"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_loading_a_job_creates_nothing_on_disk(job, tmp_path):
@@ -255,13 +256,13 @@ def test_loading_a_job_creates_nothing_on_disk(job, tmp_path):
     outputs.mkdir()
     set_key(job, "data.cache_dir", str(outputs / "not" / "yet" / "cache"))
     set_key(job, "checkpoint.dir", str(outputs / "runs"))
-    load_job(write_job(tmp_path / "job.yaml", job))
+    checked_job(write_job(tmp_path / "job.yaml", job))
     assert list(outputs.iterdir()) == []
 
 
 def test_a_uri_checkpoint_dir_is_not_probed(job, tmp_path):
     set_key(job, "checkpoint.dir", "s3://bucket/runs")
-    assert load_job(write_job(tmp_path / "job.yaml", job)).checkpoint.dir == "s3://bucket/runs"
+    assert checked_job(write_job(tmp_path / "job.yaml", job)).checkpoint.dir == "s3://bucket/runs"
 
 
 # --- 6. secrets and long values in errors ------------------------------------------------------------------------
@@ -314,13 +315,13 @@ def test_examples_of_the_repository_parse_the_same_in_yaml_1_2():
         assert read_yaml(path) == yaml.safe_load(path.read_text()), path
 
 
-def test_the_probe_leaves_no_write_test_directory(job, tmp_path):
+def test_checking_output_directories_again_and_again_leaves_nothing(job, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     set_key(job, "checkpoint.dir", str(home / "runs"))
     set_key(job, "data.cache_dir", str(home / "cache"))
     for _ in range(3):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
     assert os.listdir(home) == []
 
 

@@ -205,28 +205,38 @@ def test_orphan_cleanup_removes_only_marked_local_copies_of_this_user(tmp_path, 
     assert all(path.read_text() == "keep" for path in files)
 
 
-def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, monkeypatch):
-    """In launch: data prepared, run opened, then the data report fails: the run must not stay RUNNING."""
+def without_a_cluster(monkeypatch) -> None:
+    """The driver session (train/session.py) up to its MLflow run, with no Ray and no data: a data report that
+    fails to log."""
+    from orchestrator.train import session
+
+    monkeypatch.setattr(session.runtime, "connect", lambda address: "nowhere")
+    monkeypatch.setattr(session.runtime, "check_resources", lambda job: None)
+    monkeypatch.setattr(session, "prepare", lambda job: SimpleNamespace(train_sequences=8))
+    monkeypatch.setattr(session, "total_steps", lambda job, sequences: 1)
+
+    def broken_report(*args):
+        raise OSError("disk full while logging the data report")
+
+    monkeypatch.setattr(session, "log_data_report", broken_report)
+
+
+def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, monkeypatch, capsys):
+    """In launch: data prepared, run opened, then the data report fails: the run must not stay RUNNING, and its URL
+    is still the last line printed."""
     from orchestrator.train import launch as launching
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")},
                           "tracking": {"uri": uri, "experiment": "outcome", "run_name": "breaks"}})
-    monkeypatch.setattr(launching.runtime, "connect", lambda address: "nowhere")
-    monkeypatch.setattr(launching.runtime, "check_resources", lambda job: None)
-    monkeypatch.setattr(launching, "prepare", lambda job: SimpleNamespace(train_sequences=8))
-    monkeypatch.setattr(launching, "total_steps", lambda job, sequences: 1)
-
-    def broken_report(*args):
-        raise OSError("disk full while logging the data report")
-
-    monkeypatch.setattr(launching, "log_data_report", broken_report)
+    without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         launching.launch(job, None, restart=False)
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("outcome").experiment_id])
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert (tmp_path / "runs" / "breaks" / MARKER).is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == f"MLflow run (new): run {run.info.run_id} in {uri} (view with: mlflow ui --backend-store-uri {uri})"
 
 
 def test_a_run_whose_own_setup_fails_ends_failed(tmp_path):
@@ -244,9 +254,7 @@ def test_a_run_whose_own_setup_fails_ends_failed(tmp_path):
     assert run.info.status == "FAILED"
 
 
-def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkeypatch):
-    import ray
-
+def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkeypatch, capsys):
     from orchestrator.config.load import LoadedSweep
     from orchestrator.tune import sweep as sweeping
 
@@ -255,20 +263,12 @@ def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkey
     path = tmp_path / "lr.yaml"
     path.write_text("base: job.yaml\n")
     config = validate({"base": "job.yaml", "search_space": {"train.lr": {"choice": [0.1, 0.2]}}}, SweepConfig)
-    sweep = LoadedSweep(path, config, "lr", base_raw, validate(base_raw))
-    monkeypatch.setattr(sweeping.runtime, "connect", lambda address: "nowhere")
-    monkeypatch.setattr(sweeping.runtime, "check_resources", lambda job: None)
-    monkeypatch.setattr(sweeping, "prepare", lambda job: SimpleNamespace(train_sequences=8))
-    monkeypatch.setattr(sweeping, "total_steps", lambda job, sequences: 1)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-
-    def broken_report(*args):
-        raise OSError("disk full while logging the data report")
-
-    monkeypatch.setattr(sweeping, "log_data_report", broken_report)
+    sweep = LoadedSweep(path, config, "lr", tmp_path / "job.yaml", base_raw, validate(base_raw))
+    without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         sweeping.run_sweep(sweep)
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert (tmp_path / "runs" / "lr" / MARKER).is_file()
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"MLflow sweep run (new): run {run.info.run_id} in {uri}")

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
-from orchestrator.tracking.redact import is_secret_name, redact_config, redact_text
+from orchestrator.config.redact import is_secret_name, redact_config, redact_text
 from orchestrator.tracking.run import start_run
 from orchestrator.train.launch import job_artifacts
 
