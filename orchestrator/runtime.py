@@ -10,17 +10,15 @@ from orchestrator.environment import driver_data_context, ray_init_options
 from orchestrator.local_node import LOOPBACK_NODE
 
 
-def connect() -> str:
-    """Joins the cluster this process belongs to, else a local head, else starts an embedded one.
-
-    Under `ray job submit` (and with RAY_ADDRESS set) `ray.init()` finds the cluster by itself.
-    """
+def connect(address: str | None = None) -> str:
+    """Joins the cluster at `address` (its GCS address, as `ray.init` takes it: host:6379, or auto), else the one this
+    process belongs to (RAY_ADDRESS, which `ray job submit` sets), else a local head, else starts an embedded one."""
     driver_data_context()
     if ray.is_initialized():
         return "an already connected Ray cluster"
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**ray_init_options())
-        return f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    if address := address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, **ray_init_options())
+        return f"the Ray cluster at {address}"
     use_loopback_node()
     try:
         ray.init(address="auto", **ray_init_options())

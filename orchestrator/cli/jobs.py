@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.app import app, escape
-from orchestrator.cli.training import Overrides, check_file
+from orchestrator.cli.training import JobOrSweepFile, Overrides, check_file
 from orchestrator.config import UserError
 from orchestrator.config.redact import redact_text
 
@@ -28,11 +28,19 @@ LOCAL_JOB_API = "http://127.0.0.1:8265"
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 
 Address = Annotated[
-    str | None, typer.Option("--address", help="Job API of the cluster; default: RAY_API_SERVER_ADDRESS, else the local head.")
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="URL",
+        help=f"The cluster's job API: its dashboard's URL, as `ray job` takes it ({LOCAL_JOB_API}); default: "
+        f"RAY_API_SERVER_ADDRESS, else {LOCAL_JOB_API}.",
+    ),
 ]
 # Ray's submission ids (raysubmit_...), job ids (hex) and ids given at submission: a URL path segment, never '..'.
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,255}")
-SubmissionId = Annotated[str, typer.Argument(help="The job's submission id (from submit or list).", show_default=False)]
+SubmissionId = Annotated[
+    str, typer.Argument(metavar="SUBMISSION_ID", help="The job's submission id (from submit or list).", show_default=False)
+]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends; exit with its status.")]
 
 
@@ -132,15 +140,19 @@ def finish(submission_id: str, status: str) -> None:
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="Job or sweep YAML file.", show_default=False)],
+    file: JobOrSweepFile,
     overrides: Overrides = [],
     follow: Follow = False,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")] = Path("."),
+    working_dir: Annotated[
+        Path, typer.Option(metavar="DIR", help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")
+    ] = Path("."),
     address: Address = None,
 ) -> None:
-    """Check a job or sweep file, then submit it to the cluster's job API; MLFLOW_TRACKING_URI set here goes with it.
+    """Check a job or sweep file, then submit it to the cluster. MLFLOW_TRACKING_URI set here goes with it.
 
-    Example: orchestrator submit jobs/gpt-tiny.yaml --follow
+    \b
+    Example:
+      orchestrator submit jobs/gpt-tiny.yaml --follow
     """
     if not os.path.isdir(working_dir):  # os.path's answers False for a name the system refuses (too long, NUL)
         raise UserError(f"--working-dir: {working_dir} is not a directory")
@@ -159,7 +171,9 @@ def submit(
 def status(submission_id: SubmissionId, address: Address = None) -> None:
     """A job's status, entrypoint, times and MLflow run.
 
-    Example: orchestrator status raysubmit_XYZ
+    \b
+    Example:
+      orchestrator status raysubmit_XYZ
     """
     client, info = known_job_client(address, submission_id)
     print(f"job {submission_id}: {info.status.value}" + (f" ({shown(info.message)})" if info.message else ""))
@@ -175,9 +189,11 @@ def status(submission_id: SubmissionId, address: Address = None) -> None:
 
 @app.command()
 def logs(submission_id: SubmissionId, follow: Follow = False, address: Address = None) -> None:
-    """A job's log (its driver's output); --follow streams it until the job ends and exits with its status.
+    """A job's log (its driver's output). --follow streams it until the job ends and exits with its status.
 
-    Example: orchestrator logs raysubmit_XYZ --follow
+    \b
+    Example:
+      orchestrator logs raysubmit_XYZ --follow
     """
     client, _ = known_job_client(address, submission_id)
     if follow:
@@ -189,7 +205,9 @@ def logs(submission_id: SubmissionId, follow: Follow = False, address: Address =
 def stop(submission_id: SubmissionId, address: Address = None) -> None:
     """Stop a job. Its MLflow run is marked KILLED and its checkpoints stay: submitted again, it resumes.
 
-    Example: orchestrator stop raysubmit_XYZ
+    \b
+    Example:
+      orchestrator stop raysubmit_XYZ
     """
     client, _ = known_job_client(address, submission_id)
     if not client.stop_job(submission_id):
@@ -202,7 +220,9 @@ def stop(submission_id: SubmissionId, address: Address = None) -> None:
 def list_jobs(address: Address = None) -> None:
     """The cluster's jobs, newest first, with their MLflow runs.
 
-    Example: orchestrator list
+    \b
+    Example:
+      orchestrator list
     """
     from rich.console import Console
     from rich.table import Table
@@ -212,7 +232,7 @@ def list_jobs(address: Address = None) -> None:
     table = Table("submission id", "status", "started", "entrypoint", "MLflow run")
     for column in table.columns[:3] + table.columns[4:]:  # ids and URLs whole, to copy
         column.no_wrap = True
-    # Drivers started by hand (python -m orchestrator train) have no job API entry.
+    # A driver started by hand (python -m orchestrator train) has no submission id to follow it by.
     jobs = sorted((job for job in client.list_jobs() if job.submission_id), key=lambda job: job.start_time or 0, reverse=True)
     runs = job_runs(jobs)
     for job in jobs:

@@ -331,8 +331,9 @@ class LoadedSweep:
         return validate(self.trial_raw(values))
 
 
-def load_sweep(path: str | Path, raw: dict[str, Any] | None = None) -> LoadedSweep:
-    """The sweep of the file at `path`; `raw`: the file's mapping where the caller has read it."""
+def load_sweep(path: str | Path, overrides: list[str] = (), raw: dict[str, Any] | None = None) -> LoadedSweep:
+    """The sweep of the file at `path`, its base job with `overrides` (--set) applied after the sweep's own; `raw`:
+    the file's mapping where the caller has read it."""
     path = Path(path)
     try:
         config = validate(read_yaml(path) if raw is None else raw, SweepConfig)
@@ -344,7 +345,7 @@ def load_sweep(path: str | Path, raw: dict[str, Any] | None = None) -> LoadedSwe
         if not is_job_key(JobConfig, key):
             raise UserError(f"{path}: overrides.{printable(key)}: not a key of the job (see: orchestrator schema)")
         set_key(base_raw, key, value)
-    with_shared_storage(base_raw)
+    with_shared_storage(apply_overrides(base_raw, list(overrides)))
     try:
         base_job = validate(base_raw)
     except UserError as err:

@@ -57,9 +57,10 @@ def checked_job(path: str | Path, overrides: list[str] = (), raw: dict[str, Any]
     return job
 
 
-def checked_sweep(path: str | Path, raw: dict[str, Any] | None = None) -> LoadedSweep:
-    """The sweep of the file (config/load.py load_sweep), its base job's inputs and outputs checked."""
-    sweep = load_sweep(path, raw)
+def checked_sweep(path: str | Path, overrides: list[str] = (), raw: dict[str, Any] | None = None) -> LoadedSweep:
+    """The sweep of the file (config/load.py load_sweep, `overrides` on its base job), its base job's inputs and
+    outputs checked."""
+    sweep = load_sweep(path, overrides, raw)
     try:
         check_inputs(sweep.base_job)
     except UserError as err:

@@ -98,7 +98,7 @@ def forget_run(storage: str, run_name: str) -> None:
         print(f"--restart: deleted the checkpoints in {deleted}", flush=True)
 
 
-def launch(job: JobConfig, job_name: str | None, restart: bool = False) -> tuple[ray.train.Result, TrackedRun]:
+def launch(job: JobConfig, job_name: str | None, restart: bool = False, address: str | None = None) -> tuple[ray.train.Result, TrackedRun]:
     """`job_name`: the job file's name, a valid name (config/names.py); the default of the run's name, with the
     time after it. Needed only when the job sets no tracking.run_name."""
     run_name = job.tracking.run_name or derived_name(job_name, time.strftime("-%Y%m%d-%H%M%S"))
@@ -106,7 +106,7 @@ def launch(job: JobConfig, job_name: str | None, restart: bool = False) -> tuple
     run_dir = path_inside(storage, run_name, SESSION_KINDS[RUN_DIR].name_field)
     if restart:
         forget_run(storage, run_name)
-    with driver_session(job, run_dir, RUN_DIR, lambda: start_run(job, run_name, run_dir, artifacts=job_artifacts(job))) as session:
+    with driver_session(job, run_dir, RUN_DIR, lambda: start_run(job, run_name, run_dir, artifacts=job_artifacts(job)), address) as session:
         with live_progress(session.steps) as board:  # a bar in a terminal; log lines only in job logs
             plan = train_plan(session.data, session.run, session.steps, session.timeline,
                               registered_model=registered_name(job, job_name), progress_board=board)

@@ -50,14 +50,16 @@ def total_steps(job: JobConfig, train_sequences: int) -> int:
 
 
 @contextmanager
-def driver_session(job: JobConfig, run_dir: str, kind: str, open_run: Callable[[], TrackedRun]) -> Iterator[DriverSession]:
-    """The session of a `kind` ("run" or "sweep") directory `run_dir`, whose MLflow run `open_run` opens once the
-    data is ready. Whatever the block does, the run ends with it (tracking/run.py ends_with_outcome) and its URL is
-    the last line printed."""
+def driver_session(
+    job: JobConfig, run_dir: str, kind: str, open_run: Callable[[], TrackedRun], address: str | None = None
+) -> Iterator[DriverSession]:
+    """The session of a `kind` ("run" or "sweep") directory `run_dir`, on the Ray cluster at `address`
+    (runtime.connect), whose MLflow run `open_run` opens once the data is ready. Whatever the block does, the run ends
+    with it (tracking/run.py ends_with_outcome) and its URL is the last line printed."""
     timeline = Timeline(started=psutil.Process().create_time())
     timeline.mark("python_start")
     claim(run_dir, kind, SESSION_KINDS[kind].name_field)
-    print(f"connected to {runtime.connect()}", flush=True)
+    print(f"connected to {runtime.connect(address)}", flush=True)
     runtime.check_resources(job)
     timeline.mark("ray_connect")
     data = prepare(job)

@@ -120,10 +120,10 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         bridge.forward(trainer, sweep.config.metric)
 
 
-def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
+def run_sweep(sweep: LoadedSweep, address: str | None = None) -> tuple[tune.ResultGrid, TrackedRun]:
     config, job = sweep.config, sweep.base_job
     sweep_dir = path_inside(storage_path(job), sweep.name, SESSION_KINDS[SWEEP_DIR].name_field)
-    with driver_session(job, sweep_dir, SWEEP_DIR, lambda: start_sweep_run(sweep, sweep_dir)) as session:
+    with driver_session(job, sweep_dir, SWEEP_DIR, lambda: start_sweep_run(sweep, sweep_dir), address) as session:
         random.seed(config.seed)  # PBT and PB2 draw their perturbations from these
         np.random.seed(config.seed)
         at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)

@@ -86,13 +86,23 @@ def test_usage_errors_are_one_bounded_escaped_line(monkeypatch, capsys):
     assert code == 2 and "Missing argument" in assert_one_clean_line(lines)
 
 
-def test_predict_and_evaluate_check_their_arguments_before_connecting(monkeypatch, capsys, tmp_path):
-    from orchestrator import runtime
+def test_commands_check_their_arguments_before_connecting(monkeypatch, capsys, tmp_path, corpus):
+    """Mistakes that need no cluster are one line naming the option, before any connection: here the cluster's
+    address is a closed port, and joining it fails the test at once (Ray would retry for a minute)."""
+    import ray
 
-    monkeypatch.setattr(runtime, "connect", lambda: pytest.fail("connected before checking the arguments"))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("connected before checking the arguments"))
     text = tmp_path / "in.jsonl"
     text.write_text('{"text": "a"}\n')
+    job = str(write_job(tmp_path / "job.yaml", tiny_job(corpus)))
+    job_api = "http://127.0.0.1:8265"
     cases = [
+        *[((command, job, "--address", job_api), "--address: ") for command in ("train", "prepare")],
+        (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--batch-size", "0"), "--batch-size"),
+        (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--address", job_api), "--address: "),
+        (("evaluate", "m", "-i", str(text), "--batch-size", "-3"), "--batch-size"),
+        (("evaluate", "m", "-i", str(text), "--address", job_api), "--address: "),
         (("predict", "m", "-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out")), "--input: no such file"),
         (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--format", "csv\x1b"), "--format: one of parquet, jsonl"),
         (("predict", "m", "-i", str(text), "-o", str(text)), "--output: "),
@@ -172,10 +182,12 @@ def test_plan_refuses_dimensions_it_cannot_count(tmp_path, corpus, dims, expecte
     job = tiny_job(corpus)
     job["model"] = {"family": "gpt2", "pretrained": str(model)}
     job = load_job(write_job(tmp_path / "job.yaml", job))
-    started = time.perf_counter()
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401 (imported on first use: seconds that are not the check's)
+
+    started = time.process_time()  # this process's CPU: other processes on the machine do not count
     with pytest.raises(UserError, match=re.escape(expected)):
         model_size(job)
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 def test_a_bug_is_not_turned_into_a_user_error(monkeypatch):

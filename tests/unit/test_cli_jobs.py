@@ -33,12 +33,18 @@ def test_a_file_outside_it_keeps_its_absolute_path_and_a_sweep_runs_sweep(corpus
     assert shlex.split(entrypoint(sweep, [], working_dir=elsewhere)) == ["python", "-m", "orchestrator", "sweep", str(sweep)]
 
 
+def test_a_sweep_goes_with_its_set_values_checked_on_its_base_job(corpus, tmp_path):
+    sweep = write_sweep(tmp_path, tiny_job(corpus))
+    command = entrypoint(sweep, ["train.max_steps=5"], working_dir=tmp_path)
+    assert shlex.split(command) == ["python", "-m", "orchestrator", "sweep", "sweep.yaml", "--set", "train.max_steps=5"]
+
+
 def test_bad_files_are_refused_before_submission(corpus, tmp_path):
     job = write_job(tmp_path / "job.yaml", tiny_job(corpus))
     with pytest.raises(UserError, match="train.max_steps"):
         entrypoint(job, ["train.max_steps=-1"], working_dir=tmp_path)
-    with pytest.raises(UserError, match="--set"):
-        entrypoint(write_sweep(tmp_path, tiny_job(corpus)), ["train.max_steps=5"], working_dir=tmp_path)
+    with pytest.raises(UserError, match="job.yaml: train.max_steps"):
+        entrypoint(write_sweep(tmp_path, tiny_job(corpus)), ["train.max_steps=-1"], working_dir=tmp_path)
 
 
 def submitted_as(submission_id: str, monkeypatch) -> None:

@@ -210,7 +210,7 @@ def without_a_cluster(monkeypatch) -> None:
     fails to log."""
     from orchestrator.train import session
 
-    monkeypatch.setattr(session.runtime, "connect", lambda: "nowhere")
+    monkeypatch.setattr(session.runtime, "connect", lambda address: "nowhere")
     monkeypatch.setattr(session.runtime, "check_resources", lambda job: None)
     monkeypatch.setattr(session, "prepare", lambda job: SimpleNamespace(train_sequences=8))
     monkeypatch.setattr(session, "total_steps", lambda job, sequences: 1)

@@ -42,6 +42,17 @@ def test_trial_job_switches_schedule_and_checkpoints_at_evaluations(corpus, tmp_
     assert job.checkpoint.every_steps == 4  # every result Tune sees carries a checkpoint
 
 
+def test_set_applies_to_the_base_job_after_the_sweeps_overrides(corpus, tmp_path):
+    path = write_sweep(tmp_path, corpus, overrides={"train.eval_every": 4, "train.max_steps": 16})
+    sweep = load_sweep(path, ["train.max_steps=12", "model.dropout=0.2"])
+    assert sweep.base_job.train.max_steps == 12 and sweep.base_job.train.eval_every == 4  # --set wins, the rest stays
+    assert sweep.trial_job({"train.optimizer.lr": 0.002}).model.dropout == 0.2  # and every trial gets it
+    with pytest.raises(UserError, match="job.yaml: train.max_steps"):  # checked like the file's own values
+        load_sweep(path, ["train.max_steps=-1"])
+    with pytest.raises(UserError, match="--set train.max_steps: expected"):
+        load_sweep(path, ["train.max_steps"])
+
+
 def test_distribution_extremes():
     assert Distribution(loguniform=(1e-4, 1e-2)).extremes() == [1e-4, 1e-2]
     assert Distribution(randint=(1, 5)).extremes() == [1, 4]
