@@ -3,17 +3,11 @@
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import StandInTokenizer
 
 from orchestrator.config.load import validate
 from orchestrator.models.build import build_model
 from orchestrator.train.engine import build_engine
-
-
-class Tokenizer:  # what build_model reads of a trained tokenizer
-    eos_token_id, pad_token_id = 0, 1
-
-    def __len__(self):
-        return 256
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +27,7 @@ def single_worker_engine(stage: int, precision: str):
         "deepspeed": {"zero_stage": stage, "precision": precision},
         "scaling": {"num_workers": 1},
     })
-    return build_engine(job, build_model(job.model, job.task, Tokenizer(), [], seed=0), total_steps=4, world_size=1)
+    return build_engine(job, build_model(job.model, job.task, StandInTokenizer(256), [], seed=0), total_steps=4, world_size=1)
 
 
 def losses(engine, steps: int = 4) -> list[float]:
