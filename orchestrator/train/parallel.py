@@ -126,7 +126,9 @@ class PipelineParallel(DataParallel):
         own = {name: parameter.detach().clone() for name, parameter in self.own_parameters.items()}
         gathered = [None] * dist.get_world_size() if is_writer else None
         dist.gather_object(own if engine.grid.data_parallel_id == 0 else {}, gathered, dst=0)
-        return {name: tensor for part in gathered for name, tensor in part.items()} if is_writer else None
+        # Stages that share a layer (GPT-2's tied embedding layer, on the first and last stage) each send it; the
+        # first stage's copy wins, since only it trains the position embeddings that layer also holds.
+        return {name: tensor for part in reversed(gathered) for name, tensor in part.items()} if is_writer else None
 
     def hf_model(self, engine) -> torch.nn.Module:
         return self.model
