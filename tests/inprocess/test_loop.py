@@ -7,19 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_job, write_corpus
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers import optimization as hf
 
-from helpers import tiny_job, write_corpus
 from orchestrator.config.load import validate
-from orchestrator.data.pipeline import prepare
 from orchestrator.tracking.model import hf_directory
 from orchestrator.train.checkpoint import TAG
 from orchestrator.train.manifest import MANIFEST
 from orchestrator.train.timeline import PHASES
 
-from .local_mode import train_in_process
+from .local_mode import prepared_in_memory, train_in_process
 
 STEPS, EVAL_EVERY, CHECKPOINT_EVERY = 20, 10, 5
 SECTIONS = {
@@ -41,23 +40,19 @@ def job(tmp_path_factory, tracking_uri):
 
 @pytest.fixture(scope="module")
 def data(ray_here, job):
-    return prepare(job)
+    return prepared_in_memory(job)
+
+
+def logits_of_the_trained_module(worker) -> torch.Tensor:
+    ids = torch.tensor([worker.tokenizer.encode(PROBE)])
+    with torch.no_grad():
+        return worker.engine.module.eval()(input_ids=ids).logits
 
 
 @pytest.fixture(scope="module")
-def trained_logits() -> dict[str, torch.Tensor]:
-    return {}
-
-
-@pytest.fixture(scope="module")
-def reference(job, data, tmp_path_factory, trained_logits):
-    def logits_of_the_trained_model(worker) -> None:
-        module = worker.engine.module.eval()
-        ids = torch.tensor([worker.tokenizer.encode(PROBE)])
-        with torch.no_grad():
-            trained_logits["logits"] = module(input_ids=ids).logits
-
-    return train_in_process(job, data, tmp_path_factory.mktemp("reference"), "reference", during_export=logits_of_the_trained_model)
+def reference(job, data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    return train_in_process(job, data, tmp, "reference", look_at_export=logits_of_the_trained_module)
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +129,13 @@ def test_a_run_resumed_from_its_step_10_checkpoint_trains_exactly_as_the_uninter
     assert [report.metrics["step"] for report in resumed.reports] == [15, 20]
 
 
-def test_the_exported_model_loads_in_transformers_and_computes_what_the_trained_one_did(reference, trained_logits, tracking_uri, tmp_path):
+def test_the_exported_model_loads_in_transformers_and_computes_what_the_trained_one_did(reference, tracking_uri, tmp_path):
     client = MlflowClient(tracking_uri)
     directory = hf_directory(Path(client.download_artifacts(reference.run_id, "model", str(tmp_path))))
     model, tokenizer = AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([tokenizer.encode(PROBE)])).logits
-    torch.testing.assert_close(logits, trained_logits["logits"])
+    torch.testing.assert_close(logits, reference.seen_at_export)
     (version,) = client.search_model_versions(f"run_id = '{reference.run_id}'")
     assert version.name == "reference"
     assert f"registered the model as models:/reference/{version.version}" in reference.log
