@@ -58,6 +58,19 @@ class LocalRun:
         return {metric.step: metric.value for metric in MlflowClient(uri).get_metric_history(self.run_id, key)}
 
 
+class RankContext:
+    """Ray Train's context of this process, with another world rank."""
+
+    def __init__(self, context, rank: int):
+        self.context, self.rank = context, rank
+
+    def get_world_rank(self) -> int:
+        return self.rank
+
+    def __getattr__(self, name: str):
+        return getattr(self.context, name)
+
+
 class LineCollector(logging.Handler):
     def __init__(self, lines: list[str]):
         super().__init__(logging.INFO)
@@ -94,11 +107,12 @@ def prepared_in_memory(job: JobConfig) -> PreparedData:
 
 def train_in_process(
     job: JobConfig, data: PreparedData, tmp: Path, name: str, initial_checkpoint: Path | None = None,
-    look_at_export: Callable[[Worker], Any] | None = None,
+    look_at_export: Callable[[Worker], Any] | None = None, as_rank: int = 0,
 ) -> LocalRun:
     """What `orchestrator train` does (train/launch.py), with this process for the worker group. Every result the loop
     reports to Ray is kept with a copy of its checkpoint. `look_at_export(worker)`: run on the trained worker right
-    after the loop's export; what it returns is the run's `seen_at_export`."""
+    after the loop's export; what it returns is the run's `seen_at_export`. `as_rank`: the rank Ray Train's context
+    gives the loop (alone in its process group, a rank other than 0 still runs every collective)."""
     keep_artifacts_beside_the_store(job.tracking.uri, job.tracking.experiment)
     run = start_run(job, name, str(tmp / name), artifacts={})
     steps = total_steps(job, data.train_sequences)
@@ -106,7 +120,7 @@ def train_in_process(
     plan = train_plan(data, run, steps, Timeline(), registered_model=name, initial_checkpoint=start)
     local = LocalRun(run.run_id)
     client = MlflowClient(run.uri)
-    report_to_ray, export = ray.train.report, loop.export
+    report_to_ray, export, context = ray.train.report, loop.export, ray.train.get_context
 
     def report(metrics: dict, checkpoint: ray.train.Checkpoint | None = None, **kwargs) -> None:
         copy = Path(shutil.copytree(checkpoint.path, tmp / f"{name}-checkpoint-{metrics['step']}")) if checkpoint else None
@@ -132,6 +146,7 @@ def train_in_process(
             patch.setenv(variable, value)
         patch.setattr(ray.train, "report", report)
         patch.setattr(loop, "export", export_and_look)
+        patch.setattr(ray.train, "get_context", lambda: RankContext(context(), as_rank))
         REPORTER_LOG.addHandler(lines)
         try:
             trainer.fit()

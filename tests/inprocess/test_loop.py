@@ -61,6 +61,11 @@ def resumed(job, data, reference, tmp_path_factory):
     return train_in_process(job, data, tmp_path_factory.mktemp("resumed"), "resumed", initial_checkpoint=step_10)
 
 
+@pytest.fixture(scope="module")
+def rank_1(job, data, tmp_path_factory):
+    return train_in_process(job, data, tmp_path_factory.mktemp("rank-1"), "rank-1", as_rank=1)
+
+
 def test_every_step_is_logged_with_throughput_memory_and_the_start_up_timeline(reference, job, data, tracking_uri):
     def history(key: str) -> dict[int, float]:
         return reference.history(tracking_uri, key)
@@ -151,3 +156,16 @@ def test_logs_one_line_per_log_step_evaluation_and_start_up(reference):
         f"step {step}/{STEPS}" for step in range(1, STEPS + 1)
     ]
     assert [line.split(" | eval")[0] for line in log if "| eval" in line] == ["step 0 (untrained)", "step 10", "step 20"]
+
+
+def test_a_rank_other_than_0_takes_part_at_the_same_steps_and_says_nothing(reference, rank_1, tracking_uri):
+    """Its silent reporter: the same results to Ray (the loss averaged with the other ranks, its evaluation), its part
+    of each checkpoint (no manifest: rank 0 writes it), and nothing in MLflow or the log."""
+    assert [report.metrics.keys() for report in rank_1.reports] == [report.metrics.keys() for report in reference.reports]
+    assert [report.metrics["step"] for report in rank_1.reports] == [5, 10, 15, 20]
+    for report in rank_1.reports:
+        files = {path.name for path in report.checkpoint.iterdir()}
+        assert TAG in files and "rng_rank1.pt" in files and MANIFEST not in files, files
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(rank_1.run_id).data.metrics == {} and not client.list_artifacts(rank_1.run_id)
+    assert rank_1.log == []
