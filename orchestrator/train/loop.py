@@ -19,6 +19,7 @@ def train_loop(config: dict) -> None:
     evaluator, checkpointer = Evaluator(worker, reporter), Checkpointer(worker, reporter)
     if evaluator.due_at_start():
         evaluator.run(step=0)
+        reporter.restart_window()  # keep evaluation time out of tokens/s, as below
 
     final = None  # the last step's result: reported after the export, so whoever ends the run on it loses nothing
     for inputs in worker.batches():  # this worker's micro batches of each step, up to the last
