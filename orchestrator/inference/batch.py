@@ -1,4 +1,4 @@
-"""Batch inference with an exported model (train/loop.py's `export`): predictions written to files, or metrics.
+"""Batch inference with an exported model (train/export.py): predictions written to files, or metrics.
 
 Rows come from the training reader (one Ray task per file; unreadable lines are counted and skipped), and an actor
 pool of `Predictor`s (inference/predictor.py) runs the model, each actor loading it once.

@@ -1,4 +1,4 @@
-"""The model of a finished training run (train/loop.py's `export`) turned into predictions: one `Predictor` holds the
+"""The model of a finished training run (train/export.py) turned into predictions: one `Predictor` holds the
 model and tokenizer, and is what both batch inference (inference/batch.py) and the MLflow model (tracking/model.py)
 run. It needs no Ray. Inputs are tokenized as in training (data/encode.py) but padded per batch, not to seq_len.
 """
@@ -15,7 +15,7 @@ from orchestrator.data.encode import IGNORED_LABEL
 from orchestrator.data.tokenizers import separator_id
 from orchestrator.models.tasks import TASKS
 
-MODEL_CARD = "orchestrator.json"  # written beside the model by train/loop.py
+MODEL_CARD = "orchestrator.json"  # written beside the model by train/export.py
 CAUSAL_NEW_TOKENS = 32  # continuation length of causal_lm predictions
 # What predict mode returns for each task, with the MLflow type of each column (the logged model's signature).
 PREDICTION_COLUMNS = {

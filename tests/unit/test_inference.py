@@ -35,7 +35,7 @@ DIMS = {
 
 
 def export_tiny_model(directory, task: str):
-    """What train/loop.py's export writes: a random-init model, its tokenizer and the model card."""
+    """What train/export.py writes: a random-init model, its tokenizer and the model card."""
     tokenizer = train_tokenizer(TokenizerConfig(train="bpe", vocab_size=300), TEXTS)
     config = DIMS[task]()
     ids = special_tokens(tokenizer) | (label_keys(LABELS) if task == "sequence_classification" else {})
@@ -103,7 +103,7 @@ def test_causal_lm_continues_texts_and_scores_them(models):
 
 
 def log_model(client: mlflow.MlflowClient, experiment_id: str, hf_dir, task: str, run_name: str, registered_model: str) -> str:
-    """What train/loop.py's export does with a finished run's model: an MLflow model, logged and registered."""
+    """What train/export.py does with a finished run's model: an MLflow model, logged and registered."""
     run_id = client.create_run(experiment_id, tags={"orchestrator.run_name": run_name}).info.run_id
     save_model(str(hf_dir), str(hf_dir.parent / f"{run_name}-mlflow"), task, TEXTS[:2])
     client.log_artifacts(run_id, str(hf_dir.parent / f"{run_name}-mlflow"), "model")
