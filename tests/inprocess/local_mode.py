@@ -30,7 +30,8 @@ from orchestrator.data.tokenizers import separator_id, train_tokenizer
 from orchestrator.tracking.model import ARTIFACT_PATH
 from orchestrator.tracking.run import start_run
 from orchestrator.train import loop
-from orchestrator.train.launch import total_steps, train_plan
+from orchestrator.train.launch import train_plan
+from orchestrator.train.session import total_steps
 from orchestrator.train.setup import Worker
 from orchestrator.train.timeline import Timeline
 
