@@ -67,8 +67,7 @@ def check_resources(job: JobConfig) -> None:
     cpus = workers * job.scaling.cpus_per_worker
     if have.get("CPU", 0) < cpus:
         raise UserError(
-            f"scaling.num_workers: {workers} workers x {job.scaling.cpus_per_worker:g} CPU need {cpus:g} CPUs, "
-            f"the cluster has {have.get('CPU', 0):g}"
+            f"scaling.num_workers: {workers} workers x {job.scaling.cpus_per_worker:g} CPU need {cpus:g} CPUs, the cluster has {have.get('CPU', 0):g}"
         )
     if job.scaling.use_gpu and have.get("GPU", 0) < workers:
         raise UserError(f"scaling.use_gpu: {workers} workers need {workers} GPUs, the cluster has {have.get('GPU', 0):g}")

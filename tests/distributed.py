@@ -31,8 +31,12 @@ def run_on_ranks(function: Callable[..., Any], *args: Any, world_size: int = 2, 
 
 def _rank_main(rank: int, world_size: int, port: int, timeout_s: float, results: str, function: Callable, args: tuple) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(1)  # one core per rank, as Ray Train gives its CPU workers
     deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=timeout_s))

@@ -27,9 +27,7 @@ cluster_app = typer.Typer(no_args_is_help=True, help="A local Ray head and MLflo
 app.add_typer(cluster_app, name="cluster")
 
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment
-StateDir = Annotated[
-    Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", metavar="DIR", help="MLflow store and artifacts, pid and log files.")
-]
+StateDir = Annotated[Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", metavar="DIR", help="MLflow store and artifacts, pid and log files.")]
 PORTS = {"min": 1, "max": 65535, "metavar": "PORT"}
 MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.", **PORTS)]
 DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.", **PORTS)]
@@ -95,7 +93,9 @@ def start_mlflow(state_dir: Path, port: int) -> None:
     with open(state_dir / "mlflow.log", "a") as log:
         server = subprocess.Popen(
             command + ["--workers", "1"],  # one worker and no job runner: 2 processes instead of ~10
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     (state_dir / "mlflow.pid").write_text(str(server.pid))
@@ -198,10 +198,7 @@ def count_jobs(jobs: list, own_job_id: str | None = None) -> tuple[list, int]:
     orchestrator train` joining the cluster) is a job with no submission id: counted while it runs. Ended drivers are
     not: every client of the cluster leaves one, and this command's own (`own_job_id`) may not have
     ended yet when the list is read."""
-    listed = [
-        job for job in jobs
-        if job.job_id != own_job_id and (job.submission_id or str(job.status) in ACTIVE)
-    ]
+    listed = [job for job in jobs if job.job_id != own_job_id and (job.submission_id or str(job.status) in ACTIVE)]
     return [job for job in listed if str(job.status) in ACTIVE], len(listed)
 
 

@@ -32,15 +32,12 @@ Address = Annotated[
     typer.Option(
         "--address",
         metavar="URL",
-        help=f"The cluster's job API: its dashboard's URL, as `ray job` takes it ({LOCAL_JOB_API}); default: "
-        f"RAY_API_SERVER_ADDRESS, else {LOCAL_JOB_API}.",
+        help=f"The cluster's job API: its dashboard's URL, as `ray job` takes it ({LOCAL_JOB_API}); default: RAY_API_SERVER_ADDRESS, else {LOCAL_JOB_API}.",
     ),
 ]
 # Ray's submission ids (raysubmit_...), job ids (hex) and ids given at submission: a URL path segment, never '..'.
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,255}")
-SubmissionId = Annotated[
-    str, typer.Argument(metavar="SUBMISSION_ID", help="The job's submission id (from submit or list).", show_default=False)
-]
+SubmissionId = Annotated[str, typer.Argument(metavar="SUBMISSION_ID", help="The job's submission id (from submit or list).", show_default=False)]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends; exit with its status.")]
 
 
@@ -143,9 +140,7 @@ def submit(
     file: JobOrSweepFile,
     overrides: Overrides = [],
     follow: Follow = False,
-    working_dir: Annotated[
-        Path, typer.Option(metavar="DIR", help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")
-    ] = Path("."),
+    working_dir: Annotated[Path, typer.Option(metavar="DIR", help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")] = Path("."),
     address: Address = None,
 ) -> None:
     """Check a job or sweep file, then submit it to the cluster. MLFLOW_TRACKING_URI set here goes with it.

@@ -24,8 +24,7 @@ Overrides = Annotated[
     typer.Option(
         "--set",
         metavar="KEY=VALUE",
-        help="Set a key of the job (of a sweep: of its base job, after the sweep's overrides), the value read as "
-        "YAML: --set train.max_steps=50; repeatable.",
+        help="Set a key of the job (of a sweep: of its base job, after the sweep's overrides), the value read as YAML: --set train.max_steps=50; repeatable.",
     ),
 ]
 
@@ -33,8 +32,10 @@ Overrides = Annotated[
 def check_ray_address(address: str | None) -> str | None:
     """Refuses, before connecting, a job API URL given where the cluster itself is meant (they are easily swapped)."""
     if address and "://" in address and not address.startswith("ray://"):
-        raise UserError(f"--address: {address} is a URL; give the Ray cluster's GCS address (host:6379) or auto "
-                        "(a job API's URL is for submit, status, logs, stop and list)")
+        raise UserError(
+            f"--address: {address} is a URL; give the Ray cluster's GCS address (host:6379) or auto "
+            "(a job API's URL is for submit, status, logs, stop and list)"
+        )
     return address
 
 
@@ -54,9 +55,7 @@ RayAddress = Annotated[
 def train(
     job_file: JobFile,
     overrides: Overrides = [],
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Start over: delete the checkpoints of the job's run_name and open a new MLflow run.")
-    ] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over: delete the checkpoints of the job's run_name and open a new MLflow run.")] = False,
     address: RayAddress = None,
 ) -> None:
     """Run a training job on the Ray cluster (or an embedded one). A job submitted again with the same
@@ -148,9 +147,7 @@ ModelSpec = Annotated[
 ]
 Inputs = Annotated[
     list[Path],
-    typer.Option(
-        "--input", "-i", metavar="FILE", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False
-    ),
+    typer.Option("--input", "-i", metavar="FILE", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False),
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", metavar="ROWS", min=1, help="Rows per model call.")]
 
@@ -159,13 +156,9 @@ BatchSize = Annotated[int, typer.Option("--batch-size", metavar="ROWS", min=1, h
 def predict(
     model: ModelSpec,
     inputs: Inputs,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", metavar="DIR", help="Directory for the predictions.", show_default=False)
-    ],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Directory for the predictions.", show_default=False)],
     output_format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="parquet or jsonl.")] = "parquet",
-    text_field: Annotated[
-        str | None, typer.Option(metavar="COLUMN", help="Column holding the text; default: the trained one.")
-    ] = None,
+    text_field: Annotated[str | None, typer.Option(metavar="COLUMN", help="Column holding the text; default: the trained one.")] = None,
     batch_size: BatchSize = 32,
     address: RayAddress = None,
 ) -> None:
@@ -277,13 +270,17 @@ def plan(
     size = planning.model_size(job)
     options, choice = planning.plan(job, size, available)
     workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"
-    print(f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
-          f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}")
+    print(
+        f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
+        f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}"
+    )
     split = job.parallelism
     if split.layout != "data":
-        print(f"data x tensor x pipeline = {job.data_parallel_size} x {split.tensor} x {split.pipeline}: at most "
-              f"{size.worker_parameters:,} parameters per worker ({size.worker_parameters / size.parameters:.0%}), "
-              f"ZeRO over {job.data_parallel_size} replica(s), stages 0-{split.highest_zero_stage}")
+        print(
+            f"data x tensor x pipeline = {job.data_parallel_size} x {split.tensor} x {split.pipeline}: at most "
+            f"{size.worker_parameters:,} parameters per worker ({size.worker_parameters / size.parameters:.0%}), "
+            f"ZeRO over {job.data_parallel_size} replica(s), stages 0-{split.highest_zero_stage}"
+        )
     print(f"activations per worker: {readable_bytes(planning.activation_bytes(job, size))}; memory per worker: {readable_bytes(available)}")
     table = Table("option", "model states (ZeRO paper)", "DeepSpeed estimate: device", "DeepSpeed estimate: host", "needed per worker", "fits")
     for option in options:
@@ -294,5 +291,8 @@ def plan(
         print("On CPU, offloaded states stay in the same memory: needed = ZeRO paper + activations + the worker process.")
     own = planning.option_plan(job, planning.job_option(job), size, available)
     print(f"your job: {own.name} ({'fits' if own.fits else 'does not fit'}, {readable_bytes(own.needed_bytes)} per worker)")
-    print(f"recommended: {choice} (the fitting option with the least communication)" if choice else
-          "recommended: none fits; add workers, lower train.micro_batch_size or data.seq_len, or use a machine with more memory")
+    print(
+        f"recommended: {choice} (the fitting option with the least communication)"
+        if choice
+        else "recommended: none fits; add workers, lower train.micro_batch_size or data.seq_len, or use a machine with more memory"
+    )

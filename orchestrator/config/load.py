@@ -15,9 +15,9 @@ from orchestrator.config.errors import CONTROL_CHARACTERS, MAX_ECHO_CHARS, UserE
 from orchestrator.config.job import SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
 from orchestrator.config.names import file_name
 from orchestrator.config.paths import expand_path
+from orchestrator.config.redact import is_secret_name, redact_text
 from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
-from orchestrator.config.redact import is_secret_name, redact_text
 
 MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
 MAX_YAML_DEPTH = 64  # far deeper than any job nests; PyYAML composes (and Python copies) nested values recursively
@@ -384,6 +384,4 @@ def check_sweep(sweep: LoadedSweep) -> None:
             )
         interval = config.scheduler.perturbation_steps(job.train.eval_every)
         if interval % job.train.eval_every:
-            raise UserError(
-                f"scheduler.perturbation_interval: {interval} is not a multiple of train.eval_every ({job.train.eval_every})"
-            )
+            raise UserError(f"scheduler.perturbation_interval: {interval} is not a multiple of train.eval_every ({job.train.eval_every})")

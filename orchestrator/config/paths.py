@@ -113,8 +113,7 @@ def claim(directory: str, kind: str, field: str) -> None:
             raise UserError(f"{field}: {directory} is an orchestrator {found} directory, not a {kind}; choose another name")
         if fs.get_file_info(pyarrow.fs.FileSelector(path)):
             raise UserError(
-                f"{field}: {directory} already holds files and was not created by orchestrator "
-                f"(it has no {MARKER}); choose another name, or move it away"
+                f"{field}: {directory} already holds files and was not created by orchestrator (it has no {MARKER}); choose another name, or move it away"
             )
     elif info.type != pyarrow.fs.FileType.NotFound:
         raise UserError(f"{field}: {directory} is a file, not a directory; choose another name")

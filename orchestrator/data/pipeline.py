@@ -46,9 +46,7 @@ class PreparedData:
 
 def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:
     """The kept rows (stage == "") or the dropped ones."""
-    return dataset.map_batches(
-        lambda batch: {k: v[(batch["stage"] == "") == kept] for k, v in batch.items()}, batch_format="numpy"
-    )
+    return dataset.map_batches(lambda batch: {k: v[(batch["stage"] == "") == kept] for k, v in batch.items()}, batch_format="numpy")
 
 
 def check_strict(job: JobConfig, rows: ray.data.Dataset) -> None:
@@ -131,8 +129,11 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer_json, min_tokens=cfg.clean.min_tokens, max_tokens=cfg.clean.max_tokens,
-            val_fraction=cfg.val_fraction, seed=cfg.seed,
+            tokenizer_json=tokenizer_json,
+            min_tokens=cfg.clean.min_tokens,
+            max_tokens=cfg.clean.max_tokens,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
         ),
     ).materialize()
     final = rows_where(measured, kept=True).materialize()
@@ -157,8 +158,11 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer_json, seq_len=cfg.seq_len, separator=separator_id(tokenizer),
-            pad=tokenizer.pad_token_id, label_ids={name: i for i, name in enumerate(label_names)},
+            tokenizer_json=tokenizer_json,
+            seq_len=cfg.seq_len,
+            separator=separator_id(tokenizer),
+            pad=tokenizer.pad_token_id,
+            label_ids={name: i for i, name in enumerate(label_names)},
         ),
     ).materialize()
     if cfg.augment.copies:
@@ -192,9 +196,7 @@ def load_cached(entry: Path, meta: dict) -> PreparedData:
     train = ray.data.read_parquet(str(entry / "train")).materialize() if report.train_sequences else None
     val = ray.data.read_parquet(str(entry / "val")).materialize() if report.val_sequences else None
     tokenizer_json = (entry / "tokenizer.json").read_text()
-    return PreparedData(
-        train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry
-    )
+    return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry)
 
 
 def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> list[str]:

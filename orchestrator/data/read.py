@@ -104,7 +104,11 @@ def _row(fields: dict[str, str], record, source: str, row_id: int) -> dict:
 def _bad_line(fields: dict[str, str], raw: bytes | str, source: str, row_id: int, reason: str) -> dict:
     text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
     return {key: None for key in fields} | {
-        "text": text[:MAX_QUARANTINED_CHARS], "source": source, "row_id": row_id, "stage": "read", "reason": reason,
+        "text": text[:MAX_QUARANTINED_CHARS],
+        "source": source,
+        "row_id": row_id,
+        "stage": "read",
+        "reason": reason,
     }
 
 

@@ -4,7 +4,7 @@ Tokenizers travel to Ray tasks and workers as their JSON serialisation: a few hu
 """
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast

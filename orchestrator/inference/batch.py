@@ -46,10 +46,7 @@ def resolve_model(spec: str, tracking_uri: str | None) -> Path:
         return _download(spec, uri)
     if os.path.isfile(path) and path.suffix in (".yaml", ".yml"):
         return _latest_job_model(path)
-    raise UserError(
-        f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) "
-        "or a job YAML file"
-    )
+    raise UserError(f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) or a job YAML file")
 
 
 def _hf_directory(directory: Path, spec: str) -> Path:
@@ -122,9 +119,7 @@ def check_output(output_dir: Path, fmt: str) -> None:
 # --- the jobs ------------------------------------------------------------------------------------------
 
 
-def _readable_rows(
-    inputs: list[str], card: dict, text_field: str | None, evaluate: bool, batch_size: int
-) -> ray.data.Dataset:
+def _readable_rows(inputs: list[str], card: dict, text_field: str | None, evaluate: bool, batch_size: int) -> ray.data.Dataset:
     """The rows the reader could parse, in blocks of a batch: the reader makes one block per file, and small blocks
     give every actor a share of even one large file. Materialized: counted once, and read and split before the
     actors hold the CPUs (tasks upstream of them could not start)."""
@@ -206,9 +201,6 @@ def evaluate(
         predictions = {"predicted": predicted, "label": results["label"].tolist()}
     elif task == "seq2seq":
         predictions = {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
-    metrics = {
-        name: float(value)
-        for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()
-    }
+    metrics = {name: float(value) for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()}
     print(f"{len(results)} rows: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return metrics

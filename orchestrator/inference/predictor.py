@@ -47,9 +47,7 @@ def _pad(rows: list[list[int]], pad: int, left: bool = False) -> dict[str, torch
 
 def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """Mean cross-entropy of each row over its scored (not ignored) positions."""
-    losses = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=IGNORED_LABEL, reduction="none"
-    )
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORED_LABEL, reduction="none")
     return (losses.sum(1) / (labels != IGNORED_LABEL).sum(1).clamp(min=1)).numpy()
 
 
@@ -120,8 +118,6 @@ class Predictor:
         keep = max(1, min(self.seq_len, positions - CAUSAL_NEW_TOKENS))
         prompts = [[self.separator, *ids][-keep:] for ids in encoded]
         inputs = _pad(prompts, self.pad, left=True)
-        generated = self.model.generate(
-            **inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad
-        )
+        generated = self.model.generate(**inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad)
         continuations = generated[:, inputs["input_ids"].shape[1] :]
         return {"generated": np.array(self.tokenizer.batch_decode(continuations, skip_special_tokens=True))}

@@ -36,9 +36,7 @@ def hf_config(model: ModelConfig, tokenizer, label_names: list[str]) -> transfor
     if model.dropout is not None:
         keys.update(dict.fromkeys(family.dropout_keys, model.dropout))
     config_class = getattr(transformers, family.config_class)
-    return config_class(
-        vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **family.fixed, **keys
-    )
+    return config_class(vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **family.fixed, **keys)
 
 
 def set_dropout(config: transformers.PretrainedConfig, probability: float) -> None:

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from mlflow.entities import Metric
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -115,9 +116,7 @@ class MetricsLogger:
         at once, because training must not wait for it. True when nothing is pending."""
         self._wake.set()
         with self._delivered:
-            return self._delivered.wait_for(lambda: not self._pending or self.outage_since is not None, timeout_s) and (
-                not self._pending
-            )
+            return self._delivered.wait_for(lambda: not self._pending or self.outage_since is not None, timeout_s) and (not self._pending)
 
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
@@ -149,10 +148,7 @@ class MetricsLogger:
         with self._delivered:
             if self.outage_since is None:
                 self.outage_since = time.monotonic()
-                log.warning(
-                    f"MLflow unreachable ({type(err).__name__}); training goes on and metrics are kept "
-                    f"until it is back ({len(self._pending)} pending)"
-                )
+                log.warning(f"MLflow unreachable ({type(err).__name__}); training goes on and metrics are kept until it is back ({len(self._pending)} pending)")
             self._delivered.notify_all()
 
     def _sample_loop(self) -> None:

@@ -15,9 +15,9 @@ import subprocess
 import traceback
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import pyarrow.fs
 from mlflow.entities import Param, RunStatus, RunTag

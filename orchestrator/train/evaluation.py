@@ -46,8 +46,9 @@ def evaluate(worker: Worker) -> tuple[dict[str, float], dict[str, list]]:
     micro = job.train.micro_batch_size
     with torch.no_grad():
         for index, (batch,) in enumerate(
-            step_batches(worker.val_data, rank=worker.data_rank, world_size=worker.data_size, micro_batch_size=micro,
-                         global_batch_size=micro * worker.data_size)
+            step_batches(
+                worker.val_data, rank=worker.data_rank, world_size=worker.data_size, micro_batch_size=micro, global_batch_size=micro * worker.data_size
+            )
         ):
             if job.train.eval_batches and index >= job.train.eval_batches:
                 break

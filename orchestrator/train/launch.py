@@ -63,8 +63,13 @@ def registered_name(job: JobConfig, job_name: str | None) -> str:
 
 
 def train_plan(
-    data: PreparedData, run: TrackedRun, steps: int, timeline: Timeline, registered_model: str | None,
-    initial_checkpoint: str | None = None, progress_board=None,
+    data: PreparedData,
+    run: TrackedRun,
+    steps: int,
+    timeline: Timeline,
+    registered_model: str | None,
+    initial_checkpoint: str | None = None,
+    progress_board=None,
 ) -> TrainPlan:
     return TrainPlan(
         total_steps=steps,
@@ -108,8 +113,7 @@ def launch(job: JobConfig, job_name: str | None, restart: bool = False, address:
         forget_run(storage, run_name)
     with driver_session(job, run_dir, RUN_DIR, lambda: start_run(job, run_name, run_dir, artifacts=job_artifacts(job)), address) as session:
         with live_progress(session.steps) as board:  # a bar in a terminal; log lines only in job logs
-            plan = train_plan(session.data, session.run, session.steps, session.timeline,
-                              registered_model=registered_name(job, job_name), progress_board=board)
+            plan = train_plan(session.data, session.run, session.steps, session.timeline, registered_model=registered_name(job, job_name), progress_board=board)
             result = build_trainer(job, session.data, plan, run_name, storage, keep=job.checkpoint.keep).fit()
         summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
         print(f"finished: {summary}", flush=True)

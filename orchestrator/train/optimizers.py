@@ -7,7 +7,7 @@ per-tensor Adam makes temporaries of that tensor's size at every step: on CPU, f
 peak down (benchmarks/zero_memory.py and overhead.py, figures in docs/benchmarks.md).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 from orchestrator.config.job import OptimizerConfig
 

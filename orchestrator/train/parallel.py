@@ -10,7 +10,7 @@ data-parallel rank, and those workers share it.
 
 import contextlib
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import deepspeed
 import torch

@@ -219,9 +219,5 @@ def option_plan(job: JobConfig, option: dict, size: ModelSize, memory_per_worker
 
 def plan(job: JobConfig, size: ModelSize, memory_per_worker: float) -> tuple[list[OptionPlan], str | None]:
     """Every option's memory per worker, and the first that fits (None if none does)."""
-    options = [
-        option_plan(job, option, size, memory_per_worker)
-        for option in OPTIONS.values()
-        if option["zero_stage"] <= job.parallelism.highest_zero_stage
-    ]
+    options = [option_plan(job, option, size, memory_per_worker) for option in OPTIONS.values() if option["zero_stage"] <= job.parallelism.highest_zero_stage]
     return options, next((option.name for option in options if option.fits), None)

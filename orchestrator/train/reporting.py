@@ -127,11 +127,14 @@ class Reporter(SilentReporter):
 
     def log_memory(self) -> None:
         worker = self.worker
-        self.metrics.log(worker.progress.step, {
-            "memory/at_start_bytes": worker.memory_at_start,
-            "memory/model_state_bytes": model_state_bytes(worker.engine.module, worker.engine.optimizer),
-            "memory/parameter_share": worker.parameter_share,
-        })
+        self.metrics.log(
+            worker.progress.step,
+            {
+                "memory/at_start_bytes": worker.memory_at_start,
+                "memory/model_state_bytes": model_state_bytes(worker.engine.module, worker.engine.optimizer),
+                "memory/parameter_share": worker.parameter_share,
+            },
+        )
 
     def started(self, step: int) -> None:
         timeline = self.worker.plan.timeline
@@ -192,7 +195,10 @@ def open_metrics(worker: Worker, unsent: dict) -> MetricsLogger:
         client = MlflowClient(plan.tracking_uri)
         deliver(lambda: already_logged.update(last_logged_steps(client, plan.run_id)), "the resumed run's history")
     return MetricsLogger(
-        plan.tracking_uri, plan.run_id, worker.job.tracking.system_metrics_every_s, already_logged=already_logged,
+        plan.tracking_uri,
+        plan.run_id,
+        worker.job.tracking.system_metrics_every_s,
+        already_logged=already_logged,
         unsent=unsent.get("metrics", []) if unsent.get("run_id") == plan.run_id else [],
     )
 

@@ -50,9 +50,7 @@ def total_steps(job: JobConfig, train_sequences: int) -> int:
 
 
 @contextmanager
-def driver_session(
-    job: JobConfig, run_dir: str, kind: str, open_run: Callable[[], TrackedRun], address: str | None = None
-) -> Iterator[DriverSession]:
+def driver_session(job: JobConfig, run_dir: str, kind: str, open_run: Callable[[], TrackedRun], address: str | None = None) -> Iterator[DriverSession]:
     """The session of a `kind` ("run" or "sweep") directory `run_dir`, on the Ray cluster at `address`
     (runtime.connect), whose MLflow run `open_run` opens once the data is ready. Whatever the block does, the run ends
     with it (tracking/run.py ends_with_outcome) and its URL is the last line printed."""

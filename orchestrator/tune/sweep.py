@@ -110,8 +110,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         timeline.mark("mlflow_run")
         start_from = tune.get_checkpoint()
         # Trials register no model: the sweep registers its best trial's (tracking/sweep.py).
-        plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None,
-                          initial_checkpoint=start_from.path if start_from else None)
+        plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None, initial_checkpoint=start_from.path if start_from else None)
         # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
         attempt = derived_name(trial_id, time.strftime("-%Y%m%d-%H%M%S"))
         bridge = ResultsToTune()
@@ -160,8 +159,6 @@ def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -
             # PBT and PB2 restore a trial from the checkpoint another trial had when it was exploited, seconds
             # later, while that trial trains on: a pruned one is gone by then (seen: DeepSpeed found no state to
             # load, and the exploiting trial failed). They keep every trial checkpoint.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep
-            ),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep),
         ),
     )

@@ -15,4 +15,3 @@ def ray_here():
 @pytest.fixture(scope="package")
 def tracking_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-

@@ -39,6 +39,7 @@ from orchestrator.train.timeline import Timeline
 ONE_PROCESS_GROUP = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
 REPORTER_LOG = logging.getLogger("orchestrator.train.reporting")
 
+
 @dataclass
 class Report:
     """One `ray.train.report` of the loop."""
@@ -94,21 +95,35 @@ def prepared_in_memory(job: JobConfig) -> PreparedData:
     batch = {column: np.array([row[column] for row in rows], dtype=object) for column in fields}
     batch["is_val"] = np.array([is_validation(text, job.data.val_fraction, job.data.seed) for text in texts])
     encoded = ENCODERS[job.task](
-        batch, tokenizer_json=tokenizer.backend_tokenizer.to_str(), seq_len=job.data.seq_len,
-        separator=separator_id(tokenizer), pad=tokenizer.pad_token_id, label_ids={name: i for i, name in enumerate(label_names)},
+        batch,
+        tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+        seq_len=job.data.seq_len,
+        separator=separator_id(tokenizer),
+        pad=tokenizer.pad_token_id,
+        label_ids={name: i for i, name in enumerate(label_names)},
     )
     in_val = encoded.pop("is_val")
-    train, val = ([{column: values[i] for column, values in encoded.items()} for i in np.flatnonzero(in_val == split)]
-                  for split in (False, True))
+    train, val = ([{column: values[i] for column, values in encoded.items()} for i in np.flatnonzero(in_val == split)] for split in (False, True))
     return PreparedData(
-        ray.data.from_items(train), ray.data.from_items(val), tokenizer.backend_tokenizer.to_str(), len(train), len(val),
-        label_names, DataReport(), Path(path).parent,
+        ray.data.from_items(train),
+        ray.data.from_items(val),
+        tokenizer.backend_tokenizer.to_str(),
+        len(train),
+        len(val),
+        label_names,
+        DataReport(),
+        Path(path).parent,
     )
 
 
 def train_in_process(
-    job: JobConfig, data: PreparedData, tmp: Path, name: str, initial_checkpoint: Path | None = None,
-    look_at_export: Callable[[Worker], Any] | None = None, as_rank: int = 0,
+    job: JobConfig,
+    data: PreparedData,
+    tmp: Path,
+    name: str,
+    initial_checkpoint: Path | None = None,
+    look_at_export: Callable[[Worker], Any] | None = None,
+    as_rank: int = 0,
 ) -> LocalRun:
     """What `orchestrator train` does (train/launch.py), with this process for the worker group. Every result the loop
     reports to Ray is kept with a copy of its checkpoint. `look_at_export(worker)`: run on the trained worker right
@@ -175,4 +190,3 @@ def keep_artifacts_beside_the_store(uri: str, experiment: str) -> None:
     if client.get_experiment_by_name(experiment) is None:
         artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment
         client.create_experiment(experiment, artifact_location=artifacts.as_uri())
-

@@ -73,8 +73,15 @@ def test_every_step_is_logged_with_throughput_memory_and_the_start_up_timeline(r
     losses = history("train/loss")
     assert sorted(losses) == list(range(1, STEPS + 1)) and all(math.isfinite(loss) for loss in losses.values())
     assert sum(losses[step] for step in (18, 19, 20)) < 0.8 * sum(losses[step] for step in (1, 2, 3))
-    for key in ("train/lr", "train/grad_norm", "train/tokens_per_s", "perf/flops_per_s", "memory/peak_bytes",
-                "train/data_wait_fraction", "train/allreduce_fraction"):
+    for key in (
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "perf/flops_per_s",
+        "memory/peak_bytes",
+        "train/data_wait_fraction",
+        "train/allreduce_fraction",
+    ):
         assert sorted(history(key)) == list(range(1, STEPS + 1)), key
     epoch_steps = data.train_sequences // job.global_batch_size
     assert EVAL_EVERY < epoch_steps < STEPS  # the reference and the resumed run cross an epoch

@@ -50,9 +50,7 @@ class TaskJob:
 
 
 TASK_JOBS = {
-    "causal_lm": TaskJob(
-        lambda tmp, corpus: corpus, small("llama", kv_heads=1, max_positions=64), {"train": {"log_every": 3}}
-    ),
+    "causal_lm": TaskJob(lambda tmp, corpus: corpus, small("llama", kv_heads=1, max_positions=64), {"train": {"log_every": 3}}),
     "sequence_classification": TaskJob(
         lambda tmp, corpus: write_labelled_corpus(tmp),
         small("bert", max_positions=64),
@@ -75,16 +73,18 @@ def test_every_registered_task_is_trained_here():
 @pytest.mark.parametrize("task", TASK_JOBS)
 def test_a_task_trains_evaluates_and_exports(task, ray_here, corpus, tracking_uri, tmp_path):
     spec = TASK_JOBS[task]
-    job = validate(tiny_job(
-        spec.data(tmp_path / "data", corpus),
-        task=task,
-        model=spec.model,
-        data=spec.sections.get("data", {}),
-        train={"max_steps": STEPS, "eval_every": STEPS, "micro_batch_size": 8, **spec.sections.get("train", {})},
-        scaling={"num_workers": 1},
-        checkpoint={"every_steps": STEPS},
-        tracking={"uri": tracking_uri, "experiment": "tasks"},
-    ))
+    job = validate(
+        tiny_job(
+            spec.data(tmp_path / "data", corpus),
+            task=task,
+            model=spec.model,
+            data=spec.sections.get("data", {}),
+            train={"max_steps": STEPS, "eval_every": STEPS, "micro_batch_size": 8, **spec.sections.get("train", {})},
+            scaling={"num_workers": 1},
+            checkpoint={"every_steps": STEPS},
+            tracking={"uri": tracking_uri, "experiment": "tasks"},
+        )
+    )
     run = train_in_process(job, prepared_in_memory(job), tmp_path, task.replace("_", "-"))
 
     losses = run.history(tracking_uri, "train/loss")

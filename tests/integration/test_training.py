@@ -19,7 +19,6 @@ from orchestrator.models.build import build_model
 from orchestrator.tracking.model import hf_directory
 from orchestrator.train.timeline import PHASES
 
-
 pytestmark = pytest.mark.integration
 # Stages 1 and 3 train like stage 0 on 2 gloo processes in tests/multiprocess/test_layouts.py, which also loads the
 # ZeRO-3 export as one whole model; here, a job run directly (stage 0) and one through the job API (stage 2).
@@ -155,7 +154,9 @@ def test_the_model_is_registered_under_the_run_name_and_predicts_through_pyfunc(
 # that outweigh the embeddings, so that the share of the parameters a model-parallel worker holds means something.
 GPT2_NO_DROPOUT = {"family": "gpt2", "dims": {"layers": 4, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 64}, "dropout": 0.0}
 LLAMA_NO_DROPOUT = {
-    "family": "llama", "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64}, "dropout": 0.0,
+    "family": "llama",
+    "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64},
+    "dropout": 0.0,
 }
 ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
 

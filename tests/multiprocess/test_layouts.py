@@ -113,9 +113,7 @@ def one_process_losses(start: Path, batches: torch.Tensor) -> list[float]:
     config = job(start, "gpt2", {})
     model = AutoModelForCausalLM.from_pretrained(start / "gpt2")
     settings = config.train.optimizer
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay, fused=True
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay, fused=True)
     schedule = build_schedule(optimizer, config.train.schedule, STEPS)
     losses = []
     for global_batch in batches:

@@ -84,9 +84,7 @@ def test_bad_file_exits_2_with_one_line_naming_the_cause(cases: Path, tmp_path: 
         "RAY_ADDRESS": "127.0.0.1:1",  # nothing listens there: reaching Ray would fail late and slowly, not exit 2
     }
     started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator", command, name], cwd=cases, env=env, capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([sys.executable, "-m", "orchestrator", command, name], cwd=cases, env=env, capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - started
 
     assert out.returncode == 2, out.stdout + out.stderr

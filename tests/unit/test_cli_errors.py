@@ -30,9 +30,7 @@ def assert_one_clean_line(lines: list[str]) -> str:
 
 def test_problems_join_into_one_line_with_control_characters_escaped():
     message = "job.yaml: a\x1b[2J\x1b[31mb: unknown key\njob.yaml: train.max_steps: must be > 0\r\u202eevil"
-    assert one_line(message) == (
-        "job.yaml: a\\x1b[2J\\x1b[31mb: unknown key; job.yaml: train.max_steps: must be > 0\\r\\u202eevil"
-    )
+    assert one_line(message) == ("job.yaml: a\\x1b[2J\\x1b[31mb: unknown key; job.yaml: train.max_steps: must be > 0\\r\\u202eevil")
 
 
 def test_long_words_are_cut_in_the_middle_and_the_line_is_bounded():
@@ -165,11 +163,14 @@ def test_submit_refuses_a_working_dir_that_is_not_one(monkeypatch, capsys, tmp_p
         assert code == 2 and "--working-dir: " in assert_one_clean_line(lines)
 
 
-@pytest.mark.parametrize("dims, expected", [
-    ({"n_layer": 1_000_000}, "model.pretrained: plan builds each layer to count it, at most 1,024 (got 1,000,000)"),
-    ({"n_embd": 10**9}, "model.pretrained: no model has these dimensions: Storage size calculation overflowed"),
-    ({"n_head": 7}, "model.pretrained: no model has these dimensions: `embed_dim` must be divisible by num_heads"),
-])
+@pytest.mark.parametrize(
+    "dims, expected",
+    [
+        ({"n_layer": 1_000_000}, "model.pretrained: plan builds each layer to count it, at most 1,024 (got 1,000,000)"),
+        ({"n_embd": 10**9}, "model.pretrained: no model has these dimensions: Storage size calculation overflowed"),
+        ({"n_head": 7}, "model.pretrained: no model has these dimensions: `embed_dim` must be divisible by num_heads"),
+    ],
+)
 def test_plan_refuses_dimensions_it_cannot_count(tmp_path, corpus, dims, expected):
     """A pretrained model's config.json is not checked by the job's schema: plan bounds what it builds itself."""
     from orchestrator.config import load_job

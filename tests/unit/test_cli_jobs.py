@@ -78,8 +78,14 @@ def test_list_and_status_find_each_jobs_run_by_the_submission_it_is_tagged_with(
     assert {key: run.run_id for key, run in runs.items()} == {ids[0]: first.run_id, ids[1]: first.run_id, ids[2]: sweep.run_id}
     assert MlflowClient(uri).get_run(first.run_id).data.tags["ray.job_submission_id"] == "raysubmit_again"
 
-    info = SimpleNamespace(submission_id="raysubmit_again", status=SimpleNamespace(value="SUCCEEDED"), message="",
-                           entrypoint="python -m orchestrator train job.yaml", start_time=None, runtime_env={})
+    info = SimpleNamespace(
+        submission_id="raysubmit_again",
+        status=SimpleNamespace(value="SUCCEEDED"),
+        message="",
+        entrypoint="python -m orchestrator train job.yaml",
+        start_time=None,
+        runtime_env={},
+    )
     monkeypatch.setattr(jobs, "known_job_client", lambda address, submission_id: (None, info))
     result = CliRunner().invoke(app, ["status", "raysubmit_again"])
     assert result.exit_code == 0 and result.output.splitlines()[-1] == f"MLflow run: {first.url}"
@@ -104,7 +110,11 @@ def test_the_run_line_is_the_one_tests_and_people_read_without_its_password(caps
 
 
 def test_a_job_command_without_a_cluster_says_so_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "no Ray job API answers at http://127.0.0.1:" in result.stderr and "Traceback" not in result.stderr

@@ -20,13 +20,15 @@ def one_process_group():
 
 
 def single_worker_engine(stage: int, precision: str):
-    job = validate({
-        "model": {"family": "gpt2", "dims": {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64, "max_positions": 16}},
-        "data": {"paths": ["unused.jsonl"], "seq_len": 16},
-        "train": {"max_steps": 4, "micro_batch_size": 2, "grad_accum_steps": 2},
-        "deepspeed": {"zero_stage": stage, "precision": precision},
-        "scaling": {"num_workers": 1},
-    })
+    job = validate(
+        {
+            "model": {"family": "gpt2", "dims": {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64, "max_positions": 16}},
+            "data": {"paths": ["unused.jsonl"], "seq_len": 16},
+            "train": {"max_steps": 4, "micro_batch_size": 2, "grad_accum_steps": 2},
+            "deepspeed": {"zero_stage": stage, "precision": precision},
+            "scaling": {"num_workers": 1},
+        }
+    )
     return build_engine(job, build_model(job.model, job.task, StandInTokenizer(256), [], seed=0), total_steps=4, world_size=1)
 
 

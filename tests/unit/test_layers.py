@@ -59,8 +59,8 @@ def loops(graph: dict[str, set[str]]) -> list[list[str]]:
             elif other in stack:
                 low[module] = min(low[module], index[other])
         if low[module] == index[module]:
-            members = stack[stack.index(module):]
-            del stack[stack.index(module):]
+            members = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
             if len(members) > 1:
                 found.append(sorted(members))
 
@@ -118,8 +118,14 @@ def test_validate_writes_nothing(tmp_path):
     files = fake_inputs(home)
     work.mkdir()
     env = {name: value for name, value in os.environ.items() if not name.startswith(("ORCHESTRATOR_", "MLFLOW_", "RAY_"))}
-    env |= {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
-            "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    env |= {
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "TMPDIR": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     # One interpreter for all files: the CLI as `python -m orchestrator validate FILE` runs it, file after file.
     script = "import sys; from orchestrator.cli import app\nfor file in sys.argv[1:]: app(['validate', file], standalone_mode=False)"
     before = snapshot(tmp_path)

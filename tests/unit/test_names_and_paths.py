@@ -18,8 +18,7 @@ from orchestrator.config.paths import MARKER, claim, delete_claimed, path_inside
 from orchestrator.config.sweep import SweepConfig
 
 JOB = {"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1}}
-BAD_NAMES = ["", ".", "..", "../..", "../../etc", "/abs", "a/b", "a:b", "-rf", ".hidden", "a b", "x\x00y", "x\ny",
-             "caf\u00e9", "x" * (MAX_NAME_LENGTH + 1)]
+BAD_NAMES = ["", ".", "..", "../..", "../../etc", "/abs", "a/b", "a:b", "-rf", ".hidden", "a b", "x\x00y", "x\ny", "caf\u00e9", "x" * (MAX_NAME_LENGTH + 1)]
 
 
 def refusal(raw: dict, model=None) -> str:
@@ -102,8 +101,7 @@ def test_paths_stay_inside_their_root(tmp_path):
 
 def sentinels(tmp_path: Path) -> list[Path]:
     """A file in the checkpoint root, in a sibling run, next to the root and in a directory outside it."""
-    files = [tmp_path / "runs" / "root.txt", tmp_path / "runs" / "other-run" / "ckpt.txt", tmp_path / "beside.txt",
-             tmp_path / "outside" / "precious.txt"]
+    files = [tmp_path / "runs" / "root.txt", tmp_path / "runs" / "other-run" / "ckpt.txt", tmp_path / "beside.txt", tmp_path / "outside" / "precious.txt"]
     for path in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("keep")
@@ -121,9 +119,14 @@ def test_restart_deletes_only_a_marked_run_directory_inside_the_root(tmp_path):
     (root / "unmarked" / "data.bin").write_text("theirs")
     claim(str(root / "a-sweep"), "sweep", "name")
     refused = {
-        "..": "would put files outside", "../..": "would put files outside", ".": "would put files outside",
-        "../outside": "would put files outside", "link-out": "would put files outside",
-        "link-in": "is a symbolic link", "unmarked": "not created by orchestrator", "a-sweep": "orchestrator sweep directory",
+        "..": "would put files outside",
+        "../..": "would put files outside",
+        ".": "would put files outside",
+        "../outside": "would put files outside",
+        "link-out": "would put files outside",
+        "link-in": "is a symbolic link",
+        "unmarked": "not created by orchestrator",
+        "a-sweep": "orchestrator sweep directory",
     }
     for name, message in refused.items():
         with pytest.raises(UserError, match=message):
@@ -164,8 +167,7 @@ def test_claim_creates_and_marks_or_refuses_what_is_not_its_own(tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / MARKER).write_text("{not json")
-    for name, message in [("theirs", "not created by orchestrator"), ("a-file", "is a file"),
-                          ("corrupt", "not created by orchestrator")]:
+    for name, message in [("theirs", "not created by orchestrator"), ("a-file", "is a file"), ("corrupt", "not created by orchestrator")]:
         with pytest.raises(UserError, match=message):
             claim(str(tmp_path / name), "run", "tracking.run_name")
     with pytest.raises(UserError, match="an orchestrator run directory, not a sweep"):
@@ -227,8 +229,7 @@ def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, monkeypatch, ca
     from orchestrator.train import launch as launching
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")},
-                          "tracking": {"uri": uri, "experiment": "outcome", "run_name": "breaks"}})
+    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": uri, "experiment": "outcome", "run_name": "breaks"}})
     without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         launching.launch(job, None, restart=False)

@@ -41,8 +41,12 @@ def test_estimates_are_deepspeeds_own(job, workers, offload):
     assert deepspeed_estimate({"zero_stage": 0, "offload_optimizer": offload}, size, workers) == (device, host)
     for offload_params in (False, True) if offload else (False,):
         host, device, _ = estimate_zero3_model_states_mem_needs(
-            size.parameters, size.largest_layer, num_gpus_per_node=workers, cpu_offload=offload,
-            cpu_offload_params=offload_params, zero_init=True,
+            size.parameters,
+            size.largest_layer,
+            num_gpus_per_node=workers,
+            cpu_offload=offload,
+            cpu_offload_params=offload_params,
+            zero_init=True,
         )
         option = {"zero_stage": 3, "offload_optimizer": offload, "offload_params": offload_params}
         assert deepspeed_estimate(option, size, workers) == (device, host / workers)
@@ -77,7 +81,9 @@ def test_plan_command_prints_every_option_and_a_recommendation_without_importing
     path = write_job(tmp_path / "cli.yaml", tiny_job(corpus))
     fits = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "orchestrator", "plan", str(path), "--memory-per-worker", "64"],
-        capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        env=os.environ | {"NO_COLOR": "1"},
     )
     assert fits.returncode == 0, fits.stderr[-2000:]
     assert all(name in fits.stdout for name in OPTIONS) and "recommended: ZeRO-0" in fits.stdout
