@@ -38,6 +38,9 @@ JOB_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # transformers' and the Hub's bars ("Writing model shards" at every export), as above.
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # MLflow prints the run's and the experiment's URL whenever a run on a tracking server ends: the driver prints
+    # the run's URL itself, once, as its last line (tracking/run.py print_run_url).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 # MLflow retries a failed request for minutes by default, which would hide an outage from rank 0's metrics sender
