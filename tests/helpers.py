@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -26,16 +27,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
+    """`records` as JSON lines (non-ASCII text as it is), in a directory made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
 def write_corpus(directory: Path, documents: int = 1500, seed: int = 0) -> Path:
     """A learnable corpus: short documents of sentences from a tiny grammar, as JSON lines."""
     rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "corpus.jsonl"
-    with path.open("w") as out:
-        for _ in range(documents):
-            sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(rng.randint(2, 5))]
-            out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
-    return path
+    sentence = lambda: f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."  # noqa: E731
+    texts = (" ".join([sentence() for _ in range(rng.randint(2, 5))]) for _ in range(documents))
+    return write_jsonl(directory / "corpus.jsonl", ({"text": text} for text in texts))
 
 
 EN_FR = {  # a word-for-word grammar: a translation a tiny model learns in a few hundred steps
@@ -74,13 +80,8 @@ def write_translation_corpus(directory: Path, seed: int = 0) -> Path:
     for slot in ("subjects", "verbs", "objects", "times"):
         sentences = [parts + [pair] for parts in sentences for pair in EN_FR[slot]]
     random.Random(seed).shuffle(sentences)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "pairs.jsonl"
-    with path.open("w") as out:
-        for parts in sentences:
-            pair = {"en": " ".join(en for en, _ in parts), "fr": " ".join(fr for _, fr in parts)}
-            out.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    return path
+    pairs = ({"en": " ".join(en for en, _ in parts), "fr": " ".join(fr for _, fr in parts)} for parts in sentences)
+    return write_jsonl(directory / "pairs.jsonl", pairs)
 
 
 class StandInTokenizer:

@@ -2,7 +2,6 @@
 small random-init model of another family: a few steps whose loss is finite and falls, the task's evaluation metrics
 before and after training, the last evaluation's predictions kept for a person, and the exported model."""
 
-import json
 import math
 import random
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job, write_translation_corpus
+from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job, write_jsonl, write_translation_corpus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
@@ -25,14 +24,9 @@ ANIMALS = ("the cat", "a dog", "the bird")
 def write_labelled_corpus(directory: Path, documents: int = 600, seed: int = 0) -> Path:
     """Sentences labelled by who does something: an animal or a person."""
     rng = random.Random(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "labelled.jsonl"
-    with path.open("w") as out:
-        for _ in range(documents):
-            subject = rng.choice(SUBJECTS)
-            text = f"{subject} {rng.choice(VERBS)} {rng.choice(OBJECTS)}."
-            out.write(json.dumps({"text": text, "who": "animal" if subject in ANIMALS else "person"}) + "\n")
-    return path
+    subjects = (rng.choice(SUBJECTS) for _ in range(documents))
+    records = ({"text": f"{subject} {rng.choice(VERBS)} {rng.choice(OBJECTS)}.", "who": "animal" if subject in ANIMALS else "person"} for subject in subjects)
+    return write_jsonl(directory / "labelled.jsonl", records)
 
 
 def small(family: str, **dims) -> dict:
