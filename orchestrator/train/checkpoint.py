@@ -13,7 +13,7 @@ import random
 import shutil
 import stat
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,33 +21,14 @@ import ray.train
 import torch
 
 from orchestrator.train.manifest import MANIFEST, manifest_text
+from orchestrator.train.worker import Progress, Worker
 
 if TYPE_CHECKING:
     from orchestrator.train.reporting import SilentReporter
-    from orchestrator.train.setup import Worker
 
 TAG = "state"  # DeepSpeed sub-directory of each checkpoint
 LOCAL_PREFIX = "orchestrator-ckpt-"  # a rank's local copy, removed once Ray Train has it
 LOCAL_MARKER = ".orchestrator-local-copy"  # in every local copy: the mark of one `save` made
-
-
-@dataclass
-class Progress:
-    step: int = 0  # optimizer steps done
-    epoch: int = 0
-    steps_in_epoch: int = 0  # global batches (optimizer steps) of `epoch` already taken
-    tokens: int = 0  # training tokens seen by all workers
-
-    def advance(self, tokens: int) -> int:
-        """One more optimizer step, of `tokens` tokens; returns its number."""
-        self.step += 1
-        self.steps_in_epoch += 1
-        self.tokens += tokens
-        return self.step
-
-    def next_epoch(self) -> None:
-        self.epoch += 1
-        self.steps_in_epoch = 0
 
 
 def remove_orphans() -> None:

@@ -12,7 +12,7 @@ from orchestrator.data.feed import step_batches
 
 if TYPE_CHECKING:
     from orchestrator.train.reporting import SilentReporter
-    from orchestrator.train.setup import Worker
+    from orchestrator.train.worker import Worker
 
 
 class Evaluator:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from mlflow.entities.model_registry import ModelVersion
 
@@ -21,19 +21,17 @@ from orchestrator.inference.predictor import MODEL_CARD
 from orchestrator.models.build import TORCH_DTYPES
 from orchestrator.tracking.metrics import MetricsLogger, deliver
 from orchestrator.train.engine import export_hf_model
-
-if TYPE_CHECKING:
-    from orchestrator.train.reporting import SilentReporter
-    from orchestrator.train.setup import Worker
+from orchestrator.train.worker import Worker
 
 
-def export(worker: Worker, reporter: SilentReporter) -> None:
-    """Every rank takes part in gathering the model; rank 0 writes it, and its reporter logs it."""
-    directory = tempfile.mkdtemp(prefix="orchestrator-model-")
-    hf_dir = os.path.join(directory, "hf")
-    export_hf_model(worker.engine, worker.layout, hf_dir, TORCH_DTYPES[worker.job.model.dtype], is_writer=worker.rank == 0)
-    reporter.exported(hf_dir)
-    shutil.rmtree(directory, ignore_errors=True)
+@contextmanager
+def exported_model(worker: Worker) -> Iterator[str]:
+    """Every rank takes part in gathering the model; rank 0 writes it into the directory this yields (removed after:
+    rank 0's reporter logs it from there)."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-model-", ignore_cleanup_errors=True) as directory:
+        hf_dir = os.path.join(directory, "hf")
+        export_hf_model(worker.engine, worker.layout, hf_dir, TORCH_DTYPES[worker.job.model.dtype], is_writer=worker.rank == 0)
+        yield hf_dir
 
 
 def log_model(metrics: MetricsLogger, worker: Worker, hf_dir: str) -> ModelVersion | None:

@@ -8,8 +8,9 @@ the gather at export) happen on all of them at the same steps.
 from orchestrator.environment import worker_environment
 from orchestrator.train.checkpoint import Checkpointer, report_to_ray
 from orchestrator.train.evaluation import Evaluator
-from orchestrator.train.export import export
-from orchestrator.train.setup import TrainPlan, setup
+from orchestrator.train.export import exported_model
+from orchestrator.train.setup import setup
+from orchestrator.train.worker import TrainPlan
 
 
 def train_loop(config: dict) -> None:
@@ -37,6 +38,7 @@ def train_loop(config: dict) -> None:
                 report_to_ray(result, saved)
                 reporter.restart_window()  # keep evaluation and checkpoint time out of tokens/s
 
-    export(worker, reporter)
+    with exported_model(worker) as hf_dir:  # every rank gathers the model; rank 0's reporter logs it
+        reporter.exported(hf_dir)
     if final:
         report_to_ray(*final)

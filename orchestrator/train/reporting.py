@@ -28,7 +28,7 @@ from orchestrator.train.progress import ProgressSender
 from orchestrator.train.timeline import format_phases
 
 if TYPE_CHECKING:
-    from orchestrator.train.setup import Worker
+    from orchestrator.train.worker import Worker
 
 GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
 

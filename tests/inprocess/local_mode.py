@@ -5,7 +5,8 @@ instance of these tests' own (conftest.py), with an MLflow store in a temporary 
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from orchestrator.tracking.run import start_run
 from orchestrator.train import loop
 from orchestrator.train.launch import train_plan
 from orchestrator.train.session import total_steps
-from orchestrator.train.setup import Worker
 from orchestrator.train.timeline import Timeline
+from orchestrator.train.worker import Worker
 
 # torchrun's variables, from which Ray Train's local mode makes a process group: gloo, of this process alone
 ONE_PROCESS_GROUP = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
@@ -136,15 +137,17 @@ def train_in_process(
     plan = train_plan(data, run, steps, Timeline(), registered_model=name, initial_checkpoint=start)
     local = LocalRun(run.run_id)
     client = MlflowClient(run.uri)
-    report_to_ray, export, context = ray.train.report, loop.export, ray.train.get_context
+    report_to_ray, exported_model, context = ray.train.report, loop.exported_model, ray.train.get_context
 
     def report(metrics: dict, checkpoint: ray.train.Checkpoint | None = None, **kwargs) -> None:
         copy = Path(shutil.copytree(checkpoint.path, tmp / f"{name}-checkpoint-{metrics['step']}")) if checkpoint else None
         local.reports.append(Report(metrics, copy, model_logged=bool(client.list_artifacts(run.run_id, ARTIFACT_PATH))))
         report_to_ray(metrics, checkpoint=checkpoint, **kwargs)
 
-    def export_and_look(worker: Worker, reporter) -> None:
-        export(worker, reporter)
+    @contextmanager
+    def export_and_look(worker: Worker) -> Iterator[str]:
+        with exported_model(worker) as hf_dir:
+            yield hf_dir
         if look_at_export:
             local.seen_at_export = look_at_export(worker)
 
@@ -161,7 +164,7 @@ def train_in_process(
         for variable, value in ONE_PROCESS_GROUP.items() | {"MASTER_PORT": str(free_port())}.items():
             patch.setenv(variable, value)
         patch.setattr(ray.train, "report", report)
-        patch.setattr(loop, "export", export_and_look)
+        patch.setattr(loop, "exported_model", export_and_look)
         patch.setattr(ray.train, "get_context", lambda: RankContext(context(), as_rank))
         REPORTER_LOG.addHandler(lines)
         try:
