@@ -74,6 +74,9 @@ HANDLED_LOG_LINES = {
     "transformers.modeling_utils": DropLines("`loss_type=None` was set in the config but it is unrecognized"),
     # The exported model holds a Python object (tracking/model.py TextModel) by design: its code ships with it.
     "mlflow.pyfunc": DropLines("Passing a Python object as `python_model`"),
+    # Ray's job client says so when a followed log ends; `submit --follow` and `logs --follow` (cli/jobs.py) end with
+    # the job's final status instead.
+    "ray.dashboard.modules.job.sdk": DropLines("WebSocket closed for job"),
 }
 
 # Python warnings that the framework has handled: (message start, category).
