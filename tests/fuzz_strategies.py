@@ -6,18 +6,13 @@ hostile or careless user would: wrong types, numbers past every bound, YAML 1.1 
 strings, deep nesting, aliases, unknown keys, and secrets planted where an error message might quote them.
 """
 
-import contextlib
 import dataclasses
 import functools
-import io
 import json
 import math
 import os
 import re
 import shutil
-import signal
-import sys
-import time
 import types
 import typing
 import unicodedata
@@ -27,6 +22,7 @@ from typing import Any
 
 import annotated_types
 import yaml
+from helpers import HARD_STOP_S, Outcome, run_cli
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -35,7 +31,6 @@ from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
 
 SECONDS_ALLOWED = 2.0  # the issue's bound for one case
-HARD_STOP_S = 5.0  # a case still running then is a hang: stopped, so one hang costs seconds, not the suite
 MAX_ERROR_CHARS = 4096  # "bounded length": a long value must be cut, not echoed whole
 
 
@@ -585,67 +580,6 @@ def set_overrides(draw, doc: Doc) -> list[str]:
 
 
 # --- running one case ---------------------------------------------------------------------------------------------
-
-
-class CaseTimedOut(BaseException):
-    """Raised into a case that runs past HARD_STOP_S (a BaseException, so no `except Exception` swallows it)."""
-
-
-@dataclass
-class Outcome:
-    code: int | None
-    stdout: str
-    stderr: str
-    elapsed: float
-    crash: str = ""  # an exception that escaped main(): a traceback in the real process
-    hung: bool = False
-
-    def __str__(self) -> str:
-        state = f"hung after {self.elapsed:.1f} s" if self.hung else f"exit {self.code} after {self.elapsed:.2f} s"
-        return f"{state}{f', {self.crash}' if self.crash else ''}: {(self.stdout + self.stderr)[:500]!r}"
-
-
-@contextlib.contextmanager
-def hard_stop(seconds: float):
-    """Interrupts the block after `seconds` (SIGALRM; a running regex or glob is interrupted too), then hands the
-    alarm back to whoever held it before (pytest-timeout)."""
-
-    def stop(signum, frame):
-        raise CaseTimedOut()
-
-    started = time.monotonic()
-    previous_handler = signal.signal(signal.SIGALRM, stop)
-    previous_left, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_handler)
-        if previous_left:
-            signal.setitimer(signal.ITIMER_REAL, max(previous_left - (time.monotonic() - started), 0.001))
-
-
-def run_cli(*args: str, hard_stop_s: float = HARD_STOP_S) -> Outcome:
-    """`orchestrator ARGS` through the real entry point (orchestrator.cli.main), in this process."""
-    from orchestrator.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code, crash, hung = None, "", False
-    argv, sys.argv = sys.argv, ["orchestrator", *args]
-    started = time.monotonic()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), hard_stop(hard_stop_s):
-            main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    except CaseTimedOut:
-        hung = True
-    except Exception as err:  # noqa: BLE001 - what the real process would print as a traceback
-        crash, code = f"{type(err).__name__}: {str(err)[:300]}", 1
-    finally:
-        sys.argv = argv
-    return Outcome(code, stdout.getvalue(), stderr.getvalue(), time.monotonic() - started, crash, hung)
 
 
 def snapshot(root: Path) -> set[str]:

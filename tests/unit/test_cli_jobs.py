@@ -1,11 +1,9 @@
 """What `orchestrator submit` sends and how the job commands find a job's MLflow run (without a cluster)."""
 
 import shlex
-import subprocess
-import sys
 
 import pytest
-from helpers import free_port, tiny_job, write_job, write_sweep
+from helpers import free_port, run_cli, tiny_job, write_job, write_sweep
 
 from orchestrator.cli.jobs import entrypoint, mlflow_run_url
 from orchestrator.config import UserError
@@ -45,7 +43,6 @@ def test_the_mlflow_run_is_read_from_the_line_the_driver_prints(line, url):
 
 
 def test_a_job_command_without_a_cluster_says_so_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    result = run_cli("status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}", hard_stop_s=120)
+    assert result.code == 2, str(result)
     assert "no Ray job API answers at http://127.0.0.1:" in result.stderr and "Traceback" not in result.stderr

@@ -1,13 +1,9 @@
 """`orchestrator plan`: memory per worker for each ZeRO option, in agreement with DeepSpeed's estimators."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-from helpers import tiny_job, write_job
+from helpers import run_cli, tiny_job, write_job
 
 from orchestrator.config import load_job
 from orchestrator.models.build import build_model
@@ -53,13 +49,12 @@ def test_the_recommendation_is_the_first_option_that_fits(job):
     assert plan(job, size, memory_per_worker=1)[1] is None
 
 
-def test_plan_command_prints_every_option_and_a_recommendation(job, corpus, tmp_path):
+def test_plan_command_prints_every_option_and_a_recommendation(job, corpus, tmp_path, monkeypatch):
     path = write_job(tmp_path / "cli.yaml", tiny_job(corpus))
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "orchestrator", "plan", str(path), *args], capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"}
-    )
+    monkeypatch.setenv("NO_COLOR", "1")
+    run = lambda *args: run_cli("plan", str(path), *args, hard_stop_s=60)  # noqa: E731
     fits = run("--memory-per-worker", "64")
-    assert fits.returncode == 0, fits.stderr
+    assert fits.code == 0 and not fits.crash, str(fits)
     assert all(name in fits.stdout for name in OPTIONS) and "recommended: ZeRO-0" in fits.stdout
     assert "recommended: none fits" in run("--memory-per-worker", "0.0001").stdout
 

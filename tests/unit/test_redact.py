@@ -1,10 +1,9 @@
 """Secrets in the job or the environment never reach MLflow params, tags, artifacts or printed errors."""
 
-import subprocess
-import sys
 import time
 
 import pytest
+from helpers import run_cli
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
@@ -57,14 +56,12 @@ def test_secrets_never_reach_the_mlflow_run(tmp_path, monkeypatch):
     assert redact_text(f"env {ENV_SECRET}") == "env ***"
 
 
-def test_printed_errors_mask_secrets_of_the_environment(tmp_path):
+def test_printed_errors_mask_secrets_of_the_environment(tmp_path, monkeypatch):
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{family: gpt2, size: tiny}}\ndata: {{paths: ['{ENV_SECRET}/*.jsonl']}}\ntrain: {{max_steps: 1}}\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "validate", str(job)],
-        env={"PATH": "/usr/bin:/bin", "DEPLOY_TOKEN": ENV_SECRET}, capture_output=True, text=True,
-    )
-    assert out.returncode == 2 and "no file matches" in out.stderr
+    monkeypatch.setenv("DEPLOY_TOKEN", ENV_SECRET)
+    out = run_cli("validate", str(job))
+    assert out.code == 2 and "no file matches" in out.stderr, str(out)
     assert ENV_SECRET not in out.stderr and "***" in out.stderr
 
 
