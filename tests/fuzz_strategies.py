@@ -138,6 +138,10 @@ SWEEP_SECTIONS = schema_sections(SweepConfig)
 # --- documents: values, raw YAML, planted secrets -----------------------------------------------------------------
 
 
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: PyYAML's own emitter is 3x slower
+MAX_WIDTH = 2**31 - 1  # no line folding (libyaml takes an int)
+
+
 @dataclass(repr=False)
 class Doc:
     """A YAML document under construction: a tree of plain values, where a placeholder string stands for raw YAML
@@ -168,7 +172,7 @@ class Doc:
         return placeholder
 
     def text(self) -> str:
-        out = yaml.safe_dump(self.tree, sort_keys=False, width=math.inf)
+        out = yaml.dump(self.tree, Dumper=_SafeDumper, sort_keys=False, width=MAX_WIDTH)
         for placeholder, text in self.raw.items():
             if placeholder in self.raw_keys:
                 out = re.sub(rf"^([ -]*){placeholder}:", functools.partial(_explicit_key, text), out, flags=re.MULTILINE)
@@ -227,6 +231,7 @@ class World:
 NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}", fullmatch=True)
 
 
+@functools.cache  # one strategy per leaf: Hypothesis validates each new strategy object on its first draw
 def valid_value(leaf: Leaf, world: World) -> st.SearchStrategy:
     """A value the leaf's own declaration accepts, in a practical range (cross-field checks may still refuse it)."""
     special = {
@@ -286,13 +291,22 @@ def base_job(task: str, family: str, world: World) -> dict:
     }
 
 
+# Strategies are built once, here, not in each draw: Hypothesis validates every new strategy object on first use.
+TASK_NAMES = st.sampled_from(sorted(TASKS))
+
+
+@functools.cache
+def tunable_leaves(max_changes: int) -> st.SearchStrategy[list[Leaf]]:
+    return st.lists(st.sampled_from(TUNABLE_JOB_LEAVES), max_size=max_changes, unique_by=lambda leaf: leaf.key)
+
+
 @st.composite
 def job_docs(draw, world: World, max_changes: int = 4) -> Doc:
     """A job of a random task with up to `max_changes` leaves of the schema set to values their declaration
     accepts."""
-    task = draw(st.sampled_from(sorted(TASKS)))
+    task = draw(TASK_NAMES)
     tree = base_job(task, draw(st.sampled_from(TASKS[task].families)), world)
-    for leaf in draw(st.lists(st.sampled_from(TUNABLE_JOB_LEAVES), max_size=max_changes, unique_by=lambda leaf: leaf.key)):
+    for leaf in draw(tunable_leaves(max_changes)):
         set_at(tree, leaf.path, draw(valid_value(leaf, world)))
     return Doc(tree)
 
@@ -367,14 +381,14 @@ def hostile_value(draw, doc: Doc) -> Any:
 
 SECRET_NAMES = ["api_token", "password", "GITHUB_TOKEN", "secret", "db-password", "aws_secret_access_key", "authorization"]
 TOKEN = st.from_regex(r"[A-Za-z0-9]{14}", fullmatch=True).map(lambda body: f"Zq{body}")  # Zq: never in a message
+TWO_TOKENS = st.lists(TOKEN, min_size=2, max_size=2, unique=True)
 
 
 @st.composite
 def secret_value(draw, doc: Doc) -> str:
     """A string carrying a secret in URL userinfo, of the forms that are easy to half-mask."""
     user = draw(st.sampled_from(["alice", "ci-bot", "svc"]))  # a user name is no secret
-    first = draw(TOKEN)
-    second = draw(TOKEN.filter(lambda token: token != first))
+    first, second = draw(TWO_TOKENS)
     form = draw(st.sampled_from(["password", "password_with_at", "token_only", "in_text"]))
     if form == "password":
         doc.secrets.add(first)
@@ -429,12 +443,14 @@ def tree_paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
     return paths
 
 
+MUTATIONS = st.lists(st.sampled_from(["replace", "replace", "replace", "delete", "unknown_key", "secret", "alias"]), min_size=1, max_size=3)
+
+
 @st.composite
 def mutate(draw, doc: Doc, leaves: list[Leaf], sections: list[tuple]) -> Doc:
     """One to three mutations: a hostile value at a schema key or a path of the document, a key removed, an unknown
     key (with escapes and newlines in it), a secret planted, a value aliased from elsewhere."""
-    kinds = st.sampled_from(["replace", "replace", "replace", "delete", "unknown_key", "secret", "alias"])
-    kinds = draw(st.lists(kinds, min_size=1, max_size=3))
+    kinds = draw(MUTATIONS)
     # Secrets last: a later mutation could remove the secret-named key and leave its value as an ordinary word.
     for kind in sorted(kinds, key=lambda kind: kind == "secret"):
         existing = tree_paths(doc.tree)
@@ -506,16 +522,24 @@ KINDS_OF_SEARCH = {
     "hyperopt": ["choice", "uniform", "loguniform", "randint", "quniform"],
     "bayesopt": ["uniform"],
 }
+SEARCH_NAMES = st.sampled_from(sorted(KINDS_OF_SEARCH))
+SEARCHED_KEYS = {  # bayesopt searches continuous ranges only
+    search: st.lists(
+        st.sampled_from([leaf for leaf in SEARCHED.values() if search != "bayesopt" or leaf.kind == "float"]),
+        min_size=1, max_size=3, unique_by=lambda leaf: leaf.key,
+    )
+    for search in KINDS_OF_SEARCH
+}
+SWEEP_SETTINGS = st.lists(st.sampled_from([leaf for leaf in SWEEP_LEAVES if leaf.key in ("max_concurrent_trials", "time_budget_s", "seed")]), max_size=2)
 
 
 @st.composite
 def sweep_docs(draw, world: World) -> tuple[Doc, Doc]:
     """A valid sweep file and its base job (written beside it as job.yaml)."""
-    task = draw(st.sampled_from(sorted(TASKS)))
+    task = draw(TASK_NAMES)
     job = Doc(base_job(task, draw(st.sampled_from(TASKS[task].families)), world))
-    search = draw(st.sampled_from(sorted(KINDS_OF_SEARCH)))
-    candidates = [leaf for leaf in SEARCHED.values() if search != "bayesopt" or leaf.kind == "float"]
-    keys = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique_by=lambda leaf: leaf.key))
+    search = draw(SEARCH_NAMES)
+    keys = draw(SEARCHED_KEYS[search])
     tree = {
         "base": "job.yaml",
         "search_space": {leaf.key: draw(distribution(leaf, KINDS_OF_SEARCH[search], world)) for leaf in keys},
@@ -530,8 +554,8 @@ def sweep_docs(draw, world: World) -> tuple[Doc, Doc]:
         tree["scheduler"] = draw(st.sampled_from([{"name": "fifo"}, {"name": "asha", "grace_period": 5, "reduction_factor": 3}]))
     if draw(st.booleans()):
         tree["overrides"] = {"train.max_steps": draw(st.integers(10, 40))}
-    for leaf in draw(st.lists(st.sampled_from([lf for lf in SWEEP_LEAVES if lf.key in ("max_concurrent_trials", "time_budget_s", "seed")]), max_size=2)):
-        tree[leaf.key] = draw(valid_value(leaf, world).filter(lambda value: value is not None))
+    for leaf in draw(SWEEP_SETTINGS):
+        tree[leaf.key] = draw(valid_value(dataclasses.replace(leaf, optional=False), world))
     return Doc(tree), job
 
 
