@@ -31,19 +31,18 @@ def test_config_and_text_redaction():
     assert redact_text(text, tree) == "failed with *** at https://me:***@mlflow.example"
 
 
-def test_secrets_never_reach_the_mlflow_run(tmp_path, monkeypatch):
+def test_secrets_never_reach_the_mlflow_run(tmp_path, mlflow_uri, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", ENV_SECRET)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
     job = validate({
         "model": {"family": "gpt2", "size": "tiny"},
         "data": {"paths": ["corpus.jsonl"]},
         "train": {"max_steps": 10},
         "deepspeed": {"extra": {"comms_logger": {"enabled": False, "auth_token": JOB_SECRET}}},
-        "tracking": {"uri": uri, "tags": {"hf_token": JOB_SECRET, "owner": "nlp-team"}},
+        "tracking": {"uri": mlflow_uri, "tags": {"hf_token": JOB_SECRET, "owner": "nlp-team"}},
     })
     run = start_run(job, "secrets", str(tmp_path / "run"), artifacts=job_artifacts(job) | {"notes.txt": f"env {ENV_SECRET}"})
 
-    client = MlflowClient(uri)
+    client = MlflowClient(mlflow_uri)
     data = client.get_run(run.run_id).data
     logged = [*data.params.values(), *data.tags.values()]
     for name in ("job.yaml", "deepspeed_config.json", "notes.txt"):
