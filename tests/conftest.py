@@ -17,12 +17,20 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray():
-    """A Ray instance of the test's own (`address="local"`), even beside a running cluster."""
+    """A Ray instance of the session's own (`address="local"`), even beside a running cluster. One for all the tests:
+    starting one costs about 5 s of CPU (and half a minute on a loaded machine)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with tests on Ray run last, so that the session's Ray instance, once started, is not left idling
+    (it keeps using CPU) through the tests that do not need it. Each module's tests stay together and in order."""
+    on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
+    items.sort(key=lambda item: item.module in on_ray)
 
 
 @pytest.fixture(scope="session", autouse=True)
