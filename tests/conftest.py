@@ -1,7 +1,9 @@
 import functools
+import os
 import shutil
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import ray
@@ -31,6 +33,15 @@ def pytest_collection_modifyitems(items):
     (it keeps using CPU) through the tests that do not need it. Each module's tests stay together and in order."""
     on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
     items.sort(key=lambda item: item.module in on_ray)
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test leaves os.environ as it found it, whatever the code it runs in this process sets for its own process
+    (the job commands set RAY_AUTH_MODE=token before importing Ray: a Ray instance started later would then demand a
+    token its driver does not send)."""
+    with mock.patch.dict(os.environ):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
