@@ -653,15 +653,16 @@ def run_case(world: World, files: dict[str, Doc | str], *args: str, hard_stop_s:
     """Writes the case's files into the sandbox, runs the CLI on them, and returns what it did with the paths it
     created and deleted in the sandbox (HOME and the cwd are in it); the sandbox is then as it was."""
     directory = case_dir(world)
-    directory.mkdir()
-    for name, content in files.items():
-        text = content.text() if isinstance(content, Doc) else content
-        (directory / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+    directory.mkdir(exist_ok=True)  # kept from case to case: making and removing it took longer than the files
+    paths = {directory / name: content for name, content in files.items()}
+    for path, content in paths.items():
+        path.write_text(content.text() if isinstance(content, Doc) else content, encoding="utf-8", errors="surrogatepass")
     before = snapshot(world.root)
     outcome = run_cli(*args, hard_stop_s=hard_stop_s)
     after = snapshot(world.root)
     created, deleted = after - before, before - after
-    shutil.rmtree(directory, ignore_errors=True)
+    for path in paths:
+        path.unlink(missing_ok=True)
     for path in sorted(created, reverse=True):  # deepest first
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
