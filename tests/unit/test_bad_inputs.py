@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fuzz_strategies import run_cli
+from helpers import Outcome, run_cli
 
 CASES_DIR = Path(__file__).parent.parent / "bad_inputs"
 
@@ -89,13 +89,13 @@ def environment(mlflow_db: Path) -> dict[str, str]:
     }
 
 
-def assert_refused(name: str, code: int, stdout: str, stderr: str, elapsed: float, cases: Path, mlflow_db: Path) -> None:
-    assert code == 2, stdout + stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+def assert_refused(name: str, outcome: Outcome, cases: Path, mlflow_db: Path) -> None:
+    assert not outcome.crash and not outcome.hung and outcome.code == 2, str(outcome)
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr
     assert EXPECTED[name] in lines[0]
-    assert "Traceback" not in stdout + stderr
-    assert elapsed < SECONDS_ALLOWED, f"{elapsed:.1f} s"
+    assert "Traceback" not in outcome.stdout + outcome.stderr
+    assert outcome.elapsed < SECONDS_ALLOWED, f"{outcome.elapsed:.1f} s"
     assert not mlflow_db.exists()
     assert not (cases / "python_tag_executed").exists()
 
@@ -106,9 +106,7 @@ def test_bad_file_exits_2_with_one_line_naming_the_cause(cases: Path, tmp_path: 
     for variable, value in environment(mlflow_db).items():
         monkeypatch.setenv(variable, value)
     monkeypatch.chdir(cases)
-    outcome = run_cli(command_of(name), name)
-    assert not outcome.crash and not outcome.hung, str(outcome)
-    assert_refused(name, outcome.code, outcome.stdout, outcome.stderr, outcome.elapsed, cases, mlflow_db)
+    assert_refused(name, run_cli(command_of(name), name), cases, mlflow_db)
 
 
 @pytest.mark.parametrize("name", IN_A_REAL_PROCESS)
@@ -119,4 +117,4 @@ def test_bad_file_in_a_real_process(cases: Path, tmp_path: Path, name: str):
         [sys.executable, "-m", "orchestrator", command_of(name), name],
         cwd=cases, env=os.environ | environment(mlflow_db), capture_output=True, text=True, timeout=60, check=False,
     )
-    assert_refused(name, out.returncode, out.stdout, out.stderr, time.monotonic() - started, cases, mlflow_db)
+    assert_refused(name, Outcome(out.returncode, out.stdout, out.stderr, time.monotonic() - started), cases, mlflow_db)
