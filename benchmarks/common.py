@@ -110,9 +110,7 @@ class Jobs:
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, cwd=REPO)
         if done.returncode:
             sys.exit(f"job {name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
-        [run] = self.client.search_runs(
-            [self.client.get_experiment_by_name("benchmarks").experiment_id], f"tags.mlflow.runName = '{name}'"
-        )
+        [run] = self.client.search_runs([self.client.get_experiment_by_name("benchmarks").experiment_id], f"tags.mlflow.runName = '{name}'")
         return RunFigures(self.client, run)
 
 

@@ -39,7 +39,6 @@ from orchestrator.data.read import fields_of, parse_file
 from orchestrator.data.tokenizers import separator_id, train_tokenizer
 
 
-
 def benchmark_job(files: list[str]) -> JobConfig:
     """Classification of fortunes by file, every cleaning stage on, one augmented copy: all the pipeline's work."""
     return JobConfig.model_validate(
@@ -97,7 +96,11 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
     examples = add_augmented_copies({"text": batch["text"][keep], "label": batch["label"][keep], "is_val": batch["is_val"][keep]}, cfg.augment)
     labels = sorted(set(examples["label"]))
     encoded = ENCODERS[job.task](
-        examples, tokenizer_json, seq_len=cfg.seq_len, separator=separator_id(tokenizer), pad=tokenizer.pad_token_id,
+        examples,
+        tokenizer_json,
+        seq_len=cfg.seq_len,
+        separator=separator_id(tokenizer),
+        pad=tokenizer.pad_token_id,
         label_ids={name: i for i, name in enumerate(labels)},
     )
     train = np.flatnonzero(~encoded["is_val"])
@@ -107,12 +110,15 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
 
 def data_wait(steps: int, jobs: Jobs) -> dict:
     """A job like jobs/gpt-tiny.yaml (ZeRO-2, 2 workers): its workers' data wait, from MLflow."""
-    figures = jobs.run("data-wait", {
-        "model": {"family": "gpt2", "size": "tiny"},
-        "train": {"max_steps": steps},
-        "deepspeed": {"zero_stage": 2},
-        "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
-    })
+    figures = jobs.run(
+        "data-wait",
+        {
+            "model": {"family": "gpt2", "size": "tiny"},
+            "train": {"max_steps": steps},
+            "deepspeed": {"zero_stage": 2},
+            "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
+        },
+    )
     fractions = figures.history("train/data_wait_fraction")
     return {"steps": steps, "mean_data_wait_fraction": float(np.mean(fractions)), "max_data_wait_fraction": float(np.max(fractions))}
 
@@ -136,8 +142,13 @@ def main() -> None:
         ray.shutdown()
         wait = data_wait(20 if args.smoke else 200, Jobs(Path(directory), env, files))
     report = prepared.report
-    ray_data = {"rows_read": report.rows_read, "rows_kept": report.rows_kept, "tokens": report.tokens,
-                "sequences": report.train_sequences + report.val_sequences, "seconds": seconds}
+    ray_data = {
+        "rows_read": report.rows_read,
+        "rows_kept": report.rows_kept,
+        "tokens": report.tokens,
+        "sequences": report.train_sequences + report.val_sequences,
+        "seconds": seconds,
+    }
     assert (ray_data["rows_kept"], ray_data["tokens"]) == (plain["rows_kept"], plain["tokens"]), (ray_data, plain)
 
     for result in (plain, ray_data):
@@ -161,7 +172,9 @@ def markdown(results: dict) -> list[str]:
     ]
     for name in ("plain_loop", "ray_data"):
         r = results[name]
-        rows.append(f"| {name} | {r['rows_read']:,} | {r['rows_kept']:,} | {r['tokens']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['tokens_per_s']:,.0f} |")
+        rows.append(
+            f"| {name} | {r['rows_read']:,} | {r['rows_kept']:,} | {r['tokens']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['tokens_per_s']:,.0f} |"
+        )
     wait = results["training"]
     rows += [
         "",

@@ -49,10 +49,14 @@ def main() -> None:
             }
             # 2 replicas x micro batch 8, against 1 replica accumulating 2 micro batches of 8: one global batch of 16
             data = jobs.run(f"{kind}-data-parallel", common | {"train": common["train"] | {"micro_batch_size": 8}})
-            split = jobs.run(f"{kind}-parallel", common | {
-                "train": common["train"] | {"micro_batch_size": 8, "grad_accum_steps": 2},
-                "parallelism": {kind: WORKERS},
-            })
+            split = jobs.run(
+                f"{kind}-parallel",
+                common
+                | {
+                    "train": common["train"] | {"micro_batch_size": 8, "grad_accum_steps": 2},
+                    "parallelism": {kind: WORKERS},
+                },
+            )
             reference, losses = data.history("train/loss"), split.history("train/loss")
             size = model_size(JobConfig.model_validate(jobs.job(f"{kind}-parallel")))
             results[kind] = {

@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import resolve_data_files
 from orchestrator.data import cache
+from orchestrator.data.read import resolve_data_files
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import build_model
 from orchestrator.train.optimizers import optimizer_section
@@ -91,15 +91,19 @@ def main() -> None:
         "orchestrator_flops_per_s": figures.steady("perf/flops_per_s"),
         "data_wait_fraction": figures.steady("train/data_wait_fraction"),
     }
-    write_results("overhead", results, [
-        "| loop | tokens/s | ratio |",
-        "|---|---|---|",
-        f"| bare PyTorch (in memory, AdamW, clipping) | {bare:,.0f} | 1.00 |",
-        f"| orchestrator (Ray Data, Ray Train, DeepSpeed ZeRO-0, 1 worker) | {orchestrator:,.0f} | {results['ratio']:.3f} |",
-        "",
-        f"Model FLOPs per token {results['model_flops_per_token']:,.0f}; achieved {results['orchestrator_flops_per_s'] / 1e9:.1f} GFLOP/s"
-        f" ({results['machine']}); data wait {100 * results['data_wait_fraction']:.2f}% of step time.",
-    ])
+    write_results(
+        "overhead",
+        results,
+        [
+            "| loop | tokens/s | ratio |",
+            "|---|---|---|",
+            f"| bare PyTorch (in memory, AdamW, clipping) | {bare:,.0f} | 1.00 |",
+            f"| orchestrator (Ray Data, Ray Train, DeepSpeed ZeRO-0, 1 worker) | {orchestrator:,.0f} | {results['ratio']:.3f} |",
+            "",
+            f"Model FLOPs per token {results['model_flops_per_token']:,.0f}; achieved {results['orchestrator_flops_per_s'] / 1e9:.1f} GFLOP/s"
+            f" ({results['machine']}); data wait {100 * results['data_wait_fraction']:.2f}% of step time.",
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Runs every benchmark, one after the other on one warm local Ray cluster, and gathers their markdown tables
 into benchmarks/results/README.md (each also writes its own JSON there).
 
-    python -m benchmarks.run_all            # the figures of the README (about 25 minutes on 2 CPU cores)
+    python -m benchmarks.run_all            # the figures of docs/benchmarks.md (about 25 minutes on 2 CPU cores)
     python -m benchmarks.run_all --smoke    # each one briefly: checks that they work and what they write
 """
 

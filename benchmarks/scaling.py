@@ -22,7 +22,6 @@ def layouts(cores: int) -> dict[str, dict]:
     }
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few files: checks that it works")

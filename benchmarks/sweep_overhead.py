@@ -22,7 +22,6 @@ from orchestrator.config.load import load_sweep
 from orchestrator.tune.sweep import run_sweep
 
 
-
 def sweep_file(directory: Path, scheduler: dict, samples: int, steps: int) -> Path:
     sweep = {
         "name": f"bench-{scheduler['name']}-{int(time.time())}",

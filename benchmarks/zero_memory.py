@@ -53,13 +53,17 @@ def main() -> None:
         jobs = Jobs(Path(directory), env, corpus_files(args.smoke))
         for index, (name, deepspeed) in enumerate(configs.items()):
             for allocator, env_vars in ALLOCATORS.items():
-                figures = jobs.run(f"memory-{index}-{allocator or 'rss'}", {
-                    "model": SMOKE_MODEL if args.smoke else MODEL,
-                    "data": {"seq_len": 64},
-                    "train": {"max_steps": 3, "micro_batch_size": 1, "log_every": 1},
-                    "deepspeed": deepspeed | {"precision": "bf16"},
-                    "scaling": {"num_workers": WORKERS, "cpus_per_worker": os.cpu_count() / WORKERS},
-                }, env_vars=env_vars)
+                figures = jobs.run(
+                    f"memory-{index}-{allocator or 'rss'}",
+                    {
+                        "model": SMOKE_MODEL if args.smoke else MODEL,
+                        "data": {"seq_len": 64},
+                        "train": {"max_steps": 3, "micro_batch_size": 1, "log_every": 1},
+                        "deepspeed": deepspeed | {"precision": "bf16"},
+                        "scaling": {"num_workers": WORKERS, "cpus_per_worker": os.cpu_count() / WORKERS},
+                    },
+                    env_vars=env_vars,
+                )
                 prefix = f"{allocator}_" if allocator else ""
                 start, peak = figures.last["memory/at_start_bytes"], figures.last["memory/peak_bytes"]
                 runs[name] |= {f"{prefix}peak_bytes": peak, f"{prefix}peak_above_start_bytes": peak - start}

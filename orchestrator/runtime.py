@@ -6,26 +6,26 @@ import ray
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
+from orchestrator.environment import driver_data_context, ray_init_options
 from orchestrator.local_node import LOOPBACK_NODE
 
 
-def connect() -> str:
-    """Joins the cluster this process belongs to, else a local head, else starts an embedded one.
-
-    Under `ray job submit` (and with RAY_ADDRESS set) `ray.init()` finds the cluster by itself.
-    """
+def connect(address: str | None = None) -> str:
+    """Joins the cluster at `address` (its GCS address, as `ray.init` takes it: host:6379, or auto), else the one this
+    process belongs to (RAY_ADDRESS, which `ray job submit` sets), else a local head, else starts an embedded one."""
+    driver_data_context()
     if ray.is_initialized():
         return "an already connected Ray cluster"
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    if address := address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, **ray_init_options())
+        return f"the Ray cluster at {address}"
     use_loopback_node()
     try:
-        ray.init(address="auto")
+        ray.init(address="auto", **ray_init_options())
         return "the local Ray cluster (ray start --head)"
     except ConnectionError:
         # With its dashboard: Ray Train frees the resources of a stopped run through the state API it serves.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **ray_init_options())
         return "an embedded local Ray instance"
 
 
@@ -37,18 +37,6 @@ def use_loopback_node() -> None:
 
     os.environ.update(LOOPBACK_NODE)  # for the processes Ray starts from here
     ray_constants.ENABLE_RAY_CLUSTER = False  # what Ray read from it when this process imported ray
-
-
-# Ray Train's controller checks on its workers every 2 s by default, so a run that ended waits up to 2 s more to be
-# noticed, and then its teardown too: at 1 s a job ends 1-3 s sooner. The polls are cheap actor calls.
-RAY_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.0"}
-
-
-def apply_ray_train_settings() -> None:
-    """Ray Train reads these from the environment of the process that calls fit() (a job's driver, a sweep's trial);
-    a value already set there wins."""
-    for name, value in RAY_TRAIN_SETTINGS.items():
-        os.environ.setdefault(name, value)
 
 
 def release_orphaned_placement_groups() -> None:
@@ -79,8 +67,7 @@ def check_resources(job: JobConfig) -> None:
     cpus = workers * job.scaling.cpus_per_worker
     if have.get("CPU", 0) < cpus:
         raise UserError(
-            f"scaling.num_workers: {workers} workers x {job.scaling.cpus_per_worker:g} CPU need {cpus:g} CPUs, "
-            f"the cluster has {have.get('CPU', 0):g}"
+            f"scaling.num_workers: {workers} workers x {job.scaling.cpus_per_worker:g} CPU need {cpus:g} CPUs, the cluster has {have.get('CPU', 0):g}"
         )
     if job.scaling.use_gpu and have.get("GPU", 0) < workers:
         raise UserError(f"scaling.use_gpu: {workers} workers need {workers} GPUs, the cluster has {have.get('GPU', 0):g}")

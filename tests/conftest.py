@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 from helpers import write_corpus  # noqa: E402
 
+from orchestrator.environment import driver_data_context  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
@@ -21,9 +23,11 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """A Ray instance of the session's own (`address="local"`), even beside a running cluster. One for all the tests:
-    starting one costs about 5 s of CPU (and half a minute on a loaded machine)."""
+    """A Ray instance of the session's own (`address="local"`), even beside a running cluster; Ray Data's context as a
+    driver's (runtime.py connect). One for all the tests: starting one costs about 5 s of CPU (and half a minute on a
+    loaded machine)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False)
+    driver_data_context()
     yield
     ray.shutdown()
 

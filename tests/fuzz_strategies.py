@@ -325,17 +325,76 @@ HUGE_INT = 2**70
 NUMBERS = [HUGE_INT, -HUGE_INT, 2**63, 2**31, -1, 0, -0.0, 1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324, 0.5]
 # Read by YAML 1.1 as booleans, sexagesimal or octal numbers, dates, nulls; or tags and aliases no job should carry.
 RAW_SCALARS = [
-    "yes", "no", "on", "off", "y", "N", "12:30", "0123", "0x1F", "0o17", "1_000", ".inf", "-.inf", ".NaN", "~",
-    "2001-12-14", "1e308", "1e309", "=", "<<", "!!binary aGVsbG8=", "!!set {a, b}", "!!omap [a: 1]", "!!float 1",
-    "!!python/object/apply:os.system ['touch PWNED']", "!!python/name:os.system", "!!str", "*undefined",
-    "&anchor [1, 2]", "&loop [*loop]", "[1, [2, [3]]]", "{a: 1, a: 2}", "{[a, b]: 1}", "{? {x: 1}: 2}", "[1",
-    "{a", "'unterminated", "\"\\x1b[2J\\r\\nerror: forged line\"", "\"\\0nul\"", "\"\\ud800\"", "\"\\u202eevil\"",
-    "\"\\x85\\x9b31m\"", "\"\\e]0;title\\a\"",
+    "yes",
+    "no",
+    "on",
+    "off",
+    "y",
+    "N",
+    "12:30",
+    "0123",
+    "0x1F",
+    "0o17",
+    "1_000",
+    ".inf",
+    "-.inf",
+    ".NaN",
+    "~",
+    "2001-12-14",
+    "1e308",
+    "1e309",
+    "=",
+    "<<",
+    "!!binary aGVsbG8=",
+    "!!set {a, b}",
+    "!!omap [a: 1]",
+    "!!float 1",
+    "!!python/object/apply:os.system ['touch PWNED']",
+    "!!python/name:os.system",
+    "!!str",
+    "*undefined",
+    "&anchor [1, 2]",
+    "&loop [*loop]",
+    "[1, [2, [3]]]",
+    "{a: 1, a: 2}",
+    "{[a, b]: 1}",
+    "{? {x: 1}: 2}",
+    "[1",
+    "{a",
+    "'unterminated",
+    '"\\x1b[2J\\r\\nerror: forged line"',
+    '"\\0nul"',
+    '"\\ud800"',
+    '"\\u202eevil"',
+    '"\\x85\\x9b31m"',
+    '"\\e]0;title\\a"',
 ]
-UNICODE = st.sampled_from([
-    "\u202e", "\u200f", "\u2066", "\x1b[2J", "\x1b[31m", "\x1b]8;;http://x\x07", "\n", "\r", "\t", "\x07", "\x7f",
-    "\x85", "\x9b", "\u2028", "\ufeff", "😀", "é", "ß", "ﬁ", "\u0301", "𝔘", "a",
-])
+UNICODE = st.sampled_from(
+    [
+        "\u202e",
+        "\u200f",
+        "\u2066",
+        "\x1b[2J",
+        "\x1b[31m",
+        "\x1b]8;;http://x\x07",
+        "\n",
+        "\r",
+        "\t",
+        "\x07",
+        "\x7f",
+        "\x85",
+        "\x9b",
+        "\u2028",
+        "\ufeff",
+        "😀",
+        "é",
+        "ß",
+        "ﬁ",
+        "\u0301",
+        "𝔘",
+        "a",
+    ]
+)
 HOSTILE_TEXT = st.lists(st.one_of(UNICODE, st.text(max_size=8)), max_size=6).map("".join)
 
 
@@ -486,9 +545,16 @@ def mutated_job_docs(draw, world: World) -> Doc:
 SEARCHED = {
     leaf.key: leaf
     for leaf in JOB_LEAVES
-    if leaf.key in {
-        "train.optimizer.lr", "train.optimizer.weight_decay", "train.grad_clip", "train.micro_batch_size",
-        "train.grad_accum_steps", "train.seed", "model.dropout", "train.log_every",
+    if leaf.key
+    in {
+        "train.optimizer.lr",
+        "train.optimizer.weight_decay",
+        "train.grad_clip",
+        "train.micro_batch_size",
+        "train.grad_accum_steps",
+        "train.seed",
+        "model.dropout",
+        "train.log_every",
     }
 }
 
@@ -526,7 +592,9 @@ SEARCH_NAMES = st.sampled_from(sorted(KINDS_OF_SEARCH))
 SEARCHED_KEYS = {  # bayesopt searches continuous ranges only
     search: st.lists(
         st.sampled_from([leaf for leaf in SEARCHED.values() if search != "bayesopt" or leaf.kind == "float"]),
-        min_size=1, max_size=3, unique_by=lambda leaf: leaf.key,
+        min_size=1,
+        max_size=3,
+        unique_by=lambda leaf: leaf.key,
     )
     for search in KINDS_OF_SEARCH
 }
@@ -619,9 +687,7 @@ def control_characters(text: str) -> list[str]:
     return sorted({repr(char) for char in text if unicodedata.category(char) == "Cc" and char != "\n"})
 
 
-def check_outcome(
-    outcome: Outcome, secrets: set[str], created: set[str], deleted: set[str], seconds: float = SECONDS_ALLOWED
-) -> None:
+def check_outcome(outcome: Outcome, secrets: set[str], created: set[str], deleted: set[str], seconds: float = SECONDS_ALLOWED) -> None:
     """The issue's properties of any case; each on its own assert, so Hypothesis reports each kind of failure."""
     output = outcome.stdout + outcome.stderr
     assert not outcome.hung, f"hang: stopped after {outcome.elapsed:.1f} s"

@@ -38,21 +38,38 @@ def write_corpus(directory: Path, documents: int = 1500, seed: int = 0) -> Path:
     path = directory / "corpus.jsonl"
     with path.open("w") as out:
         for _ in range(documents):
-            sentences = [
-                f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(rng.randint(2, 5))
-            ]
+            sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(rng.randint(2, 5))]
             out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
     return path
 
 
 EN_FR = {  # a word-for-word grammar: a translation a tiny model learns in a few hundred steps
-    "subjects": [("the cat", "le chat"), ("a dog", "un chien"), ("my friend", "mon ami"), ("the old man", "le vieil homme"),
-                 ("our teacher", "notre professeur"), ("the bird", "l'oiseau"), ("a child", "un enfant")],
+    "subjects": [
+        ("the cat", "le chat"),
+        ("a dog", "un chien"),
+        ("my friend", "mon ami"),
+        ("the old man", "le vieil homme"),
+        ("our teacher", "notre professeur"),
+        ("the bird", "l'oiseau"),
+        ("a child", "un enfant"),
+    ],
     "verbs": [("sees", "voit"), ("likes", "aime"), ("follows", "suit"), ("finds", "trouve"), ("calls", "appelle")],
-    "objects": [("the red ball", "la balle rouge"), ("a small house", "une petite maison"), ("the green tree", "l'arbre vert"),
-                ("a quiet river", "une rivière calme"), ("the tall tower", "la grande tour"), ("an open door", "une porte ouverte")],
-    "times": [("today", "aujourd'hui"), ("every day", "chaque jour"), ("at night", "la nuit"), ("in the morning", "le matin"),
-              ("on sunday", "le dimanche"), ("again", "encore")],
+    "objects": [
+        ("the red ball", "la balle rouge"),
+        ("a small house", "une petite maison"),
+        ("the green tree", "l'arbre vert"),
+        ("a quiet river", "une rivière calme"),
+        ("the tall tower", "la grande tour"),
+        ("an open door", "une porte ouverte"),
+    ],
+    "times": [
+        ("today", "aujourd'hui"),
+        ("every day", "chaque jour"),
+        ("at night", "la nuit"),
+        ("in the morning", "le matin"),
+        ("on sunday", "le dimanche"),
+        ("again", "encore"),
+    ],
 }
 
 
@@ -69,6 +86,18 @@ def write_translation_corpus(directory: Path, seed: int = 0) -> Path:
             pair = {"en": " ".join(en for en, _ in parts), "fr": " ".join(fr for _, fr in parts)}
             out.write(json.dumps(pair, ensure_ascii=False) + "\n")
     return path
+
+
+class StandInTokenizer:
+    """What build_model reads of a trained tokenizer, for models trained on token ids made up by the test."""
+
+    eos_token_id, pad_token_id = 0, 1
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self):
+        return self.size
 
 
 def tiny_job(corpus: Path, **sections) -> dict:
@@ -126,9 +155,7 @@ def orchestrator(cluster, *args: str, timeout: float = 600) -> subprocess.Comple
 def submit(cluster, *args: str, timeout: float = 600) -> str:
     """Runs the CLI as users run jobs, through the cluster's job API (`ray job submit`); returns the job's log."""
     command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--"]
-    result = subprocess.run(
-        command + ["python", "-m", "orchestrator", *args], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=timeout
-    )
+    result = subprocess.run(command + ["python", "-m", "orchestrator", *args], cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=timeout)
     output = ANSI.sub("", result.stdout + result.stderr)
     assert result.returncode == 0 and "succeeded" in result.stdout, output[-5000:]
     return output
@@ -148,6 +175,7 @@ def write_sweep(directory: Path, job: dict, **sweep) -> Path:
 
 
 # --- jobs running in the background, for the fault tests ---------------------------------------------------------
+
 
 def ray_job(cluster, *args: str) -> str:
     """`ray job <args>` against the test cluster; its output without colours."""
@@ -196,19 +224,23 @@ def ray_state(cluster, kind: str, *filters: str, detail: bool = False) -> list[d
     return [] if listing.stdout.startswith("No resource") else json.loads(listing.stdout)  # none: a line, not []
 
 
-def submitted_jobs(cluster) -> list[dict]:
-    """The cluster's submitted jobs, straight from its job API over HTTP with the cluster's token: every integration
-    test's teardown asks, and a `ray list jobs` process costs 1-2 s each time."""
+def job_api(cluster, path: str):
+    """What the cluster's job API answers at /api/jobs/<path>, straight over HTTP with the cluster's token: as the
+    job API has it (no client's formatting), and without starting a `ray` process (1-2 s each)."""
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    request = urllib.request.Request(f"{cluster.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(f"{cluster.dashboard}/api/jobs/{path}", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
 
+def submitted_jobs(cluster) -> list[dict]:
+    """The cluster's submitted jobs: every integration test's teardown asks."""
+    return job_api(cluster, "")
+
+
 def stop_running_jobs(cluster) -> list[str]:
     """Stops every submitted job still PENDING or RUNNING, waiting for each to end; returns their ids."""
-    running = [job["submission_id"] for job in submitted_jobs(cluster)
-               if job.get("submission_id") and job["status"] in ("PENDING", "RUNNING")]
+    running = [job["submission_id"] for job in submitted_jobs(cluster) if job.get("submission_id") and job["status"] in ("PENDING", "RUNNING")]
     for submission_id in running:
         ray_job(cluster, "stop", submission_id)
     return running

@@ -10,9 +10,17 @@ import sys
 import typer
 
 from orchestrator.config import UserError
-from orchestrator.tracking.redact import redact_text
+from orchestrator.config.redact import redact_text
+from orchestrator.environment import driver_environment
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed training of transformers on Ray.")
+# Click's plain help: typer's rich panels print a type beside every flag (`--help <bool>`) that no option turns off.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Distributed training of transformers on Ray.",
+)
 
 MAX_LINE = 1000  # characters of a printed error line
 MAX_WORD = 200  # characters of one word of it (a value, a key) before its middle is cut
@@ -51,6 +59,7 @@ def fail(message: str, code: int) -> None:
 
 
 def main() -> None:
+    driver_environment()  # first: before any command imports ray, torch or mlflow
     # Ctrl-C, and SIGTERM from `ray job stop` (which Ray's driver turns into SystemExit), mark the MLflow run KILLED
     # (tracking/run.py); the last checkpoint stays, and the job resumes from it when submitted again.
     try:

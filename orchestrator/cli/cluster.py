@@ -27,12 +27,12 @@ cluster_app = typer.Typer(no_args_is_help=True, help="A local Ray head and MLflo
 app.add_typer(cluster_app, name="cluster")
 
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment
-StateDir = Annotated[
-    Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", help="MLflow store and artifacts, pid and log files.")
-]
-PORTS = {"min": 1, "max": 65535}
+StateDir = Annotated[Path, typer.Option(envvar="ORCHESTRATOR_STATE_DIR", metavar="DIR", help="MLflow store and artifacts, pid and log files.")]
+PORTS = {"min": 1, "max": 65535, "metavar": "PORT"}
 MlflowPort = Annotated[int, typer.Option(envvar="MLFLOW_PORT", help="MLflow server port.", **PORTS)]
 DashboardPort = Annotated[int, typer.Option(envvar="RAY_DASHBOARD_PORT", help="Ray dashboard and job API port.", **PORTS)]
+# Job statuses of Ray's job API that are not over yet.
+ACTIVE = ("PENDING", "RUNNING")
 
 
 def client_env(mlflow_uri: str) -> dict[str, str]:
@@ -93,7 +93,9 @@ def start_mlflow(state_dir: Path, port: int) -> None:
     with open(state_dir / "mlflow.log", "a") as log:
         server = subprocess.Popen(
             command + ["--workers", "1"],  # one worker and no job runner: 2 processes instead of ~10
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     (state_dir / "mlflow.pid").write_text(str(server.pid))
@@ -110,11 +112,13 @@ def up(
     mlflow_port: MlflowPort = 5000,
     dashboard_port: DashboardPort = 8265,
     ray_port: Annotated[int, typer.Option(help="Ray head (GCS) port.", **PORTS)] = 6379,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use; default: all.", min=1)] = None,
+    num_cpus: Annotated[int | None, typer.Option(metavar="N", help="CPUs Ray may use; default: all.", min=1)] = None,
 ) -> None:
-    """Start the MLflow server and the Ray head, unless they already run; print their URLs.
+    """Start the MLflow server and the Ray head (unless they run). Prints their URLs.
 
-    Example: orchestrator cluster up
+    \b
+    Example:
+      orchestrator cluster up
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +142,11 @@ def up(
 
 @cluster_app.command()
 def down(state_dir: StateDir = Path(".cluster")) -> None:
-    """Stop the Ray head (and every Ray process of this machine, as `ray stop` does) and the MLflow server.
+    """Stop the Ray head and the MLflow server. Every Ray process of this machine stops, as with `ray stop`.
 
-    Example: orchestrator cluster down
+    \b
+    Example:
+      orchestrator cluster down
     """
     if subprocess.run([BIN / "ray", "stop"], capture_output=True).returncode == 0:
         print("Ray stopped")
@@ -156,9 +162,11 @@ def down(state_dir: StateDir = Path(".cluster")) -> None:
 
 @cluster_app.command()
 def status(mlflow_port: MlflowPort = 5000, dashboard_port: DashboardPort = 8265) -> None:
-    """Nodes with their CPUs and GPUs, running jobs, and the MLflow server.
+    """The nodes with their CPUs and GPUs, running jobs, and MLflow.
 
-    Example: orchestrator cluster status
+    \b
+    Example:
+      orchestrator cluster status
     """
     env = client_env(f"http://127.0.0.1:{mlflow_port}")
     print(f"MLflow {env['MLFLOW_TRACKING_URI']}: {'up' if mlflow_is_up(mlflow_port) else 'not running'}")
@@ -172,13 +180,28 @@ def status(mlflow_port: MlflowPort = 5000, dashboard_port: DashboardPort = 8265)
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level=logging.ERROR, log_to_driver=False)
     try:
         nodes = [node for node in ray.nodes() if node["Alive"]]
+        own_job_id = ray.get_runtime_context().get_job_id()
     finally:
         ray.shutdown()
     for node in nodes:
         resources = node["Resources"]
         role = "head" if "node:__internal_head__" in resources else "worker"
         print(f"node {node['NodeManagerAddress']} ({role}): {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
-    jobs = [job for job in JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}").list_jobs() if job.submission_id]
-    running = [job for job in jobs if job.status.value in ("PENDING", "RUNNING")]
-    print(f"jobs: {len(running)} running of {len(jobs)}" + "".join(f"\n  {job.submission_id} {job.status.value}: {job.entrypoint}" for job in running))
+    jobs = JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}").list_jobs()
+    running, counted = count_jobs(jobs, own_job_id)
+    print(f"jobs: {len(running)} running of {counted}" + "".join(f"\n  {job_line(job)}" for job in running))
     print(f"Ray dashboard and job API: http://127.0.0.1:{dashboard_port}")
+
+
+def count_jobs(jobs: list, own_job_id: str | None = None) -> tuple[list, int]:
+    """The running jobs in the job API's list, and how many jobs it counts. A driver started by hand (`python -m
+    orchestrator train` joining the cluster) is a job with no submission id: counted while it runs. Ended drivers are
+    not: every client of the cluster leaves one, and this command's own (`own_job_id`) may not have
+    ended yet when the list is read."""
+    listed = [job for job in jobs if job.job_id != own_job_id and (job.submission_id or str(job.status) in ACTIVE)]
+    return [job for job in listed if str(job.status) in ACTIVE], len(listed)
+
+
+def job_line(job) -> str:
+    kind = "" if job.submission_id else " (a driver started by hand)"
+    return f"{job.submission_id or job.job_id} {job.status}{kind}: {job.entrypoint}"

@@ -1,5 +1,6 @@
 """Jobs on a Ray cluster through its job API: what `ray job submit / status / logs / stop / list` do, with the job
-file checked before anything is sent, and each job tied to its MLflow run (the URL its driver prints).
+file checked before anything is sent, and each job tied to its MLflow run (found by the submission id its driver
+tags the run with, in the store the job was submitted with).
 
 The cluster is --address, else RAY_API_SERVER_ADDRESS (as for `ray job`), else the local head's job API. Plain
 `ray job submit -- python -m orchestrator train JOB` keeps working: these commands read the same jobs.
@@ -11,33 +12,36 @@ import re
 import shlex
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from orchestrator.cli.app import app, escape
-from orchestrator.cli.training import Overrides, check_file
+from orchestrator.cli.training import JobOrSweepFile, Overrides, check_file
 from orchestrator.config import UserError
-from orchestrator.tracking.redact import redact_text
+from orchestrator.config.redact import redact_text
 
 LOCAL_JOB_API = "http://127.0.0.1:8265"
 # Exit codes of `submit --follow` and `logs --follow`: the job's final status, as a shell sees a command's.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
-# What a driver prints of its MLflow run (tracking/run.py TrackedRun.url): a URL, or the run id in a local store.
-MLFLOW_RUN = re.compile(r"MLflow (?:sweep )?run(?: \((?:new|resumed)\))?: (https?://\S+|run \S+ in \S+)")
 
 Address = Annotated[
-    str | None, typer.Option("--address", help="Job API of the cluster; default: RAY_API_SERVER_ADDRESS, else the local head.")
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="URL",
+        help=f"The cluster's job API: its dashboard's URL, as `ray job` takes it ({LOCAL_JOB_API}); default: RAY_API_SERVER_ADDRESS, else {LOCAL_JOB_API}.",
+    ),
 ]
 # Ray's submission ids (raysubmit_...), job ids (hex) and ids given at submission: a URL path segment, never '..'.
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,255}")
-SubmissionId = Annotated[str, typer.Argument(help="The job's submission id (from submit or list).", show_default=False)]
+SubmissionId = Annotated[str, typer.Argument(metavar="SUBMISSION_ID", help="The job's submission id (from submit or list).", show_default=False)]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the job's log until it ends; exit with its status.")]
 
 
 def job_client(address: str | None):
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # clusters Ray 2.60 starts ask for its token; read at import
     from ray.job_submission import JobSubmissionClient  # ray: only now
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or LOCAL_JOB_API
@@ -73,10 +77,31 @@ def shown(text: str) -> str:
     return escape(redact_text(text))
 
 
-def mlflow_run_url(logs: str) -> str | None:
-    """The MLflow run the job's driver opened, from the line it prints (as shown: the log is the job's text)."""
-    found = MLFLOW_RUN.search(logs)
-    return shown(found.group(1)) if found else None
+def job_tracking_uri(job) -> str:
+    """The store a job's driver logs to: the MLFLOW_TRACKING_URI it was submitted with (`submit` sends this
+    shell's), else this shell's default. A tracking.uri set in the job file itself is not known here."""
+    from orchestrator.tracking.run import default_tracking_uri  # mlflow: only now
+
+    env_vars = (job.runtime_env or {}).get("env_vars") or {}
+    return env_vars.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def job_runs(jobs: list) -> dict:
+    """The MLflow run (tracking/run.py TrackedRun) of each job that opened one, by submission id: one search per
+    job, in the store each was submitted with. A store that does not answer is said once, on stderr."""
+    from orchestrator.tracking.run import store_answers, submitted_runs  # mlflow: only now
+
+    by_store = defaultdict(list)
+    for job in jobs:
+        if job.submission_id and SUBMISSION_ID.fullmatch(job.submission_id):  # no quote to end the search's string
+            by_store[job_tracking_uri(job)].append(job.submission_id)
+    runs = {}
+    for uri, submission_ids in by_store.items():
+        if store_answers(uri):
+            runs |= submitted_runs(uri, submission_ids)
+        else:
+            print(f"MLflow store {shown(uri)} does not answer: its runs are not shown", file=sys.stderr)
+    return runs
 
 
 def entrypoint(file: Path, overrides: list[str], working_dir: Path) -> str:
@@ -104,23 +129,25 @@ def follow_logs(client, submission_id: str) -> str:
     return status
 
 
-def finish(client, submission_id: str, status: str) -> None:
-    url = mlflow_run_url(client.get_job_logs(submission_id))
-    print(f"job {submission_id}: {status}" + (f" | MLflow run: {url}" if url else ""))
+def finish(submission_id: str, status: str) -> None:
+    """After a followed log, which ends with the MLflow run's URL its driver printed."""
+    print(f"job {submission_id}: {status}")
     raise typer.Exit(EXIT_CODES[status])
 
 
 @app.command()
 def submit(
-    file: Annotated[Path, typer.Argument(help="Job or sweep YAML file.", show_default=False)],
+    file: JobOrSweepFile,
     overrides: Overrides = [],
     follow: Follow = False,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")] = Path("."),
+    working_dir: Annotated[Path, typer.Option(metavar="DIR", help="Directory uploaded for the job (Ray applies .gitignore and .rayignore).")] = Path("."),
     address: Address = None,
 ) -> None:
-    """Check a job or sweep file, then submit it to the cluster's job API; MLFLOW_TRACKING_URI set here goes with it.
+    """Check a job or sweep file, then submit it to the cluster. MLFLOW_TRACKING_URI set here goes with it.
 
-    Example: orchestrator submit jobs/gpt-tiny.yaml --follow
+    \b
+    Example:
+      orchestrator submit jobs/gpt-tiny.yaml --follow
     """
     if not os.path.isdir(working_dir):  # os.path's answers False for a name the system refuses (too long, NUL)
         raise UserError(f"--working-dir: {working_dir} is not a directory")
@@ -132,14 +159,16 @@ def submit(
     print(f"submitted {submission_id}: {shown(command)}")
     print(f"Ray dashboard: {client.get_address()}/#/jobs/{submission_id}", flush=True)
     if follow:
-        finish(client, submission_id, follow_logs(client, submission_id))
+        finish(submission_id, follow_logs(client, submission_id))
 
 
 @app.command()
 def status(submission_id: SubmissionId, address: Address = None) -> None:
     """A job's status, entrypoint, times and MLflow run.
 
-    Example: orchestrator status raysubmit_XYZ
+    \b
+    Example:
+      orchestrator status raysubmit_XYZ
     """
     client, info = known_job_client(address, submission_id)
     print(f"job {submission_id}: {info.status.value}" + (f" ({shown(info.message)})" if info.message else ""))
@@ -147,19 +176,23 @@ def status(submission_id: SubmissionId, address: Address = None) -> None:
     if info.start_time:
         end = info.end_time or time.time() * 1000
         print(f"started: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.start_time / 1000))}, {(end - info.start_time) / 1000:.0f} s")
-    if url := mlflow_run_url(client.get_job_logs(submission_id)):
-        print(f"MLflow run: {url}")
+    if run := job_runs([info]).get(submission_id):
+        from orchestrator.tracking.run import print_run_url
+
+        print_run_url(run)
 
 
 @app.command()
 def logs(submission_id: SubmissionId, follow: Follow = False, address: Address = None) -> None:
-    """A job's log (its driver's output); --follow streams it until the job ends and exits with its status.
+    """A job's log (its driver's output). --follow streams it until the job ends and exits with its status.
 
-    Example: orchestrator logs raysubmit_XYZ --follow
+    \b
+    Example:
+      orchestrator logs raysubmit_XYZ --follow
     """
     client, _ = known_job_client(address, submission_id)
     if follow:
-        finish(client, submission_id, follow_logs(client, submission_id))
+        finish(submission_id, follow_logs(client, submission_id))
     sys.stdout.write(client.get_job_logs(submission_id))
 
 
@@ -167,7 +200,9 @@ def logs(submission_id: SubmissionId, follow: Follow = False, address: Address =
 def stop(submission_id: SubmissionId, address: Address = None) -> None:
     """Stop a job. Its MLflow run is marked KILLED and its checkpoints stay: submitted again, it resumes.
 
-    Example: orchestrator stop raysubmit_XYZ
+    \b
+    Example:
+      orchestrator stop raysubmit_XYZ
     """
     client, _ = known_job_client(address, submission_id)
     if not client.stop_job(submission_id):
@@ -180,7 +215,9 @@ def stop(submission_id: SubmissionId, address: Address = None) -> None:
 def list_jobs(address: Address = None) -> None:
     """The cluster's jobs, newest first, with their MLflow runs.
 
-    Example: orchestrator list
+    \b
+    Example:
+      orchestrator list
     """
     from rich.console import Console
     from rich.table import Table
@@ -190,11 +227,12 @@ def list_jobs(address: Address = None) -> None:
     table = Table("submission id", "status", "started", "entrypoint", "MLflow run")
     for column in table.columns[:3] + table.columns[4:]:  # ids and URLs whole, to copy
         column.no_wrap = True
-    for job in sorted(client.list_jobs(), key=lambda job: job.start_time or 0, reverse=True):
-        if not job.submission_id:  # drivers started by hand (python -m orchestrator train) have no job API entry
-            continue
+    # A driver started by hand (python -m orchestrator train) has no submission id to follow it by.
+    jobs = sorted((job for job in client.list_jobs() if job.submission_id), key=lambda job: job.start_time or 0, reverse=True)
+    runs = job_runs(jobs)
+    for job in jobs:
         started = time.strftime("%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
-        url = mlflow_run_url(client.get_job_logs(job.submission_id)) or ""
+        url = runs[job.submission_id].url if job.submission_id in runs else ""
         # Text, not markup: an entrypoint holds brackets (--set data.paths=[...]) that rich would read as tags
         table.add_row(job.submission_id, str(job.status.value), started, Text(shown(job.entrypoint or "")), Text(url))
     Console(width=200).print(table)

@@ -10,15 +10,44 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.app import app
-from orchestrator.config import JobConfig, UserError, load_job
-from orchestrator.config.load import is_sweep, load_sweep, read_yaml, storage_path
+from orchestrator.config import JobConfig, UserError
+from orchestrator.config.load import is_sweep, read_yaml
 from orchestrator.config.names import file_name
-from orchestrator.config.paths import path_inside
+from orchestrator.config.paths import path_inside, storage_path
+from orchestrator.data.checks import checked_job, checked_sweep
 from orchestrator.train.manifest import check_resumable
 
-JobFile = Annotated[Path, typer.Argument(help="Job YAML file.", show_default=False)]
+JobFile = Annotated[Path, typer.Argument(metavar="JOB_FILE", help="Job YAML file.", show_default=False)]
+JobOrSweepFile = Annotated[Path, typer.Argument(metavar="FILE", help="Job or sweep YAML file.", show_default=False)]
 Overrides = Annotated[
-    list[str], typer.Option("--set", help="Override a key of the job: --set train.max_steps=50 (repeatable).")
+    list[str],
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Set a key of the job (of a sweep: of its base job, after the sweep's overrides), the value read as YAML: --set train.max_steps=50; repeatable.",
+    ),
+]
+
+
+def check_ray_address(address: str | None) -> str | None:
+    """Refuses, before connecting, a job API URL given where the cluster itself is meant (they are easily swapped)."""
+    if address and "://" in address and not address.startswith("ray://"):
+        raise UserError(
+            f"--address: {address} is a URL; give the Ray cluster's GCS address (host:6379) or auto "
+            "(a job API's URL is for submit, status, logs, stop and list)"
+        )
+    return address
+
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="ADDRESS",
+        callback=check_ray_address,
+        help="The Ray cluster to run on: its GCS address, as ray.init takes it (127.0.0.1:6379, or auto); default: "
+        "RAY_ADDRESS, else the local head, else an embedded Ray.",
+    ),
 ]
 
 
@@ -26,79 +55,84 @@ Overrides = Annotated[
 def train(
     job_file: JobFile,
     overrides: Overrides = [],
-    restart: Annotated[
-        bool, typer.Option("--restart", help="Start over: delete the checkpoints of the job's run_name and open a new MLflow run.")
-    ] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over: delete the checkpoints of the job's run_name and open a new MLflow run.")] = False,
+    address: RayAddress = None,
 ) -> None:
     """Run a training job on the Ray cluster (or an embedded one). A job submitted again with the same
     tracking.run_name resumes from its last checkpoint, in the same MLflow run, unless --restart.
 
-    Example: python -m orchestrator train jobs/gpt-tiny.yaml --set deepspeed.zero_stage=3
+    \b
+    Example:
+      python -m orchestrator train jobs/gpt-tiny.yaml --set deepspeed.zero_stage=3
     """
-    job = load_job(job_file, overrides)
+    job = checked_job(job_file, overrides)
     # Without a run_name, the run is named after the job file (and the time), so that name must be a valid one.
     job_name = None if job.tracking.run_name else file_name(job_file, instead="tracking.run_name")
     if job.tracking.run_name and not restart:
         check_resumable(job, path_inside(storage_path(job), job.tracking.run_name, "tracking.run_name"))
     from orchestrator.train.launch import launch  # torch, ray, deepspeed: only now
 
-    result, run = launch(job, job_name, restart=restart)
-    summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
-    print(f"finished: {summary}")
-    print(f"MLflow run: {run.url}")
+    launch(job, job_name, restart=restart, address=address)
 
 
 @app.command()
-def prepare(job_file: JobFile, overrides: Overrides = []) -> None:
-    """Run only the job's data pipeline: clean, tokenize, encode and cache its data, and print the data report.
+def prepare(job_file: JobFile, overrides: Overrides = [], address: RayAddress = None) -> None:
+    """Run the job's data pipeline only, and print its data report. It cleans, tokenizes, encodes and caches the
+    data, on the Ray cluster, for the jobs that train on it.
 
-    Example: python -m orchestrator prepare jobs/fortunes-classify.yaml
+    \b
+    Example:
+      python -m orchestrator prepare jobs/fortunes-classify.yaml
     """
-    job = load_job(job_file, overrides)
+    job = checked_job(job_file, overrides)
     from orchestrator import runtime  # ray: only now
     from orchestrator.data.pipeline import prepare as prepare_data
 
-    print(f"connected to {runtime.connect()}", flush=True)
+    print(f"connected to {runtime.connect(address)}", flush=True)
     prepare_data(job)
 
 
 @app.command()
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file.", show_default=False)],
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP_FILE", help="Sweep YAML file.", show_default=False)],
+    overrides: Overrides = [],
+    address: RayAddress = None,
 ) -> None:
-    """Run a hyperparameter sweep of a job with Ray Tune; the same sweep run again resumes it.
+    """Run a hyperparameter sweep of a job with Ray Tune. The same sweep run again resumes it.
 
-    Example: python -m orchestrator sweep jobs/sweeps/lr-schedules.yaml
+    \b
+    Example:
+      python -m orchestrator sweep jobs/sweeps/lr-schedules.yaml --set train.max_steps=50
     """
-    loaded = load_sweep(sweep_file)
+    loaded = checked_sweep(sweep_file, overrides)
     from orchestrator.tune.sweep import run_sweep  # torch, ray, deepspeed: only now
 
-    _, parent = run_sweep(loaded)
-    print(f"MLflow sweep run: {parent.url}")
+    run_sweep(loaded, address)
 
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="Job or sweep YAML file.", show_default=False)],
+    file: JobOrSweepFile,
     overrides: Overrides = [],
 ) -> None:
-    """Check a job or sweep file without running it; exit 0 if good, 2 with the problem if not.
+    """Check a job or sweep file without running it. Exit 0 if it is good, 2 with the problem if not.
 
-    Example: python -m orchestrator validate jobs/sweeps/lr-schedules.yaml
+    \b
+    Example:
+      python -m orchestrator validate jobs/sweeps/lr-schedules.yaml
     """
     check_file(file, overrides)
     print(f"{file}: valid")
 
 
 def check_file(file: Path, overrides: list[str]) -> bool:
-    """Loads a job or sweep file as its command would, raising a UserError for any problem; True for a sweep."""
+    """Loads a job or sweep file as its command would, raising a UserError for any problem; True for a sweep. Writes
+    nothing."""
     raw = read_yaml(file)  # once: a file can be megabytes
     sweep = is_sweep(raw)
     if sweep:
-        if overrides:
-            raise UserError("--set: applies to job files; a sweep sets job keys in its overrides section")
-        load_sweep(file, raw)
-    elif not load_job(file, overrides, raw).tracking.run_name:
+        checked_sweep(file, overrides, raw)
+    elif not checked_job(file, overrides, raw).tracking.run_name:
         file_name(file, instead="tracking.run_name")  # the run is named after the file
     return sweep
 
@@ -106,29 +140,33 @@ def check_file(file: Path, overrides: list[str]) -> bool:
 ModelSpec = Annotated[
     str,
     typer.Argument(
+        metavar="MODEL",
         help="Exported model directory, MLflow URI (runs:/<run_id>/model) or job YAML file (its latest run).",
         show_default=False,
     ),
 ]
 Inputs = Annotated[
     list[Path],
-    typer.Option("--input", "-i", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False),
+    typer.Option("--input", "-i", metavar="FILE", help="Input file (jsonl, json, parquet, csv, txt); repeatable.", show_default=False),
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Rows per model call.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", metavar="ROWS", min=1, help="Rows per model call.")]
 
 
 @app.command()
 def predict(
     model: ModelSpec,
     inputs: Inputs,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the predictions.", show_default=False)],
-    output_format: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
-    text_field: Annotated[str | None, typer.Option(help="Column holding the text; default: the trained one.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR", help="Directory for the predictions.", show_default=False)],
+    output_format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="parquet or jsonl.")] = "parquet",
+    text_field: Annotated[str | None, typer.Option(metavar="COLUMN", help="Column holding the text; default: the trained one.")] = None,
     batch_size: BatchSize = 32,
+    address: RayAddress = None,
 ) -> None:
-    """Write the model's predictions for every row of the input files, with an actor pool on the Ray cluster.
+    """Write a model's predictions for every row of input files. An actor pool on the Ray cluster runs the model.
 
-    Example: python -m orchestrator predict jobs/gpt-tiny.yaml -i corpus.jsonl -o predictions/ --format jsonl
+    \b
+    Example:
+      python -m orchestrator predict jobs/gpt-tiny.yaml -i corpus.jsonl -o predictions/ --format jsonl
     """
     from orchestrator import runtime  # ray, torch: only now
     from orchestrator.inference import batch
@@ -136,7 +174,7 @@ def predict(
     files = batch.check_inputs([str(path) for path in inputs])  # mistakes first, before connecting
     batch.check_output(output, output_format)
     model_dir = batch.resolve_model(model, None)
-    print(f"connected to {runtime.connect()}")
+    print(f"connected to {runtime.connect(address)}")
     batch.predict(model_dir, files, output, output_format, text_field, batch_size=batch_size)
 
 
@@ -144,12 +182,15 @@ def predict(
 def evaluate(
     model: ModelSpec,
     inputs: Inputs,
-    output_json: Annotated[Path | None, typer.Option(help="Also write the metrics to this JSON file.")] = None,
+    output_json: Annotated[Path | None, typer.Option(metavar="FILE", help="Also write the metrics to this JSON file.")] = None,
     batch_size: BatchSize = 32,
+    address: RayAddress = None,
 ) -> None:
-    """Score the model on labelled input files with the metrics its task reports in training.
+    """Score a model on labelled input files. The metrics are those its task reports in training.
 
-    Example: python -m orchestrator evaluate runs:/<run_id>/model -i data/val.jsonl --output-json metrics.json
+    \b
+    Example:
+      python -m orchestrator evaluate runs:/<run_id>/model -i data/val.jsonl --output-json metrics.json
     """
     from orchestrator import runtime  # ray, torch: only now
     from orchestrator.inference import batch
@@ -158,7 +199,7 @@ def evaluate(
     if output_json and (os.path.isdir(output_json) or not os.path.isdir(output_json.absolute().parent)):
         raise UserError(f"--output-json: {output_json} cannot be written (a directory, or in a directory that does not exist)")
     model_dir = batch.resolve_model(model, None)
-    print(f"connected to {runtime.connect()}")
+    print(f"connected to {runtime.connect(address)}")
     metrics = batch.evaluate(model_dir, files, batch_size=batch_size)
     if output_json:
         output_json.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -167,11 +208,13 @@ def evaluate(
 
 @app.command()
 def schema(
-    markdown: Annotated[bool, typer.Option("--markdown", help="The reference table of every key instead (the README's).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The reference table of every key instead (the one in docs/jobs.md).")] = False,
 ) -> None:
-    """Print the JSON schema of job files (for editors), or with --markdown the job file reference.
+    """Print the JSON schema of job files (for editors). With --markdown: the job file reference.
 
-    Example: python -m orchestrator schema --markdown
+    \b
+    Example:
+      python -m orchestrator schema --markdown
     """
     if markdown:
         from orchestrator.config.reference import markdown as reference
@@ -191,19 +234,27 @@ def plan(
     overrides: Overrides = [],
     memory_per_worker: Annotated[
         float | None,
-        typer.Option(help="GiB each worker may use; default: the local GPU's memory (GPU jobs), or this machine's memory shared by the workers."),
+        typer.Option(
+            metavar="GIB",
+            help="GiB each worker may use; default: the local GPU's memory (GPU jobs), or this machine's memory shared by the workers.",
+        ),
     ] = None,
 ) -> None:
-    """Before running: the model's parameters and, for each ZeRO stage and offload choice, memory per worker (ZeRO
-    paper, DeepSpeed's estimators, activations), what fits, and which to use.
+    """Estimate a job's memory per worker, before running it. Prints the model's parameters and, for each ZeRO stage
+    and offload choice, memory per worker (ZeRO paper, DeepSpeed's estimators, activations) and whether it fits; then
+    the job's own choice, and which option to use.
 
-    Example: python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
+    \b
+    Example:
+      python -m orchestrator plan jobs/gpt-tiny.yaml --set scaling.num_workers=4
     """
     if memory_per_worker is not None and not 0 < memory_per_worker < math.inf:
         raise UserError(f"--memory-per-worker: GiB, a positive number (got {memory_per_worker})")
-    job = load_job(job_file, overrides)
+    job = checked_job(job_file, overrides)
+    # plan runs nothing on a device: DeepSpeed, imported for pipeline layouts, need not look for one (and warn)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import psutil
-    import torch  # torch, deepspeed: only now
+    import torch  # torch: only now
     from rich.console import Console
     from rich.table import Table
 
@@ -219,13 +270,17 @@ def plan(
     size = planning.model_size(job)
     options, choice = planning.plan(job, size, available)
     workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"
-    print(f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
-          f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}")
+    print(
+        f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
+        f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}"
+    )
     split = job.parallelism
     if split.layout != "data":
-        print(f"data x tensor x pipeline = {job.data_parallel_size} x {split.tensor} x {split.pipeline}: at most "
-              f"{size.worker_parameters:,} parameters per worker ({size.worker_parameters / size.parameters:.0%}), "
-              f"ZeRO over {job.data_parallel_size} replica(s), stages 0-{split.highest_zero_stage}")
+        print(
+            f"data x tensor x pipeline = {job.data_parallel_size} x {split.tensor} x {split.pipeline}: at most "
+            f"{size.worker_parameters:,} parameters per worker ({size.worker_parameters / size.parameters:.0%}), "
+            f"ZeRO over {job.data_parallel_size} replica(s), stages 0-{split.highest_zero_stage}"
+        )
     print(f"activations per worker: {readable_bytes(planning.activation_bytes(job, size))}; memory per worker: {readable_bytes(available)}")
     table = Table("option", "model states (ZeRO paper)", "DeepSpeed estimate: device", "DeepSpeed estimate: host", "needed per worker", "fits")
     for option in options:
@@ -234,5 +289,10 @@ def plan(
     Console(width=160).print(table)
     if not job.scaling.use_gpu:
         print("On CPU, offloaded states stay in the same memory: needed = ZeRO paper + activations + the worker process.")
-    print(f"recommended: {choice} (the fitting option with the least communication)" if choice else
-          "recommended: none fits; add workers, lower train.micro_batch_size or data.seq_len, or use a machine with more memory")
+    own = planning.option_plan(job, planning.job_option(job), size, available)
+    print(f"your job: {own.name} ({'fits' if own.fits else 'does not fit'}, {readable_bytes(own.needed_bytes)} per worker)")
+    print(
+        f"recommended: {choice} (the fitting option with the least communication)"
+        if choice
+        else "recommended: none fits; add workers, lower train.micro_batch_size or data.seq_len, or use a machine with more memory"
+    )

@@ -1,12 +1,12 @@
 """The job file's schema. Every key a user can write is declared here, with its default and documentation;
-validation, `orchestrator schema` and the README's reference all come from these classes.
+validation, `orchestrator schema` and the reference in docs/jobs.md all come from these classes.
 
 Nothing here imports torch or ray: `orchestrator validate` must answer in well under a second.
 """
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -101,12 +101,8 @@ class ModelConfig(Section):
     family: Literal[tuple(FAMILIES)] = Field("gpt2", description="Architecture family (a key of models.families).")
     size: str = Field("tiny", description="Size preset of the family (models/families.py), e.g. tiny or small.")
     dims: ModelDims = ModelDims()
-    pretrained: PathText | None = Field(
-        None, description="Local Hugging Face model directory to start from instead of random initialisation."
-    )
-    dropout: Real | None = Field(
-        None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own."
-    )
+    pretrained: PathText | None = Field(None, description="Local Hugging Face model directory to start from instead of random initialisation.")
+    dropout: Real | None = Field(None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
 
     @model_validator(mode="after")
@@ -130,7 +126,7 @@ class ModelConfig(Section):
             raise ValueError(f"dims.kv_heads: {dims['kv_heads']} key/value heads cannot group {dims['heads']} heads")
 
     def pretrained_config(self) -> dict | None:
-        """The pretrained model's config.json, if it is there (a missing directory is reported by check_inputs)."""
+        """The pretrained model's config.json, if it is there (a missing directory is reported by data/checks.py)."""
         path = Path(self.pretrained).expanduser() / "config.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
@@ -179,16 +175,12 @@ class CleanConfig(Section):
     dedup_exact, dedup_near, then length_tokens once the tokenizer exists. Every dropped row goes to the
     quarantine file with its stage and reason."""
 
-    normalize: bool = Field(
-        False, description="NFKC Unicode normalization, control characters removed, spaces and blank lines collapsed."
-    )
+    normalize: bool = Field(False, description="NFKC Unicode normalization, control characters removed, spaces and blank lines collapsed.")
     min_chars: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts shorter than this many characters.")
     max_chars: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts longer than this many characters.")
     min_tokens: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts of fewer tokens than this.")
     max_tokens: Int | None = Field(None, gt=0, le=MAX_TEXT_LENGTH, description="Drop texts of more tokens than this.")
-    check_labels: bool = Field(
-        True, description="Labelled data: drop unknown labels (see data.labels) and texts given conflicting labels."
-    )
+    check_labels: bool = Field(True, description="Labelled data: drop unknown labels (see data.labels) and texts given conflicting labels.")
     dedup_exact: bool = Field(False, description="Drop exact repeats of a text (after normalization), keeping the first.")
     dedup_near: NearDedupConfig | None = Field(None, description="Drop near-duplicates (MinHash LSH); null: off.")
 
@@ -216,18 +208,12 @@ class DataConfig(Section):
         description="Local files or globs (jsonl, json, parquet, csv, txt); ~ and $VARS are expanded. Nothing under "
         "/proc, /sys or /dev, and no recursive ** from the filesystem root (it would walk every mounted disk).",
     )
-    format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field(
-        "auto", description="File format; auto infers it from the extension."
-    )
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field("auto", description="File format; auto infers it from the extension.")
     text_field: str = Field("text", description="Column holding the text (txt files: each line is a row).")
     label_field: str | None = Field(None, description="sequence_classification: column holding the label.")
-    labels: list[str] | None = Field(
-        None, min_length=2, description="sequence_classification: the known labels; default: those found in the data."
-    )
+    labels: list[str] | None = Field(None, min_length=2, description="sequence_classification: the known labels; default: those found in the data.")
     target_field: str | None = Field(None, description="seq2seq: column holding the target text (text_field: the source).")
-    strict: bool = Field(
-        False, description="Malformed lines, undecodable bytes and rows missing a field are errors, not quarantined."
-    )
+    strict: bool = Field(False, description="Malformed lines, undecodable bytes and rows missing a field are errors, not quarantined.")
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -309,14 +295,7 @@ class PolynomialSchedule(_Schedule):
 
 
 ScheduleConfig = Annotated[
-    Union[
-        ConstantSchedule,
-        LinearSchedule,
-        CosineSchedule,
-        CosineWithRestartsSchedule,
-        ExponentialSchedule,
-        PolynomialSchedule,
-    ],
+    ConstantSchedule | LinearSchedule | CosineSchedule | CosineWithRestartsSchedule | ExponentialSchedule | PolynomialSchedule,
     Field(discriminator="name"),
 ]
 SCHEDULE_CLASSES = {get_args(cls.model_fields["name"].annotation)[0]: cls for cls in get_args(get_args(ScheduleConfig)[0])}
@@ -347,9 +326,7 @@ class TrainConfig(Section):
                 raise ValueError("lr: set train.lr or train.optimizer.lr, not both")
             self.optimizer.lr = self.lr
         if self.max_steps is not None and self.schedule.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"schedule.warmup_steps: {self.schedule.warmup_steps} exceeds max_steps ({self.max_steps})"
-            )
+            raise ValueError(f"schedule.warmup_steps: {self.schedule.warmup_steps} exceeds max_steps ({self.max_steps})")
         if isinstance(self.schedule, PolynomialSchedule) and self.schedule.lr_end >= self.optimizer.lr:
             raise ValueError(f"schedule.lr_end: must be below the learning rate ({self.optimizer.lr})")
         return self
@@ -404,11 +381,16 @@ class ParallelismConfig(Section):
         None, gt=0, le=MAX_WORKERS, description="Data-parallel replicas (ZeRO shards over these); default: scaling.num_workers / (tensor x pipeline)."
     )
     tensor: Int = Field(
-        1, gt=0, le=MAX_WORKERS, description="Tensor-parallel degree: each linear layer split over this many workers (DeepSpeed AutoTP; "
-        "llama causal LMs, ZeRO stage 0-2).",
+        1,
+        gt=0,
+        le=MAX_WORKERS,
+        description="Tensor-parallel degree: each linear layer split over this many workers (DeepSpeed AutoTP; llama causal LMs, ZeRO stage 0-2).",
     )
     pipeline: Int = Field(
-        1, gt=0, le=MAX_WORKERS, description="Pipeline stages the layers are partitioned over (DeepSpeed PipelineModule; gpt2 causal LMs, "
+        1,
+        gt=0,
+        le=MAX_WORKERS,
+        description="Pipeline stages the layers are partitioned over (DeepSpeed PipelineModule; gpt2 causal LMs, "
         "ZeRO stage 0-1); train.grad_accum_steps micro batches flow through them per step.",
     )
 
@@ -426,9 +408,7 @@ class ParallelismConfig(Section):
 class CheckpointConfig(Section):
     every_steps: Int | None = Field(100, gt=0, le=MAX_STEPS, description="Checkpoint every N optimizer steps (and at the end).")
     keep: Int = Field(2, gt=0, le=MAX_CHECKPOINTS_KEPT, description="Checkpoints kept; older ones are deleted.")
-    max_failures: Int = Field(
-        2, ge=-1, le=MAX_RESTARTS, description="Worker-group restarts from the latest checkpoint before the job fails (-1: no limit)."
-    )
+    max_failures: Int = Field(2, ge=-1, le=MAX_RESTARTS, description="Worker-group restarts from the latest checkpoint before the job fails (-1: no limit).")
     dir: PathText = Field(
         "~/orchestrator/runs",
         description="Run storage: a local path or a pyarrow URI; storage every node sees on a multi-node cluster "
@@ -440,9 +420,7 @@ class CheckpointConfig(Section):
 class TrackingConfig(Section):
     uri: PathText | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db.")
     experiment: Name = Field("orchestrator", description="MLflow experiment of the run.")
-    run_name: Name | None = Field(
-        None, description="Names the run; a job submitted again with the same run_name resumes it."
-    )
+    run_name: Name | None = Field(None, description="Names the run; a job submitted again with the same run_name resumes it.")
     tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the run's own (task, model, ZeRO stage...).")
     registered_model: Name | None = Field(
         None,
@@ -461,9 +439,7 @@ class TrackingConfig(Section):
 class JobConfig(Section):
     """A training job: everything `orchestrator train` needs, in one YAML file."""
 
-    task: Literal[tuple(TASKS)] = Field(
-        "causal_lm", description="What the model learns (a key of models.tasks)."
-    )
+    task: Literal[tuple(TASKS)] = Field("causal_lm", description="What the model learns (a key of models.tasks).")
     model: ModelConfig = ModelConfig()
     data: DataConfig
     train: TrainConfig
@@ -479,9 +455,7 @@ class JobConfig(Section):
             raise ValueError("deepspeed.precision: fp16 needs a GPU (scaling.use_gpu: true); use bf16 or fp32 on CPU")
         positions = self.model.dim("max_positions")
         if positions and self.data.seq_len > positions:
-            raise ValueError(
-                f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)"
-            )
+            raise ValueError(f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)")
         task = TASKS[self.task]
         if self.model.family not in task.families:
             raise ValueError(f"model.family: {self.task} trains {', '.join(task.families)} models (got {self.model.family!r})")
@@ -525,9 +499,7 @@ class JobConfig(Section):
             able = [name for name, other in FAMILIES.items() if kind in other.model_parallel]
             raise ValueError(f"parallelism.{kind}: splits {', '.join(able)} models, not {self.model.family}")
         if self.deepspeed.zero_stage > split.highest_zero_stage:
-            raise ValueError(
-                f"deepspeed.zero_stage: {kind} parallelism works with ZeRO stage 0-{split.highest_zero_stage} (got {self.deepspeed.zero_stage})"
-            )
+            raise ValueError(f"deepspeed.zero_stage: {kind} parallelism works with ZeRO stage 0-{split.highest_zero_stage} (got {self.deepspeed.zero_stage})")
         if self.scaling.min_workers:
             raise ValueError(f"scaling.min_workers: a {kind}-parallel job cannot be elastic (its groups need every worker)")
         if self.model.pretrained:

@@ -1,10 +1,8 @@
 """YAML file + `--set` overrides -> a validated JobConfig (or SweepConfig), or a UserError naming the field."""
 
 import copy
-import glob
 import os
 import re
-import tempfile
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +14,10 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.config.errors import CONTROL_CHARACTERS, MAX_ECHO_CHARS, UserError, printable
 from orchestrator.config.job import SCHEDULE_CLASSES, SCHEDULE_NAMES, JobConfig
 from orchestrator.config.names import file_name
+from orchestrator.config.paths import expand_path
+from orchestrator.config.redact import is_secret_name, redact_text
 from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
-from orchestrator.tracking.redact import is_secret_name, redact_text
 
 MAX_YAML_VALUES = 100_000  # far more than any job needs; YAML aliases can make a small file expand without bound
 MAX_YAML_DEPTH = 64  # far deeper than any job nests; PyYAML composes (and Python copies) nested values recursively
@@ -265,101 +264,6 @@ def validate(raw: dict[str, Any], model: type[BaseModel] = JobConfig):
         raise UserError(redact_text(format_validation_error(err), raw)) from None
 
 
-def expand_path(pattern: str) -> str:
-    return os.path.expanduser(os.path.expandvars(pattern))
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def storage_path(job: JobConfig) -> str:
-    """Where the job's runs keep their checkpoints: checkpoint.dir, made absolute unless it is a URI."""
-    path = expand_path(job.checkpoint.dir)
-    return path if is_uri(path) else os.path.abspath(path)
-
-
-PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # the kernel's views: not data, and some of their files never end
-
-
-def pseudo_filesystem(path: str) -> str | None:
-    """The pseudo filesystem an absolute path lies in, if any."""
-    return next((root for root in PSEUDO_FILESYSTEMS if path == root or path.startswith(root + "/")), None)
-
-
-def glob_problem(pattern: str) -> str | None:
-    """Why a local data path or glob may not be read: it lies in a pseudo filesystem, or its recursive ** starts at
-    the filesystem root (it would walk every mounted disk, /proc included). None if it may."""
-    path = os.path.abspath(pattern)
-    wildcard = min((path.find(char) for char in "*?[" if char in path), default=-1)
-    start = os.path.realpath(os.path.dirname(path[:wildcard]) if wildcard >= 0 else path)  # where the walk begins
-    if where := pseudo_filesystem(start):
-        return f"{where} is a pseudo filesystem, not data"
-    if "**" in path and start == "/":
-        return "a recursive ** may not start at the filesystem root; start it in the data's directory"
-    return None
-
-
-def resolve_data_files(job: JobConfig) -> list[str]:
-    """Expands globs of local paths (URIs pass through to pyarrow). Missing or empty input is a UserError."""
-    files: list[str] = []
-    for index, pattern in enumerate(job.data.paths):
-        pattern = expand_path(pattern)
-        if is_uri(pattern):
-            files.append(pattern)
-            continue
-        if problem := glob_problem(pattern):
-            raise UserError(f"data.paths[{index}]: {printable(repr(pattern))}: {problem}")
-        if os.path.isdir(pattern):
-            raise UserError(f"data.paths[{index}]: {pattern!r} is a directory; name its files, e.g. '{pattern}/*.jsonl'")
-        matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
-        if not matches:
-            raise UserError(f"data.paths[{index}]: no file matches {pattern!r}")
-        files.extend(matches)
-    local = [path for path in files if not is_uri(path)]
-    if local and len(local) == len(files) and sum(os.path.getsize(path) for path in local) == 0:
-        raise UserError(f"data.paths: the corpus is empty ({len(local)} files, 0 bytes)")
-    return files
-
-
-def output_dir_problem(path: str) -> str | None:
-    """Why a local output directory could not be made and written, or None. Creates nothing: the nearest existing
-    directory on its way is probed with a temporary directory, removed at once."""
-    target = Path(os.path.abspath(path))
-    if where := pseudo_filesystem(str(target)):
-        return f"{where} is a pseudo filesystem"
-    try:
-        ancestor = next(folder for folder in (target, *target.parents) if os.path.lexists(folder))
-        if not ancestor.is_dir():
-            return f"{ancestor} is not a directory"
-        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=ancestor))
-    except OSError as err:
-        return err.strerror
-    return None
-
-
-def check_output_dirs(job: JobConfig) -> None:
-    """checkpoint.dir and, if the cache is on, data.cache_dir: local ones must be writable (URIs are pyarrow's)."""
-    outputs = {"checkpoint.dir": job.checkpoint.dir, "data.cache_dir": job.data.cache_dir if job.data.cache else None}
-    for field, path in outputs.items():
-        if path and not is_uri(expanded := expand_path(path)) and (problem := output_dir_problem(expanded)):
-            hint = "; fix it or set data.cache: false" if field == "data.cache_dir" else ""
-            raise UserError(f"{field}: {printable(path)} is not writable ({problem}){hint}")
-
-
-def check_inputs(job: JobConfig) -> None:
-    """Checks what the schema cannot: that the output directories can be written, and that the files the job names
-    exist, hold something and have the columns it reads. All before Ray starts, and before any data is read."""
-    from orchestrator.data.read import check_columns  # the data package needs this one loaded first
-
-    check_output_dirs(job)
-    check_columns(job, resolve_data_files(job))
-    if job.data.tokenizer.path and not os.path.exists(expand_path(job.data.tokenizer.path)):
-        raise UserError(f"data.tokenizer.path: {job.data.tokenizer.path!r} does not exist")
-    if job.model.pretrained and not os.path.isfile(os.path.join(expand_path(job.model.pretrained), "config.json")):
-        raise UserError(f"model.pretrained: {job.model.pretrained!r} is not a Hugging Face model directory")
-
-
 def in_file(path: str | Path, err: UserError) -> UserError:
     """The error with the file it is about in front of each of its lines."""
     return UserError("\n".join(f"{path}: {line}" for line in str(err).splitlines()))
@@ -369,11 +273,9 @@ def load_job(path: str | Path, overrides: list[str] = (), raw: dict[str, Any] | 
     """The job of the file at `path` with `overrides`; `raw`: the file's mapping where the caller has read it."""
     raw = with_shared_storage(apply_overrides(read_yaml(path) if raw is None else raw, list(overrides)))
     try:
-        job = validate(raw)
-        check_inputs(job)
+        return validate(raw)
     except UserError as err:
         raise in_file(path, err) from None
-    return job
 
 
 # --- sweeps ------------------------------------------------------------------------------------------
@@ -406,6 +308,7 @@ class LoadedSweep:
     path: Path
     config: SweepConfig
     name: str
+    base_path: Path  # the base job file
     base_raw: dict[str, Any]  # the base job file with the sweep's overrides applied
     base_job: JobConfig
 
@@ -428,8 +331,9 @@ class LoadedSweep:
         return validate(self.trial_raw(values))
 
 
-def load_sweep(path: str | Path, raw: dict[str, Any] | None = None) -> LoadedSweep:
-    """The sweep of the file at `path`; `raw`: the file's mapping where the caller has read it."""
+def load_sweep(path: str | Path, overrides: list[str] = (), raw: dict[str, Any] | None = None) -> LoadedSweep:
+    """The sweep of the file at `path`, its base job with `overrides` (--set) applied after the sweep's own; `raw`:
+    the file's mapping where the caller has read it."""
     path = Path(path)
     try:
         config = validate(read_yaml(path) if raw is None else raw, SweepConfig)
@@ -441,14 +345,13 @@ def load_sweep(path: str | Path, raw: dict[str, Any] | None = None) -> LoadedSwe
         if not is_job_key(JobConfig, key):
             raise UserError(f"{path}: overrides.{printable(key)}: not a key of the job (see: orchestrator schema)")
         set_key(base_raw, key, value)
-    with_shared_storage(base_raw)
+    with_shared_storage(apply_overrides(base_raw, list(overrides)))
     try:
         base_job = validate(base_raw)
-        check_inputs(base_job)
     except UserError as err:
         raise in_file(base_path, err) from None
     try:
-        sweep = LoadedSweep(path, config, config.name or file_name(path, instead="name"), base_raw, base_job)
+        sweep = LoadedSweep(path, config, config.name or file_name(path, instead="name"), base_path, base_raw, base_job)
         check_sweep(sweep)
     except UserError as err:
         raise in_file(path, err) from None
@@ -481,6 +384,4 @@ def check_sweep(sweep: LoadedSweep) -> None:
             )
         interval = config.scheduler.perturbation_steps(job.train.eval_every)
         if interval % job.train.eval_every:
-            raise UserError(
-                f"scheduler.perturbation_interval: {interval} is not a multiple of train.eval_every ({job.train.eval_every})"
-            )
+            raise UserError(f"scheduler.perturbation_interval: {interval} is not a multiple of train.eval_every ({job.train.eval_every})")

@@ -1,4 +1,5 @@
-"""Where the framework writes and deletes: only inside its roots, and only in directories it created.
+"""Paths of a job: how its path settings expand, where the framework writes and deletes (only inside its roots,
+and only in directories it created), and which input paths it refuses to read.
 
 `path_inside` builds every run and sweep directory from a root and a name, and refuses one that would lie outside
 the root ('..', an absolute name, a symbolic link out of it). A directory the framework creates for a run or a sweep
@@ -15,10 +16,46 @@ import posixpath
 import pyarrow.fs
 
 from orchestrator.config.errors import UserError
+from orchestrator.config.job import JobConfig
 
 MARKER = "orchestrator_dir.json"  # {"kind": ...}: written by `claim` into a directory it creates
 MAX_MARKER_BYTES = 4096  # a marker is a few bytes: a huge file of that name is read no further than this
 LOCAL_SCHEMES = ("", "file")  # paths on this machine: resolved on disk, symbolic links followed
+
+
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # the kernel's views: not data, and some of their files never end
+
+
+def expand_path(pattern: str) -> str:
+    return os.path.expanduser(os.path.expandvars(pattern))
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def storage_path(job: JobConfig) -> str:
+    """Where the job's runs keep their checkpoints: checkpoint.dir, made absolute unless it is a URI."""
+    path = expand_path(job.checkpoint.dir)
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def pseudo_filesystem(path: str) -> str | None:
+    """The pseudo filesystem an absolute path lies in, if any."""
+    return next((root for root in PSEUDO_FILESYSTEMS if path == root or path.startswith(root + "/")), None)
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why a local data path or glob may not be read: it lies in a pseudo filesystem, or its recursive ** starts at
+    the filesystem root (it would walk every mounted disk, /proc included). None if it may."""
+    path = os.path.abspath(pattern)
+    wildcard = min((path.find(char) for char in "*?[" if char in path), default=-1)
+    start = os.path.realpath(os.path.dirname(path[:wildcard]) if wildcard >= 0 else path)  # where the walk begins
+    if where := pseudo_filesystem(start):
+        return f"{where} is a pseudo filesystem, not data"
+    if "**" in path and start == "/":
+        return "a recursive ** may not start at the filesystem root; start it in the data's directory"
+    return None
 
 
 def _split_uri(path: str) -> tuple[str, str]:
@@ -76,8 +113,7 @@ def claim(directory: str, kind: str, field: str) -> None:
             raise UserError(f"{field}: {directory} is an orchestrator {found} directory, not a {kind}; choose another name")
         if fs.get_file_info(pyarrow.fs.FileSelector(path)):
             raise UserError(
-                f"{field}: {directory} already holds files and was not created by orchestrator "
-                f"(it has no {MARKER}); choose another name, or move it away"
+                f"{field}: {directory} already holds files and was not created by orchestrator (it has no {MARKER}); choose another name, or move it away"
             )
     elif info.type != pyarrow.fs.FileType.NotFound:
         raise UserError(f"{field}: {directory} is a file, not a directory; choose another name")

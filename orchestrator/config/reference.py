@@ -1,10 +1,11 @@
 """The job file reference in markdown, generated from the config models: every key with its type, default and
-description (`orchestrator schema --markdown`; the README's "Job file reference" is this output, and a test keeps
+description (`orchestrator schema --markdown`; the "Job file reference" of docs/jobs.md is this output, and a test keeps
 the two the same)."""
 
 import json
 import types
-from typing import Annotated, Iterator, Literal, Union, get_args, get_origin
+from collections.abc import Iterator
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -48,7 +49,7 @@ def rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, s
         key = f"{prefix}{name}"
         sections = [arg for arg in (get_args(field.annotation) or (field.annotation,)) if isinstance(arg, type) and issubclass(arg, BaseModel)]
         if key == "train.schedule":  # one of several schedules, told apart by name: each key says whose it is
-            yield key, "section", "`{\"name\": \"constant\"}`", "Learning-rate schedule; its `name` picks the keys below."
+            yield key, "section", '`{"name": "constant"}`', "Learning-rate schedule; its `name` picks the keys below."
             yield from schedule_rows(key + ".")
         elif sections:
             yield key, "section", default_text(field), field.description or ""

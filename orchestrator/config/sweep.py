@@ -25,12 +25,8 @@ MAX_SEARCHED_KEYS = 100
 class Distribution(Section):
     """Exactly one of the keys, e.g. `{loguniform: [1e-5, 1e-2]}`."""
 
-    choice: list[Any] | None = Field(
-        None, min_length=1, max_length=MAX_SEARCHED_VALUES, description="Sample one of the values."
-    )
-    grid: list[Any] | None = Field(
-        None, min_length=1, max_length=MAX_SEARCHED_VALUES, description="Try every value (a Tune grid search)."
-    )
+    choice: list[Any] | None = Field(None, min_length=1, max_length=MAX_SEARCHED_VALUES, description="Sample one of the values.")
+    grid: list[Any] | None = Field(None, min_length=1, max_length=MAX_SEARCHED_VALUES, description="Try every value (a Tune grid search).")
     uniform: tuple[Real, Real] | None = Field(None, description="[low, high]")
     loguniform: tuple[Real, Real] | None = Field(None, description="[low, high], both > 0, sampled in log space.")
     randint: tuple[Int, Int] | None = Field(None, description="[low, high): an integer, high excluded.")
@@ -108,13 +104,9 @@ class SchedulerConfig(Section):
 class SweepConfig(Section):
     """A sweep: trials of the base job with values drawn from `search_space`, run by Ray Tune."""
 
-    name: Name | None = Field(
-        None, description="Names the sweep (default: the file's name); the same sweep submitted again resumes."
-    )
+    name: Name | None = Field(None, description="Names the sweep (default: the file's name); the same sweep submitted again resumes.")
     base: PathText = Field(description="The job file every trial starts from, relative to the sweep file.")
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="Dotted job keys set for every trial, e.g. train.max_steps: 100."
-    )
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted job keys set for every trial, e.g. train.max_steps: 100.")
     search_space: dict[str, Distribution] = Field(
         min_length=1, max_length=MAX_SEARCHED_KEYS, description="Dotted job key -> distribution, e.g. train.optimizer.lr: {loguniform: [1e-5, 1e-2]}."
     )
@@ -122,9 +114,7 @@ class SweepConfig(Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     metric: str = Field("eval/loss", description="Reported metric the sweep optimises.")
     mode: Literal["min", "max"] = "min"
-    num_samples: Int = Field(
-        4, gt=0, le=MAX_TRIALS, description="Trials to sample (each grid point is tried num_samples times)."
-    )
+    num_samples: Int = Field(4, gt=0, le=MAX_TRIALS, description="Trials to sample (each grid point is tried num_samples times).")
     max_concurrent_trials: Int | None = Field(
         None, gt=0, le=MAX_TRIALS, description="Upper bound on trials at once; the cluster's CPUs/GPUs and the job's scaling set the rest."
     )
@@ -133,7 +123,7 @@ class SweepConfig(Section):
 
     @model_validator(mode="after")
     def _searchable(self):
-        for key, distribution in self.search_space.items():
+        for key in self.search_space:
             if key.split(".")[0] not in SEARCHABLE_SECTIONS:
                 raise ValueError(f"search_space.{key}: only keys of {', '.join(SEARCHABLE_SECTIONS)} can be searched")
         kinds = {key: distribution.kind for key, distribution in self.search_space.items()}

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 
 PIPELINE_VERSION = 3
 READ_CHUNK = 1 << 20

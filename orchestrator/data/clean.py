@@ -26,13 +26,13 @@ import hashlib
 import re
 import unicodedata
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import ray.data
-from ray.data.dataset import MaterializedDataset
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
+from ray.data.dataset import MaterializedDataset
 
 from orchestrator.config.job import CleanConfig, NearDedupConfig
 
@@ -150,10 +150,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[int]:
     """One bucket key per band: texts sharing any band are candidate near-duplicates."""
-    return [
-        _hash64(band.to_bytes(2, "little") + signature[band * rows : (band + 1) * rows].tobytes())
-        for band in range(bands)
-    ]
+    return [_hash64(band.to_bytes(2, "little") + signature[band * rows : (band + 1) * rows].tobytes()) for band in range(bands)]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -161,9 +158,7 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def near_duplicates(
-    pairs: Iterable[tuple[int, int]], signatures: dict[int, np.ndarray], sources: dict[int, str], threshold: float
-) -> dict[int, str]:
+def near_duplicates(pairs: Iterable[tuple[int, int]], signatures: dict[int, np.ndarray], sources: dict[int, str], threshold: float) -> dict[int, str]:
     """{row_id: reason} of the rows to drop: candidate pairs whose estimated similarity reaches `threshold` are
     joined into groups (union-find), and each group keeps its lowest row_id. The reason gives the similarity to
     the kept row, which a row joined through a chain of near-duplicates may have below `threshold`."""
@@ -341,9 +336,7 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig) -> Materialized
         return rows
     involved = np.array(sorted({row_id for pair in pairs for row_id in pair}), dtype=np.int64)
     signatures, sources = {}, {}
-    for batch in signed.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(
-        batch_format="numpy", batch_size=None
-    ):
+    for batch in signed.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
         for row_id, source, signature in zip(batch["row_id"].tolist(), batch["source"], batch["signature"]):
             signatures[row_id], sources[row_id] = np.frombuffer(signature, SIGNATURE_DTYPE), source
     drops = near_duplicates(pairs, signatures, sources, cfg.threshold)

@@ -8,7 +8,7 @@ The tokenizer travels as its JSON string and is built once per worker process.
 
 import functools
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -31,9 +31,7 @@ def is_validation(text: str, val_fraction: float, seed: int) -> bool:
     return zlib.crc32(f"{seed}:{text}".encode()) < val_fraction * 2**32
 
 
-def measure(
-    batch: dict, tokenizer_json: str, min_tokens: int | None, max_tokens: int | None, val_fraction: float, seed: int
-) -> dict:
+def measure(batch: dict, tokenizer_json: str, min_tokens: int | None, max_tokens: int | None, val_fraction: float, seed: int) -> dict:
     """Adds n_tokens and is_val, and drops (stage length_tokens) texts outside [min_tokens, max_tokens]."""
     texts = [str(text) for text in batch["text"]]
     counts = [len(e.ids) for e in tokenizer_of(tokenizer_json).encode_batch(texts, add_special_tokens=False)]
@@ -58,10 +56,7 @@ def pack(token_lists: list[list[int]], separator: int, seq_len: int) -> np.ndarr
 
 def encode_causal_lm(batch: dict, tokenizer_json: str, seq_len: int, separator: int, **_) -> dict:
     encoded = tokenizer_of(tokenizer_json).encode_batch([str(t) for t in batch["text"]], add_special_tokens=False)
-    parts = {
-        validation: pack([e.ids for e, val in zip(encoded, batch["is_val"]) if val == validation], separator, seq_len)
-        for validation in (False, True)
-    }
+    parts = {validation: pack([e.ids for e, val in zip(encoded, batch["is_val"]) if val == validation], separator, seq_len) for validation in (False, True)}
     return {
         "input_ids": np.concatenate([parts[False], parts[True]]),
         "is_val": np.repeat([False, True], [len(parts[False]), len(parts[True])]),

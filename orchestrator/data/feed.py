@@ -11,17 +11,14 @@ doing `accumulation` micro steps, micro step k of rank r holds rows [(k * world_
   (Ray Data iterators cannot seek, ray#48224).
 """
 
-from typing import Iterator
+from collections.abc import Iterator
 
-import ray.data
 import torch
 
 SHUFFLE_BUFFER_BATCHES = 8
 
 
-def rank_micro_batches(
-    global_batch: dict[str, torch.Tensor], rank: int, world_size: int, micro_batch_size: int
-) -> list[dict[str, torch.Tensor]]:
+def rank_micro_batches(global_batch: dict[str, torch.Tensor], rank: int, world_size: int, micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
     """This rank's micro batches of one global batch, in the order it steps through them."""
     rows = len(next(iter(global_batch.values())))
     starts = range(rank * micro_batch_size, rows, world_size * micro_batch_size)
@@ -50,11 +47,3 @@ def step_batches(
     for index, batch in enumerate(batches):
         if index >= skip:
             yield rank_micro_batches(batch, rank, world_size, micro_batch_size)
-
-
-def quiet_data_progress() -> None:
-    """Ray Data's progress bars flood job logs (they are not a terminal); the pipeline reports its own summary."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.enable_operator_progress_bars = False
-    context.print_on_execution_start = False

@@ -20,13 +20,11 @@ import ray.data
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import resolve_data_files
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, measure
-from orchestrator.data.feed import quiet_data_progress
-from orchestrator.data.read import fields_of, file_format, read_rows
+from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.tokenizers import from_json, load_tokenizer, separator_id, texts_of, train_tokenizer
 
@@ -48,9 +46,7 @@ class PreparedData:
 
 def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:
     """The kept rows (stage == "") or the dropped ones."""
-    return dataset.map_batches(
-        lambda batch: {k: v[(batch["stage"] == "") == kept] for k, v in batch.items()}, batch_format="numpy"
-    )
+    return dataset.map_batches(lambda batch: {k: v[(batch["stage"] == "") == kept] for k, v in batch.items()}, batch_format="numpy")
 
 
 def check_strict(job: JobConfig, rows: ray.data.Dataset) -> None:
@@ -92,12 +88,6 @@ def write_quarantine(rows: ray.data.Dataset, path: Path, columns: tuple[str, ...
 
 
 def prepare(job: JobConfig) -> PreparedData:
-    quiet_data_progress()
-    context = ray.data.DataContext.get_current()
-    # Blocks in file order: the tokenizer and the sequences then depend only on the files and the settings.
-    context.execution_options.preserve_order = True
-    # Ray's default hash shuffle starts 200 partition actors per groupby: seconds each even for a small corpus.
-    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     files = resolve_data_files(job)
     entry = cache.entry_dir(job, cache.fingerprint(job, files)) if job.data.cache else None
     if entry and (meta := cache.read_meta(entry)):
@@ -139,8 +129,11 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer_json, min_tokens=cfg.clean.min_tokens, max_tokens=cfg.clean.max_tokens,
-            val_fraction=cfg.val_fraction, seed=cfg.seed,
+            tokenizer_json=tokenizer_json,
+            min_tokens=cfg.clean.min_tokens,
+            max_tokens=cfg.clean.max_tokens,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
         ),
     ).materialize()
     final = rows_where(measured, kept=True).materialize()
@@ -165,8 +158,11 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer_json, seq_len=cfg.seq_len, separator=separator_id(tokenizer),
-            pad=tokenizer.pad_token_id, label_ids={name: i for i, name in enumerate(label_names)},
+            tokenizer_json=tokenizer_json,
+            seq_len=cfg.seq_len,
+            separator=separator_id(tokenizer),
+            pad=tokenizer.pad_token_id,
+            label_ids={name: i for i, name in enumerate(label_names)},
         ),
     ).materialize()
     if cfg.augment.copies:
@@ -200,9 +196,7 @@ def load_cached(entry: Path, meta: dict) -> PreparedData:
     train = ray.data.read_parquet(str(entry / "train")).materialize() if report.train_sequences else None
     val = ray.data.read_parquet(str(entry / "val")).materialize() if report.val_sequences else None
     tokenizer_json = (entry / "tokenizer.json").read_text()
-    return PreparedData(
-        train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry
-    )
+    return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry)
 
 
 def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> list[str]:

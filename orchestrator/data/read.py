@@ -7,6 +7,7 @@ text, [label], [target], source ("path:line"), row_id (file index << 32 | line: 
 """
 
 import csv
+import glob
 import io
 import json
 import os
@@ -14,11 +15,34 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.config.errors import UserError
+from orchestrator.config.errors import UserError, printable
 from orchestrator.config.job import JobConfig
+from orchestrator.config.paths import expand_path, glob_problem, is_uri
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "txt")
 MAX_QUARANTINED_CHARS = 2000  # of a malformed line, in the quarantine file
+
+
+def resolve_data_files(job: JobConfig) -> list[str]:
+    """Expands globs of local paths (URIs pass through to pyarrow). Missing or empty input is a UserError."""
+    files: list[str] = []
+    for index, pattern in enumerate(job.data.paths):
+        pattern = expand_path(pattern)
+        if is_uri(pattern):
+            files.append(pattern)
+            continue
+        if problem := glob_problem(pattern):
+            raise UserError(f"data.paths[{index}]: {printable(repr(pattern))}: {problem}")
+        if os.path.isdir(pattern):
+            raise UserError(f"data.paths[{index}]: {pattern!r} is a directory; name its files, e.g. '{pattern}/*.jsonl'")
+        matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+        if not matches:
+            raise UserError(f"data.paths[{index}]: no file matches {pattern!r}")
+        files.extend(matches)
+    local = [path for path in files if not is_uri(path)]
+    if local and len(local) == len(files) and sum(os.path.getsize(path) for path in local) == 0:
+        raise UserError(f"data.paths: the corpus is empty ({len(local)} files, 0 bytes)")
+    return files
 
 
 def file_format(declared: str, files: list[str], option: str = "data.format") -> str:
@@ -80,7 +104,11 @@ def _row(fields: dict[str, str], record, source: str, row_id: int) -> dict:
 def _bad_line(fields: dict[str, str], raw: bytes | str, source: str, row_id: int, reason: str) -> dict:
     text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
     return {key: None for key in fields} | {
-        "text": text[:MAX_QUARANTINED_CHARS], "source": source, "row_id": row_id, "stage": "read", "reason": reason,
+        "text": text[:MAX_QUARANTINED_CHARS],
+        "source": source,
+        "row_id": row_id,
+        "stage": "read",
+        "reason": reason,
     }
 
 

@@ -5,8 +5,8 @@ histogram. Built while the quarantine file is written, summarised in the job log
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -45,8 +45,13 @@ class DataReport:
             reasons = self.dropped.get(stage, {})
             dropped = sum(reasons.values())
             table.append(
-                {"stage": stage, "rows_in": rows, "dropped": dropped, "rows_out": rows - dropped,
-                 "reasons": "; ".join(f"{kind}: {count}" for kind, count in sorted(reasons.items()))}
+                {
+                    "stage": stage,
+                    "rows_in": rows,
+                    "dropped": dropped,
+                    "rows_out": rows - dropped,
+                    "reasons": "; ".join(f"{kind}: {count}" for kind, count in sorted(reasons.items())),
+                }
             )
             rows -= dropped
         return table
@@ -58,10 +63,12 @@ class DataReport:
                 lines.append(f"data:   {row['stage']}: -{row['dropped']:,} ({row['reasons']})")
         if self.augmented_rows:
             lines.append(f"data: +{self.augmented_rows:,} augmented training rows")
-        took = f"loaded in {self.loaded_seconds:.1f} s (prepared in {self.seconds:.1f} s when cached)" if self.cache == "hit" else f"prepared in {self.seconds:.1f} s"
-        lines.append(
-            f"data: {self.tokens:,} tokens; {self.train_sequences:,} train and {self.val_sequences:,} validation sequences; {took}"
+        took = (
+            f"loaded in {self.loaded_seconds:.1f} s (prepared in {self.seconds:.1f} s when cached)"
+            if self.cache == "hit"
+            else f"prepared in {self.seconds:.1f} s"
         )
+        lines.append(f"data: {self.tokens:,} tokens; {self.train_sequences:,} train and {self.val_sequences:,} validation sequences; {took}")
         return lines
 
     def to_json(self) -> str:

@@ -4,14 +4,14 @@ Tokenizers travel to Ray tasks and workers as their JSON serialisation: a few hu
 """
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 
 # Token that ends every document when documents are packed back to back (and every seq2seq text).
 SEPARATOR_TOKENS = {"bpe": "<|endoftext|>", "wordpiece": "[SEP]"}

@@ -1,4 +1,4 @@
-"""Batch inference with an exported model (train/loop.py's `export`): predictions written to files, or metrics.
+"""Batch inference with an exported model (train/export.py): predictions written to files, or metrics.
 
 Rows come from the training reader (one Ray task per file; unreadable lines are counted and skipped), and an actor
 pool of `Predictor`s (inference/predictor.py) runs the model, each actor loading it once.
@@ -12,6 +12,7 @@ import mlflow.artifacts
 import ray
 import transformers
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_job
@@ -45,10 +46,7 @@ def resolve_model(spec: str, tracking_uri: str | None) -> Path:
         return _download(spec, uri)
     if os.path.isfile(path) and path.suffix in (".yaml", ".yml"):
         return _latest_job_model(path)
-    raise UserError(
-        f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) "
-        "or a job YAML file"
-    )
+    raise UserError(f"model: {spec!r} is not a model directory, an MLflow URI (runs:/<run_id>/model, models:/<name>/<version>) or a job YAML file")
 
 
 def _hf_directory(directory: Path, spec: str) -> Path:
@@ -61,13 +59,23 @@ def _hf_directory(directory: Path, spec: str) -> Path:
 
 
 def _download(uri: str, tracking_uri: str) -> Path:
-    # models:/ URIs are looked up in the process-wide registry URI, whatever registry_uri download_artifacts is given
-    mlflow.set_registry_uri(tracking_uri)
     try:
+        if uri.startswith("models:/"):
+            uri = registered_model_source(uri, tracking_uri)
         directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     except MlflowException as err:
         raise UserError(f"model: cannot download {uri} from {tracking_uri}: {err.message.splitlines()[0]}") from None
     return _hf_directory(directory, uri)
+
+
+def registered_model_source(uri: str, tracking_uri: str) -> str:
+    """Where the model version a models:/ URI names keeps its files, looked up in the registry of `tracking_uri`
+    (MLflow's download would look it up in the process-wide registry URI, whatever registry_uri it is given)."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    name_and_version = get_model_name_and_version(client, uri)
+    if len(name_and_version) == 1:  # a logged model's id (models:/m-...): not in the registry
+        return uri
+    return client.get_model_version_download_uri(*name_and_version)
 
 
 def _latest_job_model(job_file: Path) -> Path:
@@ -111,9 +119,7 @@ def check_output(output_dir: Path, fmt: str) -> None:
 # --- the jobs ------------------------------------------------------------------------------------------
 
 
-def _readable_rows(
-    inputs: list[str], card: dict, text_field: str | None, evaluate: bool, batch_size: int
-) -> ray.data.Dataset:
+def _readable_rows(inputs: list[str], card: dict, text_field: str | None, evaluate: bool, batch_size: int) -> ray.data.Dataset:
     """The rows the reader could parse, in blocks of a batch: the reader makes one block per file, and small blocks
     give every actor a share of even one large file. Materialized: counted once, and read and split before the
     actors hold the CPUs (tasks upstream of them could not start)."""
@@ -195,9 +201,6 @@ def evaluate(
         predictions = {"predicted": predicted, "label": results["label"].tolist()}
     elif task == "seq2seq":
         predictions = {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
-    metrics = {
-        name: float(value)
-        for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()
-    }
+    metrics = {name: float(value) for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()}
     print(f"{len(results)} rows: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return metrics

@@ -1,4 +1,4 @@
-"""The model of a finished training run (train/loop.py's `export`) turned into predictions: one `Predictor` holds the
+"""The model of a finished training run (train/export.py) turned into predictions: one `Predictor` holds the
 model and tokenizer, and is what both batch inference (inference/batch.py) and the MLflow model (tracking/model.py)
 run. It needs no Ray. Inputs are tokenized as in training (data/encode.py) but padded per batch, not to seq_len.
 """
@@ -15,7 +15,7 @@ from orchestrator.data.encode import IGNORED_LABEL
 from orchestrator.data.tokenizers import separator_id
 from orchestrator.models.tasks import TASKS
 
-MODEL_CARD = "orchestrator.json"  # written beside the model by train/loop.py
+MODEL_CARD = "orchestrator.json"  # written beside the model by train/export.py
 CAUSAL_NEW_TOKENS = 32  # continuation length of causal_lm predictions
 # What predict mode returns for each task, with the MLflow type of each column (the logged model's signature).
 PREDICTION_COLUMNS = {
@@ -47,9 +47,7 @@ def _pad(rows: list[list[int]], pad: int, left: bool = False) -> dict[str, torch
 
 def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """Mean cross-entropy of each row over its scored (not ignored) positions."""
-    losses = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=IGNORED_LABEL, reduction="none"
-    )
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORED_LABEL, reduction="none")
     return (losses.sum(1) / (labels != IGNORED_LABEL).sum(1).clamp(min=1)).numpy()
 
 
@@ -120,8 +118,6 @@ class Predictor:
         keep = max(1, min(self.seq_len, positions - CAUSAL_NEW_TOKENS))
         prompts = [[self.separator, *ids][-keep:] for ids in encoded]
         inputs = _pad(prompts, self.pad, left=True)
-        generated = self.model.generate(
-            **inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad
-        )
+        generated = self.model.generate(**inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad)
         continuations = generated[:, inputs["input_ids"].shape[1] :]
         return {"generated": np.array(self.tokenizer.batch_decode(continuations, skip_special_tokens=True))}

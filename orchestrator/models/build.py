@@ -4,7 +4,7 @@ import torch
 import transformers
 
 from orchestrator.config.job import ModelConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 from orchestrator.models.families import FAMILIES
 from orchestrator.models.tasks import TASKS
 
@@ -36,9 +36,7 @@ def hf_config(model: ModelConfig, tokenizer, label_names: list[str]) -> transfor
     if model.dropout is not None:
         keys.update(dict.fromkeys(family.dropout_keys, model.dropout))
     config_class = getattr(transformers, family.config_class)
-    return config_class(
-        vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **family.fixed, **keys
-    )
+    return config_class(vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **family.fixed, **keys)
 
 
 def set_dropout(config: transformers.PretrainedConfig, probability: float) -> None:

@@ -53,9 +53,7 @@ class SequenceClassification(Task):
         from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
         truth, predicted = predictions["label"], predictions["predicted"]
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            truth, predicted, labels=range(len(label_names)), average="macro", zero_division=0
-        )
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, labels=range(len(label_names)), average="macro", zero_division=0)
         majority = max(truth.count(label) for label in set(truth))
         return {
             "eval/loss": mean_loss,
@@ -105,15 +103,25 @@ def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str,
 
 TASKS: dict[str, Task] = {
     "causal_lm": CausalLM(
-        "AutoModelForCausalLM", families=("gpt2", "llama"), needs_fields=(), columns=("input_ids",),
+        "AutoModelForCausalLM",
+        families=("gpt2", "llama"),
+        needs_fields=(),
+        columns=("input_ids",),
         metric_names=("perplexity",),
     ),
     "sequence_classification": SequenceClassification(
-        "AutoModelForSequenceClassification", families=("bert",), needs_fields=("label_field",),
-        columns=("input_ids", "attention_mask", "labels"), metric_names=("accuracy", "precision", "recall", "f1", "majority_accuracy"),
+        "AutoModelForSequenceClassification",
+        families=("bert",),
+        needs_fields=("label_field",),
+        columns=("input_ids", "attention_mask", "labels"),
+        metric_names=("accuracy", "precision", "recall", "f1", "majority_accuracy"),
     ),
     "seq2seq": Seq2Seq(
-        "AutoModelForSeq2SeqLM", families=("t5",), needs_fields=("target_field",),
-        columns=("input_ids", "attention_mask", "labels"), metric_names=("bleu", "chrf", "rougeL"), generates=True,
+        "AutoModelForSeq2SeqLM",
+        families=("t5",),
+        needs_fields=("target_field",),
+        columns=("input_ids", "attention_mask", "labels"),
+        metric_names=("bleu", "chrf", "rougeL"),
+        generates=True,
     ),
 }

@@ -10,11 +10,11 @@ again (`already_logged`), so every metric has one value per step.
 """
 
 import logging
-import os
 import threading
 import time
 from collections import defaultdict
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from mlflow.entities import Metric
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -27,14 +27,6 @@ T = TypeVar("T")
 DELIVERY_DEADLINE_S = 900.0  # artifacts at the end of a run wait this long for an absent server
 
 log = logging.getLogger(__name__)
-log.setLevel(logging.INFO)
-
-
-def fail_fast_requests() -> None:
-    """MLflow retries a failed request for minutes by default, which would hide an outage from the sender and hold
-    every artifact upload behind it. This process retries on its own terms instead (see `deliver`)."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "30"
 
 
 def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
@@ -73,7 +65,6 @@ class MetricsLogger:
         already_logged: dict[str, int] | None = None,
         unsent: list[tuple] = (),
     ):
-        fail_fast_requests()
         self.client = MlflowClient(uri)
         self.run_id = run_id
         self.flush_every_s = flush_every_s
@@ -125,9 +116,7 @@ class MetricsLogger:
         at once, because training must not wait for it. True when nothing is pending."""
         self._wake.set()
         with self._delivered:
-            return self._delivered.wait_for(lambda: not self._pending or self.outage_since is not None, timeout_s) and (
-                not self._pending
-            )
+            return self._delivered.wait_for(lambda: not self._pending or self.outage_since is not None, timeout_s) and (not self._pending)
 
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
@@ -159,10 +148,7 @@ class MetricsLogger:
         with self._delivered:
             if self.outage_since is None:
                 self.outage_since = time.monotonic()
-                log.warning(
-                    f"MLflow unreachable ({type(err).__name__}); training goes on and metrics are kept "
-                    f"until it is back ({len(self._pending)} pending)"
-                )
+                log.warning(f"MLflow unreachable ({type(err).__name__}); training goes on and metrics are kept until it is back ({len(self._pending)} pending)")
             self._delivered.notify_all()
 
     def _sample_loop(self) -> None:

@@ -52,7 +52,9 @@ def sweep_plots(table, histories: dict, sweep, total_steps: int, directory: str)
         axis.set_xlabel("step")
         axis.set_xlim(0, total_steps)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, title=", ".join(key.rsplit(".", 1)[-1] for key in sweep.search_space), title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        axis.legend(
+            fontsize=7, title=", ".join(key.rsplit(".", 1)[-1] for key in sweep.search_space), title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
+        )
         figure.tight_layout()
         figure.savefig(f"{directory}/{name}", dpi=100)
         plt.close(figure)
@@ -82,9 +84,7 @@ def confusion_matrix_plot(truth: list[int], predicted: list[int], label_names: l
     matrix = confusion_matrix(truth, predicted, labels=range(len(label_names)))
     size = max(5, 0.35 * len(label_names) + 3)
     figure, axis = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(matrix, display_labels=label_names).plot(
-        ax=axis, xticks_rotation="vertical", colorbar=False, include_values=len(label_names) <= 12
-    )
+    ConfusionMatrixDisplay(matrix, display_labels=label_names).plot(ax=axis, xticks_rotation="vertical", colorbar=False, include_values=len(label_names) <= 12)
     axis.set_title(f"confusion matrix ({len(truth)} validation examples)")
     figure.tight_layout()
     figure.savefig(f"{directory}/confusion_matrix.png", dpi=100)

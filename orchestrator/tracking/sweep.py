@@ -15,12 +15,11 @@ from ray import tune
 
 from orchestrator.config.load import LoadedSweep, dump_yaml
 from orchestrator.config.paths import path_inside
+from orchestrator.config.redact import redact_config, redact_text
 from orchestrator.tracking.model import ARTIFACT_PATH, register
 from orchestrator.tracking.params import flatten
-from orchestrator.tracking.redact import redact_config, redact_text
 from orchestrator.tracking.plots import sweep_plots
 from orchestrator.tracking.run import TrackedRun, job_tags, open_run, remembered_run_id, tracking_uri
-
 
 TRIAL_ID_IN_PATH = re.compile(r"_([0-9a-f]{5}_[0-9]{5})_")  # Tune names trial directories {trainable}_{id}_{index}_...
 
@@ -82,9 +81,7 @@ def best_row(table: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
     return scored.loc[scored[metric].idxmin() if mode == "min" else scored[metric].idxmax()]
 
 
-def summarize_sweep(
-    parent: TrackedRun, sweep: LoadedSweep, results: tune.ResultGrid, sweep_dir: str, total_steps: int
-) -> None:
+def summarize_sweep(parent: TrackedRun, sweep: LoadedSweep, results: tune.ResultGrid, sweep_dir: str, total_steps: int) -> None:
     client = MlflowClient(parent.uri)
     config = sweep.config
     table = results_table(results, sweep, sweep_dir)

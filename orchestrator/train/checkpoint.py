@@ -5,6 +5,8 @@ Every rank saves into its own local directory and reports it to Ray Train, which
 checkpoint in the run's storage and keeps the newest `checkpoint.keep`.
 """
 
+from __future__ import annotations
+
 import glob
 import os
 import random
@@ -12,11 +14,17 @@ import shutil
 import stat
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import ray.train
 import torch
 
-from orchestrator.train.manifest import MANIFEST
+from orchestrator.train.manifest import MANIFEST, manifest_text
+
+if TYPE_CHECKING:
+    from orchestrator.train.reporting import SilentReporter
+    from orchestrator.train.setup import Worker
 
 TAG = "state"  # DeepSpeed sub-directory of each checkpoint
 LOCAL_PREFIX = "orchestrator-ckpt-"  # a rank's local copy, removed once Ray Train has it
@@ -29,6 +37,17 @@ class Progress:
     epoch: int = 0
     steps_in_epoch: int = 0  # global batches (optimizer steps) of `epoch` already taken
     tokens: int = 0  # training tokens seen by all workers
+
+    def advance(self, tokens: int) -> int:
+        """One more optimizer step, of `tokens` tokens; returns its number."""
+        self.step += 1
+        self.steps_in_epoch += 1
+        self.tokens += tokens
+        return self.step
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.steps_in_epoch = 0
 
 
 def remove_orphans() -> None:
@@ -106,3 +125,28 @@ def restore(engine, checkpoint, rank: int) -> tuple[Progress, dict] | None:
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     return Progress(**client_state["progress"]), client_state.get("unsent_metrics") or {}
+
+
+class Checkpointer:
+    """When a worker saves (every checkpoint.every_steps and at the last step) and what: every rank its part, with the
+    metrics rank 0's reporter has not delivered yet; rank 0 adds the manifest."""
+
+    def __init__(self, worker: Worker, reporter: SilentReporter):
+        self.worker, self.reporter = worker, reporter
+
+    def due(self, step: int) -> bool:
+        every = self.worker.job.checkpoint.every_steps
+        return step == self.worker.total_steps or bool(every and step % every == 0)
+
+    def save(self) -> str:
+        """This rank's part, in a local directory that `report_to_ray` hands over to Ray Train."""
+        worker = self.worker
+        manifest = manifest_text(worker.job, worker.progress.step) if worker.rank == 0 else None
+        return save(worker.engine, worker.progress, worker.rank, self.reporter.unsent(), manifest)
+
+
+def report_to_ray(result: dict[str, float], checkpoint_directory: str | None) -> None:
+    """Ray Train copies this rank's part of the checkpoint into the run's storage; the local copy can go."""
+    ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_directory) if checkpoint_directory else None)
+    if checkpoint_directory:
+        shutil.rmtree(checkpoint_directory, ignore_errors=True)

@@ -7,8 +7,9 @@ collectives run on their own stream: the clock is the host time spent launching 
 
 import functools
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from orchestrator.config.job import JobConfig
 from orchestrator.train.deepspeed_config import deepspeed_config
-from orchestrator.train.parallel import DataParallel
+from orchestrator.train.parallel import DataParallel, join_process_group
 from orchestrator.train.schedules import build_schedule
 
 
@@ -19,12 +19,13 @@ def partitioned_construction(job: JobConfig, world_size: int) -> HfDeepSpeedConf
     transformers keeps only a weak reference: the caller holds the returned object for as long as the model lives."""
     if job.deepspeed.zero_stage != 3:
         return None
-    deepspeed.init_distributed()  # joins Ray Train's process group, so zero.Init sees every worker
+    join_process_group()  # so zero.Init sees every worker
     return HfDeepSpeedConfig(deepspeed_config(job, world_size))
 
 
 def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int, world_size: int) -> deepspeed.DeepSpeedEngine:
     """Ray Train has already set up torch.distributed (gloo or nccl); DeepSpeed joins that process group."""
+    join_process_group()
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=model.parameters(),

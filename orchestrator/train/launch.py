@@ -1,36 +1,24 @@
-"""The driver side of a training job: data, MLflow run, then a Ray Train TorchTrainer running train.loop."""
+"""The driver side of a training job: a driver session (train/session.py) running a Ray Train TorchTrainer of
+train.loop."""
 
 import json
-import math
 import time
 
-import psutil
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator import runtime
-from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
-from orchestrator.config.load import dump_yaml, storage_path
+from orchestrator.config.load import dump_yaml
 from orchestrator.config.names import derived_name
-from orchestrator.config.paths import claim, delete_claimed, path_inside
-from orchestrator.data.pipeline import PreparedData, example_texts, prepare
-from orchestrator.tracking.data_report import log_data_report
-from orchestrator.tracking.redact import redact_config
-from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
+from orchestrator.config.paths import delete_claimed, path_inside, storage_path
+from orchestrator.config.redact import redact_config
+from orchestrator.data.pipeline import PreparedData, example_texts
+from orchestrator.tracking.run import TrackedRun, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.loop import TrainPlan, train_loop
 from orchestrator.train.progress import live_progress
+from orchestrator.train.session import SESSION_KINDS, driver_session
 from orchestrator.train.timeline import Timeline
-
-
-def total_steps(job: JobConfig, train_sequences: int) -> int:
-    if job.train.max_steps:
-        return job.train.max_steps
-    steps = math.ceil(job.train.epochs * (train_sequences // job.global_batch_size))
-    if steps < 1:
-        raise UserError("train.epochs: too few to make one optimizer step; raise it or set train.max_steps")
-    return steps
 
 
 def build_trainer(
@@ -43,7 +31,6 @@ def build_trainer(
     callbacks: tuple = (),
 ) -> TorchTrainer:
     """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
-    runtime.apply_ray_train_settings()
     datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
     return TorchTrainer(
         train_loop,
@@ -62,6 +49,8 @@ def build_trainer(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
             failure_config=ray.train.FailureConfig(max_failures=job.checkpoint.max_failures),
             callbacks=list(callbacks),
+            # Ray Train's INFO lines (a dict per report, each checkpoint, the worker group) stay in its log files
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
@@ -74,8 +63,13 @@ def registered_name(job: JobConfig, job_name: str | None) -> str:
 
 
 def train_plan(
-    data: PreparedData, run: TrackedRun, steps: int, timeline: Timeline, registered_model: str | None,
-    initial_checkpoint: str | None = None, progress_board=None,
+    data: PreparedData,
+    run: TrackedRun,
+    steps: int,
+    timeline: Timeline,
+    registered_model: str | None,
+    initial_checkpoint: str | None = None,
+    progress_board=None,
 ) -> TrainPlan:
     return TrainPlan(
         total_steps=steps,
@@ -99,42 +93,28 @@ def job_artifacts(job: JobConfig) -> dict[str, str]:
     }
 
 
-RUN_DIR = "run"  # the kind of directory (config/paths.py) a training run keeps its checkpoints in
+RUN_DIR = "run"  # the session kind (train/session.py) of a training run's directory
 
 
 def forget_run(storage: str, run_name: str) -> None:
     """--restart: the run's checkpoints and its remembered MLflow run go, so the job starts over in a new run. Only
     a run directory orchestrator created is deleted."""
-    if deleted := delete_claimed(storage, run_name, RUN_DIR, "tracking.run_name"):
+    if deleted := delete_claimed(storage, run_name, RUN_DIR, SESSION_KINDS[RUN_DIR].name_field):
         print(f"--restart: deleted the checkpoints in {deleted}", flush=True)
 
 
-def launch(job: JobConfig, job_name: str | None, restart: bool = False) -> tuple[ray.train.Result, TrackedRun]:
+def launch(job: JobConfig, job_name: str | None, restart: bool = False, address: str | None = None) -> tuple[ray.train.Result, TrackedRun]:
     """`job_name`: the job file's name, a valid name (config/names.py); the default of the run's name, with the
     time after it. Needed only when the job sets no tracking.run_name."""
-    timeline = Timeline(started=psutil.Process().create_time())  # from the process start: imports count too
-    timeline.mark("python_start")
     run_name = job.tracking.run_name or derived_name(job_name, time.strftime("-%Y%m%d-%H%M%S"))
     storage = storage_path(job)
-    run_dir = path_inside(storage, run_name, "tracking.run_name")
+    run_dir = path_inside(storage, run_name, SESSION_KINDS[RUN_DIR].name_field)
     if restart:
         forget_run(storage, run_name)
-    claim(run_dir, RUN_DIR, "tracking.run_name")
-    print(f"connected to {runtime.connect()}", flush=True)
-    runtime.check_resources(job)
-    timeline.mark("ray_connect")
-    data = prepare(job)
-    steps = total_steps(job, data.train_sequences)
-    timeline.mark("data_prepare")
-
-    run = start_run(job, run_name, run_dir, artifacts=job_artifacts(job))
-    with ends_with_outcome(run):  # from here on, whatever fails ends the run
-        print(f"MLflow run ({'resumed' if run.resumed else 'new'}): {run.url}", flush=True)
-        if not run.resumed:
-            log_data_report(run.uri, run.run_id, data)
-        timeline.mark("mlflow_run")
-        with live_progress(steps) as board:  # a bar in a terminal; log lines only in job logs
-            plan = train_plan(data, run, steps, timeline, registered_model=registered_name(job, job_name), progress_board=board)
-            trainer = build_trainer(job, data, plan, run_name, storage, keep=job.checkpoint.keep)
-            result = trainer.fit()
-    return result, run
+    with driver_session(job, run_dir, RUN_DIR, lambda: start_run(job, run_name, run_dir, artifacts=job_artifacts(job)), address) as session:
+        with live_progress(session.steps) as board:  # a bar in a terminal; log lines only in job logs
+            plan = train_plan(session.data, session.run, session.steps, session.timeline, registered_model=registered_name(job, job_name), progress_board=board)
+            result = build_trainer(job, session.data, plan, run_name, storage, keep=job.checkpoint.keep).fit()
+        summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
+        print(f"finished: {summary}", flush=True)
+    return result, session.run

@@ -4,10 +4,10 @@ DeepSpeed builds the optimizer itself so that ZeRO and offload can manage its st
 torch's Adam/AdamW instead of DeepSpeed's compiled fused kernel, which would need a CUDA build step; `fused` picks
 torch's own fused kernel (CPU and GPU). ZeRO hands the optimizer one flat tensor per partition, and the default
 per-tensor Adam makes temporaries of that tensor's size at every step: on CPU, fused is faster and takes ZeRO-3's
-peak down (benchmarks/zero_memory.py and overhead.py, figures in the README).
+peak down (benchmarks/zero_memory.py and overhead.py, figures in docs/benchmarks.md).
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 from orchestrator.config.job import OptimizerConfig
 

@@ -8,8 +8,9 @@ The workers of one tensor- or pipeline-parallel group train on the same batch: d
 data-parallel rank, and those workers share it.
 """
 
-import warnings
-from typing import Callable
+import contextlib
+import io
+from collections.abc import Callable
 
 import deepspeed
 import torch
@@ -19,6 +20,14 @@ from deepspeed.utils import groups
 from orchestrator.config.job import JobConfig
 
 Inputs = dict[str, torch.Tensor]  # the model's keyword arguments for one micro batch (Task.model_inputs)
+
+
+def join_process_group() -> None:
+    """DeepSpeed joins Ray Train's process group (torch.distributed, already set up); later calls return at once.
+    DeepSpeed prints then that it built its CPU collectives, on every rank of every job: not for the job log (Ray
+    Train's workers also turn a print into a log record: environment.py drops that one)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed()
 
 
 class DataParallel:
@@ -90,11 +99,8 @@ class PipelineParallel(DataParallel):
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from orchestrator.models.pipeline import pipeline_module
 
-        # DeepSpeed's pipeline moves activations and tied gradients between stages with broadcasts on purpose,
-        # outside autograd (its schedule runs the backward pass itself); torch warns at every step that the
-        # broadcast has no autograd kernel. The equivalence with data parallelism is tested.
-        warnings.filterwarnings("ignore", message="c10d::broadcast_: an autograd kernel was not registered")
         self.model = model
+        join_process_group()
         module, self.own_parameters = pipeline_module(model, self.job.model.family, self.job.parallelism.pipeline)
         return module
 
@@ -120,7 +126,9 @@ class PipelineParallel(DataParallel):
         own = {name: parameter.detach().clone() for name, parameter in self.own_parameters.items()}
         gathered = [None] * dist.get_world_size() if is_writer else None
         dist.gather_object(own if engine.grid.data_parallel_id == 0 else {}, gathered, dst=0)
-        return {name: tensor for part in gathered for name, tensor in part.items()} if is_writer else None
+        # Stages that share a layer (GPT-2's tied embedding layer, on the first and last stage) each send it; the
+        # first stage's copy wins, since only it trains the position embeddings that layer also holds.
+        return {name: tensor for part in reversed(gathered) for name, tensor in part.items()} if is_writer else None
 
     def hf_model(self, engine) -> torch.nn.Module:
         return self.model

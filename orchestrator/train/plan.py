@@ -1,5 +1,6 @@
 """Memory per worker before anything runs (`orchestrator plan`): model states for each ZeRO stage and offload choice,
 as the ZeRO paper counts them and as DeepSpeed's own estimators do, plus activations, against what a worker has.
+DeepSpeed's estimators are a few lines of arithmetic, written out here: importing DeepSpeed for them took seconds.
 
 The model is built on the meta device (no memory, no weights read), so its parameter count is exact. Tensor and
 pipeline parallelism first split the parameters (what the busiest worker holds is counted), then ZeRO shards that
@@ -11,24 +12,31 @@ from dataclasses import dataclass, replace
 
 import torch
 import transformers
-from deepspeed.runtime.utils import partition_balanced
-from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import MAX_LAYERS, JobConfig
-from orchestrator.config.load import expand_path
+from orchestrator.config.paths import expand_path
 from orchestrator.models.build import hf_config, label_keys
 from orchestrator.models.tasks import TASKS
 
+
+def option_name(option: dict) -> str:
+    """'ZeRO-3 + offload optimizer and params': a stage and what it offloads, as the job's deepspeed section sets them."""
+    offloaded = [part for part in ("optimizer", "params") if option.get(f"offload_{part}")]
+    return f"ZeRO-{option['zero_stage']}" + (f" + offload {' and '.join(offloaded)}" if offloaded else "")
+
+
 # The layouts `plan` compares, in the order it prefers them when several fit (less communication first).
 OPTIONS = {
-    "ZeRO-0": {"zero_stage": 0},
-    "ZeRO-1": {"zero_stage": 1},
-    "ZeRO-2": {"zero_stage": 2},
-    "ZeRO-3": {"zero_stage": 3},
-    "ZeRO-2 + offload optimizer": {"zero_stage": 2, "offload_optimizer": True},
-    "ZeRO-3 + offload optimizer and params": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+    option_name(option): option
+    for option in (
+        {"zero_stage": 0},
+        {"zero_stage": 1},
+        {"zero_stage": 2},
+        {"zero_stage": 3},
+        {"zero_stage": 2, "offload_optimizer": True},
+        {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+    )
 }
 # A worker process before its model (Python, torch, Ray, DeepSpeed), measured on CPU: benchmarks/zero_memory.py.
 CPU_PROCESS_BYTES = int(0.46 * 2**30)
@@ -116,6 +124,9 @@ def largest_worker_parameters(job: JobConfig, model: torch.nn.Module) -> int:
         linear = sum(count(module, recurse=False) for module in model.modules() if isinstance(module, torch.nn.Linear))
         return count(model) - linear + math.ceil(linear / split.tensor)
     if split.layout == "pipeline":
+        # deepspeed: only for pipelines (models/pipeline.py builds on it); DeepSpeed's own balanced partition
+        from deepspeed.runtime.utils import partition_balanced
+
         from orchestrator.models.pipeline import PIPELINE_LAYERS
 
         layers = [count(spec.build()) for spec in PIPELINE_LAYERS[job.model.family](model)]
@@ -133,18 +144,40 @@ def paper_bytes(stage: int, parameters: int, workers: int) -> float:
     return sum(value / workers if name in divided else value for name, value in terms.items())
 
 
-def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int, int]:
+# DeepSpeed's estimators (deepspeed/runtime/zero/stage_1_and_2.py estimate_zero2_model_states_mem_needs and
+# stage3.py estimate_zero3_model_states_mem_needs, on one node, with ZeRO-3's zero_init): host memory is per node,
+# with this margin on it.
+HOST_BUFFER_FACTOR = 1.5
+
+
+def zero2_estimate(parameters: int, devices: int, offload: bool) -> tuple[int, int]:
+    """(device, host) bytes: 16-bit weights on the device, and the 18 bytes per parameter of gradients (16 and 32-bit),
+    fp32 weights and Adam's moments partitioned over the devices, or on the host if offloaded."""
+    if offload:
+        return 2 * parameters, int(parameters * max(4 * devices, 16) * HOST_BUFFER_FACTOR)
+    return 2 * parameters + int(18 * parameters / devices), int(parameters * 4 * devices * HOST_BUFFER_FACTOR)
+
+
+def zero3_estimate(parameters: int, largest_layer: int, devices: int, offload: bool, offload_params: bool) -> tuple[int, int]:
+    """(device, host) bytes: the largest layer gathered in 32-bit, and the states partitioned over the devices, or on
+    the host (all 18 bytes with the parameters offloaded, 16 without)."""
+    gathered = 4 * largest_layer
+    if not offload:
+        return gathered + int(18 * parameters / devices), int(largest_layer * 4 * devices * HOST_BUFFER_FACTOR)
+    if offload_params:
+        return gathered, int(parameters * 18 * HOST_BUFFER_FACTOR)
+    return gathered + int(2 * parameters / devices), int(parameters * 16 * HOST_BUFFER_FACTOR)
+
+
+def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int, float]:
     """DeepSpeed's estimate of one worker's (device, host) memory for model states: its stage-2 estimator for stages
     1 and 2, the same on a single device for stage 0 (nothing partitioned), its stage-3 estimator for stage 3."""
     offload = option.get("offload_optimizer", False)
     if option["zero_stage"] == 3:
-        host, device, _ = estimate_zero3_model_states_mem_needs(
-            size.parameters, size.largest_layer, num_gpus_per_node=workers, cpu_offload=offload,
-            cpu_offload_params=option.get("offload_params", False), zero_init=True,
-        )
-        return device, host / workers  # the estimators give host memory per node of `workers` devices
+        device, host = zero3_estimate(size.parameters, size.largest_layer, workers, offload, option.get("offload_params", False))
+        return device, host / workers  # host memory per node of `workers` devices
     partitions = 1 if option["zero_stage"] == 0 else workers
-    host, device = estimate_zero2_model_states_mem_needs(size.parameters, num_gpus_per_node=partitions, cpu_offload=offload)
+    device, host = zero2_estimate(size.parameters, partitions, offload)
     return device, host / partitions
 
 
@@ -168,17 +201,23 @@ class OptionPlan:
     fits: bool
 
 
+def job_option(job: JobConfig) -> dict:
+    """The option the job itself sets."""
+    return {key: getattr(job.deepspeed, key) for key in ("zero_stage", "offload_optimizer", "offload_params")}
+
+
+def option_plan(job: JobConfig, option: dict, size: ModelSize, memory_per_worker: float) -> OptionPlan:
+    """One option's memory per worker: ZeRO shards what the busiest worker holds over the data-parallel replicas."""
+    replicas, worker = job.data_parallel_size, replace(size, parameters=size.worker_parameters)
+    device, host = deepspeed_estimate(option, worker, replicas)
+    paper = paper_bytes(option["zero_stage"], worker.parameters, replicas)
+    # On a GPU, offloaded states leave its memory; on CPU they stay in the same memory, so the paper's count holds.
+    states = device if job.scaling.use_gpu else paper + CPU_PROCESS_BYTES
+    needed = states + activation_bytes(job, size)
+    return OptionPlan(option_name(option), paper, device, host, needed, needed <= memory_per_worker)
+
+
 def plan(job: JobConfig, size: ModelSize, memory_per_worker: float) -> tuple[list[OptionPlan], str | None]:
     """Every option's memory per worker, and the first that fits (None if none does)."""
-    replicas, activations = job.data_parallel_size, activation_bytes(job, size)  # ZeRO shards over the replicas
-    worker = replace(size, parameters=size.worker_parameters)  # what one worker holds of the model
-    options = []
-    for name, option in OPTIONS.items():
-        if option["zero_stage"] > job.parallelism.highest_zero_stage:
-            continue
-        device, host = deepspeed_estimate(option, worker, replicas)
-        paper = paper_bytes(option["zero_stage"], worker.parameters, replicas)
-        # On a GPU, offloaded states leave its memory; on CPU they stay in the same memory, so the paper's count holds.
-        needed = device + activations if job.scaling.use_gpu else paper + activations + CPU_PROCESS_BYTES
-        options.append(OptionPlan(name, paper, device, host, needed, needed <= memory_per_worker))
+    options = [option_plan(job, option, size, memory_per_worker) for option in OPTIONS.values() if option["zero_stage"] <= job.parallelism.highest_zero_stage]
     return options, next((option.name for option in options if option.fits), None)

@@ -8,8 +8,8 @@ the same thing once, readably.
 
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import ray
 from rich.console import Console
@@ -63,8 +63,7 @@ def live_progress(total_steps: int, console: Console | None = None) -> Iterator[
         yield None
         return
     board = ProgressBoard.remote()
-    columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[values]}"),
-               TextColumn("eta"), TimeRemainingColumn())
+    columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[values]}"), TextColumn("eta"), TimeRemainingColumn())
     stop = threading.Event()
     with Progress(*columns, console=console, redirect_stderr=False) as bar:  # worker log lines print above it
         task = bar.add_task("train", total=total_steps, values="")

@@ -4,7 +4,7 @@ Each scheduler multiplies the optimizer's peak learning rate; `lr_at` gives the 
 without training, for plots, tests and sweeps.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from transformers import optimization as hf
@@ -25,17 +25,14 @@ def _exponential(optimizer, cfg: ExponentialSchedule, total_steps: int) -> LRSch
 SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
     "constant": lambda opt, cfg, total: hf.get_constant_schedule_with_warmup(opt, cfg.warmup_steps),
     "linear": lambda opt, cfg, total: hf.get_linear_schedule_with_warmup(opt, cfg.warmup_steps, total),
-    "cosine": lambda opt, cfg, total: hf.get_cosine_with_min_lr_schedule_with_warmup(
-        opt, cfg.warmup_steps, total, min_lr_rate=cfg.min_lr_ratio
-    ),
+    "cosine": lambda opt, cfg, total: hf.get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, total, min_lr_rate=cfg.min_lr_ratio),
     "cosine_with_restarts": lambda opt, cfg, total: hf.get_cosine_with_hard_restarts_schedule_with_warmup(
         opt, cfg.warmup_steps, total, num_cycles=cfg.num_cycles
     ),
     "exponential": _exponential,
-    "polynomial": lambda opt, cfg, total: hf.get_polynomial_decay_schedule_with_warmup(
-        opt, cfg.warmup_steps, total, lr_end=cfg.lr_end, power=cfg.power
-    ),
+    "polynomial": lambda opt, cfg, total: hf.get_polynomial_decay_schedule_with_warmup(opt, cfg.warmup_steps, total, lr_end=cfg.lr_end, power=cfg.power),
 }
+
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int) -> LRScheduler:
     return SCHEDULES[cfg.name](optimizer, cfg, total_steps)

@@ -7,8 +7,17 @@ from dataclasses import dataclass, field
 # A job's phases in the order they happen, each named by what had just finished when it was marked: the driver's,
 # then rank 0's. (A sweep trial's start at its MLflow run.)
 PHASES = (
-    "python_start", "ray_connect", "data_prepare", "mlflow_run",
-    "worker_processes", "worker_setup", "model_init", "deepspeed_init", "checkpoint_restore", "first_batch", "first_step",
+    "python_start",
+    "ray_connect",
+    "data_prepare",
+    "mlflow_run",
+    "worker_processes",
+    "worker_setup",
+    "model_init",
+    "deepspeed_init",
+    "checkpoint_restore",
+    "first_batch",
+    "first_step",
 )
 
 

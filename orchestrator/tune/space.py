@@ -4,7 +4,8 @@ Trial results are indexed by the training step (`time_attr="step"`), so ASHA's g
 perturbation interval are in optimizer steps, like everything else in a job file.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler

@@ -1,7 +1,7 @@
 """A sweep: Ray Tune runs trials of the base job, each trial a full Ray Train + DeepSpeed run of its own.
 
-Driver (`run_sweep`): prepare the data once for every trial, open the parent MLflow run, then run (or resume)
-the Tune experiment and write its summary into the parent run.
+Driver (`run_sweep`): a driver session (train/session.py) that prepares the data once for every trial and opens
+the parent MLflow run, in which the Tune experiment runs (or resumes) and writes its summary into the parent run.
 
 Trial (`run_trial`, a Tune function trainable holding no CPU itself): build the trial's job, open its nested
 MLflow run, and fit a TorchTrainer whose results and checkpoints are passed on to Tune as they come. A trial
@@ -22,21 +22,20 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
-from orchestrator import runtime
-from orchestrator.config.load import LoadedSweep, storage_path
+from orchestrator.config.load import LoadedSweep
 from orchestrator.config.names import derived_name
-from orchestrator.config.paths import claim, path_inside
-from orchestrator.data.pipeline import PreparedData, check_sizes, prepare
-from orchestrator.tracking.data_report import log_data_report
+from orchestrator.config.paths import path_inside, storage_path
+from orchestrator.data.pipeline import PreparedData, check_sizes
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
-from orchestrator.train.launch import build_trainer, job_artifacts, total_steps, train_plan
+from orchestrator.train.launch import build_trainer, job_artifacts, train_plan
+from orchestrator.train.session import SESSION_KINDS, driver_session
 from orchestrator.train.timeline import Timeline
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
 
 TRAIN_CHECKPOINTS_KEPT = 2  # per trial attempt; Tune keeps the trial's history (each result is copied to it)
 TRAIN_RUNS = "train_runs"  # in the sweep's directory: the Train runs of trial attempts
-SWEEP_DIR = "sweep"  # the kind of directory (config/paths.py) a sweep keeps its trials in
+SWEEP_DIR = "sweep"  # the session kind (train/session.py) of the directory a sweep keeps its trials in
 
 
 @dataclass
@@ -111,8 +110,7 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         timeline.mark("mlflow_run")
         start_from = tune.get_checkpoint()
         # Trials register no model: the sweep registers its best trial's (tracking/sweep.py).
-        plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None,
-                          initial_checkpoint=start_from.path if start_from else None)
+        plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None, initial_checkpoint=start_from.path if start_from else None)
         # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
         attempt = derived_name(trial_id, time.strftime("-%Y%m%d-%H%M%S"))
         bridge = ResultsToTune()
@@ -121,28 +119,18 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         bridge.forward(trainer, sweep.config.metric)
 
 
-def run_sweep(sweep: LoadedSweep) -> tuple[tune.ResultGrid, TrackedRun]:
+def run_sweep(sweep: LoadedSweep, address: str | None = None) -> tuple[tune.ResultGrid, TrackedRun]:
     config, job = sweep.config, sweep.base_job
-    print(f"connected to {runtime.connect()}", flush=True)
-    runtime.check_resources(job)
-    random.seed(config.seed)  # PBT and PB2 draw their perturbations from these
-    np.random.seed(config.seed)
-
-    data = prepare(job)  # once, for every trial
-    steps = total_steps(job, data.train_sequences)
-    storage = storage_path(job)
-    sweep_dir = path_inside(storage, sweep.name, "name")
-    at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)
-    claim(sweep_dir, SWEEP_DIR, "name")
-    parent = start_sweep_run(sweep, sweep_dir)
-    with ends_with_outcome(parent):  # from here on, whatever fails ends the sweep's run
-        print(f"MLflow sweep run ({'resumed' if parent.resumed else 'new'}): {parent.url}", flush=True)
-        if not parent.resumed:
-            log_data_report(parent.uri, parent.run_id, data)
-        print(f"{at_once} trial(s) at a time, {job.scaling.num_workers} worker(s) each, {steps} steps per trial", flush=True)
-        results = tuner(sweep, SweepContext(sweep, data, steps, parent, sweep_dir), steps, at_once).fit()
-        summarize_sweep(parent, sweep, results, sweep_dir, steps)
-    return results, parent
+    sweep_dir = path_inside(storage_path(job), sweep.name, SESSION_KINDS[SWEEP_DIR].name_field)
+    with driver_session(job, sweep_dir, SWEEP_DIR, lambda: start_sweep_run(sweep, sweep_dir), address) as session:
+        random.seed(config.seed)  # PBT and PB2 draw their perturbations from these
+        np.random.seed(config.seed)
+        at_once = trials_at_once(ray.cluster_resources(), job, config.max_concurrent_trials)
+        print(f"{at_once} trial(s) at a time, {job.scaling.num_workers} worker(s) each, {session.steps} steps per trial", flush=True)
+        context = SweepContext(sweep, session.data, session.steps, session.run, sweep_dir)
+        results = tuner(sweep, context, session.steps, at_once).fit()
+        summarize_sweep(session.run, sweep, results, sweep_dir, session.steps)
+    return results, session.run
 
 
 def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -> tune.Tuner:
@@ -171,8 +159,6 @@ def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -
             # PBT and PB2 restore a trial from the checkpoint another trial had when it was exploited, seconds
             # later, while that trial trains on: a pruned one is gone by then (seen: DeepSpeed found no state to
             # load, and the exploiting trial failed). They keep every trial checkpoint.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep
-            ),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep),
         ),
     )

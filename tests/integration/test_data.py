@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-
 from helpers import OBJECTS, SUBJECTS, VERBS, orchestrator, write_job
 
 pytestmark = pytest.mark.integration

@@ -33,14 +33,13 @@ def client(mlflow_server) -> MlflowClient:
     return MlflowClient(mlflow_server)
 
 
-def fault_job(tmp: Path, corpus: Path, name: str, max_steps: int, every_steps: int, model: dict = BIGGER, scaling: dict | None = None,
-              **train) -> Path:
+def fault_job(tmp: Path, corpus: Path, name: str, max_steps: int, every_steps: int, model: dict = BIGGER, scaling: dict | None = None, **train) -> Path:
     """A job that evaluates and checkpoints every `every_steps` and logs every step; `train` adds to its train section."""
     job = tiny_job(
         corpus,
         model=model,
-        train={"max_steps": max_steps, "eval_every": every_steps, "eval_at_start": False, "log_every": 1,
-               "schedule": {"name": "constant", "warmup_steps": 2}} | train,
+        train={"max_steps": max_steps, "eval_every": every_steps, "eval_at_start": False, "log_every": 1, "schedule": {"name": "constant", "warmup_steps": 2}}
+        | train,
         checkpoint={"dir": str(tmp / "runs"), "every_steps": every_steps, "keep": 2, "max_failures": 2},
         tracking={"experiment": EXPERIMENT, "run_name": name, "system_metrics_every_s": 2},
         **({"scaling": scaling} if scaling else {}),
@@ -118,15 +117,13 @@ def test_a_worker_killed_while_checkpointing_is_replaced_and_the_job_finishes_in
     assert losses[complete + 1] < 0.8 * losses[1]  # training went on from the checkpoint, not from scratch
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len([path for path in (tmp_path / "runs" / "killed-worker").glob("checkpoint_*") if path.is_dir()]) == 2  # keep
-    print(f"killed worker: cut the step-{complete + every} checkpoint, resumed from step {complete}; "
-          f"the job ended {recovered_s:.0f} s after the kill")
+    print(f"killed worker: cut the step-{complete + every} checkpoint, resumed from step {complete}; the job ended {recovered_s:.0f} s after the kill")
 
     # The same job again, with its newest checkpoint damaged: refused with its path, and the run ends FAILED.
     newest = max(path for path in (tmp_path / "runs" / "killed-worker").glob("checkpoint_*") if path.is_dir())
     states = newest / checkpoint.TAG / "mp_rank_00_model_states.pt"
     states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
-    start_job(cluster, "fault-corrupt-checkpoint", "train", str(job), "--set", "train.max_steps=400",
-              "--set", "checkpoint.max_failures=0")
+    start_job(cluster, "fault-corrupt-checkpoint", "train", str(job), "--set", "train.max_steps=400", "--set", "checkpoint.max_failures=0")
     assert wait_for_job(cluster, "fault-corrupt-checkpoint") == "FAILED"
     failed = client.get_run(run_id)
     assert failed.info.status == "FAILED"
@@ -134,9 +131,7 @@ def test_a_worker_killed_while_checkpointing_is_replaced_and_the_job_finishes_in
     assert newest.name in error and "cannot be loaded into this job's model, so it is refused" in error
 
 
-def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run_and_restart_starts_over(
-    cluster, corpus, client, tracking_server, tmp_path
-):
+def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run_and_restart_starts_over(cluster, corpus, client, tracking_server, tmp_path):
     """MLflow goes away for 15 s: training goes on, and what it logged then reaches the server when it is back,
     each step once; the job log says so once each way. Then `ray job stop`: the run is KILLED and its checkpoint
     stays registered, for the same job submitted again to resume from (as tests/integration/test_training.py
@@ -154,7 +149,8 @@ def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run_and_res
 
     during = wait_until(
         lambda: [p for p in client.get_metric_history(run_id, "train/loss") if stopped_at * 1000 < p.timestamp < restarted_at * 1000],
-        60, "the metrics of the outage arriving",
+        60,
+        "the metrics of the outage arriving",
     )
     assert len(during) > 10, "training went on during the outage, and what it logged then arrived"
     system = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
@@ -196,10 +192,26 @@ def join_node(cluster, log: Path) -> subprocess.Popen:
     temp_dir = tempfile.mkdtemp(prefix="ray-node-")  # short: Ray's socket paths must fit in 107 characters
     with open(log, "a") as out:
         node = subprocess.Popen(
-            [sys.executable, "-c", JOIN_LOOPBACK_HEAD, "start", "--address", cluster.address, "--node-ip-address",
-             "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block", "--temp-dir", temp_dir],
+            [
+                sys.executable,
+                "-c",
+                JOIN_LOOPBACK_HEAD,
+                "start",
+                "--address",
+                cluster.address,
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "1",
+                "--disable-usage-stats",
+                "--block",
+                "--temp-dir",
+                temp_dir,
+            ],
             env=cluster.env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},  # under "0", `ray start --address` refuses
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     node.temp_dir = temp_dir
     wait_until(lambda: alive_nodes(cluster) == 2, 90, "the second node joining")

@@ -37,8 +37,9 @@ def test_submit_follow_status_logs_list_and_stop(cluster, corpus, tmp_path):
     code, out = cli(cluster, "submit", str(job_file(corpus, tmp_path, "followed", steps=6)), "--follow")
     assert code == 0, out[-3000:]
     submission_id = re.search(r"submitted (\S+):", out).group(1)
-    assert "step 6/6" in out  # the job's own log, streamed
-    url = re.search(rf"job {submission_id}: SUCCEEDED \| MLflow run: (\S+)", out).group(1)
+    assert "step 6/6" in out  # the job's own log, streamed, which ends with its run's URL
+    url = re.search(r"MLflow run \(new\): (\S+)", out).group(1)
+    assert out.rstrip().endswith(f"job {submission_id}: SUCCEEDED")
     assert "/runs/" in url
 
     code, out = cli(cluster, "status", submission_id)

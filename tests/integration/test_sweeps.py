@@ -47,8 +47,7 @@ def parent_run(client: MlflowClient, experiment: str, name: str):
 def tune_results(sweep_dir: Path) -> dict[str, list[dict]]:
     """Every result Tune recorded, with the config the trial had at the time, per trial directory."""
     return {
-        path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for path in sweep_dir.glob("run_trial_*/result.json")
+        path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()] for path in sweep_dir.glob("run_trial_*/result.json")
     }
 
 
@@ -83,9 +82,7 @@ def test_optuna_asha_sweep_submitted_to_the_cluster(asha_sweep, client):
     parent = parent_run(client, "sweep-asha", "asha")
     assert parent.info.status == "FINISHED"
     assert parent.data.params["search_space.train.optimizer.lr.loguniform"] == "[0.0003, 0.01]"
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
-        a.path for a in client.list_artifacts(parent.info.run_id, "sweep")
-    }
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep.yaml", "sweep/results.csv", "sweep/lr_schedules.png", "sweep/eval_loss_by_trial.png", "sweep/eval_loss_vs_lr.png"} <= artifacts
 
     children = children_of(client, parent.info.run_id)
@@ -96,10 +93,7 @@ def test_optuna_asha_sweep_submitted_to_the_cluster(asha_sweep, client):
         assert float(child.data.params["sweep.train.optimizer.lr"]) == float(child.data.params["train.optimizer.lr"])
 
     # The best trial is the one whose last reported metric is lowest, read back from the children themselves.
-    last_eval = {
-        child.info.run_id: max(client.get_metric_history(child.info.run_id, "eval/loss"), key=lambda m: m.step).value
-        for child in children
-    }
+    last_eval = {child.info.run_id: max(client.get_metric_history(child.info.run_id, "eval/loss"), key=lambda m: m.step).value for child in children}
     best_id = min(last_eval, key=last_eval.get)
     assert parent.data.tags["best_run_id"] == best_id
     assert parent.data.metrics["best/eval/loss"] == pytest.approx(last_eval[best_id])
@@ -114,8 +108,15 @@ def test_optuna_asha_sweep_submitted_to_the_cluster(asha_sweep, client):
 
 # Debian's chromium as root, offline: no sandbox, and nothing that would reach beyond loopback.
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = REPO / "test-artifacts" / "mlflow-ui"
 
 

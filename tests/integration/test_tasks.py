@@ -34,9 +34,12 @@ def last(client: MlflowClient, run_id: str, key: str) -> tuple[int, float]:
 
 def common_overrides(tmp_path, name: str) -> list[str]:
     return [
-        "--set", f"checkpoint.dir={tmp_path / 'runs'}",
-        "--set", f"data.cache_dir={tmp_path / 'cache'}",
-        "--set", f"tracking.run_name={name}",
+        "--set",
+        f"checkpoint.dir={tmp_path / 'runs'}",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        f"tracking.run_name={name}",
     ]
 
 

@@ -19,9 +19,10 @@ from orchestrator.models.build import build_model
 from orchestrator.tracking.model import hf_directory
 from orchestrator.train.timeline import PHASES
 
-
 pytestmark = pytest.mark.integration
-STAGES = [0, 1, 2, 3]
+# Stages 1 and 3 train like stage 0 on 2 gloo processes in tests/multiprocess/test_layouts.py, which also loads the
+# ZeRO-3 export as one whole model; here, a job run directly (stage 0) and one through the job API (stage 2).
+STAGES = [0, 2]
 # The stage-0 run is also the uninterrupted reference of the resume test, whose first part stops at step 10:
 # a schedule that does not depend on max_steps keeps the learning rates of both runs identical.
 CONSTANT_LR = {"schedule": {"name": "constant", "warmup_steps": 2}}
@@ -87,7 +88,7 @@ def start(corpus, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stage_runs(cluster, corpus, start, tmp_path_factory) -> dict[int, FinishedRun]:
-    """The same 20-step job under ZeRO stages 0-3 with 2 workers; stage 2 goes through `ray job submit`."""
+    """The same 20-step job under ZeRO stages 0 and 2 with 2 workers; stage 2 goes through `ray job submit`."""
     tmp = tmp_path_factory.mktemp("stages")
     return {
         stage: run_job(cluster, tmp, f"zero{stage}", corpus, submit=stage == 2, start=start, deepspeed={"zero_stage": stage}, train=CONSTANT_LR)
@@ -149,21 +150,13 @@ def test_the_model_is_registered_under_the_run_name_and_predicts_through_pyfunc(
     assert all(isinstance(text, str) for text in predicted["generated"])
 
 
-def test_zero3_export_loads_as_a_whole_hugging_face_model(stage_runs, client, tmp_path):
-    directory = hf_directory(Path(client.download_artifacts(stage_runs[3].run_id, "model", str(tmp_path))))
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    assert model.transformer.wte.weight.shape == (len(tokenizer), 64)  # gathered, not a ZeRO-3 partition
-    ids = torch.tensor([tokenizer.encode("the cat sees the red ball.")])
-    loss = model(input_ids=ids, labels=ids).loss.item()
-    assert loss < 4.0  # trained: far below log(vocab) of an untrained model (about 6.2)
-
-
 # Models for the layout comparisons: no dropout (each layout draws its random numbers on other ranks), and blocks
 # that outweigh the embeddings, so that the share of the parameters a model-parallel worker holds means something.
 GPT2_NO_DROPOUT = {"family": "gpt2", "dims": {"layers": 4, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 64}, "dropout": 0.0}
 LLAMA_NO_DROPOUT = {
-    "family": "llama", "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64}, "dropout": 0.0,
+    "family": "llama",
+    "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64},
+    "dropout": 0.0,
 }
 ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
 

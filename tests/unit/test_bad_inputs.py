@@ -115,6 +115,11 @@ def test_bad_file_in_a_real_process(cases: Path, tmp_path: Path, name: str):
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-m", "orchestrator", command_of(name), name],
-        cwd=cases, env=os.environ | environment(mlflow_db), capture_output=True, text=True, timeout=60, check=False,
+        cwd=cases,
+        env=os.environ | environment(mlflow_db),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert_refused(name, Outcome(out.returncode, out.stdout, out.stderr, time.monotonic() - started), cases, mlflow_db)

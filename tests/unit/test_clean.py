@@ -150,8 +150,7 @@ def test_classification_stages(ray_data):
         row(13, "repeat", label="pos", stage="input", reason="set upstream"),
         row(14, "repeat", label="pos"),
     ]
-    rows = run(items, labels=["pos", "neg"], labelled=True, normalize=True, min_chars=5, max_chars=40,
-               dedup_exact=True)
+    rows = run(items, labels=["pos", "neg"], labelled=True, normalize=True, min_chars=5, max_chars=40, dedup_exact=True)
     assert verdicts(rows) == {
         1: ("empty", "empty text"),
         3: ("empty", "missing label"),

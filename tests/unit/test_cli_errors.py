@@ -30,9 +30,7 @@ def assert_one_clean_line(lines: list[str]) -> str:
 
 def test_problems_join_into_one_line_with_control_characters_escaped():
     message = "job.yaml: a\x1b[2J\x1b[31mb: unknown key\njob.yaml: train.max_steps: must be > 0\r\u202eevil"
-    assert one_line(message) == (
-        "job.yaml: a\\x1b[2J\\x1b[31mb: unknown key; job.yaml: train.max_steps: must be > 0\\r\\u202eevil"
-    )
+    assert one_line(message) == ("job.yaml: a\\x1b[2J\\x1b[31mb: unknown key; job.yaml: train.max_steps: must be > 0\\r\\u202eevil")
 
 
 def test_long_words_are_cut_in_the_middle_and_the_line_is_bounded():
@@ -86,13 +84,23 @@ def test_usage_errors_are_one_bounded_escaped_line(monkeypatch, capsys):
     assert code == 2 and "Missing argument" in assert_one_clean_line(lines)
 
 
-def test_predict_and_evaluate_check_their_arguments_before_connecting(monkeypatch, capsys, tmp_path):
-    from orchestrator import runtime
+def test_commands_check_their_arguments_before_connecting(monkeypatch, capsys, tmp_path, corpus):
+    """Mistakes that need no cluster are one line naming the option, before any connection: here the cluster's
+    address is a closed port, and joining it fails the test at once (Ray would retry for a minute)."""
+    import ray
 
-    monkeypatch.setattr(runtime, "connect", lambda: pytest.fail("connected before checking the arguments"))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("connected before checking the arguments"))
     text = tmp_path / "in.jsonl"
     text.write_text('{"text": "a"}\n')
+    job = str(write_job(tmp_path / "job.yaml", tiny_job(corpus)))
+    job_api = "http://127.0.0.1:8265"
     cases = [
+        *[((command, job, "--address", job_api), "--address: ") for command in ("train", "prepare")],
+        (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--batch-size", "0"), "--batch-size"),
+        (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--address", job_api), "--address: "),
+        (("evaluate", "m", "-i", str(text), "--batch-size", "-3"), "--batch-size"),
+        (("evaluate", "m", "-i", str(text), "--address", job_api), "--address: "),
         (("predict", "m", "-i", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out")), "--input: no such file"),
         (("predict", "m", "-i", str(text), "-o", str(tmp_path / "out"), "--format", "csv\x1b"), "--format: one of parquet, jsonl"),
         (("predict", "m", "-i", str(text), "-o", str(text)), "--output: "),
@@ -155,11 +163,14 @@ def test_submit_refuses_a_working_dir_that_is_not_one(monkeypatch, capsys, tmp_p
         assert code == 2 and "--working-dir: " in assert_one_clean_line(lines)
 
 
-@pytest.mark.parametrize("dims, expected", [
-    ({"n_layer": 1_000_000}, "model.pretrained: plan builds each layer to count it, at most 1,024 (got 1,000,000)"),
-    ({"n_embd": 10**9}, "model.pretrained: no model has these dimensions: Storage size calculation overflowed"),
-    ({"n_head": 7}, "model.pretrained: no model has these dimensions: `embed_dim` must be divisible by num_heads"),
-])
+@pytest.mark.parametrize(
+    "dims, expected",
+    [
+        ({"n_layer": 1_000_000}, "model.pretrained: plan builds each layer to count it, at most 1,024 (got 1,000,000)"),
+        ({"n_embd": 10**9}, "model.pretrained: no model has these dimensions: Storage size calculation overflowed"),
+        ({"n_head": 7}, "model.pretrained: no model has these dimensions: `embed_dim` must be divisible by num_heads"),
+    ],
+)
 def test_plan_refuses_dimensions_it_cannot_count(tmp_path, corpus, dims, expected):
     """A pretrained model's config.json is not checked by the job's schema: plan bounds what it builds itself."""
     from orchestrator.config import load_job
@@ -172,10 +183,12 @@ def test_plan_refuses_dimensions_it_cannot_count(tmp_path, corpus, dims, expecte
     job = tiny_job(corpus)
     job["model"] = {"family": "gpt2", "pretrained": str(model)}
     job = load_job(write_job(tmp_path / "job.yaml", job))
-    started = time.perf_counter()
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401 (imported on first use: seconds that are not the check's)
+
+    started = time.process_time()  # this process's CPU: other processes on the machine do not count
     with pytest.raises(UserError, match=re.escape(expected)):
         model_size(job)
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 def test_a_bug_is_not_turned_into_a_user_error(monkeypatch):
@@ -191,10 +204,12 @@ def test_plan_refuses_a_memory_that_is_not_one_before_loading(monkeypatch, capsy
     assert code == 2 and "--memory-per-worker: GiB, a positive number" in assert_one_clean_line(lines)
 
 
-def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys):
+def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys, tmp_path):
     class Job:
+        submission_id = "raysubmit_X"
         entrypoint = "python -m orchestrator train job.yaml --set 'tracking.uri=https://u:p@ss@h' --set 'model.family=\x1b[2J'"
         message, start_time, status = "failed\x1b[31m", None, type("Status", (), {"value": "FAILED"})
+        runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/u:p@ss@h/\x1b[2J.db"}}  # not there
 
     class Client(FakeJobClient):
         def get_job_info(self, submission_id):
@@ -207,9 +222,10 @@ def test_job_api_text_is_printed_masked_and_escaped(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["orchestrator", "status", "raysubmit_X"])
     with pytest.raises(SystemExit) as exited:
         main()
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert exited.value.code in (0, None)
     assert "\x1b" not in out and "p@ss" not in out and "https://u:***@h" in out and "\\x1b[2J" in out and "failed\\x1b[31m" in out
+    assert "\x1b" not in err and "\\x1b[2J.db does not answer" in err
 
 
 @pytest.mark.parametrize(

@@ -74,8 +74,7 @@ def test_the_rayjob_runs_an_example_job_file_with_shared_storage_token_auth_and_
         assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
     workers = load_job(write_job(tmp_path / "resolved.yaml", yaml.safe_load((tmp_path / job_path.name).read_text())))
-    worker_cpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])
-                      for g in cluster["workerGroupSpecs"])
+    worker_cpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]) for g in cluster["workerGroupSpecs"])
     assert worker_cpus >= workers.scaling.num_workers * workers.scaling.cpus_per_worker
 
     deployment, service = kubernetes("mlflow.yaml")

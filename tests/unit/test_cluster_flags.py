@@ -57,7 +57,7 @@ def test_a_driver_without_a_cluster_address_sees_this_machine_as_a_loopback_node
 
     from orchestrator import runtime
 
-    for name, value in LOOPBACK_NODE.items():
+    for name in LOOPBACK_NODE:
         monkeypatch.setenv(name, "1")  # restored afterwards, as is the constant
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
     runtime.use_loopback_node()

@@ -10,17 +10,18 @@ import yaml
 from helpers import REPO, run_cli, tiny_job, write_job
 
 from orchestrator.config import JobConfig, UserError, load_job
-from orchestrator.train.optimizers import OPTIMIZERS
-from orchestrator.config.job import OptimizerConfig, SCHEDULE_NAMES
-from orchestrator.train.schedules import SCHEDULES
+from orchestrator.config.job import SCHEDULE_NAMES, OptimizerConfig
+from orchestrator.data.checks import checked_job
 from orchestrator.models.families import FAMILIES
+from orchestrator.train.optimizers import OPTIMIZERS
+from orchestrator.train.schedules import SCHEDULES
 
 
 def test_example_jobs_validate(corpus, tmp_path):
     for path in (REPO / "jobs").glob("*.yaml"):
         job = yaml.safe_load(path.read_text())
         job["data"]["paths"] = [str(corpus)]  # the examples read an installed corpus
-        load_job(write_job(tmp_path / path.name, job))
+        checked_job(write_job(tmp_path / path.name, job))
 
 
 def test_defaults_and_shortcuts(corpus, tmp_path):
@@ -62,7 +63,12 @@ BAD_JOBS = [
     ("wrong type", {}, ["train.micro_batch_size=many"], "train.micro_batch_size: must be a valid integer"),
     ("zero stage", {}, ["deepspeed.zero_stage=7"], "deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)"),
     ("elastic with zero", {}, ["scaling.min_workers=1", "deepspeed.zero_stage=2"], "scaling.min_workers: elastic jobs need deepspeed.zero_stage 0"),
-    ("elastic uneven", {}, ["scaling.num_workers=3", "scaling.min_workers=2"], "3 micro batches per step (train.grad_accum_steps x num_workers) cannot be shared evenly by 2 workers"),
+    (
+        "elastic uneven",
+        {},
+        ["scaling.num_workers=3", "scaling.min_workers=2"],
+        "3 micro batches per step (train.grad_accum_steps x num_workers) cannot be shared evenly by 2 workers",
+    ),
     ("elastic range", {}, ["scaling.min_workers=3"], "scaling.min_workers: 3 is more than scaling.num_workers (2)"),
     ("elastic strict spread", {}, ["scaling.min_workers=1", "scaling.placement=STRICT_SPREAD"], "scaling.placement: STRICT_SPREAD cannot be elastic"),
     ("seq_len", {}, ["data.seq_len=128"], "data.seq_len: 128 exceeds the model's 64 positions"),
@@ -82,15 +88,45 @@ BAD_JOBS = [
     ("clean_range", {}, ["data.clean.min_chars=50", "data.clean.max_chars=10"], "data.clean.min_chars: exceeds max_chars"),
     ("missing file", {}, ["data.paths=[/no/such/*.jsonl]"], "data.paths[0]: no file matches '/no/such/*.jsonl'"),
     ("bad override", {}, ["train.max_steps"], "--set train.max_steps: expected dotted.key=value"),
-    ("parallel arithmetic", {}, ["parallelism.pipeline=2", "parallelism.data=2"], "parallelism: data x tensor x pipeline = 2 x 1 x 2 = 4 workers, but scaling.num_workers is 2"),
-    ("parallel remainder", {}, ["parallelism.pipeline=2", "scaling.num_workers=3"], "parallelism: data x tensor x pipeline = 1 x 1 x 2 = 2 workers, but scaling.num_workers is 3"),
-    ("tensor and pipeline", {}, ["parallelism.tensor=2", "parallelism.pipeline=2", "scaling.num_workers=4"], "parallelism: tensor and pipeline parallelism together are not supported"),
+    (
+        "parallel arithmetic",
+        {},
+        ["parallelism.pipeline=2", "parallelism.data=2"],
+        "parallelism: data x tensor x pipeline = 2 x 1 x 2 = 4 workers, but scaling.num_workers is 2",
+    ),
+    (
+        "parallel remainder",
+        {},
+        ["parallelism.pipeline=2", "scaling.num_workers=3"],
+        "parallelism: data x tensor x pipeline = 1 x 1 x 2 = 2 workers, but scaling.num_workers is 3",
+    ),
+    (
+        "tensor and pipeline",
+        {},
+        ["parallelism.tensor=2", "parallelism.pipeline=2", "scaling.num_workers=4"],
+        "parallelism: tensor and pipeline parallelism together are not supported",
+    ),
     ("tensor family", {}, ["parallelism.tensor=2"], "parallelism.tensor: splits llama models, not gpt2"),
-    ("tensor heads", {}, ["model.family=llama", "parallelism.tensor=2", "model.dims.heads=1", "model.dims.kv_heads=1"], "parallelism.tensor: model heads (1) must divide by 2"),
+    (
+        "tensor heads",
+        {},
+        ["model.family=llama", "parallelism.tensor=2", "model.dims.heads=1", "model.dims.kv_heads=1"],
+        "parallelism.tensor: model heads (1) must divide by 2",
+    ),
     ("pipeline zero", {}, ["parallelism.pipeline=2", "deepspeed.zero_stage=2"], "deepspeed.zero_stage: pipeline parallelism works with ZeRO stage 0-1 (got 2)"),
-    ("tensor zero", {}, ["model.family=llama", "parallelism.tensor=2", "deepspeed.zero_stage=3"], "deepspeed.zero_stage: tensor parallelism works with ZeRO stage 0-2 (got 3)"),
+    (
+        "tensor zero",
+        {},
+        ["model.family=llama", "parallelism.tensor=2", "deepspeed.zero_stage=3"],
+        "deepspeed.zero_stage: tensor parallelism works with ZeRO stage 0-2 (got 3)",
+    ),
     ("pipeline elastic", {}, ["parallelism.pipeline=2", "scaling.min_workers=1"], "scaling.min_workers: a pipeline-parallel job cannot be elastic"),
-    ("pipeline stages", {}, ["parallelism.pipeline=4", "scaling.num_workers=4"], "parallelism.pipeline: 4 stages need at least as many layers (the model has 2)"),
+    (
+        "pipeline stages",
+        {},
+        ["parallelism.pipeline=4", "scaling.num_workers=4"],
+        "parallelism.pipeline: 4 stages need at least as many layers (the model has 2)",
+    ),
 ]
 
 
@@ -98,7 +134,7 @@ BAD_JOBS = [
 def test_bad_jobs_name_the_field(corpus, tmp_path, name, sections, overrides, message):
     path = write_job(tmp_path / "job.yaml", tiny_job(corpus, **sections))
     with pytest.raises(UserError) as err:
-        load_job(path, overrides)
+        checked_job(path, overrides)
     assert message in str(err.value)
     assert len(str(err.value).splitlines()) == 1
 
@@ -107,7 +143,7 @@ def test_csv_without_the_text_column(tmp_path):
     table = tmp_path / "table.csv"
     table.write_text("title,category\nhello,a\n")
     with pytest.raises(UserError, match=r"data.text_field: .*table.csv has no column 'text' \(columns: title, category\)"):
-        load_job(write_job(tmp_path / "job.yaml", tiny_job(table)))
+        checked_job(write_job(tmp_path / "job.yaml", tiny_job(table)))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -116,7 +152,7 @@ def test_unwritable_cache_dir(corpus, tmp_path):
     locked.mkdir(mode=0o500)
     job = tiny_job(corpus, data={**tiny_job(corpus)["data"], "cache_dir": str(locked / "cache")})
     with pytest.raises(UserError, match="data.cache_dir: .* is not writable"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_cache_dir_that_is_a_file(corpus, tmp_path):
@@ -124,14 +160,14 @@ def test_cache_dir_that_is_a_file(corpus, tmp_path):
     blocker.write_text("")
     job = tiny_job(corpus, data={**tiny_job(corpus)["data"], "cache_dir": str(blocker / "cache")})
     with pytest.raises(UserError, match="data.cache_dir: .*blocker/cache is not writable"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_empty_corpus(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(UserError, match=r"data.paths: the corpus is empty \(1 files, 0 bytes\)"):
-        load_job(write_job(tmp_path / "job.yaml", tiny_job(empty)))
+        checked_job(write_job(tmp_path / "job.yaml", tiny_job(empty)))
 
 
 @pytest.mark.parametrize(
@@ -179,11 +215,11 @@ def test_registries_cover_every_name_the_schema_accepts():
     assert set(FAMILIES) == set(JobConfig.model_fields["model"].annotation.model_fields["family"].annotation.__args__)
 
 
-def test_readme_job_reference_is_generated_from_the_models():
+def test_docs_job_reference_is_generated_from_the_models():
     from orchestrator.config.reference import markdown
 
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- job-reference:start -->\n")[1].split("<!-- job-reference:end -->")[0]
-    assert block == markdown(), "README's job file reference is stale: paste `orchestrator schema --markdown` into it"
-    for name, field in JobConfig.model_fields.items():  # every section and key of the models is in it
+    jobs_doc = (REPO / "docs" / "jobs.md").read_text()
+    block = jobs_doc.split("<!-- job-reference:start -->\n")[1].split("<!-- job-reference:end -->")[0]
+    assert block == markdown(), "docs/jobs.md's job file reference is stale: paste `orchestrator schema --markdown` into it"
+    for name in JobConfig.model_fields:  # every section and key of the models is in it
         assert f"| `{name}` |" in block

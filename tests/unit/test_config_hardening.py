@@ -14,6 +14,7 @@ from helpers import tiny_job, write_job, write_sweep
 
 from orchestrator.config import UserError, load_job
 from orchestrator.config.load import MAX_ECHO_CHARS, MAX_YAML_DEPTH, apply_overrides, load_sweep, parse_yaml, read_yaml, set_key, validate
+from orchestrator.data.checks import checked_job
 
 
 def refused(raw: dict, *overrides: str) -> str:
@@ -38,8 +39,20 @@ def test_yaml_1_1_booleans_sexagesimals_and_leading_zeros_stay_text(text):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("true", True), ("FALSE", False), ("~", None), ("null", None), ("12", 12), ("-3", -3), ("0o17", 15), ("0x1f", 31),
-     ("1e5", 1e5), ("0.5", 0.5), (".5", 0.5), ("-.inf", float("-inf"))],
+    [
+        ("true", True),
+        ("FALSE", False),
+        ("~", None),
+        ("null", None),
+        ("12", 12),
+        ("-3", -3),
+        ("0o17", 15),
+        ("0x1f", 31),
+        ("1e5", 1e5),
+        ("0.5", 0.5),
+        (".5", 0.5),
+        ("-.inf", float("-inf")),
+    ],
 )
 def test_yaml_1_2_core_values(text, value):
     assert parse_yaml(f"a: {text}") == {"a": value}
@@ -74,8 +87,17 @@ def test_a_complex_mapping_key_is_refused(text):
 
 
 @pytest.mark.parametrize(
-    "tag", ["!!python/object/apply:os.system ['true']", "!!python/name:os.system", "!!binary aGk=", "!!timestamp 2001-01-01",
-            "!!int abc", "!!bool maybe", "!!float x", "!!set {a: null}"],
+    "tag",
+    [
+        "!!python/object/apply:os.system ['true']",
+        "!!python/name:os.system",
+        "!!binary aGk=",
+        "!!timestamp 2001-01-01",
+        "!!int abc",
+        "!!bool maybe",
+        "!!float x",
+        "!!set {a: null}",
+    ],
 )
 def test_tags_outside_the_core_schema_are_refused(tag):
     with pytest.raises(UserError, match="not valid YAML"):
@@ -105,11 +127,29 @@ def test_control_characters_in_the_file_path_are_refused(name):
 # --- 2. numbers have real bounds ---------------------------------------------------------------------------------
 
 INTEGER_FIELDS = [
-    "train.max_steps", "train.micro_batch_size", "train.grad_accum_steps", "train.eval_every", "train.eval_batches",
-    "train.log_every", "train.seed", "train.schedule.warmup_steps", "model.dims.hidden", "model.dims.layers",
-    "model.dims.heads", "model.dims.ffn", "model.dims.max_positions", "data.seq_len", "data.seed",
-    "data.tokenizer.vocab_size", "data.clean.max_chars", "data.augment.seed", "scaling.num_workers",
-    "parallelism.tensor", "checkpoint.every_steps", "checkpoint.keep", "checkpoint.max_failures",
+    "train.max_steps",
+    "train.micro_batch_size",
+    "train.grad_accum_steps",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.log_every",
+    "train.seed",
+    "train.schedule.warmup_steps",
+    "model.dims.hidden",
+    "model.dims.layers",
+    "model.dims.heads",
+    "model.dims.ffn",
+    "model.dims.max_positions",
+    "data.seq_len",
+    "data.seed",
+    "data.tokenizer.vocab_size",
+    "data.clean.max_chars",
+    "data.augment.seed",
+    "scaling.num_workers",
+    "parallelism.tensor",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+    "checkpoint.max_failures",
 ]
 
 
@@ -130,8 +170,14 @@ def test_seeds_stay_in_numpy_range(job):
     assert validate(apply_overrides(copy.deepcopy(job), [f"data.seed={2**31 - 1}"])).data.seed == 2**31 - 1
 
 
-FLOAT_FIELDS = ["train.optimizer.lr", "train.optimizer.eps", "train.optimizer.weight_decay", "train.grad_clip",
-                "scaling.cpus_per_worker", "tracking.system_metrics_every_s"]
+FLOAT_FIELDS = [
+    "train.optimizer.lr",
+    "train.optimizer.eps",
+    "train.optimizer.weight_decay",
+    "train.grad_clip",
+    "scaling.cpus_per_worker",
+    "tracking.system_metrics_every_s",
+]
 
 
 @pytest.mark.parametrize("field", FLOAT_FIELDS + ["train.epochs"])
@@ -160,15 +206,11 @@ def sweep_error(tmp_path: Path, job: dict, **sweep) -> str:
 def test_sweep_bounds(tmp_path, job):
     assert "num_samples: must be less than or equal to 10000" in sweep_error(tmp_path, job, num_samples=1_000_000_000)
     space = {f"train.{key}": {"grid": list(range(1, 101))} for key in ("log_every", "eval_every")}
-    assert "num_samples: 40,000 trials (grid points x num_samples); at most 10,000" in sweep_error(
-        tmp_path, job, search_space=space
-    )
+    assert "num_samples: 40,000 trials (grid points x num_samples); at most 10,000" in sweep_error(tmp_path, job, search_space=space)
     many = {"train.log_every": {"choice": list(range(1, 2002))}}
     assert "search_space.train.log_every.choice: List must have at most 1000 items" in sweep_error(tmp_path, job, search_space=many)
     inf_space = {"train.optimizer.lr": {"loguniform": [1e-4, float("inf")]}}
-    assert "search_space.train.optimizer.lr.loguniform.1: must be a finite number" in sweep_error(
-        tmp_path, job, search_space=inf_space
-    )
+    assert "search_space.train.optimizer.lr.loguniform.1: must be a finite number" in sweep_error(tmp_path, job, search_space=inf_space)
 
 
 # --- 3. paths ----------------------------------------------------------------------------------------------------
@@ -192,16 +234,20 @@ def test_the_sweep_base_refuses_control_characters(tmp_path, job):
 
 @pytest.mark.parametrize(
     "pattern, problem",
-    [("/**/*.x", "may not start at the filesystem root"), ("//*/**/*.x", "may not start at the filesystem root"),
-     ("/proc/self/environ", "/proc is a pseudo filesystem"), ("/dev/zero", "/dev is a pseudo filesystem"),
-     ("/sys/**/*", "/sys is a pseudo filesystem")],
+    [
+        ("/**/*.x", "may not start at the filesystem root"),
+        ("//*/**/*.x", "may not start at the filesystem root"),
+        ("/proc/self/environ", "/proc is a pseudo filesystem"),
+        ("/dev/zero", "/dev is a pseudo filesystem"),
+        ("/sys/**/*", "/sys is a pseudo filesystem"),
+    ],
 )
 def test_data_globs_may_not_walk_the_whole_filesystem(job, tmp_path, pattern, problem):
     raw = copy.deepcopy(job)
     raw["data"]["paths"] = [pattern]
     started = time.monotonic()
     with pytest.raises(UserError, match=f"data.paths\\[0\\]: .*{problem}"):
-        load_job(write_job(tmp_path / "job.yaml", raw))
+        checked_job(write_job(tmp_path / "job.yaml", raw))
     assert time.monotonic() - started < 1
 
 
@@ -216,12 +262,14 @@ def test_the_data_parallel_degree_is_always_checked(job):
 
 @pytest.mark.parametrize(
     "extra, expected",
-    [("{zero_optimization: {stage: 7}}", "deepspeed.extra.zero_optimization.stage: 7 conflicts with deepspeed.zero_stage (0)"),
-     ("{train_micro_batch_size_per_gpu: -1}", "deepspeed.extra.train_micro_batch_size_per_gpu: -1 conflicts with train.micro_batch_size (4)"),
-     ("{train_batch_size: -8}", "deepspeed.extra.train_batch_size: -8 conflicts with train.micro_batch_size x grad_accum_steps"),
-     ("{bf16: {enabled: true}}", "deepspeed.extra.bf16.enabled: True conflicts with deepspeed.precision ('fp32')"),
-     ("{fp16: true}", "deepspeed.extra.fp16: True conflicts with deepspeed.precision ('fp32')"),
-     ("{gradient_clipping: 5}", "deepspeed.extra.gradient_clipping: 5 conflicts with train.grad_clip (1.0)")],
+    [
+        ("{zero_optimization: {stage: 7}}", "deepspeed.extra.zero_optimization.stage: 7 conflicts with deepspeed.zero_stage (0)"),
+        ("{train_micro_batch_size_per_gpu: -1}", "deepspeed.extra.train_micro_batch_size_per_gpu: -1 conflicts with train.micro_batch_size (4)"),
+        ("{train_batch_size: -8}", "deepspeed.extra.train_batch_size: -8 conflicts with train.micro_batch_size x grad_accum_steps"),
+        ("{bf16: {enabled: true}}", "deepspeed.extra.bf16.enabled: True conflicts with deepspeed.precision ('fp32')"),
+        ("{fp16: true}", "deepspeed.extra.fp16: True conflicts with deepspeed.precision ('fp32')"),
+        ("{gradient_clipping: 5}", "deepspeed.extra.gradient_clipping: 5 conflicts with train.grad_clip (1.0)"),
+    ],
 )
 def test_deepspeed_extra_may_not_contradict_the_job(job, extra, expected):
     assert refused(job, f"deepspeed.extra={extra}").startswith(expected)
@@ -241,13 +289,13 @@ def test_an_output_directory_under_a_file_is_refused(job, tmp_path, field):
     afile.write_text("")
     set_key(job, field, str(afile / "runs"))
     with pytest.raises(UserError, match=f"{field}: .* is not writable \\({afile} is not a directory\\)"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_an_output_directory_under_proc_is_refused(job, tmp_path):
     set_key(job, "checkpoint.dir", "/proc/runs")
     with pytest.raises(UserError, match="checkpoint.dir: /proc/runs is not writable \\(/proc is a pseudo filesystem\\)"):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
 
 
 def test_loading_a_job_creates_nothing_on_disk(job, tmp_path):
@@ -255,13 +303,13 @@ def test_loading_a_job_creates_nothing_on_disk(job, tmp_path):
     outputs.mkdir()
     set_key(job, "data.cache_dir", str(outputs / "not" / "yet" / "cache"))
     set_key(job, "checkpoint.dir", str(outputs / "runs"))
-    load_job(write_job(tmp_path / "job.yaml", job))
+    checked_job(write_job(tmp_path / "job.yaml", job))
     assert list(outputs.iterdir()) == []
 
 
 def test_a_uri_checkpoint_dir_is_not_probed(job, tmp_path):
     set_key(job, "checkpoint.dir", "s3://bucket/runs")
-    assert load_job(write_job(tmp_path / "job.yaml", job)).checkpoint.dir == "s3://bucket/runs"
+    assert checked_job(write_job(tmp_path / "job.yaml", job)).checkpoint.dir == "s3://bucket/runs"
 
 
 # --- 6. secrets and long values in errors ------------------------------------------------------------------------
@@ -314,13 +362,13 @@ def test_examples_of_the_repository_parse_the_same_in_yaml_1_2():
         assert read_yaml(path) == yaml.safe_load(path.read_text()), path
 
 
-def test_the_probe_leaves_no_write_test_directory(job, tmp_path):
+def test_checking_output_directories_again_and_again_leaves_nothing(job, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     set_key(job, "checkpoint.dir", str(home / "runs"))
     set_key(job, "data.cache_dir", str(home / "cache"))
     for _ in range(3):
-        load_job(write_job(tmp_path / "job.yaml", job))
+        checked_job(write_job(tmp_path / "job.yaml", job))
     assert os.listdir(home) == []
 
 

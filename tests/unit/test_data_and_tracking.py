@@ -4,11 +4,11 @@ import numpy as np
 import torch
 
 from orchestrator.config.job import TokenizerConfig
-from orchestrator.data.feed import rank_micro_batches
 from orchestrator.data.encode import encode_causal_lm, is_validation, pack
+from orchestrator.data.feed import rank_micro_batches
 from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
 from orchestrator.tracking.params import flatten
-from orchestrator.train.loop import format_progress
+from orchestrator.train.reporting import format_progress
 
 
 def test_pack_cuts_full_rows_with_separators():

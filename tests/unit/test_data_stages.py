@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import tiny_job, write_corpus
+
 from orchestrator.config.job import AugmentConfig, JobConfig, TokenizerConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies, augmented
@@ -86,7 +86,7 @@ def test_seq2seq_targets_end_with_the_separator_and_ignore_padding(tokenizer):
     labels = out["labels"][0]
     real = labels[labels != IGNORED_LABEL]
     assert real[-1] == separator and tokenizer.decode(real[:-1].tolist()).strip() == "le chat"
-    assert (labels[len(real):] == IGNORED_LABEL).all()
+    assert (labels[len(real) :] == IGNORED_LABEL).all()
     assert out["attention_mask"][0].sum() == (out["input_ids"][0] != tokenizer.pad_token_id).sum()
 
 
@@ -110,7 +110,9 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     corpus.write_text(corpus.read_text() + json.dumps({"text": "one more"}) + "\n")
     assert key != cache.fingerprint(job, [str(corpus)])
     # where the cache lives is not part of what it holds
-    assert cache.fingerprint(job, [str(corpus)]) == cache.fingerprint(job.model_copy(update={"data": job.data.model_copy(update={"cache_dir": "/elsewhere"})}), [str(corpus)])
+    assert cache.fingerprint(job, [str(corpus)]) == cache.fingerprint(
+        job.model_copy(update={"data": job.data.model_copy(update={"cache_dir": "/elsewhere"})}), [str(corpus)]
+    )
 
 
 def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, tmp_path):

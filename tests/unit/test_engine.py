@@ -5,17 +5,11 @@ import importlib
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import StandInTokenizer
 
 from orchestrator.config.load import validate
 from orchestrator.models.build import build_model
 from orchestrator.train.engine import build_engine
-
-
-class Tokenizer:  # what build_model reads of a trained tokenizer
-    eos_token_id, pad_token_id = 0, 1
-
-    def __len__(self):
-        return 256
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +26,16 @@ def one_process_group():
 
 
 def single_worker_engine(stage: int, precision: str):
-    job = validate({
-        "model": {"family": "gpt2", "dims": {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64, "max_positions": 16}},
-        "data": {"paths": ["unused.jsonl"], "seq_len": 16},
-        "train": {"max_steps": 4, "micro_batch_size": 2, "grad_accum_steps": 2},
-        "deepspeed": {"zero_stage": stage, "precision": precision},
-        "scaling": {"num_workers": 1},
-    })
-    return build_engine(job, build_model(job.model, job.task, Tokenizer(), [], seed=0), total_steps=4, world_size=1)
+    job = validate(
+        {
+            "model": {"family": "gpt2", "dims": {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64, "max_positions": 16}},
+            "data": {"paths": ["unused.jsonl"], "seq_len": 16},
+            "train": {"max_steps": 4, "micro_batch_size": 2, "grad_accum_steps": 2},
+            "deepspeed": {"zero_stage": stage, "precision": precision},
+            "scaling": {"num_workers": 1},
+        }
+    )
+    return build_engine(job, build_model(job.model, job.task, StandInTokenizer(256), [], seed=0), total_steps=4, world_size=1)
 
 
 def losses(engine, steps: int = 4) -> list[float]:

@@ -21,22 +21,38 @@ def test_gpt2_124m_matches_the_count_nanogpt_uses():
 
 
 def test_untied_input_embedding_is_a_lookup_and_the_output_layer_a_matmul():
-    model = on_meta("LlamaConfig", "LlamaForCausalLM", vocab_size=1000, hidden_size=64, intermediate_size=128,
-                    num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=False)
+    model = on_meta(
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        tie_word_embeddings=False,
+    )
     total = sum(p.numel() for p in model.parameters())
     assert matmul_parameters(model) == total - 1000 * 64
 
 
 def test_classifier_embeddings_are_all_lookups():
-    model = on_meta("BertConfig", "BertForSequenceClassification", vocab_size=1000, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=128, max_position_embeddings=128, num_labels=3)
+    model = on_meta(
+        "BertConfig",
+        "BertForSequenceClassification",
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=3,
+    )
     lookups = (1000 + 128 + 2) * 64  # words, positions, token types
     assert matmul_parameters(model) == sum(p.numel() for p in model.parameters()) - lookups
 
 
 def test_encoder_decoder_attends_three_times_per_layer_pair():
-    model = on_meta("T5Config", "T5ForConditionalGeneration", vocab_size=1000, d_model=64, d_kv=32, num_heads=4,
-                    num_layers=2, d_ff=128)
+    model = on_meta("T5Config", "T5ForConditionalGeneration", vocab_size=1000, d_model=64, d_kv=32, num_heads=4, num_layers=2, d_ff=128)
     attention = 12 * (2 + 2 * 2) * (4 * 32) * 16  # encoder self; decoder self and cross; heads x d_kv wide
     assert model_flops_per_token(model, seq_len=16) == 6 * matmul_parameters(model) + attention
 

@@ -17,9 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from fuzz_strategies import (
     HUGE_INT,
     Doc,
@@ -39,6 +36,9 @@ from fuzz_strategies import (
     sweep_docs,
 )
 from helpers import REPO, write_corpus
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from orchestrator.config import UserError
 from orchestrator.config.load import read_yaml
 
@@ -187,12 +187,35 @@ JOB_REGRESSIONS = [
     pytest.param({"model.size": Raw("{[a, b]: 1}")}, None, id="traceback:complex-key"),
     pytest.param({"data.paths": Raw('["corpus\\0.jsonl"]')}, "data.paths", id="traceback:nul-in-path"),
     # accepted although they cannot work
-    *(huge(key) for key in ("train.max_steps", "train.micro_batch_size", "train.grad_accum_steps", "model.dims.hidden",
-                            "data.seq_len", "data.tokenizer.vocab_size", "train.seed", "data.seed",
-                            "scaling.num_workers", "checkpoint.keep", "train.eval_every")),
-    *(unbounded_float(key, value) for value in (math.inf, 1e308) for key in (
-        "train.optimizer.lr", "train.optimizer.eps", "train.optimizer.weight_decay", "train.grad_clip", "train.epochs",
-        "scaling.cpus_per_worker", "tracking.system_metrics_every_s")),
+    *(
+        huge(key)
+        for key in (
+            "train.max_steps",
+            "train.micro_batch_size",
+            "train.grad_accum_steps",
+            "model.dims.hidden",
+            "data.seq_len",
+            "data.tokenizer.vocab_size",
+            "train.seed",
+            "data.seed",
+            "scaling.num_workers",
+            "checkpoint.keep",
+            "train.eval_every",
+        )
+    ),
+    *(
+        unbounded_float(key, value)
+        for value in (math.inf, 1e308)
+        for key in (
+            "train.optimizer.lr",
+            "train.optimizer.eps",
+            "train.optimizer.weight_decay",
+            "train.grad_clip",
+            "train.epochs",
+            "scaling.cpus_per_worker",
+            "tracking.system_metrics_every_s",
+        )
+    ),
     pytest.param({"train.max_steps": Raw("yes")}, "train.max_steps", id="accepted-broken:yaml11-yes"),
     pytest.param({"train.max_steps": Raw("12:30")}, "train.max_steps", id="accepted-broken:yaml11-sexagesimal"),
     pytest.param({"parallelism.data": 3, "scaling.num_workers": 2}, "parallelism", id="accepted-broken:data-parallel-3-of-2"),
@@ -237,17 +260,13 @@ def test_checkpoint_dir_under_a_file_is_refused(world):
     ("changes", "expected"),
     [
         pytest.param({"num_samples": 1_000_000_000}, "num_samples", id="accepted-broken:num_samples-1e9"),
-        pytest.param(
-            {"search_space": Raw("{train.optimizer.lr: {loguniform: [1.0e-4, .inf]}}")}, "loguniform", id="accepted-broken:loguniform-inf"
-        ),
+        pytest.param({"search_space": Raw("{train.optimizer.lr: {loguniform: [1.0e-4, .inf]}}")}, "loguniform", id="accepted-broken:loguniform-inf"),
         pytest.param({"name": "../../escape"}, "name", id="data-loss:sweep-name-escapes"),
     ],
 )
 def test_sweep_regression(world, changes, expected):
     sweep = sweep_with(changes)
-    outcome, created, deleted = run_case(
-        world, {"sweep.yaml": sweep, "job.yaml": job_with(world, {})}, "validate", str(case_dir(world) / "sweep.yaml")
-    )
+    outcome, created, deleted = run_case(world, {"sweep.yaml": sweep, "job.yaml": job_with(world, {})}, "validate", str(case_dir(world) / "sweep.yaml"))
     assert outcome.code == 2 and expected in outcome.stderr, str(outcome)
     check_outcome(outcome, set(), created, deleted)
 
@@ -296,7 +315,11 @@ def test_ten_megabyte_file_is_refused_in_linear_time(world):
 def orchestrator_process(world: World, *args: str | bytes, timeout: float = 60) -> subprocess.CompletedProcess:
     """`python -m orchestrator ARGS` as a user runs it (bytes arguments pass undecodable bytes through)."""
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=world.cwd, capture_output=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=world.cwd,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
         env=os.environ | {"PYTHONPATH": str(REPO)},
     )
 

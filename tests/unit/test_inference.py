@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import transformers
 import yaml
-
 from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job
+
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.data.tokenizers import train_tokenizer
@@ -27,15 +27,13 @@ DIMS = {
     "sequence_classification": lambda: transformers.BertConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
     ),
-    "seq2seq": lambda: transformers.T5Config(
-        d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2
-    ),
+    "seq2seq": lambda: transformers.T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2),
     "causal_lm": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
 }
 
 
 def export_tiny_model(directory, task: str):
-    """What train/loop.py's export writes: a random-init model, its tokenizer and the model card."""
+    """What train/export.py writes: a random-init model, its tokenizer and the model card."""
     tokenizer = train_tokenizer(TokenizerConfig(train="bpe", vocab_size=300), TEXTS)
     config = DIMS[task]()
     ids = special_tokens(tokenizer) | (label_keys(LABELS) if task == "sequence_classification" else {})
@@ -44,7 +42,9 @@ def export_tiny_model(directory, task: str):
     getattr(transformers, TASKS[task].auto_class).from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     card = {
-        "task": task, "seq_len": SEQ_LEN, "text_field": "text",
+        "task": task,
+        "seq_len": SEQ_LEN,
+        "text_field": "text",
         "label_field": "category" if task == "sequence_classification" else None,
         "target_field": "summary" if task == "seq2seq" else None,
     }
@@ -58,7 +58,7 @@ def models(tmp_path_factory):
 
 
 def batch_of(n: int) -> dict:
-    texts = np.array(TEXTS[:n - 1] + [""], dtype=object)  # an empty text too
+    texts = np.array(TEXTS[: n - 1] + [""], dtype=object)  # an empty text too
     return {
         "text": texts,
         "source": np.array([f"f.jsonl:{i}" for i in range(1, n + 1)], dtype=object),
@@ -103,7 +103,7 @@ def test_causal_lm_continues_texts_and_scores_them(models):
 
 
 def log_model(client: mlflow.MlflowClient, experiment_id: str, hf_dir, task: str, run_name: str, registered_model: str) -> str:
-    """What train/loop.py's export does with a finished run's model: an MLflow model, logged and registered."""
+    """What train/export.py does with a finished run's model: an MLflow model, logged and registered."""
     run_id = client.create_run(experiment_id, tags={"orchestrator.run_name": run_name}).info.run_id
     save_model(str(hf_dir), str(hf_dir.parent / f"{run_name}-mlflow"), task, TEXTS[:2])
     client.log_artifacts(run_id, str(hf_dir.parent / f"{run_name}-mlflow"), "model")

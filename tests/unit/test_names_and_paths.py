@@ -18,8 +18,7 @@ from orchestrator.config.paths import MARKER, claim, delete_claimed, path_inside
 from orchestrator.config.sweep import SweepConfig
 
 JOB = {"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1}}
-BAD_NAMES = ["", ".", "..", "../..", "../../etc", "/abs", "a/b", "a:b", "-rf", ".hidden", "a b", "x\x00y", "x\ny",
-             "caf\u00e9", "x" * (MAX_NAME_LENGTH + 1)]
+BAD_NAMES = ["", ".", "..", "../..", "../../etc", "/abs", "a/b", "a:b", "-rf", ".hidden", "a b", "x\x00y", "x\ny", "caf\u00e9", "x" * (MAX_NAME_LENGTH + 1)]
 
 
 def refusal(raw: dict, model=None) -> str:
@@ -102,8 +101,7 @@ def test_paths_stay_inside_their_root(tmp_path):
 
 def sentinels(tmp_path: Path) -> list[Path]:
     """A file in the checkpoint root, in a sibling run, next to the root and in a directory outside it."""
-    files = [tmp_path / "runs" / "root.txt", tmp_path / "runs" / "other-run" / "ckpt.txt", tmp_path / "beside.txt",
-             tmp_path / "outside" / "precious.txt"]
+    files = [tmp_path / "runs" / "root.txt", tmp_path / "runs" / "other-run" / "ckpt.txt", tmp_path / "beside.txt", tmp_path / "outside" / "precious.txt"]
     for path in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("keep")
@@ -121,9 +119,14 @@ def test_restart_deletes_only_a_marked_run_directory_inside_the_root(tmp_path):
     (root / "unmarked" / "data.bin").write_text("theirs")
     claim(str(root / "a-sweep"), "sweep", "name")
     refused = {
-        "..": "would put files outside", "../..": "would put files outside", ".": "would put files outside",
-        "../outside": "would put files outside", "link-out": "would put files outside",
-        "link-in": "is a symbolic link", "unmarked": "not created by orchestrator", "a-sweep": "orchestrator sweep directory",
+        "..": "would put files outside",
+        "../..": "would put files outside",
+        ".": "would put files outside",
+        "../outside": "would put files outside",
+        "link-out": "would put files outside",
+        "link-in": "is a symbolic link",
+        "unmarked": "not created by orchestrator",
+        "a-sweep": "orchestrator sweep directory",
     }
     for name, message in refused.items():
         with pytest.raises(UserError, match=message):
@@ -164,8 +167,7 @@ def test_claim_creates_and_marks_or_refuses_what_is_not_its_own(tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / MARKER).write_text("{not json")
-    for name, message in [("theirs", "not created by orchestrator"), ("a-file", "is a file"),
-                          ("corrupt", "not created by orchestrator")]:
+    for name, message in [("theirs", "not created by orchestrator"), ("a-file", "is a file"), ("corrupt", "not created by orchestrator")]:
         with pytest.raises(UserError, match=message):
             claim(str(tmp_path / name), "run", "tracking.run_name")
     with pytest.raises(UserError, match="an orchestrator run directory, not a sweep"):
@@ -205,27 +207,39 @@ def test_orphan_cleanup_removes_only_marked_local_copies_of_this_user(tmp_path, 
     assert all(path.read_text() == "keep" for path in files)
 
 
-def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch):
-    """In launch: data prepared, run opened, then the data report fails: the run must not stay RUNNING."""
-    from orchestrator.train import launch as launching
+def without_a_cluster(monkeypatch) -> None:
+    """The driver session (train/session.py) up to its MLflow run, with no Ray and no data: a data report that
+    fails to log."""
+    from orchestrator.train import session
 
-    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")},
-                          "tracking": {"uri": mlflow_uri, "experiment": "outcome", "run_name": "breaks"}})
-    monkeypatch.setattr(launching.runtime, "connect", lambda: "nowhere")
-    monkeypatch.setattr(launching.runtime, "check_resources", lambda job: None)
-    monkeypatch.setattr(launching, "prepare", lambda job: SimpleNamespace(train_sequences=8))
-    monkeypatch.setattr(launching, "total_steps", lambda job, sequences: 1)
+    monkeypatch.setattr(session.runtime, "connect", lambda address: "nowhere")
+    monkeypatch.setattr(session.runtime, "check_resources", lambda job: None)
+    monkeypatch.setattr(session, "prepare", lambda job: SimpleNamespace(train_sequences=8))
+    monkeypatch.setattr(session, "total_steps", lambda job, sequences: 1)
 
     def broken_report(*args):
         raise OSError("disk full while logging the data report")
 
-    monkeypatch.setattr(launching, "log_data_report", broken_report)
+    monkeypatch.setattr(session, "log_data_report", broken_report)
+
+
+def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch, capsys):
+    """In launch: data prepared, run opened, then the data report fails: the run must not stay RUNNING, and its URL
+    is still the last line printed."""
+    from orchestrator.train import launch as launching
+
+    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": mlflow_uri, "experiment": "outcome", "run_name": "breaks"}})
+    without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         launching.launch(job, None, restart=False)
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("outcome").experiment_id])
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert (tmp_path / "runs" / "breaks" / MARKER).is_file()
+    assert (
+        capsys.readouterr().out.splitlines()[-1]
+        == f"MLflow run (new): run {run.info.run_id} in {mlflow_uri} (view with: mlflow ui --backend-store-uri {mlflow_uri})"
+    )
 
 
 def test_a_run_whose_own_setup_fails_ends_failed(tmp_path, mlflow_uri):
@@ -242,9 +256,7 @@ def test_a_run_whose_own_setup_fails_ends_failed(tmp_path, mlflow_uri):
     assert run.info.status == "FAILED"
 
 
-def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch):
-    import ray
-
+def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch, capsys):
     from orchestrator.config.load import LoadedSweep
     from orchestrator.tune import sweep as sweeping
 
@@ -252,20 +264,12 @@ def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, mlflow
     path = tmp_path / "lr.yaml"
     path.write_text("base: job.yaml\n")
     config = validate({"base": "job.yaml", "search_space": {"train.lr": {"choice": [0.1, 0.2]}}}, SweepConfig)
-    sweep = LoadedSweep(path, config, "lr", base_raw, validate(base_raw))
-    monkeypatch.setattr(sweeping.runtime, "connect", lambda: "nowhere")
-    monkeypatch.setattr(sweeping.runtime, "check_resources", lambda job: None)
-    monkeypatch.setattr(sweeping, "prepare", lambda job: SimpleNamespace(train_sequences=8))
-    monkeypatch.setattr(sweeping, "total_steps", lambda job, sequences: 1)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-
-    def broken_report(*args):
-        raise OSError("disk full while logging the data report")
-
-    monkeypatch.setattr(sweeping, "log_data_report", broken_report)
+    sweep = LoadedSweep(path, config, "lr", tmp_path / "job.yaml", base_raw, validate(base_raw))
+    without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         sweeping.run_sweep(sweep)
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert (tmp_path / "runs" / "lr" / MARKER).is_file()
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"MLflow sweep run (new): run {run.info.run_id} in {mlflow_uri}")

@@ -1,13 +1,20 @@
 """`orchestrator plan`: memory per worker for each ZeRO option, in agreement with DeepSpeed's estimators."""
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-from helpers import run_cli, tiny_job, write_job
+from helpers import tiny_job, write_job
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.config import load_job
 from orchestrator.models.build import build_model
-from orchestrator.train.plan import OPTIONS, _Vocabulary, deepspeed_estimate, model_size, paper_bytes, plan
+from orchestrator.train.plan import OPTIONS, _Vocabulary, deepspeed_estimate, model_size, option_name, paper_bytes, plan
 
 
 @pytest.fixture
@@ -23,12 +30,32 @@ def test_the_meta_model_counts_the_parameters_of_the_model_that_trains(job):
     assert (size.layers, size.hidden, size.heads) == (2, 64, 2)
 
 
-def test_estimates_are_deepspeeds_own(job):
-    size, workers = model_size(job), job.scaling.num_workers
-    _, zero2_device = estimate_zero2_model_states_mem_needs(size.parameters, num_gpus_per_node=workers, cpu_offload=False)
-    _, zero3_device, _ = estimate_zero3_model_states_mem_needs(size.parameters, size.largest_layer, num_gpus_per_node=workers, cpu_offload=False, cpu_offload_params=False)
-    assert deepspeed_estimate(OPTIONS["ZeRO-2"], size, workers)[0] == zero2_device
-    assert deepspeed_estimate(OPTIONS["ZeRO-3"], size, workers)[0] == zero3_device
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+@pytest.mark.parametrize("offload", [False, True])
+def test_estimates_are_deepspeeds_own(job, workers, offload):
+    """plan writes DeepSpeed's estimator formulas out (importing DeepSpeed took seconds): the same numbers."""
+    size = model_size(job)
+    host, device = estimate_zero2_model_states_mem_needs(size.parameters, num_gpus_per_node=workers, cpu_offload=offload)
+    assert deepspeed_estimate({"zero_stage": 2, "offload_optimizer": offload}, size, workers) == (device, host / workers)
+    host, device = estimate_zero2_model_states_mem_needs(size.parameters, num_gpus_per_node=1, cpu_offload=offload)
+    assert deepspeed_estimate({"zero_stage": 0, "offload_optimizer": offload}, size, workers) == (device, host)
+    for offload_params in (False, True) if offload else (False,):
+        host, device, _ = estimate_zero3_model_states_mem_needs(
+            size.parameters,
+            size.largest_layer,
+            num_gpus_per_node=workers,
+            cpu_offload=offload,
+            cpu_offload_params=offload_params,
+            zero_init=True,
+        )
+        option = {"zero_stage": 3, "offload_optimizer": offload, "offload_params": offload_params}
+        assert deepspeed_estimate(option, size, workers) == (device, host / workers)
+
+
+def test_option_names_say_the_stage_and_what_is_offloaded():
+    assert list(OPTIONS) == [option_name(option) for option in OPTIONS.values()]
+    assert option_name({"zero_stage": 3, "offload_optimizer": False, "offload_params": True}) == "ZeRO-3 + offload params"
+    assert option_name({"zero_stage": 1, "offload_optimizer": True, "offload_params": False}) == "ZeRO-1 + offload optimizer"
 
 
 def test_paper_bytes_divide_each_term_from_the_stage_that_partitions_it():
@@ -49,14 +76,37 @@ def test_the_recommendation_is_the_first_option_that_fits(job):
     assert plan(job, size, memory_per_worker=1)[1] is None
 
 
-def test_plan_command_prints_every_option_and_a_recommendation(job, corpus, tmp_path, monkeypatch):
+def test_plan_command_prints_every_option_and_a_recommendation_without_importing_deepspeed(corpus, tmp_path):
+    """In a process of its own: DeepSpeed (seconds to import, and a warning on machines without a GPU) stays out."""
     path = write_job(tmp_path / "cli.yaml", tiny_job(corpus))
-    monkeypatch.setenv("NO_COLOR", "1")
-    run = lambda *args: run_cli("plan", str(path), *args, hard_stop_s=60)  # noqa: E731
-    fits = run("--memory-per-worker", "64")
-    assert fits.code == 0 and not fits.crash, str(fits)
+    fits = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "orchestrator", "plan", str(path), "--memory-per-worker", "64"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"NO_COLOR": "1"},
+    )
+    assert fits.returncode == 0, fits.stderr[-2000:]
     assert all(name in fits.stdout for name in OPTIONS) and "recommended: ZeRO-0" in fits.stdout
-    assert "recommended: none fits" in run("--memory-per-worker", "0.0001").stdout
+    assert not re.search(r"\|\s+deepspeed(\.|$)", fits.stderr, re.MULTILINE)  # stderr: the imports, one a line
+    assert "Setting accelerator" not in fits.stdout + fits.stderr  # DeepSpeed's warning where it finds no GPU (stdout)
+
+
+@pytest.mark.parametrize(
+    ("settings", "memory", "expected"),
+    [
+        (["deepspeed.zero_stage=2"], "64", "your job: ZeRO-2 (fits, "),
+        (["deepspeed.zero_stage=1", "deepspeed.offload_optimizer=true"], "64", "your job: ZeRO-1 + offload optimizer (fits, "),
+        (["deepspeed.zero_stage=3"], "0.0001", "your job: ZeRO-3 (does not fit, "),
+    ],
+)
+def test_plan_shows_the_jobs_own_option_beside_the_recommendation(corpus, tmp_path, settings, memory, expected):
+    path = write_job(tmp_path / "own.yaml", tiny_job(corpus))
+    overrides = [argument for setting in settings for argument in ("--set", setting)]
+    result = CliRunner().invoke(app, ["plan", str(path), *overrides, "--memory-per-worker", memory], env={"NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    own, recommended = result.stdout.splitlines()[-2:]
+    assert own.startswith(expected) and own.endswith(" per worker)")
+    assert recommended.startswith("recommended: " + ("ZeRO-0" if memory == "64" else "none fits"))
 
 
 def test_model_parallel_plans_count_the_busiest_worker_and_shard_over_replicas(corpus, tmp_path):

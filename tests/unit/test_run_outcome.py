@@ -11,8 +11,7 @@ ENV_SECRET = "env-secret-41d2e8"
 
 def test_a_run_ends_failed_with_its_error_or_killed_when_stopped(tmp_path, mlflow_uri, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", ENV_SECRET)
-    job = validate({"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1},
-                    "tracking": {"uri": mlflow_uri}})
+    job = validate({"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1}, "tracking": {"uri": mlflow_uri}})
     client = MlflowClient(mlflow_uri)
     outcomes = {}
     for name, error in [("failed", ValueError(f"loss is nan near {ENV_SECRET}")), ("ctrl-c", KeyboardInterrupt()), ("sigterm", SystemExit(15))]:

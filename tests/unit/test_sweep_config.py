@@ -1,9 +1,8 @@
 """Sweep files: validated like jobs against the job schema, turned into Tune objects by registries."""
 
-
+import helpers
 import pytest
 import yaml
-import helpers
 from helpers import REPO, run_cli, tiny_job, write_job
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
@@ -40,6 +39,17 @@ def test_trial_job_switches_schedule_and_checkpoints_at_evaluations(corpus, tmp_
     assert job.checkpoint.every_steps == 4  # every result Tune sees carries a checkpoint
 
 
+def test_set_applies_to_the_base_job_after_the_sweeps_overrides(corpus, tmp_path):
+    path = write_sweep(tmp_path, corpus, overrides={"train.eval_every": 4, "train.max_steps": 16})
+    sweep = load_sweep(path, ["train.max_steps=12", "model.dropout=0.2"])
+    assert sweep.base_job.train.max_steps == 12 and sweep.base_job.train.eval_every == 4  # --set wins, the rest stays
+    assert sweep.trial_job({"train.optimizer.lr": 0.002}).model.dropout == 0.2  # and every trial gets it
+    with pytest.raises(UserError, match="job.yaml: train.max_steps"):  # checked like the file's own values
+        load_sweep(path, ["train.max_steps=-1"])
+    with pytest.raises(UserError, match="--set train.max_steps: expected"):
+        load_sweep(path, ["train.max_steps"])
+
+
 def test_distribution_extremes():
     assert Distribution(loguniform=(1e-4, 1e-2)).extremes() == [1e-4, 1e-2]
     assert Distribution(randint=(1, 5)).extremes() == [1, 4]
@@ -50,16 +60,36 @@ def test_distribution_extremes():
 BAD_SWEEPS = [
     ("unknown searched key", {"search_space": {"train.optimizer.lrr": {"choice": [0.1]}}}, "search_space.train.optimizer.lrr: not a key of the job"),
     ("unsearchable section", {"search_space": {"data.seq_len": {"choice": [16, 32]}}}, "search_space.data.seq_len: only keys of model, train, deepspeed"),
-    ("loguniform bound", {"search_space": {"train.optimizer.lr": {"loguniform": [0, 0.1]}}}, "search_space.train.optimizer.lr.loguniform: bounds must be > 0 (got [0.0, 0.1])"),
+    (
+        "loguniform bound",
+        {"search_space": {"train.optimizer.lr": {"loguniform": [0, 0.1]}}},
+        "search_space.train.optimizer.lr.loguniform: bounds must be > 0 (got [0.0, 0.1])",
+    ),
     ("reversed bounds", {"search_space": {"train.optimizer.lr": {"uniform": [0.1, 0.01]}}}, "uniform: low must be below high"),
     ("two kinds", {"search_space": {"train.optimizer.lr": {"uniform": [0.01, 0.1], "choice": [0.1]}}}, "give exactly one distribution"),
-    ("value the job refuses", {"search_space": {"deepspeed.zero_stage": {"choice": [0, 7]}}}, "search_space.deepspeed.zero_stage: 7 makes the job invalid: deepspeed.zero_stage: must be 0, 1, 2 or 3"),
-    ("range the job refuses", {"search_space": {"train.optimizer.lr": {"uniform": [-0.1, 0.1]}}}, "search_space.train.optimizer.lr: -0.1 makes the job invalid"),
+    (
+        "value the job refuses",
+        {"search_space": {"deepspeed.zero_stage": {"choice": [0, 7]}}},
+        "search_space.deepspeed.zero_stage: 7 makes the job invalid: deepspeed.zero_stage: must be 0, 1, 2 or 3",
+    ),
+    (
+        "range the job refuses",
+        {"search_space": {"train.optimizer.lr": {"uniform": [-0.1, 0.1]}}},
+        "search_space.train.optimizer.lr: -0.1 makes the job invalid",
+    ),
     ("warmup past the end", {"search_space": {"train.schedule.warmup_steps": {"grid": [0, 50]}}}, "schedule.warmup_steps: 50 exceeds max_steps (20)"),
-    ("grid with optuna", {"search": {"name": "optuna"}, "search_space": {"train.optimizer.lr": {"grid": [0.1, 0.01]}}}, "search: optuna samples values itself and cannot take grid"),
+    (
+        "grid with optuna",
+        {"search": {"name": "optuna"}, "search_space": {"train.optimizer.lr": {"grid": [0.1, 0.01]}}},
+        "search: optuna samples values itself and cannot take grid",
+    ),
     ("range with grid search", {"search": {"name": "grid"}}, "search: grid enumerates values; search_space.train.optimizer.lr is a loguniform range"),
     ("bayesopt log scale", {"search": {"name": "bayesopt"}}, "search: bayesopt searches uniform ranges only"),
-    ("pb2 on a choice", {"scheduler": {"name": "pb2"}, "search_space": {"train.schedule.name": {"choice": ["linear"]}}}, "scheduler: pb2 perturbs continuous ranges only"),
+    (
+        "pb2 on a choice",
+        {"scheduler": {"name": "pb2"}, "search_space": {"train.schedule.name": {"choice": ["linear"]}}},
+        "scheduler: pb2 perturbs continuous ranges only",
+    ),
     ("metric never reported", {"metric": "eval/accuracy"}, "metric: the causal_lm task reports train/loss, eval/loss, eval/perplexity (got 'eval/accuracy')"),
     ("asha option on pbt", {"scheduler": {"name": "pbt", "grace_period": 5}}, "scheduler.grace_period: not an option of the pbt scheduler"),
     ("unknown sweep key", {"trials": 3}, "trials: unknown key"),

@@ -1,0 +1,192 @@
+"""The worker loop run in this process, in seconds: Ray Train V2's local mode (`ScalingConfig(num_workers=0)`) runs
+`train_loop` here, as rank 0 of a one-process gloo group, on Ray datasets of the task's encoded rows, in a Ray
+instance of these tests' own (conftest.py), with an MLflow store in a temporary directory. What a cluster adds
+(worker processes, their failures, the job API) is left to tests/integration."""
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import deepspeed.comm
+import numpy as np
+import pytest
+import ray.data
+import ray.train
+import torch
+import torch.distributed as dist
+from helpers import free_port
+from mlflow.tracking import MlflowClient
+from ray.train.torch import TorchTrainer
+
+from orchestrator.config.job import JobConfig
+from orchestrator.data.encode import ENCODERS, is_validation
+from orchestrator.data.pipeline import PreparedData
+from orchestrator.data.read import fields_of, parse_file
+from orchestrator.data.report import DataReport
+from orchestrator.data.tokenizers import separator_id, train_tokenizer
+from orchestrator.tracking.model import ARTIFACT_PATH
+from orchestrator.tracking.run import start_run
+from orchestrator.train import loop
+from orchestrator.train.launch import train_plan
+from orchestrator.train.session import total_steps
+from orchestrator.train.setup import Worker
+from orchestrator.train.timeline import Timeline
+
+# torchrun's variables, from which Ray Train's local mode makes a process group: gloo, of this process alone
+ONE_PROCESS_GROUP = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+REPORTER_LOG = logging.getLogger("orchestrator.train.reporting")
+
+
+@dataclass
+class Report:
+    """One `ray.train.report` of the loop."""
+
+    metrics: dict
+    checkpoint: Path | None  # a copy, as Ray Train keeps one in the run's storage
+    model_logged: bool  # the run's MLflow model existed when it was reported
+
+
+@dataclass
+class LocalRun:
+    run_id: str
+    reports: list[Report] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)  # the reporter's lines
+    seen_at_export: Any = None
+
+    def history(self, uri: str, key: str) -> dict[int, float]:
+        return {metric.step: metric.value for metric in MlflowClient(uri).get_metric_history(self.run_id, key)}
+
+
+class RankContext:
+    """Ray Train's context of this process, with another world rank."""
+
+    def __init__(self, context, rank: int):
+        self.context, self.rank = context, rank
+
+    def get_world_rank(self) -> int:
+        return self.rank
+
+    def __getattr__(self, name: str):
+        return getattr(self.context, name)
+
+
+class LineCollector(logging.Handler):
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def prepared_in_memory(job: JobConfig) -> PreparedData:
+    """What `prepare` makes of the job's data file, made here without its Ray Data pipeline, whose executions take
+    seconds each (its stages are tested in tests/unit/test_data_stages.py, the whole on a cluster): the rows as the
+    reader parses them, the job's tokenizer trained on their texts, each row's split, and the task's encoder."""
+    (path,) = job.data.paths
+    fields = fields_of(job)
+    rows = parse_file(Path(path).read_bytes(), path, 0, "jsonl", fields)
+    texts = [row["text"] for row in rows]
+    tokenizer = train_tokenizer(job.data.tokenizer, texts)
+    label_names = sorted({row["label"] for row in rows}) if "label" in fields else []
+    batch = {column: np.array([row[column] for row in rows], dtype=object) for column in fields}
+    batch["is_val"] = np.array([is_validation(text, job.data.val_fraction, job.data.seed) for text in texts])
+    encoded = ENCODERS[job.task](
+        batch,
+        tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+        seq_len=job.data.seq_len,
+        separator=separator_id(tokenizer),
+        pad=tokenizer.pad_token_id,
+        label_ids={name: i for i, name in enumerate(label_names)},
+    )
+    in_val = encoded.pop("is_val")
+    train, val = ([{column: values[i] for column, values in encoded.items()} for i in np.flatnonzero(in_val == split)] for split in (False, True))
+    return PreparedData(
+        ray.data.from_items(train),
+        ray.data.from_items(val),
+        tokenizer.backend_tokenizer.to_str(),
+        len(train),
+        len(val),
+        label_names,
+        DataReport(),
+        Path(path).parent,
+    )
+
+
+def train_in_process(
+    job: JobConfig,
+    data: PreparedData,
+    tmp: Path,
+    name: str,
+    initial_checkpoint: Path | None = None,
+    look_at_export: Callable[[Worker], Any] | None = None,
+    as_rank: int = 0,
+) -> LocalRun:
+    """What `orchestrator train` does (train/launch.py), with this process for the worker group. Every result the loop
+    reports to Ray is kept with a copy of its checkpoint. `look_at_export(worker)`: run on the trained worker right
+    after the loop's export; what it returns is the run's `seen_at_export`. `as_rank`: the rank Ray Train's context
+    gives the loop (alone in its process group, a rank other than 0 still runs every collective)."""
+    keep_artifacts_beside_the_store(job.tracking.uri, job.tracking.experiment)
+    run = start_run(job, name, str(tmp / name), artifacts={})
+    steps = total_steps(job, data.train_sequences)
+    start = str(initial_checkpoint) if initial_checkpoint else None
+    plan = train_plan(data, run, steps, Timeline(), registered_model=name, initial_checkpoint=start)
+    local = LocalRun(run.run_id)
+    client = MlflowClient(run.uri)
+    report_to_ray, export, context = ray.train.report, loop.export, ray.train.get_context
+
+    def report(metrics: dict, checkpoint: ray.train.Checkpoint | None = None, **kwargs) -> None:
+        copy = Path(shutil.copytree(checkpoint.path, tmp / f"{name}-checkpoint-{metrics['step']}")) if checkpoint else None
+        local.reports.append(Report(metrics, copy, model_logged=bool(client.list_artifacts(run.run_id, ARTIFACT_PATH))))
+        report_to_ray(metrics, checkpoint=checkpoint, **kwargs)
+
+    def export_and_look(worker: Worker, reporter) -> None:
+        export(worker, reporter)
+        if look_at_export:
+            local.seen_at_export = look_at_export(worker)
+
+    trainer = TorchTrainer(
+        train_loop_in_a_worker_process,
+        train_loop_config={"job": job, "plan": plan},
+        scaling_config=ray.train.ScalingConfig(num_workers=0),  # Ray Train V2's local mode: train_loop runs here
+        datasets={"train": data.train} | ({"val": data.val} if data.val is not None else {}),
+    )
+    lines = LineCollector(local.log)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as Ray runs a worker of 1 CPU: more threads than cores wait on each other
+    with pytest.MonkeyPatch.context() as patch:
+        for variable, value in ONE_PROCESS_GROUP.items() | {"MASTER_PORT": str(free_port())}.items():
+            patch.setenv(variable, value)
+        patch.setattr(ray.train, "report", report)
+        patch.setattr(loop, "export", export_and_look)
+        patch.setattr(ray.train, "get_context", lambda: RankContext(context(), as_rank))
+        REPORTER_LOG.addHandler(lines)
+        try:
+            trainer.fit()
+        finally:
+            REPORTER_LOG.removeHandler(lines)
+            torch.set_num_threads(threads)
+    return local
+
+
+def train_loop_in_a_worker_process(config: dict) -> None:
+    """train_loop, then what the end of its worker process would do: the process group goes, and DeepSpeed's clone of
+    it (which DeepSpeed would otherwise keep for the next run here, in a group that no longer exists)."""
+    try:
+        loop.train_loop(config)
+    finally:
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        elif dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def keep_artifacts_beside_the_store(uri: str, experiment: str) -> None:
+    """A new experiment's artifacts would go to ./mlruns, in the repository."""
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(experiment) is None:
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment
+        client.create_experiment(experiment, artifact_location=artifacts.as_uri())
