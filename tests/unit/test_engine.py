@@ -1,10 +1,9 @@
 """The DeepSpeed engine of a single worker, built in this process (a gloo process group of one)."""
 
-import importlib
-
 import pytest
 import torch
 import torch.distributed as dist
+from distributed import end_process_group
 from helpers import StandInTokenizer
 
 from orchestrator.config.load import validate
@@ -13,16 +12,12 @@ from orchestrator.train.engine import build_engine
 
 
 @pytest.fixture(scope="module")
-def one_process_group():
+def one_process_group(deepspeed_of_one_rank):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOCAL_RANK", "0")  # what Ray Train sets on its workers, and DeepSpeed reads
-        # DeepSpeed's CPU backend JIT-compiles its shared-memory all-reduce (about 100 s of CPU when its build cache
-        # is cold or was last built by another venv or ninja). It serves only inference_all_reduce between ranks; a
-        # lone worker has none, so these tests use the backend as on a platform without it.
-        patch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
         yield
-        dist.destroy_process_group()
+        end_process_group()
 
 
 def single_worker_engine(stage: int, precision: str):
