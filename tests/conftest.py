@@ -1,8 +1,14 @@
+import functools
+import importlib
+import os
+import shutil
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import ray
+import typer.main
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
@@ -16,11 +22,67 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray():
-    """A Ray instance of the test's own (`address="local"`), even beside a running cluster; Ray Data's context as a
-    driver's (runtime.py connect)."""
+    """A Ray instance of the session's own (`address="local"`), even beside a running cluster; Ray Data's context as a
+    driver's (runtime.py connect). One for all the tests: starting one costs about 5 s of CPU (and half a minute on a
+    loaded machine)."""
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     driver_data_context()
     yield
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """The modules with tests on Ray run last, so that the session's Ray instance, once started, is not left idling
+    (it keeps using CPU) through the tests that do not need it. Each module's tests stay together and in order."""
+    on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
+    items.sort(key=lambda item: item.module in on_ray)
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test leaves os.environ as it found it, whatever the code it runs in this process sets for its own process
+    (the job commands set RAY_AUTH_MODE=token before importing Ray: a Ray instance started later would then demand a
+    token its driver does not send)."""
+    with mock.patch.dict(os.environ):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_command_built_once():
+    """Typer rebuilds the app's click command tree on every call (signatures, type hints, a pydantic adapter per
+    option: 8 ms of CPU); a real process calls it once, the in-process tests thousands of times. The tree depends
+    only on the app, which the tests do not change, so each app's is built once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.main, "get_command", functools.cache(typer.main.get_command))
+        yield
+
+
+@pytest.fixture(scope="session")
+def deepspeed_of_one_rank():
+    """DeepSpeed's engines built in this process, one rank: without the shared-memory all-reduce of its CPU backend,
+    which it JIT-compiles on the first deepspeed.initialize of a process (100 s of CPU here when its build cache,
+    shared by the machine, is cold or was last built by another venv or ninja; a build killed midway leaves a lock
+    every later process waits on). The op serves only inference_all_reduce between ranks, which one rank skips."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
+        yield
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store with its tables made: making them runs every migration (2 s of CPU, and many
+    more of waiting on the disk), so each test's store is a copy of this one."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, migrated_mlflow_db) -> str:
+    """The test's own empty MLflow store, tmp_path/mlflow.db."""
+    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"

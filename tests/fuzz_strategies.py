@@ -6,18 +6,13 @@ hostile or careless user would: wrong types, numbers past every bound, YAML 1.1 
 strings, deep nesting, aliases, unknown keys, and secrets planted where an error message might quote them.
 """
 
-import contextlib
 import dataclasses
 import functools
-import io
 import json
 import math
 import os
 import re
 import shutil
-import signal
-import sys
-import time
 import types
 import typing
 import unicodedata
@@ -27,6 +22,7 @@ from typing import Any
 
 import annotated_types
 import yaml
+from helpers import HARD_STOP_S, Outcome, run_cli
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -35,7 +31,6 @@ from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
 
 SECONDS_ALLOWED = 2.0  # the issue's bound for one case
-HARD_STOP_S = 5.0  # a case still running then is a hang: stopped, so one hang costs seconds, not the suite
 MAX_ERROR_CHARS = 4096  # "bounded length": a long value must be cut, not echoed whole
 
 
@@ -143,6 +138,10 @@ SWEEP_SECTIONS = schema_sections(SweepConfig)
 # --- documents: values, raw YAML, planted secrets -----------------------------------------------------------------
 
 
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: PyYAML's own emitter is 3x slower
+MAX_WIDTH = 2**31 - 1  # no line folding (libyaml takes an int)
+
+
 @dataclass(repr=False)
 class Doc:
     """A YAML document under construction: a tree of plain values, where a placeholder string stands for raw YAML
@@ -173,7 +172,7 @@ class Doc:
         return placeholder
 
     def text(self) -> str:
-        out = yaml.safe_dump(self.tree, sort_keys=False, width=math.inf)
+        out = yaml.dump(self.tree, Dumper=_SafeDumper, sort_keys=False, width=MAX_WIDTH)
         for placeholder, text in self.raw.items():
             if placeholder in self.raw_keys:
                 out = re.sub(rf"^([ -]*){placeholder}:", functools.partial(_explicit_key, text), out, flags=re.MULTILINE)
@@ -232,6 +231,7 @@ class World:
 NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}", fullmatch=True)
 
 
+@functools.cache  # one strategy per leaf: Hypothesis validates each new strategy object on its first draw
 def valid_value(leaf: Leaf, world: World) -> st.SearchStrategy:
     """A value the leaf's own declaration accepts, in a practical range (cross-field checks may still refuse it)."""
     special = {
@@ -291,13 +291,22 @@ def base_job(task: str, family: str, world: World) -> dict:
     }
 
 
+# Strategies are built once, here, not in each draw: Hypothesis validates every new strategy object on first use.
+TASK_NAMES = st.sampled_from(sorted(TASKS))
+
+
+@functools.cache
+def tunable_leaves(max_changes: int) -> st.SearchStrategy[list[Leaf]]:
+    return st.lists(st.sampled_from(TUNABLE_JOB_LEAVES), max_size=max_changes, unique_by=lambda leaf: leaf.key)
+
+
 @st.composite
 def job_docs(draw, world: World, max_changes: int = 4) -> Doc:
     """A job of a random task with up to `max_changes` leaves of the schema set to values their declaration
     accepts."""
-    task = draw(st.sampled_from(sorted(TASKS)))
+    task = draw(TASK_NAMES)
     tree = base_job(task, draw(st.sampled_from(TASKS[task].families)), world)
-    for leaf in draw(st.lists(st.sampled_from(TUNABLE_JOB_LEAVES), max_size=max_changes, unique_by=lambda leaf: leaf.key)):
+    for leaf in draw(tunable_leaves(max_changes)):
         set_at(tree, leaf.path, draw(valid_value(leaf, world)))
     return Doc(tree)
 
@@ -431,14 +440,14 @@ def hostile_value(draw, doc: Doc) -> Any:
 
 SECRET_NAMES = ["api_token", "password", "GITHUB_TOKEN", "secret", "db-password", "aws_secret_access_key", "authorization"]
 TOKEN = st.from_regex(r"[A-Za-z0-9]{14}", fullmatch=True).map(lambda body: f"Zq{body}")  # Zq: never in a message
+TWO_TOKENS = st.lists(TOKEN, min_size=2, max_size=2, unique=True)
 
 
 @st.composite
 def secret_value(draw, doc: Doc) -> str:
     """A string carrying a secret in URL userinfo, of the forms that are easy to half-mask."""
     user = draw(st.sampled_from(["alice", "ci-bot", "svc"]))  # a user name is no secret
-    first = draw(TOKEN)
-    second = draw(TOKEN.filter(lambda token: token != first))
+    first, second = draw(TWO_TOKENS)
     form = draw(st.sampled_from(["password", "password_with_at", "token_only", "in_text"]))
     if form == "password":
         doc.secrets.add(first)
@@ -493,12 +502,14 @@ def tree_paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
     return paths
 
 
+MUTATIONS = st.lists(st.sampled_from(["replace", "replace", "replace", "delete", "unknown_key", "secret", "alias"]), min_size=1, max_size=3)
+
+
 @st.composite
 def mutate(draw, doc: Doc, leaves: list[Leaf], sections: list[tuple]) -> Doc:
     """One to three mutations: a hostile value at a schema key or a path of the document, a key removed, an unknown
     key (with escapes and newlines in it), a secret planted, a value aliased from elsewhere."""
-    kinds = st.sampled_from(["replace", "replace", "replace", "delete", "unknown_key", "secret", "alias"])
-    kinds = draw(st.lists(kinds, min_size=1, max_size=3))
+    kinds = draw(MUTATIONS)
     # Secrets last: a later mutation could remove the secret-named key and leave its value as an ordinary word.
     for kind in sorted(kinds, key=lambda kind: kind == "secret"):
         existing = tree_paths(doc.tree)
@@ -577,16 +588,26 @@ KINDS_OF_SEARCH = {
     "hyperopt": ["choice", "uniform", "loguniform", "randint", "quniform"],
     "bayesopt": ["uniform"],
 }
+SEARCH_NAMES = st.sampled_from(sorted(KINDS_OF_SEARCH))
+SEARCHED_KEYS = {  # bayesopt searches continuous ranges only
+    search: st.lists(
+        st.sampled_from([leaf for leaf in SEARCHED.values() if search != "bayesopt" or leaf.kind == "float"]),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda leaf: leaf.key,
+    )
+    for search in KINDS_OF_SEARCH
+}
+SWEEP_SETTINGS = st.lists(st.sampled_from([leaf for leaf in SWEEP_LEAVES if leaf.key in ("max_concurrent_trials", "time_budget_s", "seed")]), max_size=2)
 
 
 @st.composite
 def sweep_docs(draw, world: World) -> tuple[Doc, Doc]:
     """A valid sweep file and its base job (written beside it as job.yaml)."""
-    task = draw(st.sampled_from(sorted(TASKS)))
+    task = draw(TASK_NAMES)
     job = Doc(base_job(task, draw(st.sampled_from(TASKS[task].families)), world))
-    search = draw(st.sampled_from(sorted(KINDS_OF_SEARCH)))
-    candidates = [leaf for leaf in SEARCHED.values() if search != "bayesopt" or leaf.kind == "float"]
-    keys = draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique_by=lambda leaf: leaf.key))
+    search = draw(SEARCH_NAMES)
+    keys = draw(SEARCHED_KEYS[search])
     tree = {
         "base": "job.yaml",
         "search_space": {leaf.key: draw(distribution(leaf, KINDS_OF_SEARCH[search], world)) for leaf in keys},
@@ -601,8 +622,8 @@ def sweep_docs(draw, world: World) -> tuple[Doc, Doc]:
         tree["scheduler"] = draw(st.sampled_from([{"name": "fifo"}, {"name": "asha", "grace_period": 5, "reduction_factor": 3}]))
     if draw(st.booleans()):
         tree["overrides"] = {"train.max_steps": draw(st.integers(10, 40))}
-    for leaf in draw(st.lists(st.sampled_from([lf for lf in SWEEP_LEAVES if lf.key in ("max_concurrent_trials", "time_budget_s", "seed")]), max_size=2)):
-        tree[leaf.key] = draw(valid_value(leaf, world).filter(lambda value: value is not None))
+    for leaf in draw(SWEEP_SETTINGS):
+        tree[leaf.key] = draw(valid_value(dataclasses.replace(leaf, optional=False), world))
     return Doc(tree), job
 
 
@@ -653,67 +674,6 @@ def set_overrides(draw, doc: Doc) -> list[str]:
 # --- running one case ---------------------------------------------------------------------------------------------
 
 
-class CaseTimedOut(BaseException):
-    """Raised into a case that runs past HARD_STOP_S (a BaseException, so no `except Exception` swallows it)."""
-
-
-@dataclass
-class Outcome:
-    code: int | None
-    stdout: str
-    stderr: str
-    elapsed: float
-    crash: str = ""  # an exception that escaped main(): a traceback in the real process
-    hung: bool = False
-
-    def __str__(self) -> str:
-        state = f"hung after {self.elapsed:.1f} s" if self.hung else f"exit {self.code} after {self.elapsed:.2f} s"
-        return f"{state}{f', {self.crash}' if self.crash else ''}: {(self.stdout + self.stderr)[:500]!r}"
-
-
-@contextlib.contextmanager
-def hard_stop(seconds: float):
-    """Interrupts the block after `seconds` (SIGALRM; a running regex or glob is interrupted too), then hands the
-    alarm back to whoever held it before (pytest-timeout)."""
-
-    def stop(signum, frame):
-        raise CaseTimedOut()
-
-    started = time.monotonic()
-    previous_handler = signal.signal(signal.SIGALRM, stop)
-    previous_left, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_handler)
-        if previous_left:
-            signal.setitimer(signal.ITIMER_REAL, max(previous_left - (time.monotonic() - started), 0.001))
-
-
-def run_cli(*args: str, hard_stop_s: float = HARD_STOP_S) -> Outcome:
-    """`orchestrator ARGS` through the real entry point (orchestrator.cli.main), in this process."""
-    from orchestrator.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code, crash, hung = None, "", False
-    argv, sys.argv = sys.argv, ["orchestrator", *args]
-    started = time.monotonic()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), hard_stop(hard_stop_s):
-            main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    except CaseTimedOut:
-        hung = True
-    except Exception as err:  # noqa: BLE001 - what the real process would print as a traceback
-        crash, code = f"{type(err).__name__}: {str(err)[:300]}", 1
-    finally:
-        sys.argv = argv
-    return Outcome(code, stdout.getvalue(), stderr.getvalue(), time.monotonic() - started, crash, hung)
-
-
 def snapshot(root: Path) -> set[str]:
     """Every file and directory under root."""
     found = set()
@@ -759,15 +719,16 @@ def run_case(world: World, files: dict[str, Doc | str], *args: str, hard_stop_s:
     """Writes the case's files into the sandbox, runs the CLI on them, and returns what it did with the paths it
     created and deleted in the sandbox (HOME and the cwd are in it); the sandbox is then as it was."""
     directory = case_dir(world)
-    directory.mkdir()
-    for name, content in files.items():
-        text = content.text() if isinstance(content, Doc) else content
-        (directory / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+    directory.mkdir(exist_ok=True)  # kept from case to case: making and removing it took longer than the files
+    paths = {directory / name: content for name, content in files.items()}
+    for path, content in paths.items():
+        path.write_text(content.text() if isinstance(content, Doc) else content, encoding="utf-8", errors="surrogatepass")
     before = snapshot(world.root)
     outcome = run_cli(*args, hard_stop_s=hard_stop_s)
     after = snapshot(world.root)
     created, deleted = after - before, before - after
-    shutil.rmtree(directory, ignore_errors=True)
+    for path in paths:
+        path.unlink(missing_ok=True)
     for path in sorted(created, reverse=True):  # deepest first
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)

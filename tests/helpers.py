@@ -1,20 +1,25 @@
-"""Small corpora and job files the tests write into temporary directories."""
+"""Small corpora and job files the tests write into temporary directories, and the CLI run in this process."""
 
+import contextlib
+import io
 import json
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+HARD_STOP_S = 5.0  # an in-process command still running then is a hang: stopped, so one hang costs seconds, not the suite
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our teacher", "the bird", "a child", "the farmer"]
 VERBS = ["sees", "likes", "follows", "finds", "paints", "calls", "feeds", "watches"]
@@ -251,3 +256,67 @@ def wait_until(condition, timeout: float, what: str, every: float = 1.0):
             return value
         time.sleep(every)
     raise TimeoutError(what)
+
+
+# --- the CLI in this process ----------------------------------------------------------------------------------------
+
+
+class CaseTimedOut(BaseException):
+    """Raised into a case that runs past HARD_STOP_S (a BaseException, so no `except Exception` swallows it)."""
+
+
+@dataclass
+class Outcome:
+    code: int | None
+    stdout: str
+    stderr: str
+    elapsed: float
+    crash: str = ""  # an exception that escaped main(): a traceback in the real process
+    hung: bool = False
+
+    def __str__(self) -> str:
+        state = f"hung after {self.elapsed:.1f} s" if self.hung else f"exit {self.code} after {self.elapsed:.2f} s"
+        return f"{state}{f', {self.crash}' if self.crash else ''}: {(self.stdout + self.stderr)[:500]!r}"
+
+
+@contextlib.contextmanager
+def hard_stop(seconds: float):
+    """Interrupts the block after `seconds` (SIGALRM; a running regex or glob is interrupted too), then hands the
+    alarm back to whoever held it before (pytest-timeout)."""
+
+    def stop(signum, frame):
+        raise CaseTimedOut()
+
+    started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, stop)
+    previous_left, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_left:
+            signal.setitimer(signal.ITIMER_REAL, max(previous_left - (time.monotonic() - started), 0.001))
+
+
+def run_cli(*args: str, hard_stop_s: float = HARD_STOP_S) -> Outcome:
+    """`orchestrator ARGS` through the real entry point (orchestrator.cli.main), in this process."""
+    from orchestrator.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code, crash, hung = None, "", False
+    argv, sys.argv = sys.argv, ["orchestrator", *args]
+    started = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), hard_stop(hard_stop_s):
+            main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except CaseTimedOut:
+        hung = True
+    except Exception as err:  # noqa: BLE001 - what the real process would print as a traceback
+        crash, code = f"{type(err).__name__}: {str(err)[:300]}", 1
+    finally:
+        sys.argv = argv
+    return Outcome(code, stdout.getvalue(), stderr.getvalue(), time.monotonic() - started, crash, hung)

@@ -1,17 +1,18 @@
-"""Fixtures of the in-process loop tests (local_mode.py): one Ray instance and one MLflow store for the package."""
+"""Fixtures of the in-process loop tests (local_mode.py): the session's Ray instance (local_ray, tests/conftest.py),
+one MLflow store for the package, and DeepSpeed as one rank builds it."""
+
+import shutil
 
 import pytest
-import ray
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_rank(deepspeed_of_one_rank):
+    """Each test builds the loop's DeepSpeed engine in this process, a group of one rank."""
 
 
 @pytest.fixture(scope="package")
-def ray_here():
-    """One Ray instance for the package (`address="local"`: its own, even beside a running cluster)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="package")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+def tracking_uri(tmp_path_factory, migrated_mlflow_db) -> str:
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(migrated_mlflow_db, path)
+    return f"sqlite:///{path}"

@@ -11,13 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import deepspeed.comm
 import numpy as np
 import pytest
 import ray.data
 import ray.train
 import torch
-import torch.distributed as dist
+from distributed import end_process_group
 from helpers import free_port
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
@@ -181,10 +180,7 @@ def train_loop_in_a_worker_process(config: dict) -> None:
     try:
         loop.train_loop(config)
     finally:
-        if deepspeed.comm.is_initialized():
-            deepspeed.comm.destroy_process_group()
-        elif dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group()
 
 
 def keep_artifacts_beside_the_store(uri: str, experiment: str) -> None:

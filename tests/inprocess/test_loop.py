@@ -39,7 +39,7 @@ def job(tmp_path_factory, tracking_uri):
 
 
 @pytest.fixture(scope="module")
-def data(ray_here, job):
+def data(local_ray, job):
     return prepared_in_memory(job)
 
 

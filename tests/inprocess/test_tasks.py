@@ -65,7 +65,7 @@ def test_every_registered_task_is_trained_here():
 
 
 @pytest.mark.parametrize("task", TASK_JOBS)
-def test_a_task_trains_evaluates_and_exports(task, ray_here, corpus, tracking_uri, tmp_path):
+def test_a_task_trains_evaluates_and_exports(task, local_ray, corpus, tracking_uri, tmp_path):
     spec = TASK_JOBS[task]
     job = validate(
         tiny_job(

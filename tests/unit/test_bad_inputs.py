@@ -1,6 +1,7 @@
 """Malformed and hostile job, sweep and data files (tests/bad_inputs/, one file each): every one exits 2 with
 one line naming the cause, quickly, without a traceback, without running anything it holds, and before Ray or
-MLflow is touched."""
+MLflow is touched. Each runs through the CLI's entry point in this process; a few also as a real process, for the
+exit status and stderr a user sees."""
 
 import os
 import shutil
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import Outcome, run_cli
 
 CASES_DIR = Path(__file__).parent.parent / "bad_inputs"
 
@@ -62,6 +64,7 @@ EXPECTED = {
     "sweep_base_is_directory.yaml": "data: is a directory, not a YAML file",
 }
 SECONDS_ALLOWED = 5
+IN_A_REAL_PROCESS = ["python_tag.yaml", "resume_corrupt_checkpoint.yaml", "sweep_base_missing.yaml"]
 
 
 def test_every_case_file_has_an_expectation():
@@ -75,23 +78,48 @@ def cases(tmp_path_factory) -> Path:
     return Path(shutil.copytree(CASES_DIR, tmp_path_factory.mktemp("cases") / "bad_inputs"))
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_bad_file_exits_2_with_one_line_naming_the_cause(cases: Path, tmp_path: Path, name: str):
-    command = "sweep" if name.startswith("sweep_") else "train"
-    mlflow_db = tmp_path / "mlflow.db"
-    env = os.environ | {
+def command_of(name: str) -> str:
+    return "sweep" if name.startswith("sweep_") else "train"
+
+
+def environment(mlflow_db: Path) -> dict[str, str]:
+    return {
         "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
         "RAY_ADDRESS": "127.0.0.1:1",  # nothing listens there: reaching Ray would fail late and slowly, not exit 2
     }
-    started = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "orchestrator", command, name], cwd=cases, env=env, capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
 
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+
+def assert_refused(name: str, outcome: Outcome, cases: Path, mlflow_db: Path) -> None:
+    assert not outcome.crash and not outcome.hung and outcome.code == 2, str(outcome)
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr
     assert EXPECTED[name] in lines[0]
-    assert "Traceback" not in out.stdout + out.stderr
-    assert elapsed < SECONDS_ALLOWED, f"{elapsed:.1f} s"
+    assert "Traceback" not in outcome.stdout + outcome.stderr
+    assert outcome.elapsed < SECONDS_ALLOWED, f"{outcome.elapsed:.1f} s"
     assert not mlflow_db.exists()
     assert not (cases / "python_tag_executed").exists()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_file_exits_2_with_one_line_naming_the_cause(cases: Path, tmp_path: Path, monkeypatch, name: str):
+    mlflow_db = tmp_path / "mlflow.db"
+    for variable, value in environment(mlflow_db).items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.chdir(cases)
+    assert_refused(name, run_cli(command_of(name), name), cases, mlflow_db)
+
+
+@pytest.mark.parametrize("name", IN_A_REAL_PROCESS)
+def test_bad_file_in_a_real_process(cases: Path, tmp_path: Path, name: str):
+    mlflow_db = tmp_path / "mlflow.db"
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", command_of(name), name],
+        cwd=cases,
+        env=os.environ | environment(mlflow_db),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_refused(name, Outcome(out.returncode, out.stdout, out.stderr, time.monotonic() - started), cases, mlflow_db)

@@ -2,12 +2,10 @@
 
 import json
 import shlex
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
-from helpers import free_port, mlflow_run_id, tiny_job, write_job, write_sweep
+from helpers import free_port, mlflow_run_id, run_cli, tiny_job, write_job, write_sweep
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -57,12 +55,11 @@ def submitted_job(submission_id: str, uri: str | None) -> SimpleNamespace:
     return SimpleNamespace(submission_id=submission_id, runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}} if uri else {})
 
 
-def test_list_and_status_find_each_jobs_run_by_the_submission_it_is_tagged_with(corpus, tmp_path, monkeypatch):
+def test_list_and_status_find_each_jobs_run_by_the_submission_it_is_tagged_with(corpus, tmp_path, mlflow_uri, monkeypatch):
     """A job stopped and submitted again resumes its run: both submissions find it. A sweep's trials carry the tag
     too: the sweep's own run is the one found. A job that opened no run, an id that only looks alike, and an id
     with a quote in it find nothing."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    job = validate(tiny_job(corpus, tracking={"uri": uri, "experiment": "jobs"}))
+    job = validate(tiny_job(corpus, tracking={"uri": mlflow_uri, "experiment": "jobs"}))
     submitted_as("raysubmit_first", monkeypatch)
     first = start_run(job, "resumed", str(tmp_path / "resumed"), artifacts={})
     submitted_as("raysubmit_again", monkeypatch)
@@ -72,11 +69,11 @@ def test_list_and_status_find_each_jobs_run_by_the_submission_it_is_tagged_with(
     start_run(job, "trial", str(tmp_path / "trial"), artifacts={}, tags={"mlflow.parentRunId": sweep.run_id})
     assert again.run_id == first.run_id and again.resumed
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the default store of a job submitted without one
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # the default store of a job submitted without one
     ids = ["raysubmit_first", "raysubmit_again", "raysubmit_sweep", "raysubmit_never", "raysubmit_firs", "raysubmitXfirst", "x' OR '1"]
-    runs = job_runs([submitted_job(ids[0], uri), *(submitted_job(submission_id, None) for submission_id in ids[1:])])
+    runs = job_runs([submitted_job(ids[0], mlflow_uri), *(submitted_job(submission_id, None) for submission_id in ids[1:])])
     assert {key: run.run_id for key, run in runs.items()} == {ids[0]: first.run_id, ids[1]: first.run_id, ids[2]: sweep.run_id}
-    assert MlflowClient(uri).get_run(first.run_id).data.tags["ray.job_submission_id"] == "raysubmit_again"
+    assert MlflowClient(mlflow_uri).get_run(first.run_id).data.tags["ray.job_submission_id"] == "raysubmit_again"
 
     info = SimpleNamespace(
         submission_id="raysubmit_again",
@@ -110,11 +107,6 @@ def test_the_run_line_is_the_one_tests_and_people_read_without_its_password(caps
 
 
 def test_a_job_command_without_a_cluster_says_so_in_one_line():
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
+    result = run_cli("status", "raysubmit_x", "--address", f"http://127.0.0.1:{free_port()}", hard_stop_s=120)
+    assert result.code == 2, str(result)
     assert "no Ray job API answers at http://127.0.0.1:" in result.stderr and "Traceback" not in result.stderr

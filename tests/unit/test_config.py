@@ -7,7 +7,7 @@ import time
 
 import pytest
 import yaml
-from helpers import REPO, tiny_job, write_job
+from helpers import REPO, run_cli, tiny_job, write_job
 
 from orchestrator.config import JobConfig, UserError, load_job
 from orchestrator.config.job import SCHEDULE_NAMES, OptimizerConfig
@@ -203,7 +203,8 @@ def test_validate_cli_exit_codes_and_speed(corpus, tmp_path):
 
 
 def test_schema_command_prints_json_schema():
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "schema"], capture_output=True, text=True)
+    result = run_cli("schema")
+    assert result.code == 0, str(result)
     schema = yaml.safe_load(result.stdout)
     assert set(schema["properties"]) == set(JobConfig.model_fields)
 

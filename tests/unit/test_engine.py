@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.distributed as dist
+from distributed import end_process_group
 from helpers import StandInTokenizer
 
 from orchestrator.config.load import validate
@@ -11,12 +12,12 @@ from orchestrator.train.engine import build_engine
 
 
 @pytest.fixture(scope="module")
-def one_process_group():
+def one_process_group(deepspeed_of_one_rank):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LOCAL_RANK", "0")  # what Ray Train sets on its workers, and DeepSpeed reads
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
         yield
-        dist.destroy_process_group()
+        end_process_group()
 
 
 def single_worker_engine(stage: int, precision: str):

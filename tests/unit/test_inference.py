@@ -113,10 +113,9 @@ def log_model(client: mlflow.MlflowClient, experiment_id: str, hf_dir, task: str
 
 
 @pytest.fixture
-def registry(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = mlflow.MlflowClient(uri)
-    return uri, client, client.create_experiment("inference", artifact_location=str(tmp_path / "artifacts"))
+def registry(tmp_path, mlflow_uri):
+    client = mlflow.MlflowClient(mlflow_uri)
+    return mlflow_uri, client, client.create_experiment("inference", artifact_location=str(tmp_path / "artifacts"))
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -12,13 +12,12 @@ from orchestrator.tracking.metrics import MetricsLogger, last_logged_steps
 
 
 @pytest.fixture
-def run(tmp_path, monkeypatch):
+def run(mlflow_uri, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setattr(metrics_module, "RETRY_EVERY_S", 0.2)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
+    client = MlflowClient(mlflow_uri)
     run_id = client.create_run(client.create_experiment("metrics")).info.run_id
-    return uri, client, run_id
+    return mlflow_uri, client, run_id
 
 
 def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:

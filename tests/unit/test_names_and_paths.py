@@ -223,44 +223,44 @@ def without_a_cluster(monkeypatch) -> None:
     monkeypatch.setattr(session, "log_data_report", broken_report)
 
 
-def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, monkeypatch, capsys):
+def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch, capsys):
     """In launch: data prepared, run opened, then the data report fails: the run must not stay RUNNING, and its URL
     is still the last line printed."""
     from orchestrator.train import launch as launching
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": uri, "experiment": "outcome", "run_name": "breaks"}})
+    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": mlflow_uri, "experiment": "outcome", "run_name": "breaks"}})
     without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         launching.launch(job, None, restart=False)
-    client = MlflowClient(uri)
+    client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("outcome").experiment_id])
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert (tmp_path / "runs" / "breaks" / MARKER).is_file()
-    assert capsys.readouterr().out.splitlines()[-1] == f"MLflow run (new): run {run.info.run_id} in {uri} (view with: mlflow ui --backend-store-uri {uri})"
+    assert (
+        capsys.readouterr().out.splitlines()[-1]
+        == f"MLflow run (new): run {run.info.run_id} in {mlflow_uri} (view with: mlflow ui --backend-store-uri {mlflow_uri})"
+    )
 
 
-def test_a_run_whose_own_setup_fails_ends_failed(tmp_path):
+def test_a_run_whose_own_setup_fails_ends_failed(tmp_path, mlflow_uri):
     """open_run: the run is created, then remembering it beside its checkpoints fails (a file where the directory
     should be): FAILED, not RUNNING."""
     from orchestrator.tracking.run import start_run
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    job = validate(JOB | {"tracking": {"uri": uri, "experiment": "setup"}})
+    job = validate(JOB | {"tracking": {"uri": mlflow_uri, "experiment": "setup"}})
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(OSError):
         start_run(job, "unwritable", str(tmp_path / "a-file" / "run"), artifacts={"notes.txt": "x"})
-    client = MlflowClient(uri)
+    client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("setup").experiment_id])
     assert run.info.status == "FAILED"
 
 
-def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkeypatch, capsys):
+def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch, capsys):
     from orchestrator.config.load import LoadedSweep
     from orchestrator.tune import sweep as sweeping
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    base_raw = JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": uri, "experiment": "sweeps"}}
+    base_raw = JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": mlflow_uri, "experiment": "sweeps"}}
     path = tmp_path / "lr.yaml"
     path.write_text("base: job.yaml\n")
     config = validate({"base": "job.yaml", "search_space": {"train.lr": {"choice": [0.1, 0.2]}}}, SweepConfig)
@@ -268,8 +268,8 @@ def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, monkey
     without_a_cluster(monkeypatch)
     with pytest.raises(OSError):
         sweeping.run_sweep(sweep)
-    client = MlflowClient(uri)
+    client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
     assert run.info.status == "FAILED" and "disk full" in run.data.tags["error"]
     assert (tmp_path / "runs" / "lr" / MARKER).is_file()
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"MLflow sweep run (new): run {run.info.run_id} in {uri}")
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"MLflow sweep run (new): run {run.info.run_id} in {mlflow_uri}")

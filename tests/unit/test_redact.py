@@ -1,10 +1,9 @@
 """Secrets in the job or the environment never reach MLflow params, tags, artifacts or printed errors."""
 
-import subprocess
-import sys
 import time
 
 import pytest
+from helpers import run_cli
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
@@ -41,21 +40,20 @@ def test_config_and_text_redaction():
     assert redact_text(text, tree) == "failed with *** at https://me:***@mlflow.example"
 
 
-def test_secrets_never_reach_the_mlflow_run(tmp_path, monkeypatch):
+def test_secrets_never_reach_the_mlflow_run(tmp_path, mlflow_uri, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", ENV_SECRET)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
     job = validate(
         {
             "model": {"family": "gpt2", "size": "tiny"},
             "data": {"paths": ["corpus.jsonl"]},
             "train": {"max_steps": 10},
             "deepspeed": {"extra": {"comms_logger": {"enabled": False, "auth_token": JOB_SECRET}}},
-            "tracking": {"uri": uri, "tags": {"hf_token": JOB_SECRET, "owner": "nlp-team"}},
+            "tracking": {"uri": mlflow_uri, "tags": {"hf_token": JOB_SECRET, "owner": "nlp-team"}},
         }
     )
     run = start_run(job, "secrets", str(tmp_path / "run"), artifacts=job_artifacts(job) | {"notes.txt": f"env {ENV_SECRET}"})
 
-    client = MlflowClient(uri)
+    client = MlflowClient(mlflow_uri)
     data = client.get_run(run.run_id).data
     logged = [*data.params.values(), *data.tags.values()]
     for name in ("job.yaml", "deepspeed_config.json", "notes.txt"):
@@ -68,16 +66,12 @@ def test_secrets_never_reach_the_mlflow_run(tmp_path, monkeypatch):
     assert redact_text(f"env {ENV_SECRET}") == "env ***"
 
 
-def test_printed_errors_mask_secrets_of_the_environment(tmp_path):
+def test_printed_errors_mask_secrets_of_the_environment(tmp_path, monkeypatch):
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{family: gpt2, size: tiny}}\ndata: {{paths: ['{ENV_SECRET}/*.jsonl']}}\ntrain: {{max_steps: 1}}\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "validate", str(job)],
-        env={"PATH": "/usr/bin:/bin", "DEPLOY_TOKEN": ENV_SECRET},
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2 and "no file matches" in out.stderr
+    monkeypatch.setenv("DEPLOY_TOKEN", ENV_SECRET)
+    out = run_cli("validate", str(job))
+    assert out.code == 2 and "no file matches" in out.stderr, str(out)
     assert ENV_SECRET not in out.stderr and "***" in out.stderr
 
 

@@ -9,11 +9,10 @@ from orchestrator.tracking.run import ends_with_outcome, start_run
 ENV_SECRET = "env-secret-41d2e8"
 
 
-def test_a_run_ends_failed_with_its_error_or_killed_when_stopped(tmp_path, monkeypatch):
+def test_a_run_ends_failed_with_its_error_or_killed_when_stopped(tmp_path, mlflow_uri, monkeypatch):
     monkeypatch.setenv("MY_SERVICE_PASSWORD", ENV_SECRET)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    job = validate({"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1}, "tracking": {"uri": uri}})
-    client = MlflowClient(uri)
+    job = validate({"model": {"family": "gpt2", "size": "tiny"}, "data": {"paths": ["c.jsonl"]}, "train": {"max_steps": 1}, "tracking": {"uri": mlflow_uri}})
+    client = MlflowClient(mlflow_uri)
     outcomes = {}
     for name, error in [("failed", ValueError(f"loss is nan near {ENV_SECRET}")), ("ctrl-c", KeyboardInterrupt()), ("sigterm", SystemExit(15))]:
         run = start_run(job, name, str(tmp_path / name), artifacts={})

@@ -1,12 +1,9 @@
 """Sweep files: validated like jobs against the job schema, turned into Tune objects by registries."""
 
-import subprocess
-import sys
-
 import helpers
 import pytest
 import yaml
-from helpers import REPO, tiny_job, write_job
+from helpers import REPO, run_cli, tiny_job, write_job
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
@@ -121,8 +118,8 @@ def test_validate_cli_takes_sweeps(corpus, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"base": "job.yaml", "search_space": {"train.nope": {"choice": [1]}}}))
     for path, code in ((good, 0), (bad, 2)):
-        out = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(path)], capture_output=True, text=True)
-        assert out.returncode == code, out.stderr
+        out = run_cli("validate", str(path))
+        assert out.code == code and not out.crash, str(out)
     assert "search_space.train.nope: not a key of the job" in out.stderr and "Traceback" not in out.stderr
 
 
