@@ -25,6 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# DeepSpeed's CPU communication op, built here once rather than by the first job (about 40 s): orchestrator/environment.py
+"$VENV/bin/python" -c "from orchestrator.environment import build_ops; build_ops()"
 "$VENV/bin/python" "$ROOT/cluster/prepare_data.py"
 
 echo "installed into $VENV"

@@ -92,11 +92,34 @@ HANDLED_WARNINGS = [
 ]
 
 
+def op_build_environment() -> None:
+    """DeepSpeed JIT-builds its CPU communication op (about 40 s) in the first process of a job that joins a process
+    group, with the first `ninja` on PATH, into a directory shared by default by every Python environment of the
+    machine. Each process of this environment uses its own ninja (pip's, which DeepSpeed requires) and its own build
+    directory: two ninja versions read each other's build log as out of date, and two environments each other's
+    build, so every switch between them (a shell, then Ray workers whose PATH lacks the environment) rebuilt the op.
+    cluster/install.sh builds it once in this environment."""
+    tools = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != tools:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [tools, os.environ.get("PATH")]))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
+
+def build_ops() -> None:
+    """Builds DeepSpeed's CPU communication op where the jobs of this environment look for it (cluster/install.sh)."""
+    op_build_environment()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def job_process_environment() -> None:
-    """What every process of a job holds, the driver included: JOB_ENV, the orchestrator's log lines (progress,
-    evaluations: the job log's content) at INFO whatever the root level, and the handled library lines dropped."""
+    """What every process of a job holds, the driver included: JOB_ENV, the build environment of DeepSpeed's op, the
+    orchestrator's log lines (progress, evaluations: the job log's content) at INFO whatever the root level, and the
+    handled library lines dropped."""
     for name, value in JOB_ENV.items():
         os.environ.setdefault(name, value)
+    op_build_environment()
     logging.getLogger("orchestrator").setLevel(logging.INFO)
     for logger_name, drop in HANDLED_LOG_LINES.items():
         logging.getLogger(logger_name).addFilter(drop)  # once: the same filter object is not added twice

@@ -62,9 +62,9 @@ def cli_command_built_once():
 @pytest.fixture(scope="session")
 def deepspeed_of_one_rank():
     """DeepSpeed's engines built in this process, one rank: without the shared-memory all-reduce of its CPU backend,
-    which it JIT-compiles on the first deepspeed.initialize of a process (100 s of CPU here when its build cache,
-    shared by the machine, is cold or was last built by another venv or ninja; a build killed midway leaves a lock
-    every later process waits on). The op serves only inference_all_reduce between ranks, which one rank skips."""
+    which the first deepspeed.initialize of a process loads, and JIT-compiles where it is not built yet (100 s of CPU
+    here; cluster/install.sh builds it, a pip install alone does not; a build killed midway leaves a lock every later
+    process waits on). The op serves only inference_all_reduce between ranks, which one rank skips."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
         yield

@@ -21,6 +21,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import free_port
 
+from orchestrator.environment import worker_environment
+
 
 def end_process_group() -> None:
     """This process's group ends, and DeepSpeed's clone of it, which DeepSpeed would otherwise keep for the next engine
@@ -40,6 +42,7 @@ def run_on_ranks(function: Callable[..., Any], *args: Any, world_size: int = 2, 
 
 
 def _rank_main(rank: int, world_size: int, port: int, timeout_s: float, results: str, function: Callable, args: tuple) -> None:
+    worker_environment()  # first, as in the training function: DeepSpeed's op is built as a job's workers build it
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),

@@ -3,9 +3,11 @@
 import importlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 from helpers import REPO
@@ -29,6 +31,19 @@ def test_a_job_process_gets_the_job_settings_unless_already_set(env):
     assert env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false" and env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.0"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in env  # a driver's MLflow requests keep MLflow's retries
     assert logging.getLogger("orchestrator.train.loop").isEnabledFor(logging.INFO)
+
+
+def test_deepspeeds_op_is_built_by_this_environments_ninja_in_a_directory_of_its_own(env):
+    """Ray workers started without the environment on PATH used the machine's ninja, a shell the environment's: each
+    read the other's build log as out of date and rebuilt the op (40 s) whenever the two took turns."""
+    env["PATH"] = "/usr/bin:/bin"
+    env.pop("TORCH_EXTENSIONS_DIR", None)
+    environment.job_process_environment()
+    environment.job_process_environment()
+    tools = Path(sys.executable).parent
+    assert env["PATH"] == f"{tools}:/usr/bin:/bin"  # once
+    assert shutil.which("ninja", path=env["PATH"]) == str(tools / "ninja")
+    assert env["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
 
 
 def test_a_worker_fails_mlflow_requests_fast(env):
