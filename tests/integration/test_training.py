@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 # Stages 1 and 3 train like stage 0 on 2 gloo processes in tests/multiprocess/test_layouts.py, which also loads the
 # ZeRO-3 export as one whole model; here, a job run directly (stage 0) and one through the job API (stage 2).
 STAGES = [0, 2]
-# The stage-0 run is also the uninterrupted reference of the resume test, whose first part stops at step 10:
-# a schedule that does not depend on max_steps keeps the learning rates of both runs identical.
+# The pipeline job's first part stops at step 10: a schedule that does not depend on max_steps keeps its learning
+# rates those of the uninterrupted data-parallel job.
 CONSTANT_LR = {"schedule": {"name": "constant", "warmup_steps": 2}}
 
 
@@ -161,18 +161,9 @@ LLAMA_NO_DROPOUT = {
 ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
 
 
-def data_parallel_reference(cluster, corpus, tmp_path_factory, model: dict) -> FinishedRun:
-    return run_job(cluster, tmp_path_factory.mktemp("dp"), "dp2", corpus, model=model, train=CONSTANT_LR)
-
-
 @pytest.fixture(scope="module")
 def gpt2_data_parallel(cluster, corpus, tmp_path_factory) -> FinishedRun:
-    return data_parallel_reference(cluster, corpus, tmp_path_factory, GPT2_NO_DROPOUT)
-
-
-@pytest.fixture(scope="module")
-def llama_data_parallel(cluster, corpus, tmp_path_factory) -> FinishedRun:
-    return data_parallel_reference(cluster, corpus, tmp_path_factory, LLAMA_NO_DROPOUT)
+    return run_job(cluster, tmp_path_factory.mktemp("dp"), "dp2", corpus, model=GPT2_NO_DROPOUT, train=CONSTANT_LR)
 
 
 def exported_loss(client: MlflowClient, run_id: str, corpus: Path, tmp: Path) -> float:
@@ -185,61 +176,51 @@ def exported_loss(client: MlflowClient, run_id: str, corpus: Path, tmp: Path) ->
         return model(input_ids=ids, labels=ids).loss.item()
 
 
-@pytest.mark.parametrize(
-    "kind, model, reference, stop_at",
-    [("pipeline", GPT2_NO_DROPOUT, "gpt2_data_parallel", 10), ("tensor", LLAMA_NO_DROPOUT, "llama_data_parallel", None)],
-)
-def test_a_model_parallel_job_trains_like_data_parallel_resumes_and_exports_one_model(
-    cluster, corpus, client, tmp_path, request, kind, model, reference, stop_at
-):
-    """2 workers as 2 pipeline stages (GPT-2) or 2 tensor-parallel ranks (Llama), one data-parallel replica
-    accumulating 2 micro batches of 4, against 2 data-parallel workers of 4: the same seed and global batch, so the
-    same data (data/feed.py: the batches do not depend on how many replicas share them) and the same losses over 20
-    steps. The pipeline job stops at step 10 and, submitted again through the job API, resumes from its per-stage
-    checkpoint (the tensor-parallel one is per-rank files, as ZeRO's are; its resume is left out for CI's time).
-    Each worker holds about half the parameters, and the export is one whole Hugging Face model that computes what
-    the reference's does."""
-    reference = request.getfixturevalue(reference)
+def model_parallel_job(cluster, corpus, tmp_path, kind: str, model: dict, **train) -> FinishedRun:
+    """2 workers as 2 pipeline stages or 2 tensor-parallel ranks: one data-parallel replica accumulating 2 micro
+    batches of 4, the global batch of 2 data-parallel workers of 4."""
     sections = {"model": model, "parallelism": {kind: 2}, "deepspeed": {"zero_stage": 1}}
-    if stop_at:
-        first = run_job(cluster, tmp_path, kind, corpus, train=CONSTANT_LR | ONE_REPLICA | {"max_steps": stop_at}, **sections)
-    run = run_job(cluster, tmp_path, kind, corpus, submit=True, train=CONSTANT_LR | ONE_REPLICA, **sections)
-    assert "data x tensor x pipeline = " + ("1 x 1 x 2" if kind == "pipeline" else "1 x 2 x 1") in run.output
-    if stop_at:
-        assert f"resumed from step {stop_at} (epoch 0)" in run.output and run.run_id == first.run_id
+    return run_job(cluster, tmp_path, kind, corpus, submit=not train, train=CONSTANT_LR | ONE_REPLICA | train, **sections)
 
-    losses = history(client, run.run_id, "train/loss")
-    assert_close(losses, history(client, reference.run_id, "train/loss"), rel=1e-3)
+
+def assert_split_in_two(client: MlflowClient, run: FinishedRun, layout: str) -> None:
+    assert f"data x tensor x pipeline = {layout}" in run.output
     shares = history(client, run.run_id, "memory/parameter_share").values()  # logged by each part
     assert all(0.45 < share < 0.6 for share in shares), shares  # 1/2 of the blocks; the embeddings on both workers
+
+
+def test_a_pipeline_job_stopped_and_resubmitted_resumes_in_its_run_and_trains_like_data_parallel(cluster, corpus, client, tmp_path, gpt2_data_parallel):
+    """GPT-2 as 2 pipeline stages stops at step 10 and, submitted again through the job API with the same run name,
+    resumes from its per-stage checkpoint in the same MLflow run. With the seed and global batch of the 2-worker
+    data-parallel job (data/feed.py: the batches do not depend on how many replicas share them), it has that job's
+    losses over the 20 steps, and its export is one whole Hugging Face model that computes what that job's does.
+    (Every layout's equivalence, step by step: tests/multiprocess/test_layouts.py; an exact resume with dropout:
+    tests/inprocess/test_loop.py.)"""
+    first = model_parallel_job(cluster, corpus, tmp_path, "pipeline", GPT2_NO_DROPOUT, max_steps=10)
+    run = model_parallel_job(cluster, corpus, tmp_path, "pipeline", GPT2_NO_DROPOUT)
+    assert "resumed from step 10 (epoch 0)" in run.output and run.run_id == first.run_id
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert_split_in_two(client, run, "1 x 1 x 2")
+
+    losses = history(client, run.run_id, "train/loss")
+    assert sorted(losses) == list(range(1, 21))
+    assert_close(losses, history(client, gpt2_data_parallel.run_id, "train/loss"), rel=1e-3)
+    checkpoints = [path for path in (tmp_path / "runs" / "pipeline").glob("checkpoint_*") if path.is_dir()]
+    assert len(checkpoints) == 2  # checkpoint.keep, across both parts
     assert exported_loss(client, run.run_id, corpus, tmp_path / "mp") == pytest.approx(
-        exported_loss(client, reference.run_id, corpus, tmp_path / "dp"), rel=1e-3
+        exported_loss(client, gpt2_data_parallel.run_id, corpus, tmp_path / "dp"), rel=1e-3
     )
 
 
-def test_resubmitted_job_resumes_from_its_checkpoint(cluster, corpus, client, stage_runs, start, tmp_path):
-    """A job stopped at step 10, submitted again with the same run_name, continues from its step-10 checkpoint
-    in the same MLflow run and from there trains exactly as the uninterrupted stage-0 run did: same model,
-    optimizer, LR schedule, RNG (dropout) and data position."""
-    job = tiny_job(corpus, checkpoint={"dir": str(tmp_path / "runs")}, tracking={"experiment": "integration", "run_name": "resumed"}, train=CONSTANT_LR)
-    job = started_from(job, start)
-    path = write_job(tmp_path / "resumed.yaml", job)
-    first = orchestrator(cluster, "train", str(path), "--set", "train.max_steps=10")
-    assert first.returncode == 0, ANSI.sub("", first.stdout + first.stderr)[-4000:]
-
-    resumed = orchestrator(cluster, "train", str(path))
-    output = ANSI.sub("", resumed.stdout + resumed.stderr)
-    assert resumed.returncode == 0, output[-4000:]
-    assert mlflow_run_id(output) == mlflow_run_id(first.stdout)
-    assert "resumed from step 10 (epoch 0)" in output
-
-    losses = history(client, mlflow_run_id(output), "train/loss")
-    reference = history(client, stage_runs[0].run_id, "train/loss")
-    assert sorted(losses) == list(range(1, 21))
-    assert_close({step: losses[step] for step in range(11, 21)}, {step: reference[step] for step in range(11, 21)}, rel=1e-4)
-    assert client.get_run(mlflow_run_id(output)).info.status == "FINISHED"
-    checkpoints = [path for path in (tmp_path / "runs" / "resumed").glob("checkpoint_*") if path.is_dir()]
-    assert len(checkpoints) == 2  # checkpoint.keep, across both parts
+def test_a_tensor_parallel_job_learns_and_exports_one_model(cluster, corpus, client, tmp_path):
+    """Llama on 2 tensor-parallel ranks, submitted through the job API: each rank holds about half the parameters,
+    the loss falls, and the export is one whole Hugging Face model (its equivalence with data parallelism, step by
+    step and exported: tests/multiprocess/test_layouts.py)."""
+    run = model_parallel_job(cluster, corpus, tmp_path, "tensor", LLAMA_NO_DROPOUT)
+    assert_split_in_two(client, run, "1 x 2 x 1")
+    losses = list(history(client, run.run_id, "train/loss").values())
+    assert len(losses) == 20 and sum(losses[-3:]) < 0.8 * sum(losses[:3])
+    assert exported_loss(client, run.run_id, corpus, tmp_path / "mp") < losses[0]
 
 
 @pytest.mark.parametrize(
