@@ -5,6 +5,7 @@ import io
 import json
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -270,12 +271,12 @@ class Outcome:
     code: int | None
     stdout: str
     stderr: str
-    elapsed: float
+    cpu_s: float  # the command's CPU time: what it costs, whatever else the machine runs
     crash: str = ""  # an exception that escaped main(): a traceback in the real process
     hung: bool = False
 
     def __str__(self) -> str:
-        state = f"hung after {self.elapsed:.1f} s" if self.hung else f"exit {self.code} after {self.elapsed:.2f} s"
+        state = "hung" if self.hung else f"exit {self.code} after {self.cpu_s:.2f} s of CPU"
         return f"{state}{f', {self.crash}' if self.crash else ''}: {(self.stdout + self.stderr)[:500]!r}"
 
 
@@ -306,7 +307,7 @@ def run_cli(*args: str, hard_stop_s: float = HARD_STOP_S) -> Outcome:
     stdout, stderr = io.StringIO(), io.StringIO()
     code, crash, hung = None, "", False
     argv, sys.argv = sys.argv, ["orchestrator", *args]
-    started = time.monotonic()
+    started = time.process_time()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), hard_stop(hard_stop_s):
             main()
@@ -319,4 +320,10 @@ def run_cli(*args: str, hard_stop_s: float = HARD_STOP_S) -> Outcome:
         crash, code = f"{type(err).__name__}: {str(err)[:300]}", 1
     finally:
         sys.argv = argv
-    return Outcome(code, stdout.getvalue(), stderr.getvalue(), time.monotonic() - started, crash, hung)
+    return Outcome(code, stdout.getvalue(), stderr.getvalue(), time.process_time() - started, crash, hung)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of the child processes this process has waited for (subprocess.run's)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -3,11 +3,10 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
-from helpers import REPO, run_cli, tiny_job, write_job
+from helpers import REPO, children_cpu_s, run_cli, tiny_job, write_job
 
 from orchestrator.config import JobConfig, UserError, load_job
 from orchestrator.config.job import SCHEDULE_NAMES, OptimizerConfig
@@ -192,9 +191,9 @@ def test_validate_cli_exit_codes_and_speed(corpus, tmp_path):
     run = lambda *args: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"}
     )
-    started = time.perf_counter()
+    started = children_cpu_s()
     result = run("validate", str(bad))
-    assert time.perf_counter() - started < 3
+    assert children_cpu_s() - started < 3  # CPU time: on a loaded machine, wall time says little
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {bad}: deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)"
     assert run("validate", str(good)).returncode == 0

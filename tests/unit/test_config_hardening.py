@@ -245,10 +245,10 @@ def test_the_sweep_base_refuses_control_characters(tmp_path, job):
 def test_data_globs_may_not_walk_the_whole_filesystem(job, tmp_path, pattern, problem):
     raw = copy.deepcopy(job)
     raw["data"]["paths"] = [pattern]
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(UserError, match=f"data.paths\\[0\\]: .*{problem}"):
         checked_job(write_job(tmp_path / "job.yaml", raw))
-    assert time.monotonic() - started < 1
+    assert time.process_time() - started < 1
 
 
 # --- 4. cross-field checks ---------------------------------------------------------------------------------------
@@ -337,10 +337,10 @@ def test_long_values_are_cut_and_answered_fast(job, tmp_path):
         set_key(raw, key, value)
         path = tmp_path / "job.yaml"
         path.write_text(json.dumps(raw))  # JSON is YAML, and much faster to write
-        started = time.monotonic()
+        started = time.process_time()
         with pytest.raises(UserError) as caught:
             load_job(path)
-        elapsed = time.monotonic() - started
+        elapsed = time.process_time() - started
         message = str(caught.value)
         assert elapsed < 2 and marker in message and len(message) < 1000 and "\n" not in message, (key[:20], elapsed)
     raw = copy.deepcopy(job)
