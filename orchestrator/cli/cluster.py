@@ -87,7 +87,8 @@ def ray_is_up(env: dict[str, str]) -> bool:
     return subprocess.run([BIN / "ray", "status"], env=env, capture_output=True).returncode == 0
 
 
-def start_mlflow(state_dir: Path, port: int) -> None:
+def start_mlflow(state_dir: Path, port: int) -> subprocess.Popen:
+    """A loopback MLflow server storing in `state_dir`, once it answers."""
     command = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{state_dir.resolve()}/mlflow.db"]
     command += ["--default-artifact-root", str(state_dir.resolve() / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port)]
     with open(state_dir / "mlflow.log", "a") as log:
@@ -104,6 +105,7 @@ def start_mlflow(state_dir: Path, port: int) -> None:
         if server.poll() is not None or time.monotonic() > deadline:
             raise UserError(f"MLflow did not start on port {port}: see {state_dir / 'mlflow.log'}")
         time.sleep(0.5)
+    return server
 
 
 @cluster_app.command()

@@ -5,51 +5,29 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers import free_port, stop_running_jobs
 
-from orchestrator.cli.cluster import client_env, start_ray
+from orchestrator.cli.cluster import client_env, start_mlflow, start_ray
 
 BIN = Path(sys.executable).parent
 
 
-def wait_for(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 class TrackingServer:
-    """A real `mlflow server` on a free loopback port, which a test may stop and start again (an outage)."""
+    """A real `mlflow server` on a free loopback port, started as `orchestrator cluster up` starts it, which a test
+    may stop and start again (an outage)."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        command = [BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db"]
-        command += ["--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1"]
-        command += ["--port", self.url.rsplit(":", 1)[1], "--workers", "1"]
-        with open(self.root / "server.log", "a") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            )
-        wait_for(f"{self.url}/health", 90)
+        self.process = start_mlflow(self.root, self.port)
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
