@@ -113,9 +113,6 @@ def check_output(output_dir: Path, fmt: str) -> None:
         raise UserError(f"--output: {output_dir} is a file, not a directory")
 
 
-# --- the actors ----------------------------------------------------------------------------------------
-
-
 # --- the jobs ------------------------------------------------------------------------------------------
 
 
