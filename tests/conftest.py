@@ -1,7 +1,6 @@
 import functools
 import importlib
 import os
-import shutil
 import sys
 from pathlib import Path
 from unittest import mock
@@ -12,7 +11,7 @@ import typer.main
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
-from helpers import write_corpus  # noqa: E402
+from helpers import mlflow_store_in, write_corpus  # noqa: E402
 
 from orchestrator.environment import driver_data_context  # noqa: E402
 
@@ -84,5 +83,4 @@ def migrated_mlflow_db(tmp_path_factory) -> Path:
 @pytest.fixture
 def mlflow_uri(tmp_path, migrated_mlflow_db) -> str:
     """The test's own empty MLflow store, tmp_path/mlflow.db."""
-    shutil.copyfile(migrated_mlflow_db, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path}/mlflow.db"
+    return mlflow_store_in(tmp_path, migrated_mlflow_db)

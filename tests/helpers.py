@@ -3,9 +3,11 @@
 import contextlib
 import io
 import json
+import os
 import random
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +42,12 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> Path:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def mlflow_store_in(directory: Path, migrated_store: Path) -> str:
+    """The URI of an empty MLflow store in `directory`: a copy of the migrated one (conftest.py migrated_mlflow_db)."""
+    shutil.copyfile(migrated_store, directory / "mlflow.db")
+    return f"sqlite:///{directory}/mlflow.db"
 
 
 def write_corpus(directory: Path, documents: int = 1500, seed: int = 0) -> Path:
@@ -327,3 +335,11 @@ def children_cpu_s() -> float:
     """CPU seconds of the child processes this process has waited for (subprocess.run's)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def cli_process(*args: str | bytes, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 60) -> Outcome:
+    """`python -m orchestrator ARGS` in a process of its own, as a user runs it (bytes arguments pass undecodable
+    bytes through; its output must be UTF-8), `env` added to this process's environment."""
+    started = children_cpu_s()
+    done = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=os.environ | (env or {}), capture_output=True, timeout=timeout)
+    return Outcome(done.returncode, done.stdout.decode(), done.stderr.decode(), children_cpu_s() - started)

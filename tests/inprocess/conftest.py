@@ -1,9 +1,8 @@
 """Fixtures of the in-process loop tests (local_mode.py): the session's Ray instance (local_ray, tests/conftest.py),
 one MLflow store for the package, and DeepSpeed as one rank builds it."""
 
-import shutil
-
 import pytest
+from helpers import mlflow_store_in
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -13,6 +12,4 @@ def one_rank(deepspeed_of_one_rank):
 
 @pytest.fixture(scope="package")
 def tracking_uri(tmp_path_factory, migrated_mlflow_db) -> str:
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    shutil.copyfile(migrated_mlflow_db, path)
-    return f"sqlite:///{path}"
+    return mlflow_store_in(tmp_path_factory.mktemp("mlflow"), migrated_mlflow_db)

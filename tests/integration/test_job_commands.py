@@ -10,13 +10,13 @@ from helpers import ANSI, REPO, tiny_job, wait_until, write_job
 pytestmark = pytest.mark.integration
 
 
-def run_cli(cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_job_command(cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = cluster.env | {"RAY_API_SERVER_ADDRESS": cluster.dashboard}
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def cli(cluster, *args: str, timeout: float = 300) -> tuple[int, str]:
-    done = run_cli(cluster, *args, timeout=timeout)
+    done = run_job_command(cluster, *args, timeout=timeout)
     return done.returncode, ANSI.sub("", done.stdout + done.stderr)
 
 
@@ -38,7 +38,7 @@ def test_submit_follow_status_logs_list_and_stop(cluster, corpus, tmp_path):
     assert code == 0, out
     running_id = re.search(r"submitted (\S+):", out).group(1)
 
-    followed = run_cli(cluster, "submit", str(job_file(corpus, tmp_path, "followed", steps=6)), "--follow")
+    followed = run_job_command(cluster, "submit", str(job_file(corpus, tmp_path, "followed", steps=6)), "--follow")
     out = ANSI.sub("", followed.stdout + followed.stderr)
     assert followed.returncode == 0, out[-3000:]
     submission_id = re.search(r"submitted (\S+):", out).group(1)

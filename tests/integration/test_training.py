@@ -176,11 +176,11 @@ def exported_loss(client: MlflowClient, run_id: str, corpus: Path, tmp: Path) ->
         return model(input_ids=ids, labels=ids).loss.item()
 
 
-def model_parallel_job(cluster, corpus, tmp_path, kind: str, model: dict, **train) -> FinishedRun:
+def model_parallel_job(cluster, corpus, tmp_path, kind: str, model: dict, submit: bool, **train) -> FinishedRun:
     """2 workers as 2 pipeline stages or 2 tensor-parallel ranks: one data-parallel replica accumulating 2 micro
     batches of 4, the global batch of 2 data-parallel workers of 4."""
     sections = {"model": model, "parallelism": {kind: 2}, "deepspeed": {"zero_stage": 1}}
-    return run_job(cluster, tmp_path, kind, corpus, submit=not train, train=CONSTANT_LR | ONE_REPLICA | train, **sections)
+    return run_job(cluster, tmp_path, kind, corpus, submit=submit, train=CONSTANT_LR | ONE_REPLICA | train, **sections)
 
 
 def assert_split_in_two(client: MlflowClient, run: FinishedRun, layout: str) -> None:
@@ -196,8 +196,8 @@ def test_a_pipeline_job_stopped_and_resubmitted_resumes_in_its_run_and_trains_li
     losses over the 20 steps, and its export is one whole Hugging Face model that computes what that job's does.
     (Every layout's equivalence, step by step: tests/multiprocess/test_layouts.py; an exact resume with dropout:
     tests/inprocess/test_loop.py.)"""
-    first = model_parallel_job(cluster, corpus, tmp_path, "pipeline", GPT2_NO_DROPOUT, max_steps=10)
-    run = model_parallel_job(cluster, corpus, tmp_path, "pipeline", GPT2_NO_DROPOUT)
+    first = model_parallel_job(cluster, corpus, tmp_path, "pipeline", GPT2_NO_DROPOUT, submit=False, max_steps=10)
+    run = model_parallel_job(cluster, corpus, tmp_path, "pipeline", GPT2_NO_DROPOUT, submit=True)
     assert "resumed from step 10 (epoch 0)" in run.output and run.run_id == first.run_id
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert_split_in_two(client, run, "1 x 1 x 2")
@@ -216,7 +216,7 @@ def test_a_tensor_parallel_job_learns_and_exports_one_model(cluster, corpus, cli
     """Llama on 2 tensor-parallel ranks, submitted through the job API: each rank holds about half the parameters,
     the loss falls, and the export is one whole Hugging Face model (its equivalence with data parallelism, step by
     step and exported: tests/multiprocess/test_layouts.py)."""
-    run = model_parallel_job(cluster, corpus, tmp_path, "tensor", LLAMA_NO_DROPOUT)
+    run = model_parallel_job(cluster, corpus, tmp_path, "tensor", LLAMA_NO_DROPOUT, submit=True)
     assert_split_in_two(client, run, "1 x 2 x 1")
     losses = list(history(client, run.run_id, "train/loss").values())
     assert len(losses) == 20 and sum(losses[-3:]) < 0.8 * sum(losses[:3])

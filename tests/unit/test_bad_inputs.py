@@ -3,14 +3,11 @@ one line naming the cause, quickly, without a traceback, without running anythin
 MLflow is touched. Each runs through the CLI's entry point in this process; a few also as a real process, for the
 exit status and stderr a user sees."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import Outcome, children_cpu_s, run_cli
+from helpers import Outcome, cli_process, run_cli
 
 CASES_DIR = Path(__file__).parent.parent / "bad_inputs"
 
@@ -111,14 +108,4 @@ def test_bad_file_exits_2_with_one_line_naming_the_cause(cases: Path, tmp_path: 
 @pytest.mark.parametrize("name", IN_A_REAL_PROCESS)
 def test_bad_file_in_a_real_process(cases: Path, tmp_path: Path, name: str):
     mlflow_db = tmp_path / "mlflow.db"
-    started = children_cpu_s()
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator", command_of(name), name],
-        cwd=cases,
-        env=os.environ | environment(mlflow_db),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert_refused(name, Outcome(out.returncode, out.stdout, out.stderr, children_cpu_s() - started), cases, mlflow_db)
+    assert_refused(name, cli_process(command_of(name), name, cwd=cases, env=environment(mlflow_db)), cases, mlflow_db)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import yaml
-from helpers import REPO, children_cpu_s, run_cli, tiny_job, write_job
+from helpers import REPO, cli_process, run_cli, tiny_job, write_job
 
 from orchestrator.config import JobConfig, UserError, load_job
 from orchestrator.config.job import SCHEDULE_NAMES, OptimizerConfig
@@ -188,15 +188,11 @@ def test_validate_cli_exit_codes_and_speed(corpus, tmp_path):
     """A bad file: exit 2, one line on stderr, no traceback, fast, and without importing torch or ray."""
     good = write_job(tmp_path / "good.yaml", tiny_job(corpus))
     bad = write_job(tmp_path / "bad.yaml", tiny_job(corpus, deepspeed={"zero_stage": 7}))
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1"}
-    )
-    started = children_cpu_s()
-    result = run("validate", str(bad))
-    assert children_cpu_s() - started < 3  # CPU time: on a loaded machine, wall time says little
-    assert result.returncode == 2
+    result = cli_process("validate", str(bad), env={"NO_COLOR": "1"})
+    assert result.cpu_s < 3  # CPU time: on a loaded machine, wall time says little
+    assert result.code == 2
     assert result.stderr.strip() == f"error: {bad}: deepspeed.zero_stage: must be 0, 1, 2 or 3 (got 7)"
-    assert run("validate", str(good)).returncode == 0
+    assert cli_process("validate", str(good), env={"NO_COLOR": "1"}).code == 0
     probe = "import sys, orchestrator.cli; assert not {'torch', 'ray'} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
 

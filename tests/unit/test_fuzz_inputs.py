@@ -11,8 +11,6 @@ many, random); pick one with ORCHESTRATOR_FUZZ_PROFILE.
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +32,7 @@ from fuzz_strategies import (
     set_overrides,
     sweep_docs,
 )
-from helpers import REPO, children_cpu_s, write_corpus
+from helpers import REPO, Outcome, cli_process, write_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -311,23 +309,15 @@ def test_ten_megabyte_file_is_refused_in_linear_time(world):
 # --- the worst cases as real processes: exit code, one stderr line, nothing destroyed --------------------------------
 
 
-def orchestrator_process(world: World, *args: str | bytes, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`python -m orchestrator ARGS` as a user runs it (bytes arguments pass undecodable bytes through)."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=world.cwd,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-        env=os.environ | {"PYTHONPATH": str(REPO)},
-    )
+def orchestrator_process(world: World, *args: str | bytes, timeout: float = 60) -> Outcome:
+    return cli_process(*args, cwd=world.cwd, env={"PYTHONPATH": str(REPO)}, timeout=timeout)
 
 
-def assert_one_error_line(result: subprocess.CompletedProcess, naming: str) -> None:
-    stderr = result.stderr.decode("utf-8", errors="backslashreplace")
-    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+def assert_one_error_line(result: Outcome, naming: str) -> None:
+    stderr = result.stderr
+    assert result.code == 2, (result.stdout + result.stderr)[-3000:]
     assert stderr.startswith("error: ") and stderr.count("\n") == 1 and naming in stderr, stderr[-3000:]
-    assert not [byte for byte in result.stderr[:-1] if byte < 0x20 or byte == 0x7F], stderr[:500]
+    assert not [char for char in stderr[:-1] if char < " " or char == "\x7f"], stderr[:500]
 
 
 def write_case(world: World, name: str, doc: Doc) -> Path:
@@ -349,10 +339,9 @@ def write_case(world: World, name: str, doc: Doc) -> Path:
 )
 def test_worst_cases_in_a_real_process(world, command, changes, extra, naming):
     path = write_case(world, f"{command}.yaml", job_with(world, changes))
-    started = children_cpu_s()
     result = orchestrator_process(world, command, str(path), *extra)
     assert_one_error_line(result, naming)
-    assert children_cpu_s() - started < TEN_MB_SECONDS
+    assert result.cpu_s < TEN_MB_SECONDS
 
 
 def test_restart_with_a_run_name_out_of_the_checkpoint_root_deletes_nothing(world):
