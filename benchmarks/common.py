@@ -10,7 +10,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli.cluster import start_ray
 from orchestrator.local_node import LOOPBACK_NODE
 from orchestrator.train.deepspeed_config import deep_merge
+from orchestrator.train.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BENCHMARK_RESULTS", REPO / "benchmarks" / "results"))
@@ -48,12 +48,6 @@ BASE_JOB = {
     "scaling": {"num_workers": 1, "cpus_per_worker": os.cpu_count()},
     "checkpoint": {"every_steps": None, "max_failures": 0},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

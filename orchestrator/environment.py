@@ -77,6 +77,8 @@ HANDLED_LOG_LINES = {
     # Ray's job client says so when a followed log ends; `submit --follow` and `logs --follow` (cli/jobs.py) end with
     # the job's final status instead.
     "ray.dashboard.modules.job.sdk": DropLines("WebSocket closed for job"),
+    # A one-worker sweep trial trains in its own process on purpose (tune/sweep.py); Ray says so for every trial.
+    "ray.train.v2.api.config": DropLines("Running in local mode."),
 }
 
 # Python warnings that the framework has handled: (message start, category).

@@ -19,18 +19,9 @@ import deepspeed.comm
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import free_port
 
 from orchestrator.environment import worker_environment
-
-
-def end_process_group() -> None:
-    """This process's group ends, and DeepSpeed's clone of it, which DeepSpeed would otherwise keep for the next engine
-    built in this process (in a group that no longer exists)."""
-    if deepspeed.comm.is_initialized():
-        deepspeed.comm.destroy_process_group()
-    elif dist.is_initialized():
-        dist.destroy_process_group()
+from orchestrator.train.local import free_port
 
 
 def run_on_ranks(function: Callable[..., Any], *args: Any, world_size: int = 2, timeout_s: float = 300) -> list[Any]:

@@ -9,7 +9,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.train.local import free_port  # noqa: F401 - the tests' free port, as the trials pick theirs
+
 REPO = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 HARD_STOP_S = 5.0  # an in-process command still running then is a hang: stopped, so one hang costs seconds, not the suite
@@ -27,12 +28,6 @@ HARD_STOP_S = 5.0  # an in-process command still running then is a hang: stopped
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "our teacher", "the bird", "a child", "the farmer"]
 VERBS = ["sees", "likes", "follows", "finds", "paints", "calls", "feeds", "watches"]
 OBJECTS = ["the red ball", "a small house", "the green tree", "a quiet river", "the tall tower", "an open door"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> Path:

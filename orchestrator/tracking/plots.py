@@ -60,10 +60,11 @@ def sweep_plots(table, histories: dict, sweep, total_steps: int, directory: str)
         plt.close(figure)
 
     lr_key, schedule_key = "train.optimizer.lr", "train.schedule.name"
-    if lr_key not in table:
+    scored = table[table[metric].notna()] if metric in table else table.iloc[:0]
+    if lr_key not in table or scored.empty:  # no trial reached its metric (all failed): no point to place
         return
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    groups = table.groupby(schedule_key) if schedule_key in table else [("all trials", table)]
+    groups = scored.groupby(schedule_key) if schedule_key in scored else [("all trials", scored)]
     for schedule, rows in groups:
         axis.scatter(rows[lr_key], rows[metric], label=str(schedule))
     axis.set_xscale("log")

@@ -17,10 +17,10 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
-import ray.train
 import torch
 
 from orchestrator.train.manifest import MANIFEST, manifest_text
+from orchestrator.train.results import TrainRun, TuneTrial
 from orchestrator.train.worker import Progress, Worker
 
 if TYPE_CHECKING:
@@ -126,8 +126,9 @@ class Checkpointer:
         return save(worker.engine, worker.progress, worker.rank, self.reporter.unsent(), manifest)
 
 
-def report_to_ray(result: dict[str, float], checkpoint_directory: str | None) -> None:
-    """Ray Train copies this rank's part of the checkpoint into the run's storage; the local copy can go."""
-    ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_directory) if checkpoint_directory else None)
+def report_to_ray(answers_to: TrainRun | TuneTrial, result: dict[str, float], checkpoint_directory: str | None) -> None:
+    """Ray Train (or Tune, train/results.py) copies this rank's part of the checkpoint into its storage; the local copy
+    can go."""
+    answers_to.report(result, checkpoint_directory)
     if checkpoint_directory:
         shutil.rmtree(checkpoint_directory, ignore_errors=True)

@@ -15,6 +15,7 @@ from orchestrator.config.redact import redact_config
 from orchestrator.data.pipeline import PreparedData, example_texts
 from orchestrator.tracking.run import TrackedRun, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
+from orchestrator.train.local import end_process_group
 from orchestrator.train.loop import TrainPlan, train_loop
 from orchestrator.train.progress import live_progress
 from orchestrator.train.session import SESSION_KINDS, driver_session
@@ -31,7 +32,6 @@ def build_trainer(
     callbacks: tuple = (),
 ) -> TorchTrainer:
     """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
-    datasets = {"train": data.train} | ({"val": data.val} if data.val is not None else {})
     return TorchTrainer(
         train_loop,
         train_loop_config={"job": job, "plan": plan},
@@ -52,10 +52,33 @@ def build_trainer(
             # Ray Train's INFO lines (a dict per report, each checkpoint, the worker group) stay in its log files
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=datasets,
+        datasets=datasets_of(data),
         # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
+
+
+def local_trainer(job: JobConfig, data: PreparedData, plan: TrainPlan) -> TorchTrainer:
+    """The run of a one-worker job in this process (Ray Train V2's local mode, in train/local.py's one_process_group):
+    no worker group to start, no Train storage or retries; the loop reports where the plan says."""
+    return TorchTrainer(
+        train_loop_then_end_group,
+        train_loop_config={"job": job, "plan": plan},
+        scaling_config=ray.train.ScalingConfig(num_workers=0),
+        datasets=datasets_of(data),
+    )
+
+
+def train_loop_then_end_group(config: dict) -> None:
+    """The process outlives the run (Tune reuses a trial's): its process group ends with the run."""
+    try:
+        train_loop(config)
+    finally:
+        end_process_group()
+
+
+def datasets_of(data: PreparedData) -> dict:
+    return {"train": data.train} | ({"val": data.val} if data.val is not None else {})
 
 
 def registered_name(job: JobConfig, job_name: str | None) -> str:
@@ -70,6 +93,7 @@ def train_plan(
     registered_model: str | None,
     initial_checkpoint: str | None = None,
     progress_board=None,
+    tune_metric: str | None = None,
 ) -> TrainPlan:
     return TrainPlan(
         total_steps=steps,
@@ -83,6 +107,7 @@ def train_plan(
         registered_model=registered_model,
         initial_checkpoint=initial_checkpoint,
         progress_board=progress_board,
+        tune_metric=tune_metric,
     )
 
 

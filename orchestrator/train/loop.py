@@ -35,10 +35,10 @@ def train_loop(config: dict) -> None:
             if step == plan.total_steps:
                 final = result, saved
             else:
-                report_to_ray(result, saved)
+                report_to_ray(worker.answers_to, result, saved)
                 reporter.restart_window()  # keep evaluation and checkpoint time out of tokens/s
 
     with exported_model(worker) as hf_dir:  # every rank gathers the model; rank 0's reporter logs it
         reporter.exported(hf_dir)
     if final:
-        report_to_ray(*final)
+        report_to_ray(worker.answers_to, *final)

@@ -11,7 +11,7 @@ from orchestrator.config.job import JobConfig
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import build_model
 from orchestrator.models.tasks import TASKS
-from orchestrator.train import checkpoint
+from orchestrator.train import checkpoint, results
 from orchestrator.train.clocks import Clock, timed_calls
 from orchestrator.train.engine import build_engine, partitioned_construction, restart_schedule
 from orchestrator.train.flops import device_peak_flops, model_flops_per_token, parameter_count
@@ -22,8 +22,8 @@ from orchestrator.train.worker import Progress, TrainPlan, Worker
 
 
 def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    answers_to = results.answers_to(plan.tune_metric)
+    rank, world_size = answers_to.rank_and_size()
     timeline = plan.timeline
     timeline.mark("worker_processes", at=psutil.Process().create_time())  # Ray Train started this process
     timeline.mark("worker_setup")  # imports, torch.distributed, dataset shards
@@ -39,7 +39,7 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
     data_rank, data_size = layout.data_rank(engine)
     timeline.mark("deepspeed_init")
 
-    restored = restore(engine, job, plan, rank)
+    restored = restore(engine, job, plan, rank, answers_to)
     progress, unsent_metrics = restored or (Progress(), {})
     clocks = {"data_wait": Clock(), "allreduce": Clock()}
     engine.allreduce_gradients = timed_calls(engine.allreduce_gradients, clocks["allreduce"])
@@ -62,6 +62,7 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
         parameter_share=largest_parameter_share(engine, model_parameters),
         memory_at_start=memory_at_start,
         clocks=clocks,
+        answers_to=answers_to,
         model_construction=model_construction,
     )
     reporter = open_reporter(worker, unsent_metrics)
@@ -70,10 +71,10 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
     return worker, reporter
 
 
-def restore(engine, job: JobConfig, plan: TrainPlan, rank: int) -> tuple[Progress, dict] | None:
+def restore(engine, job: JobConfig, plan: TrainPlan, rank: int, answers_to: results.TrainRun | results.TuneTrial) -> tuple[Progress, dict] | None:
     """Where the checkpoint to continue from left training, and the metrics it had not delivered; None on a fresh
     start. Ray Train's own checkpoint (this run restarted after a failure) comes before the one the run started from."""
-    source = ray.train.get_checkpoint()
+    source = answers_to.checkpoint()
     if source is None and plan.initial_checkpoint:
         source = ray.train.Checkpoint(plan.initial_checkpoint)
     restored = checkpoint.restore(engine, source, rank)

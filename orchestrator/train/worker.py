@@ -15,6 +15,7 @@ from orchestrator.models.tasks import Task
 from orchestrator.train.clocks import Clock, timed
 from orchestrator.train.deepspeed_config import accumulation_steps
 from orchestrator.train.parallel import DataParallel, Inputs
+from orchestrator.train.results import TrainRun, TuneTrial
 from orchestrator.train.timeline import Timeline
 
 
@@ -33,6 +34,8 @@ class TrainPlan:
     registered_model: str | None  # Model Registry name of the final model (none for sweep trials)
     progress_board: Any = None  # train/progress.py's actor, when the driver draws a bar in a terminal
     initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
+    # A one-worker sweep trial that trains in its own process reports to Tune itself, results with this metric only
+    tune_metric: str | None = None
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Worker:
     parameter_share: float  # the most of the model's parameters one worker holds
     memory_at_start: int  # bytes the process held before the model: libraries, runtime
     clocks: dict[str, Clock]  # where step time goes besides computing: waiting for data, reducing gradients
+    answers_to: TrainRun | TuneTrial  # where its results go (train/results.py)
     model_construction: Any = None  # held while the model lives (engine.partitioned_construction)
 
     @property

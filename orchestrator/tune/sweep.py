@@ -3,9 +3,11 @@
 Driver (`run_sweep`): a driver session (train/session.py) that prepares the data once for every trial and opens
 the parent MLflow run, in which the Tune experiment runs (or resumes) and writes its summary into the parent run.
 
-Trial (`run_trial`, a Tune function trainable holding no CPU itself): build the trial's job, open its nested
-MLflow run, and fit a TorchTrainer whose results and checkpoints are passed on to Tune as they come. A trial
-started from a Tune checkpoint (a resumed sweep, or PBT exploiting a better trial) continues from it, with the
+Trial (`run_trial`, a Tune function trainable): build the trial's job, open its nested MLflow run, and train. A trial
+of several workers holds no CPU itself and fits a TorchTrainer whose results and checkpoints are passed on to Tune as
+they come. A trial of one worker holds that worker's resources and trains in its own process (Ray Train V2's local
+mode), reporting to Tune itself: no worker group and controller to start, which took most of a short trial's time. A
+trial started from a Tune checkpoint (a resumed sweep, or PBT exploiting a better trial) continues from it, with the
 learning rate and schedule of its own, possibly just mutated, config.
 """
 
@@ -22,13 +24,15 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
+from orchestrator.config.job import JobConfig
 from orchestrator.config.load import LoadedSweep
 from orchestrator.config.names import derived_name
 from orchestrator.config.paths import path_inside, storage_path
 from orchestrator.data.pipeline import PreparedData, check_sizes
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, start_run
 from orchestrator.tracking.sweep import start_sweep_run, summarize_sweep, trial_run_dir
-from orchestrator.train.launch import build_trainer, job_artifacts, train_plan
+from orchestrator.train.launch import build_trainer, job_artifacts, local_trainer, train_plan
+from orchestrator.train.local import one_process_group
 from orchestrator.train.session import SESSION_KINDS, driver_session
 from orchestrator.train.timeline import Timeline
 from orchestrator.tune.space import param_space, search_algorithm, trial_scheduler, trials_at_once
@@ -109,14 +113,40 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
     with ends_with_outcome(run, stopped=None):
         timeline.mark("mlflow_run")
         start_from = tune.get_checkpoint()
+        in_process = trains_in_trial_process(job)
         # Trials register no model: the sweep registers its best trial's (tracking/sweep.py).
-        plan = train_plan(context.data, run, context.total_steps, timeline, registered_model=None, initial_checkpoint=start_from.path if start_from else None)
+        plan = train_plan(
+            context.data,
+            run,
+            context.total_steps,
+            timeline,
+            registered_model=None,
+            initial_checkpoint=start_from.path if start_from else None,
+            tune_metric=sweep.config.metric if in_process else None,
+        )
+        if in_process:
+            with one_process_group():
+                local_trainer(job, context.data, plan).fit()
+            return
         # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
         attempt = derived_name(trial_id, time.strftime("-%Y%m%d-%H%M%S"))
         bridge = ResultsToTune()
         train_runs = f"{context.sweep_dir}/{TRAIN_RUNS}"  # a fixed name inside the checked sweep directory
         trainer = build_trainer(job, context.data, plan, attempt, train_runs, TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,))
         bridge.forward(trainer, sweep.config.metric)
+
+
+def trains_in_trial_process(job: JobConfig) -> bool:
+    """One worker, not elastic: the trial's own process is the worker."""
+    return job.scaling.num_workers == 1 and not job.scaling.min_workers
+
+
+def trial_resources(job: JobConfig) -> dict[str, float]:
+    """A trial training in its own process holds its worker's resources; one that fits a TorchTrainer must hold no
+    CPU, or its workers starve (Tune counts a trial of no resources as needing none; `memory: 1` keeps it placed)."""
+    if trains_in_trial_process(job):
+        return {"cpu": job.scaling.cpus_per_worker, "gpu": int(job.scaling.use_gpu)}
+    return {"cpu": 0, "memory": 1}
 
 
 def run_sweep(sweep: LoadedSweep, address: str | None = None) -> tuple[tune.ResultGrid, TrackedRun]:
@@ -136,8 +166,7 @@ def run_sweep(sweep: LoadedSweep, address: str | None = None) -> tuple[tune.Resu
 def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -> tune.Tuner:
     """The sweep's Tune experiment in `context.sweep_dir`: restored where it ran before (finished trials are kept)."""
     config, job = sweep.config, sweep.base_job
-    # The trial function only waits on its TorchTrainer: it must hold no CPU, or the workers starve.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": 1})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(job))
     if tune.Tuner.can_restore(context.sweep_dir):
         print(f"resuming the sweep in {context.sweep_dir}: finished trials are kept", flush=True)
         return tune.Tuner.restore(context.sweep_dir, trainable, resume_unfinished=True, resume_errored=False)
@@ -160,5 +189,8 @@ def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -
             # later, while that trial trains on: a pruned one is gone by then (seen: DeepSpeed found no state to
             # load, and the exploiting trial failed). They keep every trial checkpoint.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if config.scheduler.name in ("pbt", "pb2") else job.checkpoint.keep),
+            # A trial training in its own process has no Train run to restart its worker: Tune restarts the trial
+            # from its last checkpoint instead, as often.
+            failure_config=tune.FailureConfig(max_failures=job.checkpoint.max_failures if trains_in_trial_process(job) else 0),
         ),
     )

@@ -16,10 +16,7 @@ import pytest
 import ray.data
 import ray.train
 import torch
-from distributed import end_process_group
-from helpers import free_port
 from mlflow.tracking import MlflowClient
-from ray.train.torch import TorchTrainer
 
 from orchestrator.config.job import JobConfig
 from orchestrator.data.encode import ENCODERS, is_validation
@@ -30,13 +27,12 @@ from orchestrator.data.tokenizers import separator_id, train_tokenizer
 from orchestrator.tracking.model import ARTIFACT_PATH
 from orchestrator.tracking.run import start_run
 from orchestrator.train import loop
-from orchestrator.train.launch import train_plan
+from orchestrator.train.launch import local_trainer, train_plan
+from orchestrator.train.local import one_process_group
 from orchestrator.train.session import total_steps
 from orchestrator.train.timeline import Timeline
 from orchestrator.train.worker import Worker
 
-# torchrun's variables, from which Ray Train's local mode makes a process group: gloo, of this process alone
-ONE_PROCESS_GROUP = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
 REPORTER_LOG = logging.getLogger("orchestrator.train.reporting")
 
 
@@ -150,37 +146,20 @@ def train_in_process(
         if look_at_export:
             local.seen_at_export = look_at_export(worker)
 
-    trainer = TorchTrainer(
-        train_loop_in_a_worker_process,
-        train_loop_config={"job": job, "plan": plan},
-        scaling_config=ray.train.ScalingConfig(num_workers=0),  # Ray Train V2's local mode: train_loop runs here
-        datasets={"train": data.train} | ({"val": data.val} if data.val is not None else {}),
-    )
     lines = LineCollector(local.log)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as Ray runs a worker of 1 CPU: more threads than cores wait on each other
-    with pytest.MonkeyPatch.context() as patch:
-        for variable, value in ONE_PROCESS_GROUP.items() | {"MASTER_PORT": str(free_port())}.items():
-            patch.setenv(variable, value)
+    with pytest.MonkeyPatch.context() as patch, one_process_group():
         patch.setattr(ray.train, "report", report)
         patch.setattr(loop, "exported_model", export_and_look)
         patch.setattr(ray.train, "get_context", lambda: RankContext(context(), as_rank))
         REPORTER_LOG.addHandler(lines)
         try:
-            trainer.fit()
+            local_trainer(job, data, plan).fit()  # Ray Train V2's local mode: train_loop runs here, as in a sweep trial
         finally:
             REPORTER_LOG.removeHandler(lines)
             torch.set_num_threads(threads)
     return local
-
-
-def train_loop_in_a_worker_process(config: dict) -> None:
-    """train_loop, then what the end of its worker process would do: the process group goes, and DeepSpeed's clone of
-    it (which DeepSpeed would otherwise keep for the next run here, in a group that no longer exists)."""
-    try:
-        loop.train_loop(config)
-    finally:
-        end_process_group()
 
 
 def keep_artifacts_beside_the_store(uri: str, experiment: str) -> None:

@@ -1,5 +1,7 @@
 """Pure pieces of the data path and of tracking, without Ray."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -68,3 +70,18 @@ def test_flatten_params():
 def test_progress_line():
     line = format_progress(50, 200, 3.21, 3e-4, 12345.6, 3725)
     assert line == "step 50/200 | loss 3.2100 | lr 3.00e-04 | 12,346 tok/s | eta 01:02:05"
+
+
+def test_sweep_plots_of_trials_that_never_reached_their_metric_place_only_those_that_did(tmp_path):
+    """A sweep whose trials all failed still ends with its summary, not an error of the plot's log axis."""
+    import pandas as pd
+
+    from orchestrator.tracking.plots import sweep_plots
+
+    sweep = SimpleNamespace(metric="eval/loss", search_space={"train.optimizer.lr": {}})
+    histories = {"a": {"train/lr": [(1, 0.001)]}}
+    failed = pd.DataFrame({"trial_id": ["a", "b"], "train.optimizer.lr": [1e-3, 3e-3], "eval/loss": [float("nan")] * 2})
+    sweep_plots(failed, histories, sweep, 10, str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["eval_loss_by_trial.png", "lr_schedules.png"]
+    sweep_plots(failed.assign(**{"eval/loss": [4.2, float("nan")]}), histories, sweep, 10, str(tmp_path))
+    assert (tmp_path / "eval_loss_vs_lr.png").exists()

@@ -3,12 +3,12 @@
 import pytest
 import torch
 import torch.distributed as dist
-from distributed import end_process_group
 from helpers import StandInTokenizer
 
 from orchestrator.config.load import validate
 from orchestrator.models.build import build_model
 from orchestrator.train.engine import build_engine
+from orchestrator.train.local import end_process_group
 
 
 @pytest.fixture(scope="module")
