@@ -83,12 +83,17 @@ class SchedulerConfig(Section):
     )
     quantile_fraction: Real = Field(0.25, gt=0, le=0.5, description="pbt/pb2: share of trials exploited / exploiting.")
     resample_probability: Real = Field(0.25, ge=0, le=1, description="pbt: chance to resample instead of perturbing.")
+    synch: bool = Field(
+        False,
+        description="pbt/pb2: every trial waits for the others at each perturbation step, so the weakest always exploit the "
+        "strongest; default: each trial compares itself with the results already in when it gets there.",
+    )
 
     @model_validator(mode="after")
     def _own_options(self):
         foreign = {
-            "fifo": ("grace_period", "reduction_factor", "perturbation_interval", "quantile_fraction", "resample_probability"),
-            "asha": ("perturbation_interval", "quantile_fraction", "resample_probability"),
+            "fifo": ("grace_period", "reduction_factor", "perturbation_interval", "quantile_fraction", "resample_probability", "synch"),
+            "asha": ("perturbation_interval", "quantile_fraction", "resample_probability", "synch"),
             "pbt": ("grace_period", "reduction_factor"),
             "pb2": ("grace_period", "reduction_factor", "resample_probability"),
         }[self.name]

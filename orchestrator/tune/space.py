@@ -61,6 +61,7 @@ def _pbt(sweep: SweepConfig, job: JobConfig, total_steps: int) -> TrialScheduler
         hyperparam_mutations=param_space(sweep),
         quantile_fraction=sweep.scheduler.quantile_fraction,
         resample_probability=sweep.scheduler.resample_probability,
+        synch=sweep.scheduler.synch,
     )
 
 
@@ -70,6 +71,7 @@ def _pb2(sweep: SweepConfig, job: JobConfig, total_steps: int) -> TrialScheduler
         perturbation_interval=sweep.scheduler.perturbation_steps(job.train.eval_every),
         hyperparam_bounds={key: list(dist.args) for key, dist in sweep.search_space.items()},
         quantile_fraction=sweep.scheduler.quantile_fraction,
+        synch=sweep.scheduler.synch,
     )
 
 

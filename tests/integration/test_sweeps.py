@@ -199,14 +199,16 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
 
 
 def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus, client, tmp_path):
-    """PBT can only exploit while both trials train at once: 2 trials of 1 worker on the 2 CPUs."""
+    """2 trials of 1 worker on the 2 CPUs, waiting for each other at each perturbation step (synch): at each, the
+    weaker exploits the stronger. Without synch, two 20-step trials of a few seconds can each pass every step before
+    the other has a checkpoint to give (seen: no exploit)."""
     schedule = {"name": "linear", "warmup_steps": 0}
     path = write_sweep(
         tmp_path,
         sweep_job(corpus, tmp_path, "sweep-pbt", schedule=schedule),
         name="pbt",
         search_space={"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
-        scheduler={"name": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5, "resample_probability": 0.0},
+        scheduler={"name": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5, "resample_probability": 0.0, "synch": True},
         num_samples=2,
         seed=1,
     )

@@ -92,6 +92,7 @@ BAD_SWEEPS = [
     ),
     ("metric never reported", {"metric": "eval/accuracy"}, "metric: the causal_lm task reports train/loss, eval/loss, eval/perplexity (got 'eval/accuracy')"),
     ("asha option on pbt", {"scheduler": {"name": "pbt", "grace_period": 5}}, "scheduler.grace_period: not an option of the pbt scheduler"),
+    ("pbt option on asha", {"scheduler": {"name": "asha", "synch": True}}, "scheduler.synch: not an option of the asha scheduler"),
     ("unknown sweep key", {"trials": 3}, "trials: unknown key"),
     ("unknown override", {"overrides": {"train.colour": "red"}}, "overrides.train.colour: not a key of the job"),
 ]
@@ -158,3 +159,11 @@ def test_concurrency_follows_cluster_and_job(corpus, tmp_path):
     assert trials_at_once({"CPU": 8}, job, 3) == 3
     on_gpus = job.model_copy(update={"scaling": job.scaling.model_copy(update={"use_gpu": True})})
     assert trials_at_once({"CPU": 8, "GPU": 2}, on_gpus, None) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["pbt", "pb2"])
+def test_synch_makes_every_trial_wait_at_each_perturbation_step(corpus, tmp_path, scheduler):
+    space = {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}
+    for synch in (False, True):
+        sweep = load_sweep(write_sweep(tmp_path, corpus, scheduler={"name": scheduler, "synch": synch}, search_space=space))
+        assert trial_scheduler(sweep.config, sweep.base_job, 20)._synch is synch
