@@ -224,6 +224,15 @@ def schema(
     print(json.dumps(JobConfig.model_json_schema(), indent=2))
 
 
+def gpu_memory() -> int:
+    """The local GPU's memory, which torch reads (imported only here: seconds)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--memory-per-worker: this machine has no GPU to read a worker's memory from; give it in GiB")
+    return torch.cuda.get_device_properties(0).total_memory
+
+
 def readable_bytes(value: float) -> str:
     return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
 
@@ -251,22 +260,18 @@ def plan(
     if memory_per_worker is not None and not 0 < memory_per_worker < math.inf:
         raise UserError(f"--memory-per-worker: GiB, a positive number (got {memory_per_worker})")
     job = checked_job(job_file, overrides)
-    # plan runs nothing on a device: DeepSpeed, imported for pipeline layouts, need not look for one (and warn)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import psutil
-    import torch  # torch: only now
     from rich.console import Console
     from rich.table import Table
 
     from orchestrator.train import plan as planning
 
-    gib = 2**30
-    if memory_per_worker is None:
-        if job.scaling.use_gpu and not torch.cuda.is_available():
-            raise UserError("--memory-per-worker: this machine has no GPU to read a worker's memory from; give it in GiB")
-        available = torch.cuda.get_device_properties(0).total_memory if job.scaling.use_gpu else psutil.virtual_memory().total / job.scaling.num_workers
+    if memory_per_worker is not None:
+        available = memory_per_worker * 2**30
+    elif job.scaling.use_gpu:
+        available = gpu_memory()
     else:
-        available = memory_per_worker * gib
+        available = psutil.virtual_memory().total / job.scaling.num_workers
     size = planning.model_size(job)
     options, choice = planning.plan(job, size, available)
     workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"

@@ -32,11 +32,11 @@ def label_keys(label_names: list[str]) -> dict:
 
 def hf_config(model: ModelConfig, tokenizer, label_names: list[str]) -> transformers.PretrainedConfig:
     family = FAMILIES[model.family]
-    keys = {family.dim_keys[name]: value for name, value in model.dims_resolved().items()}
+    keys = family.config_keys(model.dims_resolved())
     if model.dropout is not None:
         keys.update(dict.fromkeys(family.dropout_keys, model.dropout))
     config_class = getattr(transformers, family.config_class)
-    return config_class(vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **family.fixed, **keys)
+    return config_class(vocab_size=len(tokenizer), **special_tokens(tokenizer), **label_keys(label_names), **keys)
 
 
 def set_dropout(config: transformers.PretrainedConfig, probability: float) -> None:

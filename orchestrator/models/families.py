@@ -19,6 +19,10 @@ class Family:
     model_parallel: tuple[str, ...] = ()
     heads_split_hidden: bool = True  # each head gets hidden / heads dimensions (T5 sizes its heads with d_kv instead)
 
+    def config_keys(self, dims: dict[str, int]) -> dict:
+        """The Hugging Face config keys that give a random-init model these job dimensions, and the fixed ones."""
+        return self.fixed | {self.dim_keys[name]: value for name, value in dims.items()}
+
 
 GPT2 = Family(
     config_class="GPT2Config",

@@ -1,23 +1,24 @@
 """Memory per worker before anything runs (`orchestrator plan`): model states for each ZeRO stage and offload choice,
 as the ZeRO paper counts them and as DeepSpeed's own estimators do, plus activations, against what a worker has.
-DeepSpeed's estimators are a few lines of arithmetic, written out here: importing DeepSpeed for them took seconds.
 
-The model is built on the meta device (no memory, no weights read), so its parameter count is exact. Tensor and
+Nothing here imports torch, transformers or DeepSpeed (seconds each): the parameters are counted from the model
+config's numbers, module by module (models/inventory.py), and what the libraries compute for the plan is written
+out: DeepSpeed's estimators and its balanced pipeline partition, the size of a tokenizer's vocabulary. Tensor and
 pipeline parallelism first split the parameters (what the busiest worker holds is counted), then ZeRO shards that
 worker's states over the data-parallel replicas.
 """
 
+import itertools
+import json
 import math
+import os
 from dataclasses import dataclass, replace
 
-import torch
-import transformers
-
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import MAX_LAYERS, JobConfig
+from orchestrator.config.job import JobConfig, ParallelismConfig
 from orchestrator.config.paths import expand_path
-from orchestrator.models.build import hf_config, label_keys
-from orchestrator.models.tasks import TASKS
+from orchestrator.models.families import FAMILIES
+from orchestrator.models.inventory import ARCHITECTURES, Inventory, config_problem
 
 
 def option_name(option: dict) -> str:
@@ -53,86 +54,115 @@ class ModelSize:
     vocab: int
 
 
-class _Vocabulary:
-    """What build_model reads of a tokenizer: its size and two valid token ids."""
+def special_token_names(settings: dict) -> set[str]:
+    """The tokens a tokenizer_config.json or special_tokens_map.json names: its *_token keys, its extra (formerly
+    additional) special tokens and its added_tokens_decoder; each a string or an AddedToken's fields."""
+    extra = settings.get("extra_special_tokens") or settings.get("additional_special_tokens") or []
+    named = [value for key, value in settings.items() if key.endswith("_token")]
+    tokens = [*named, *(extra.values() if isinstance(extra, dict) else extra), *(settings.get("added_tokens_decoder") or {}).values()]
+    return {token["content"] if isinstance(token, dict) else token for token in tokens if isinstance(token, (str, dict))}
 
-    eos_token_id, pad_token_id = 0, 1
 
-    def __init__(self, size: int):
-        self.size = size
+def tokenizer_size(path: str) -> int:
+    """len(load_tokenizer(path)) without transformers (seconds to import, torch with it): the tokens of tokenizer.json,
+    added ones included, and the special tokens transformers adds on loading where they are missing (the padding token
+    tokenizer.json sets, those a directory's tokenizer_config.json and special_tokens_map.json name)."""
+    tokenizer_file = path if os.path.isfile(path) else os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(tokenizer_file):  # a slow tokenizer's files (vocab.txt, a SentencePiece model): only transformers converts them
+        from orchestrator.data.tokenizers import load_tokenizer
 
-    def __len__(self) -> int:
-        return self.size
+        return len(load_tokenizer(path))
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    settings = {"pad_token": tokenizer.padding["pad_token"]} if tokenizer.padding else {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.isfile(settings_file := os.path.join(path, name)):
+            with open(settings_file) as file:
+                settings |= json.load(file)
+    vocabulary = tokenizer.get_vocab(with_added_tokens=True)
+    return len(vocabulary) + len(special_token_names(settings) - vocabulary.keys())
 
 
 def vocabulary_size(job: JobConfig) -> int:
     """The trained tokenizer's configured size (an upper bound: a small corpus may give fewer), or a local one's."""
     if job.data.tokenizer.path:
-        from orchestrator.data.tokenizers import load_tokenizer
-
-        return len(load_tokenizer(job.data.tokenizer.path))
+        return tokenizer_size(expand_path(job.data.tokenizer.path))
     return job.data.tokenizer.vocab_size
 
 
-def meta_model(job: JobConfig) -> torch.nn.Module:
-    """The job's model on the meta device. Dimensions it cannot have are the job's mistake: too many layers to count
-    in seconds (each is built), or sizes that torch or the architecture refuse (a width that overflows a tensor's
-    size, a width that the heads do not divide)."""
-    labels = job.data.labels or ["0", "1"]  # a classification head's size hardly matters
-    if job.model.pretrained:
-        field = "model.pretrained"
-        config = transformers.AutoConfig.from_pretrained(expand_path(job.model.pretrained), **label_keys(labels))
-    else:
-        field = "model.dims"
-        labels = labels if job.task == "sequence_classification" else []
-        config = hf_config(job.model, _Vocabulary(vocabulary_size(job)), labels)
-    layers = config.num_hidden_layers + getattr(config, "num_decoder_layers", 0)
-    if layers > MAX_LAYERS:
-        where = field if job.model.pretrained else f"{field}.layers"
-        raise UserError(f"{where}: plan builds each layer to count it, at most {MAX_LAYERS:,} (got {layers:,})")
-    try:
-        with torch.device("meta"):
-            return getattr(transformers, TASKS[job.task].auto_class).from_config(config)
-    except (ValueError, RuntimeError) as err:  # raised by the architecture's checks and torch's size arithmetic
-        raise UserError(f"{field}: no model has these dimensions: {' '.join(str(err).split())}") from None
+def model_config(job: JobConfig) -> dict:
+    """The config keys the job's model is counted from, over its config class's defaults: the pretrained model's
+    config.json, which the job's schema does not check (plan checks what it reads), or those a random-init model gets
+    (models/build.py hf_config)."""
+    family = job.model.family
+    labels = {"num_labels": len(job.data.labels or ["0", "1"])}  # a classification head's size hardly matters
+    if not job.model.pretrained:
+        given = {"vocab_size": vocabulary_size(job), **labels, **FAMILIES[family].config_keys(job.model.dims_resolved())}
+        return ARCHITECTURES[family].config(given)
+    config = ARCHITECTURES[family].config(job.model.pretrained_config() | labels)
+    if problem := config_problem(family, config):
+        raise UserError(f"model.pretrained: config.json: {problem}")
+    return config
 
 
-def model_size(job: JobConfig) -> ModelSize:
-    model = meta_model(job)
-    config = model.config
+def counted_size(family: str, config: dict, split: ParallelismConfig) -> ModelSize:
+    """The size of a model of the family with this config (the keys models/inventory.py reads), split so."""
+    model, dim_keys = ARCHITECTURES[family].count(config), FAMILIES[family].dim_keys
     return ModelSize(
-        parameters=sum(p.numel() for p in model.parameters()),
-        worker_parameters=largest_worker_parameters(job, model),
-        largest_layer=max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules()),
-        layers=config.num_hidden_layers + getattr(config, "num_decoder_layers", 0),  # encoder-decoders have both
-        hidden=config.hidden_size,
-        heads=config.num_attention_heads,
-        vocab=config.vocab_size,
+        parameters=model.parameters,
+        worker_parameters=WORKER_PARAMETERS[split.layout](model, split),
+        largest_layer=model.largest_module,
+        layers=model.layers,
+        hidden=config[dim_keys["hidden"]],
+        heads=config[dim_keys["heads"]],
+        vocab=config["vocab_size"],
     )
 
 
-def count(module: torch.nn.Module, recurse: bool = True) -> int:
-    return sum(parameter.numel() for parameter in module.parameters(recurse=recurse))
+def model_size(job: JobConfig) -> ModelSize:
+    return counted_size(job.model.family, model_config(job), job.parallelism)
 
 
-def largest_worker_parameters(job: JobConfig, model: torch.nn.Module) -> int:
-    """Tensor parallel: AutoTP splits every linear layer (the head included) over the T ranks, the embeddings and
-    norms stay whole. Pipeline: the stage DeepSpeed's own balanced partition gives the most (the tied embedding
-    counts on the first and the last stage)."""
-    split = job.parallelism
-    if split.layout == "tensor":
-        linear = sum(count(module, recurse=False) for module in model.modules() if isinstance(module, torch.nn.Linear))
-        return count(model) - linear + math.ceil(linear / split.tensor)
-    if split.layout == "pipeline":
-        # deepspeed: only for pipelines (models/pipeline.py builds on it); DeepSpeed's own balanced partition
-        from deepspeed.runtime.utils import partition_balanced
+def partition_balanced(weights: list[int], parts: int) -> list[int]:
+    """DeepSpeed's partition_balanced (deepspeed/runtime/utils.py), with which PipelineModule cuts its layers by
+    parameters, written out: importing DeepSpeed took seconds. The stage bounds, by dynamic programming over (layers,
+    stages), that make the heaviest and the lightest stage closest; among equals, the last cut it tries. Fewer layers
+    than stages: one a stage (its partition_uniform)."""
+    layers = len(weights)
+    if layers <= parts:
+        return [min(part, layers) for part in range(parts + 1)]
+    prefix = [0, *itertools.accumulate(weights)]
+    heaviest, lightest, spread = ([[math.inf] * (parts + 1) for _ in range(layers + 1)] for _ in range(3))
+    cut = [[0] * (parts + 1) for _ in range(layers + 1)]
+    heaviest[0][0] = spread[0][0] = 0
+    for end in range(1, layers + 1):
+        for stages in range(1, min(end, parts) + 1):
+            for start in range(end):
+                last = prefix[end] - prefix[start]
+                high, low = max(heaviest[start][stages - 1], last), min(lightest[start][stages - 1], last)
+                if spread[end][stages] >= high - low:
+                    spread[end][stages], heaviest[end][stages], lightest[end][stages], cut[end][stages] = high - low, high, low, start
+    bounds = [layers]
+    for stages in range(parts, 0, -1):
+        bounds.append(cut[bounds[-1]][stages])
+    return bounds[::-1]
 
-        from orchestrator.models.pipeline import PIPELINE_LAYERS
 
-        layers = [count(spec.build()) for spec in PIPELINE_LAYERS[job.model.family](model)]
-        bounds = partition_balanced(weights=layers, num_parts=split.pipeline)  # what PipelineModule does
-        return max(sum(layers[start:end]) for start, end in zip(bounds, bounds[1:]))
-    return count(model)
+def heaviest_stage(model: Inventory, split: ParallelismConfig) -> int:
+    """The stage DeepSpeed's balanced partition gives the most (the tied embedding counts on the first and the last)."""
+    layers = model.pipeline_layers
+    bounds = partition_balanced(layers, split.pipeline)
+    return max(sum(layers[start:end]) for start, end in zip(bounds, bounds[1:]))
+
+
+# The most parameters one worker holds, by how the model is split (keys of train.parallel.LAYOUTS). Tensor parallel:
+# AutoTP splits every linear layer (the head included) over the T ranks, the embeddings and norms stay whole.
+WORKER_PARAMETERS = {
+    "data": lambda model, split: model.parameters,
+    "tensor": lambda model, split: model.parameters - model.linear + math.ceil(model.linear / split.tensor),
+    "pipeline": heaviest_stage,
+}
 
 
 def paper_bytes(stage: int, parameters: int, workers: int) -> float:
