@@ -4,6 +4,7 @@ instance of these tests' own (conftest.py), with an MLflow store in a temporary 
 (worker processes, their failures, the job API) is left to tests/integration."""
 
 import logging
+import random
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.config.job import JobConfig
 from orchestrator.data.encode import ENCODERS, is_validation
 from orchestrator.data.pipeline import PreparedData
-from orchestrator.data.read import fields_of, parse_file
+from orchestrator.data.read import fields_of, parse_file, resolve_data_files
 from orchestrator.data.report import DataReport
-from orchestrator.data.tokenizers import separator_id, train_tokenizer
+from orchestrator.data.tokenizers import load_tokenizer, separator_id, train_tokenizer
 from orchestrator.tracking.model import ARTIFACT_PATH
 from orchestrator.tracking.run import start_run
 from orchestrator.train import loop
@@ -79,14 +80,16 @@ class LineCollector(logging.Handler):
 
 
 def prepared_in_memory(job: JobConfig) -> PreparedData:
-    """What `prepare` makes of the job's data file, made here without its Ray Data pipeline, whose executions take
+    """What `prepare` makes of the job's data files, made here without its Ray Data pipeline, whose executions take
     seconds each (its stages are tested in tests/unit/test_data_stages.py, the whole on a cluster): the rows as the
-    reader parses them, the job's tokenizer trained on their texts, each row's split, and the task's encoder."""
-    (path,) = job.data.paths
+    reader parses them, the job's tokenizer (trained on their texts, or loaded), each row's split, the task's encoder,
+    and the training rows shuffled."""
     fields = fields_of(job)
-    rows = parse_file(Path(path).read_bytes(), path, 0, "jsonl", fields)
+    paths = resolve_data_files(job)
+    files = [parse_file(Path(path).read_bytes(), path, index, "jsonl", fields) for index, path in enumerate(paths)]
+    rows = [row for parsed in files for row in parsed if not row["stage"]]  # without the lines the reader refuses
     texts = [row["text"] for row in rows]
-    tokenizer = train_tokenizer(job.data.tokenizer, texts)
+    tokenizer = load_tokenizer(job.data.tokenizer.path) if job.data.tokenizer.path else train_tokenizer(job.data.tokenizer, texts)
     label_names = sorted({row["label"] for row in rows}) if "label" in fields else []
     batch = {column: np.array([row[column] for row in rows], dtype=object) for column in fields}
     batch["is_val"] = np.array([is_validation(text, job.data.val_fraction, job.data.seed) for text in texts])
@@ -100,6 +103,7 @@ def prepared_in_memory(job: JobConfig) -> PreparedData:
     )
     in_val = encoded.pop("is_val")
     train, val = ([{column: values[i] for column, values in encoded.items()} for i in np.flatnonzero(in_val == split)] for split in (False, True))
+    random.Random(job.data.seed).shuffle(train)  # as prepare shuffles the training split: the feed's shuffle is local
     return PreparedData(
         ray.data.from_items(train),
         ray.data.from_items(val),
@@ -108,7 +112,7 @@ def prepared_in_memory(job: JobConfig) -> PreparedData:
         len(val),
         label_names,
         DataReport(),
-        Path(path).parent,
+        Path(paths[0]).parent,
     )
 
 
@@ -120,11 +124,13 @@ def train_in_process(
     initial_checkpoint: Path | None = None,
     look_at_export: Callable[[Worker], Any] | None = None,
     as_rank: int = 0,
+    cpus: int = 1,
 ) -> LocalRun:
     """What `orchestrator train` does (train/launch.py), with this process for the worker group. Every result the loop
     reports to Ray is kept with a copy of its checkpoint. `look_at_export(worker)`: run on the trained worker right
     after the loop's export; what it returns is the run's `seen_at_export`. `as_rank`: the rank Ray Train's context
-    gives the loop (alone in its process group, a rank other than 0 still runs every collective)."""
+    gives the loop (alone in its process group, a rank other than 0 still runs every collective). `cpus`: the
+    worker's CPUs, as many torch threads."""
     keep_artifacts_beside_the_store(job.tracking.uri, job.tracking.experiment)
     run = start_run(job, name, str(tmp / name), artifacts={})
     steps = total_steps(job, data.train_sequences)
@@ -148,7 +154,7 @@ def train_in_process(
 
     lines = LineCollector(local.log)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as Ray runs a worker of 1 CPU: more threads than cores wait on each other
+    torch.set_num_threads(cpus)  # as Ray runs a worker: more threads than its CPUs would wait on each other
     with pytest.MonkeyPatch.context() as patch, one_process_group():
         patch.setattr(ray.train, "report", report)
         patch.setattr(loop, "exported_model", export_and_look)

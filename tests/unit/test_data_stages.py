@@ -115,22 +115,36 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     )
 
 
-def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, tmp_path):
+def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, mlflow_uri, tmp_path):
     """The batches' local shuffle depends on Ray's block boundaries, which differ between the freshly shuffled data
     and its parquet files; so the job that fills the cache must train on what it wrote, or it and every job after it
-    (its own resumed run too) would see other batches. A corpus of several files, so that there are several blocks."""
+    (its own resumed run too) would see other batches. A corpus of several files, so that there are several blocks.
+    The data report goes to the job's MLflow run: its tables, plot, quarantined rows and headline figures."""
     import torch
+    from mlflow.tracking import MlflowClient
 
     from orchestrator.config.load import validate
     from orchestrator.data.feed import step_batches
-    from orchestrator.data.pipeline import prepare
+    from orchestrator.data.pipeline import QUARANTINE_FILE, prepare
+    from orchestrator.tracking.data_report import log_data_report
 
     files = sorted(str(path) for path in (Path.home() / ".cache/orchestrator/data/fortunes").glob("*.jsonl"))[:6]
     if not files:
         pytest.skip("no fortunes corpus: bash cluster/install.sh prepares it")
-    job = validate(tiny_job(Path(files[0]), data={"paths": files, "tokenizer": {"train": "bpe", "vocab_size": 512}, "seq_len": 32, "cache_dir": str(tmp_path)}))
+    data = {"paths": files, "tokenizer": {"train": "bpe", "vocab_size": 512}, "seq_len": 32, "cache_dir": str(tmp_path), "clean": {"min_chars": 40}}
+    job = validate(tiny_job(Path(files[0]), data=data))
     first, second = prepare(job), prepare(job)
     assert (first.report.cache, second.report.cache) == ("miss", "hit")
+    assert (first.directory / QUARANTINE_FILE).is_file()  # the fortunes shorter than min_chars
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("data", (tmp_path / "artifacts").as_uri())).info.run_id
+    log_data_report(mlflow_uri, run_id, first)
+    logged = {item.path for item in client.list_artifacts(run_id, "data")}
+    assert logged == {f"data/{name}" for name in ("stages.json", "report.json", "summary.txt", "token_lengths.png", QUARANTINE_FILE)}
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["data/rows_read"] == first.report.rows_read > metrics["data/rows_kept"] == first.report.rows_kept
+    assert metrics["data/rows_quarantined"] > 0 and metrics["data/tokens"] > 0
 
     def first_batches(data):
         batches = step_batches(data.train, rank=0, world_size=1, micro_batch_size=8, global_batch_size=8, shuffle_seed=0)

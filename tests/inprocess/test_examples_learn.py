@@ -1,0 +1,56 @@
+"""The example jobs of the classification and translation tasks learn: each job file, shortened with overrides, runs
+through the whole worker loop in this process (local_mode.py) on its real data and model. The classifier (the
+pretrained MiniLM on Debian's fortunes) beats the majority-class baseline, and its confusion matrix names the fortunes files; the translator's BLEU beats the untrained
+model's. (Causal LM: tests/integration/test_training.py checks that perplexity falls; each task's metrics, plots
+and export: test_tasks.py; the data report each run logs: tests/unit/test_data_stages.py; the example jobs through
+`ray job submit`: the quickstart's and the job API's tests in tests/integration.)"""
+
+from pathlib import Path
+
+import pytest
+from helpers import REPO, write_translation_corpus
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config.load import load_job
+
+from .local_mode import prepared_in_memory, train_in_process
+
+# Minutes of training, not seconds: run with the cluster tests.
+pytestmark = pytest.mark.integration
+
+
+def example(name: str, tracking_uri: str, tmp: Path, **overrides) -> object:
+    """jobs/<name>.yaml on one worker (of both CPUs here); `overrides` as `--set` gives them."""
+    overrides = {"scaling.num_workers": 1, "checkpoint.dir": str(tmp / "runs"), "tracking.uri": tracking_uri} | overrides
+    return load_job(REPO / "jobs" / f"{name}.yaml", [f"{key}={value}" for key, value in overrides.items()])
+
+
+def last(history: dict[int, float]) -> tuple[int, float]:
+    return max(history.items())
+
+
+def test_classification_fine_tunes_minilm_beyond_the_majority_baseline(local_ray, tracking_uri, tmp_path):
+    shorter = {"train.epochs": "null", "train.max_steps": 40, "train.eval_every": 40}
+    job = example("fortunes-classify", tracking_uri, tmp_path, **shorter)
+    run = train_in_process(job, prepared_in_memory(job), tmp_path, "classify", cpus=2)
+
+    step, accuracy = last(run.history(tracking_uri, "eval/accuracy"))
+    _, majority = last(run.history(tracking_uri, "eval/majority_accuracy"))
+    assert step == 40 and accuracy > majority + 0.1, (accuracy, majority)
+    matrix = MlflowClient(tracking_uri).download_artifacts(run.run_id, "plots/confusion_matrix.csv", str(tmp_path))
+    assert open(matrix).readline().strip().split(",")[1:] == ["computers", "definitions", "love", "politics", "science", "sports"]
+
+
+def test_translation_bleu_beats_the_untrained_model(local_ray, tracking_uri, tmp_path):
+    corpus = write_translation_corpus(tmp_path / "data")
+    overrides = {"data.paths": f"[{corpus}]", "data.tokenizer.vocab_size": 300, "data.val_fraction": 0.1}
+    overrides |= {"train.max_steps": 150, "train.eval_every": 75, "train.micro_batch_size": 64}  # 2 workers x 32
+    job = example("translate-eng-fra", tracking_uri, tmp_path, **overrides)
+    run = train_in_process(job, prepared_in_memory(job), tmp_path, "translate", cpus=2)
+
+    bleu = run.history(tracking_uri, "eval/bleu")
+    assert sorted(bleu) == [0, 75, 150]
+    assert bleu[150] > bleu[0] + 20, bleu
+    for key in ("eval/chrf", "eval/rougeL"):
+        scores = run.history(tracking_uri, key)
+        assert scores[150] > scores[0], (key, scores)
