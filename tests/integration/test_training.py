@@ -13,19 +13,22 @@ from helpers import submit as submit_job
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from orchestrator.config.job import ModelConfig, TokenizerConfig
-from orchestrator.data.tokenizers import train_tokenizer
-from orchestrator.models.build import build_model
 from orchestrator.tracking.model import hf_directory
 from orchestrator.train.timeline import PHASES
 
 pytestmark = pytest.mark.integration
-# Stages 1 and 3 train like stage 0 on 2 gloo processes in tests/multiprocess/test_layouts.py, which also loads the
-# ZeRO-3 export as one whole model; here, a job run directly (stage 0) and one through the job API (stage 2).
-STAGES = [0, 2]
 # The pipeline job's first part stops at step 10: a schedule that does not depend on max_steps keeps its learning
 # rates those of the uninterrupted data-parallel job.
 CONSTANT_LR = {"schedule": {"name": "constant", "warmup_steps": 2}}
+# Models for the layout comparisons: no dropout (each layout draws its random numbers on other ranks), and blocks
+# that outweigh the embeddings, so that the share of the parameters a model-parallel worker holds means something.
+GPT2_NO_DROPOUT = {"family": "gpt2", "dims": {"layers": 4, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 64}, "dropout": 0.0}
+LLAMA_NO_DROPOUT = {
+    "family": "llama",
+    "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64},
+    "dropout": 0.0,
+}
+ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
 
 
 @dataclass
@@ -35,17 +38,8 @@ class FinishedRun:
     job: Path
 
 
-def started_from(job: dict, start: Path) -> dict:
-    """The job, training the saved model of `start` with its tokenizer instead of a new random one."""
-    job["model"] = {"family": "gpt2", "pretrained": str(start)}
-    job["data"]["tokenizer"] = {"path": str(start)}
-    return job
-
-
-def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, start: Path | None = None, **sections) -> FinishedRun:
+def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, **sections) -> FinishedRun:
     job = tiny_job(corpus, checkpoint={"dir": str(tmp / "runs")}, tracking={"experiment": "integration", "run_name": name}, **sections)
-    if start:
-        job = started_from(job, start)
     path = write_job(tmp / f"{name}.yaml", job)
     if submit:  # the way users run jobs: through the cluster's job API
         output = submit_job(cluster, "train", str(path))
@@ -74,46 +68,24 @@ def client(mlflow_server) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def start(corpus, tmp_path_factory) -> Path:
-    """A random-init tiny GPT-2 and its tokenizer, saved. Runs whose losses are compared start from these weights:
-    under ZeRO-3 a random model is initialised shard by shard (deepspeed.zero.Init), so with other random numbers."""
-    directory = tmp_path_factory.mktemp("start")
-    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
-    tokenizer = train_tokenizer(TokenizerConfig(train="bpe", vocab_size=512), texts)
-    model = build_model(ModelConfig(family="gpt2", dims=tiny_job(corpus)["model"]["dims"]), "causal_lm", tokenizer, [], seed=0)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+def data_parallel(cluster, corpus, tmp_path_factory) -> FinishedRun:
+    """A 20-step job of GPT-2 on 2 data-parallel workers under ZeRO-2, submitted through `ray job submit`. (Each ZeRO
+    stage against stage 0, step by step: tests/multiprocess/test_layouts.py.)"""
+    sections = {"model": GPT2_NO_DROPOUT, "deepspeed": {"zero_stage": 2}, "train": CONSTANT_LR}
+    return run_job(cluster, tmp_path_factory.mktemp("dp"), "zero2", corpus, submit=True, **sections)
 
 
-@pytest.fixture(scope="module")
-def stage_runs(cluster, corpus, start, tmp_path_factory) -> dict[int, FinishedRun]:
-    """The same 20-step job under ZeRO stages 0 and 2 with 2 workers; stage 2 goes through `ray job submit`."""
-    tmp = tmp_path_factory.mktemp("stages")
-    return {
-        stage: run_job(cluster, tmp, f"zero{stage}", corpus, submit=stage == 2, start=start, deepspeed={"zero_stage": stage}, train=CONSTANT_LR)
-        for stage in STAGES
-    }
-
-
-@pytest.mark.parametrize("stage", STAGES)
-def test_loss_decreases(stage_runs, client, stage):
-    losses = list(history(client, stage_runs[stage].run_id, "train/loss").values())
+def test_loss_decreases(data_parallel, client):
+    losses = list(history(client, data_parallel.run_id, "train/loss").values())
     assert len(losses) == 20
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
-    perplexity = history(client, stage_runs[stage].run_id, "eval/perplexity")
+    perplexity = history(client, data_parallel.run_id, "eval/perplexity")
     assert sorted(perplexity) == [0, 10, 20]  # evaluated untrained (eval_at_start), then every 10 steps
     assert perplexity[20] < perplexity[10] < perplexity[0]
 
 
-def test_zero_stages_give_the_same_losses(stage_runs, client):
-    reference = history(client, stage_runs[0].run_id, "train/loss")
-    for stage in STAGES[1:]:
-        assert_close(history(client, stage_runs[stage].run_id, "train/loss"), reference, rel=1e-3)
-
-
-def test_submitted_job_is_fully_tracked(stage_runs, client):
-    run = client.get_run(stage_runs[2].run_id)
+def test_submitted_job_is_fully_tracked(data_parallel, client):
+    run = client.get_run(data_parallel.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["deepspeed.zero_stage"] == "2" and run.data.params["train.max_steps"] == "20"
     assert run.data.tags["ray.job_submission_id"].startswith("raysubmit_")
@@ -138,8 +110,8 @@ def test_submitted_job_is_fully_tracked(stage_runs, client):
     assert expected | {f"model/artifacts/hf/{name}" for name in ("config.json", "model.safetensors", "tokenizer.json")} <= artifacts
 
 
-def test_the_model_is_registered_under_the_run_name_and_predicts_through_pyfunc(stage_runs, client, corpus, mlflow_server, monkeypatch):
-    (version,) = client.search_model_versions(f"run_id = '{stage_runs[2].run_id}'")
+def test_the_model_is_registered_under_the_run_name_and_predicts_through_pyfunc(data_parallel, client, corpus, mlflow_server, monkeypatch):
+    (version,) = client.search_model_versions(f"run_id = '{data_parallel.run_id}'")
     assert version.name == "zero2"  # tracking.run_name
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     model = mlflow.pyfunc.load_model(f"models:/zero2/{version.version}")
@@ -148,22 +120,6 @@ def test_the_model_is_registered_under_the_run_name_and_predicts_through_pyfunc(
     predicted = model.predict(pd.DataFrame({"text": ["the cat sees", "a dog"]}))
     assert list(predicted.columns) == ["generated"] and len(predicted) == 2
     assert all(isinstance(text, str) for text in predicted["generated"])
-
-
-# Models for the layout comparisons: no dropout (each layout draws its random numbers on other ranks), and blocks
-# that outweigh the embeddings, so that the share of the parameters a model-parallel worker holds means something.
-GPT2_NO_DROPOUT = {"family": "gpt2", "dims": {"layers": 4, "hidden": 128, "heads": 4, "ffn": 512, "max_positions": 64}, "dropout": 0.0}
-LLAMA_NO_DROPOUT = {
-    "family": "llama",
-    "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64},
-    "dropout": 0.0,
-}
-ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
-
-
-@pytest.fixture(scope="module")
-def gpt2_data_parallel(cluster, corpus, tmp_path_factory) -> FinishedRun:
-    return run_job(cluster, tmp_path_factory.mktemp("dp"), "dp2", corpus, model=GPT2_NO_DROPOUT, train=CONSTANT_LR)
 
 
 def exported_loss(client: MlflowClient, run_id: str, corpus: Path, tmp: Path) -> float:
@@ -189,7 +145,7 @@ def assert_split_in_two(client: MlflowClient, run: FinishedRun, layout: str) -> 
     assert all(0.45 < share < 0.6 for share in shares), shares  # 1/2 of the blocks; the embeddings on both workers
 
 
-def test_a_pipeline_job_stopped_and_resubmitted_resumes_in_its_run_and_trains_like_data_parallel(cluster, corpus, client, tmp_path, gpt2_data_parallel):
+def test_a_pipeline_job_stopped_and_resubmitted_resumes_in_its_run_and_trains_like_data_parallel(cluster, corpus, client, tmp_path, data_parallel):
     """GPT-2 as 2 pipeline stages stops at step 10 and, submitted again through the job API with the same run name,
     resumes from its per-stage checkpoint in the same MLflow run. With the seed and global batch of the 2-worker
     data-parallel job (data/feed.py: the batches do not depend on how many replicas share them), it has that job's
@@ -204,11 +160,11 @@ def test_a_pipeline_job_stopped_and_resubmitted_resumes_in_its_run_and_trains_li
 
     losses = history(client, run.run_id, "train/loss")
     assert sorted(losses) == list(range(1, 21))
-    assert_close(losses, history(client, gpt2_data_parallel.run_id, "train/loss"), rel=1e-3)
+    assert_close(losses, history(client, data_parallel.run_id, "train/loss"), rel=1e-3)
     checkpoints = [path for path in (tmp_path / "runs" / "pipeline").glob("checkpoint_*") if path.is_dir()]
     assert len(checkpoints) == 2  # checkpoint.keep, across both parts
     assert exported_loss(client, run.run_id, corpus, tmp_path / "mp") == pytest.approx(
-        exported_loss(client, gpt2_data_parallel.run_id, corpus, tmp_path / "dp"), rel=1e-3
+        exported_loss(client, data_parallel.run_id, corpus, tmp_path / "dp"), rel=1e-3
     )
 
 
