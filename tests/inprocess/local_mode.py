@@ -4,7 +4,6 @@ instance of these tests' own (conftest.py), with an MLflow store in a temporary 
 (worker processes, their failures, the job API) is left to tests/integration."""
 
 import logging
-import random
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,8 +81,8 @@ class LineCollector(logging.Handler):
 def prepared_in_memory(job: JobConfig) -> PreparedData:
     """What `prepare` makes of the job's data files, made here without its Ray Data pipeline, whose executions take
     seconds each (its stages are tested in tests/unit/test_data_stages.py, the whole on a cluster): the rows as the
-    reader parses them, the job's tokenizer (trained on their texts, or loaded), each row's split, the task's encoder,
-    and the training rows shuffled."""
+    reader parses them, the job's tokenizer (trained on their texts, or loaded), each row's split, and the task's
+    encoder. The rows keep the files' order: prepare's shuffle is not made here."""
     fields = fields_of(job)
     paths = resolve_data_files(job)
     files = [parse_file(Path(path).read_bytes(), path, index, "jsonl", fields) for index, path in enumerate(paths)]
@@ -103,7 +102,6 @@ def prepared_in_memory(job: JobConfig) -> PreparedData:
     )
     in_val = encoded.pop("is_val")
     train, val = ([{column: values[i] for column, values in encoded.items()} for i in np.flatnonzero(in_val == split)] for split in (False, True))
-    random.Random(job.data.seed).shuffle(train)  # as prepare shuffles the training split: the feed's shuffle is local
     return PreparedData(
         ray.data.from_items(train),
         ray.data.from_items(val),

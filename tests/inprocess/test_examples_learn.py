@@ -5,6 +5,7 @@ model's. (Causal LM: tests/integration/test_training.py checks that perplexity f
 and export: test_tasks.py; the data report each run logs: tests/unit/test_data_stages.py; the example jobs through
 `ray job submit`: the quickstart's and the job API's tests in tests/integration.)"""
 
+import random
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import REPO, write_translation_corpus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import load_job
+from orchestrator.config.paths import expand_path
 
 from .local_mode import prepared_in_memory, train_in_process
 
@@ -30,8 +32,12 @@ def last(history: dict[int, float]) -> tuple[int, float]:
 
 
 def test_classification_fine_tunes_minilm_beyond_the_majority_baseline(local_ray, tracking_uri, tmp_path):
+    fortunes = load_job(REPO / "jobs/fortunes-classify.yaml").data.paths
+    rows = [line for path in fortunes for line in Path(expand_path(path)).read_text().splitlines()]
+    random.Random(0).shuffle(rows)  # one category after another otherwise: the in-memory data is not shuffled
+    (tmp_path / "fortunes.jsonl").write_text("\n".join(rows) + "\n")
     shorter = {"train.epochs": "null", "train.max_steps": 40, "train.eval_every": 40}
-    job = example("fortunes-classify", tracking_uri, tmp_path, **shorter)
+    job = example("fortunes-classify", tracking_uri, tmp_path, **shorter, **{"data.paths": f"[{tmp_path / 'fortunes.jsonl'}]"})
     run = train_in_process(job, prepared_in_memory(job), tmp_path, "classify", cpus=2)
 
     step, accuracy = last(run.history(tracking_uri, "eval/accuracy"))

@@ -199,8 +199,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
 
 
 def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus, client, tmp_path):
-    """2 trials of 1 worker on the 2 CPUs, waiting for each other at each perturbation step (synch): at each, the
-    weaker exploits the stronger. Without synch, two 20-step trials of a few seconds can each pass every step before
+    """2 trials of 1 worker on the 2 CPUs, waiting for each other at the perturbation step (synch, at step 10): there,
+    the weaker exploits the stronger. Without synch, two 20-step trials of a few seconds can each pass every step before
     the other has a checkpoint to give (seen: no exploit)."""
     schedule = {"name": "linear", "warmup_steps": 0}
     path = write_sweep(
@@ -208,7 +208,7 @@ def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus
         sweep_job(corpus, tmp_path, "sweep-pbt", schedule=schedule),
         name="pbt",
         search_space={"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
-        scheduler={"name": "pbt", "perturbation_interval": 5, "quantile_fraction": 0.5, "resample_probability": 0.0, "synch": True},
+        scheduler={"name": "pbt", "perturbation_interval": 10, "quantile_fraction": 0.5, "resample_probability": 0.0, "synch": True},
         num_samples=2,
         seed=1,
     )
