@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks import caller_names_a_cluster
 from orchestrator.cli.cluster import start_ray
 from orchestrator.local_node import LOOPBACK_NODE
 from orchestrator.train.deepspeed_config import deep_merge
@@ -54,7 +55,7 @@ BASE_JOB = {
 def local_cluster():
     """The environment of a client of a warm local Ray cluster (this process's too): the caller's, or one started
     here and stopped on the way out."""
-    if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_API_SERVER_ADDRESS"):
+    if caller_names_a_cluster():
         yield dict(os.environ)
         return
     env = os.environ | LOOPBACK_NODE | {"RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}

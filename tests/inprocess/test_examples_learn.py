@@ -1,7 +1,7 @@
 """The example jobs of the classification and translation tasks learn: each job file, shortened with overrides, runs
 through the whole worker loop in this process (local_mode.py) on its real data and model. The classifier (the
-pretrained MiniLM on Debian's fortunes) beats the majority-class baseline, and its confusion matrix names the fortunes files; the translator's BLEU beats the untrained
-model's. (Causal LM: tests/integration/test_training.py checks that perplexity falls; each task's metrics, plots
+pretrained MiniLM on Debian's fortunes) beats the majority-class baseline, and its confusion matrix names the fortunes
+files; the translator's BLEU beats the untrained model's. (Causal LM: tests/integration/test_training.py checks that perplexity falls; each task's metrics, plots
 and export: test_tasks.py; the data report each run logs: tests/unit/test_data_stages.py; the example jobs through
 `ray job submit`: the quickstart's and the job API's tests in tests/integration.)"""
 
@@ -12,8 +12,9 @@ import pytest
 from helpers import REPO, write_translation_corpus
 from mlflow.tracking import MlflowClient
 
+from orchestrator.config.job import JobConfig
 from orchestrator.config.load import load_job
-from orchestrator.config.paths import expand_path
+from orchestrator.data.read import resolve_data_files
 
 from .local_mode import prepared_in_memory, train_in_process
 
@@ -21,7 +22,7 @@ from .local_mode import prepared_in_memory, train_in_process
 pytestmark = pytest.mark.integration
 
 
-def example(name: str, tracking_uri: str, tmp: Path, **overrides) -> object:
+def example(name: str, tracking_uri: str, tmp: Path, **overrides) -> JobConfig:
     """jobs/<name>.yaml on one worker (of both CPUs here); `overrides` as `--set` gives them."""
     overrides = {"scaling.num_workers": 1, "checkpoint.dir": str(tmp / "runs"), "tracking.uri": tracking_uri} | overrides
     return load_job(REPO / "jobs" / f"{name}.yaml", [f"{key}={value}" for key, value in overrides.items()])
@@ -32,8 +33,8 @@ def last(history: dict[int, float]) -> tuple[int, float]:
 
 
 def test_classification_fine_tunes_minilm_beyond_the_majority_baseline(local_ray, tracking_uri, tmp_path):
-    fortunes = load_job(REPO / "jobs/fortunes-classify.yaml").data.paths
-    rows = [line for path in fortunes for line in Path(expand_path(path)).read_text().splitlines()]
+    fortunes = resolve_data_files(load_job(REPO / "jobs/fortunes-classify.yaml"))
+    rows = [line for path in fortunes for line in Path(path).read_text().splitlines()]
     random.Random(0).shuffle(rows)  # one category after another otherwise: the in-memory data is not shuffled
     (tmp_path / "fortunes.jsonl").write_text("\n".join(rows) + "\n")
     shorter = {"train.epochs": "null", "train.max_steps": 40, "train.eval_every": 40}
