@@ -223,9 +223,10 @@ class DataConfig(Section):
     cache: bool = Field(True, description="Reuse the prepared dataset of an earlier run with the same inputs and settings.")
     cache_dir: PathText = Field(
         "~/.cache/orchestrator/datasets",
-        description="Where prepared datasets and tokenizers are kept; a directory every node sees on a multi-node "
-        "cluster ($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set). Its nearest existing directory must be "
-        "writable (checked when the job is loaded; nothing is created then).",
+        description="Where prepared datasets and tokenizers are kept, and where the workers read them (with cache: "
+        "false, a run's own, removed when it ends); a directory every node sees on a multi-node cluster "
+        "($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set). Its nearest existing directory must be writable "
+        "(checked when the job is loaded; nothing is created then).",
     )
 
 

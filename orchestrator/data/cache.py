@@ -1,4 +1,4 @@
-"""The prepared-dataset cache: cleaned, tokenized, packed splits as parquet, with their tokenizer and data report.
+"""The prepared-dataset cache: cleaned, tokenized, packed splits as shards (data/shards.py), with their tokenizer and data report.
 
 An entry is keyed by a fingerprint of everything its content depends on: the bytes of every input file, the
 job's data section (less the cache settings), the task, the local tokenizer's files, and PIPELINE_VERSION (bumped
@@ -16,7 +16,7 @@ from pathlib import Path
 from orchestrator.config.job import JobConfig
 from orchestrator.config.paths import expand_path
 
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
 READ_CHUNK = 1 << 20
 
 

@@ -2,14 +2,16 @@
 
     read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> encode -> split -> shuffle
 
-Every stage is a Ray Data operator over the cluster's CPUs while they are still free; the finished splits stay in
-Ray's object store (never in the driver's memory) and are cached on disk as parquet (data/cache.py). Rows the
-stages drop are written to a quarantine file with their stage and reason, and counted in the data report.
-Training workers then only stream finished blocks, so they never compete with preprocessing for CPUs, and the
-sizes needed for `epochs`, the ETA and the checks below are known before any worker starts.
+Every stage is a Ray Data operator over the cluster's CPUs while they are still free; the finished splits are
+written as shards with an index (data/shards.py), streamed a shard at a time, in the cache entry (data/cache.py) or,
+uncached, a directory of the run's own beside it. Rows the stages drop are written to a quarantine file with their
+stage and reason, and counted in the data report. Training workers then read only their rows of each step from
+the shards (data/feed.py), so they never compete with preprocessing for CPUs, and the sizes needed for `epochs`, the
+ETA and the checks below are known before any worker starts.
 """
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
+from orchestrator.data.shards import ROWS_PER_SHARD, Split, write_split
 from orchestrator.data.tokenizers import from_json, load_tokenizer, separator_id, texts_of, train_tokenizer
 
 ROWS_PER_TASK_BATCH = 1024
@@ -34,14 +37,15 @@ QUARANTINE_FILE = "quarantine.jsonl"
 
 @dataclass
 class PreparedData:
-    train: ray.data.Dataset
-    val: ray.data.Dataset | None
+    train: Split
+    val: Split | None
     tokenizer_json: str
     train_sequences: int
     val_sequences: int
     label_names: list[str]
     report: DataReport
-    directory: Path  # holds the quarantine file (the cache entry, or a temporary directory)
+    directory: Path  # holds the splits and the quarantine file: the cache entry, or the run's own (`uncached`)
+    uncached: bool = False  # the directory is this run's alone, removed when it ends (remove_uncached)
 
 
 def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:
@@ -96,23 +100,39 @@ def prepare(job: JobConfig) -> PreparedData:
         data.report.loaded_seconds = time.perf_counter() - started
         print(f"data: cache hit, preprocessing skipped: {entry}", flush=True)
     else:
-        directory = cache.staging_dir(entry) if entry else Path(tempfile.mkdtemp(prefix="orchestrator-data-"))
+        directory = cache.staging_dir(entry) if entry else uncached_dir(job)
         data = run_pipeline(job, files, directory)
         if entry:
             data.report.cache = "miss"
             store(data, directory, entry)
-            # Train on what a later cache hit reads: the batches' local shuffle depends on block boundaries, which
-            # differ between the shuffled dataset in memory and its parquet files, so a job that prepared the data
-            # would otherwise train on other batches than the jobs (or its own resumed run) that load it.
             data = load_cached(entry, cache.read_meta(entry))
             data.report.cache = "miss"
+        else:
+            data.uncached = True
     for line in data.report.summary_lines():
         print(line, flush=True)
     print(f"data: quarantined rows: {data.directory / QUARANTINE_FILE}", flush=True)
-    check_sizes(job, data)
+    try:
+        check_sizes(job, data)
+    except UserError:
+        remove_uncached(data)
+        raise
     if not data.val_sequences:
         data.val = None
     return data
+
+
+def uncached_dir(job: JobConfig) -> Path:
+    """Where a job with `data.cache: false` writes its splits: beside the cache, on the storage its workers share."""
+    root = cache.cache_root(job)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="uncached-", dir=root))
+
+
+def remove_uncached(data: PreparedData) -> None:
+    """The splits of a run that does not cache them, once it has ended."""
+    if data.uncached:
+        shutil.rmtree(data.directory, ignore_errors=True)
 
 
 def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedData:
@@ -167,12 +187,14 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
     ).materialize()
     if cfg.augment.copies:
         report.augmented_rows = encoded.count() - report.rows_kept  # classification: one encoded row per example
-    train = encoded.map_batches(_split, fn_kwargs={"validation": False}, batch_format="numpy")
-    train = train.random_shuffle(seed=cfg.seed).materialize()
-    val = encoded.map_batches(_split, fn_kwargs={"validation": True}, batch_format="numpy").materialize()
-    report.train_sequences, report.val_sequences = train.count(), val.count()
+    # In corpus order: the feed shuffles each epoch in index space (data/feed.py).
+    for name, validation in (("train", False), ("val", True)):
+        split = encoded.map_batches(_split, fn_kwargs={"validation": validation}, batch_format="numpy")
+        write_split(split.iter_batches(batch_size=ROWS_PER_SHARD, batch_format="numpy"), directory / name)
+    train, val = Split(directory / "train"), Split(directory / "val")
+    report.train_sequences, report.val_sequences = len(train), len(val)
     report.seconds = time.perf_counter() - started
-    return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, label_names, report, directory)
+    return PreparedData(train, val, tokenizer_json, len(train), len(val), label_names, report, directory)
 
 
 def _split(batch: dict, validation: bool) -> dict:
@@ -181,8 +203,7 @@ def _split(batch: dict, validation: bool) -> dict:
 
 
 def store(data: PreparedData, staging: Path, entry: Path) -> None:
-    data.train.write_parquet(str(staging / "train"))
-    data.val.write_parquet(str(staging / "val"))
+    """Completes the staged entry (the splits are there already) and puts it in place."""
     (staging / "tokenizer.json").write_text(data.tokenizer_json)
     meta = {"label_names": data.label_names, "report": json.loads(data.report.to_json())}
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: its presence marks a whole entry
@@ -192,9 +213,7 @@ def store(data: PreparedData, staging: Path, entry: Path) -> None:
 def load_cached(entry: Path, meta: dict) -> PreparedData:
     report = DataReport(**meta["report"])
     report.cache = "hit"
-    # an empty split has no parquet file (check_sizes then says what is missing)
-    train = ray.data.read_parquet(str(entry / "train")).materialize() if report.train_sequences else None
-    val = ray.data.read_parquet(str(entry / "val")).materialize() if report.val_sequences else None
+    train, val = Split(entry / "train"), Split(entry / "val")  # their indexes: nothing of the data is read here
     tokenizer_json = (entry / "tokenizer.json").read_text()
     return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry)
 
@@ -205,8 +224,9 @@ def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> l
     tokenizer = from_json(data.tokenizer_json)
     separator = separator_id(tokenizer)
     texts = []
-    for row in (data.val if data.val_sequences else data.train).take(count):
-        ids = [int(token) for token in row["input_ids"]]
+    split = data.val if data.val_sequences else data.train
+    for row in split.take(np.arange(min(count, len(split))))["input_ids"]:
+        ids = [int(token) for token in row]
         start = next((i for i, token in enumerate(ids) if token != separator), len(ids))
         end = ids.index(separator, start) if separator in ids[start:] else len(ids)
         texts.append(tokenizer.decode(ids[start:end][:max_tokens], skip_special_tokens=True).strip())

@@ -52,9 +52,6 @@ def build_trainer(
             # Ray Train's INFO lines (a dict per report, each checkpoint, the worker group) stay in its log files
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=datasets_of(data),
-        # Not split by Ray: every worker takes its slice of each global batch itself (see data/feed.py).
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
 
 
@@ -65,7 +62,6 @@ def local_trainer(job: JobConfig, data: PreparedData, plan: TrainPlan) -> TorchT
         train_loop_then_end_group,
         train_loop_config={"job": job, "plan": plan},
         scaling_config=ray.train.ScalingConfig(num_workers=0),
-        datasets=datasets_of(data),
     )
 
 
@@ -75,10 +71,6 @@ def train_loop_then_end_group(config: dict) -> None:
         train_loop(config)
     finally:
         end_process_group()
-
-
-def datasets_of(data: PreparedData) -> dict:
-    return {"train": data.train} | ({"val": data.val} if data.val is not None else {})
 
 
 def registered_name(job: JobConfig, job_name: str | None) -> str:
@@ -98,7 +90,10 @@ def train_plan(
     return TrainPlan(
         total_steps=steps,
         tokenizer_json=data.tokenizer_json,
-        has_validation=data.val is not None,
+        # Each worker reads its rows of every step from the shards itself (data/feed.py): no dataset goes through
+        # Ray Train.
+        train_split=str(data.train.directory),
+        val_split=str(data.val.directory) if data.val is not None else None,
         tracking_uri=run.uri,
         run_id=run.run_id,
         timeline=timeline,

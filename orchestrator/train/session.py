@@ -13,7 +13,7 @@ from orchestrator import runtime
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
 from orchestrator.config.paths import claim
-from orchestrator.data.pipeline import PreparedData, prepare
+from orchestrator.data.pipeline import PreparedData, prepare, remove_uncached
 from orchestrator.tracking.data_report import log_data_report
 from orchestrator.tracking.run import TrackedRun, ends_with_outcome, print_run_url
 from orchestrator.train.timeline import Timeline
@@ -61,14 +61,17 @@ def driver_session(job: JobConfig, run_dir: str, kind: str, open_run: Callable[[
     runtime.check_resources(job)
     timeline.mark("ray_connect")
     data = prepare(job)
-    steps = total_steps(job, data.train_sequences)
-    timeline.mark("data_prepare")
-    run = open_run()
     try:
-        with ends_with_outcome(run):  # from here on, whatever fails ends the run
-            if not run.resumed:
-                log_data_report(run.uri, run.run_id, data)
-            timeline.mark("mlflow_run")
-            yield DriverSession(data, steps, run, timeline)
+        steps = total_steps(job, data.train_sequences)
+        timeline.mark("data_prepare")
+        run = open_run()
+        try:
+            with ends_with_outcome(run):  # from here on, whatever fails ends the run
+                if not run.resumed:
+                    log_data_report(run.uri, run.run_id, data)
+                timeline.mark("mlflow_run")
+                yield DriverSession(data, steps, run, timeline)
+        finally:
+            print_run_url(run, SESSION_KINDS[kind].label)
     finally:
-        print_run_url(run, SESSION_KINDS[kind].label)
+        remove_uncached(data)

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import ray.train
-
 from orchestrator.config.job import JobConfig
 from orchestrator.data.feed import step_batches
+from orchestrator.data.shards import Split
 from orchestrator.models.tasks import Task
 from orchestrator.train.clocks import Clock, timed
 from orchestrator.train.deepspeed_config import accumulation_steps
@@ -25,7 +24,8 @@ class TrainPlan:
 
     total_steps: int
     tokenizer_json: str
-    has_validation: bool
+    train_split: str  # directories of the prepared splits (data/shards.py)
+    val_split: str | None  # None: the job holds no data out
     tracking_uri: str
     run_id: str
     timeline: Timeline  # the driver's start-up marks; rank 0 adds its own up to the first step
@@ -96,13 +96,12 @@ class Worker:
         return accumulation_steps(self.job, self.world_size)
 
     @functools.cached_property
-    def train_data(self):
-        """This worker's Ray Data shard of the training split (taken at first use: after the set-up's marks)."""
-        return ray.train.get_dataset_shard("train")
+    def train_data(self) -> Split:
+        return Split(self.plan.train_split)
 
     @functools.cached_property
-    def val_data(self):
-        return ray.train.get_dataset_shard("val") if self.plan.has_validation else None
+    def val_data(self) -> Split | None:
+        return Split(self.plan.val_split) if self.plan.val_split else None
 
     def batches(self) -> Iterator[list[Inputs]]:
         """This worker's micro batches (the model's inputs) of each step from where training stands to the last."""
@@ -120,7 +119,8 @@ class Worker:
                 world_size=self.data_size,
                 micro_batch_size=job.train.micro_batch_size,
                 global_batch_size=job.global_batch_size,
-                shuffle_seed=job.data.seed + progress.epoch,
+                seed=job.data.seed,
+                epoch=progress.epoch,
                 skip=progress.steps_in_epoch,
             )
             for micro_batches in timed(epoch, self.clocks["data_wait"]):

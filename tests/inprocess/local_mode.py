@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import ray.data
 import ray.train
 import torch
 from mlflow.tracking import MlflowClient
@@ -23,6 +22,7 @@ from orchestrator.data.encode import ENCODERS, is_validation
 from orchestrator.data.pipeline import PreparedData
 from orchestrator.data.read import fields_of, parse_file, resolve_data_files
 from orchestrator.data.report import DataReport
+from orchestrator.data.shards import Split, write_split
 from orchestrator.data.tokenizers import load_tokenizer, separator_id, train_tokenizer
 from orchestrator.tracking.model import ARTIFACT_PATH
 from orchestrator.tracking.run import start_run
@@ -78,11 +78,11 @@ class LineCollector(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def prepared_in_memory(job: JobConfig) -> PreparedData:
-    """What `prepare` makes of the job's data files, made here without its Ray Data pipeline, whose executions take
-    seconds each (its stages are tested in tests/unit/test_data_stages.py, the whole on a cluster): the rows as the
-    reader parses them, the job's tokenizer (trained on their texts, or loaded), each row's split, and the task's
-    encoder. The rows keep the files' order: prepare's shuffle is not made here."""
+def prepared_in_memory(job: JobConfig, directory: Path) -> PreparedData:
+    """What `prepare` makes of the job's data files, made here in memory without its Ray Data pipeline, whose
+    executions take seconds each (its stages are tested in tests/unit/test_data_stages.py, the whole on a cluster):
+    the rows as the reader parses them, the job's tokenizer (trained on their texts, or loaded), each row's split, and
+    the task's encoder; the splits written as `prepare` writes them, into `directory`."""
     fields = fields_of(job)
     paths = resolve_data_files(job)
     files = [parse_file(Path(path).read_bytes(), path, index, "jsonl", fields) for index, path in enumerate(paths)]
@@ -101,17 +101,16 @@ def prepared_in_memory(job: JobConfig) -> PreparedData:
         label_ids={name: i for i, name in enumerate(label_names)},
     )
     in_val = encoded.pop("is_val")
-    train, val = ([{column: values[i] for column, values in encoded.items()} for i in np.flatnonzero(in_val == split)] for split in (False, True))
-    return PreparedData(
-        ray.data.from_items(train),
-        ray.data.from_items(val),
-        tokenizer.backend_tokenizer.to_str(),
-        len(train),
-        len(val),
-        label_names,
-        DataReport(),
-        Path(paths[0]).parent,
+    train, val = (
+        write_and_open({column: values[in_val == split] for column, values in encoded.items()}, directory / name)
+        for name, split in (("train", False), ("val", True))
     )
+    return PreparedData(train, val, tokenizer.backend_tokenizer.to_str(), len(train), len(val), label_names, DataReport(), directory)
+
+
+def write_and_open(columns: dict[str, np.ndarray], directory: Path) -> Split:
+    write_split([columns], directory)
+    return Split(directory)
 
 
 def train_in_process(

@@ -39,7 +39,7 @@ def test_classification_fine_tunes_minilm_beyond_the_majority_baseline(local_ray
     (tmp_path / "fortunes.jsonl").write_text("\n".join(rows) + "\n")
     shorter = {"train.epochs": "null", "train.max_steps": 40, "train.eval_every": 40}
     job = example("fortunes-classify", tracking_uri, tmp_path, **shorter, **{"data.paths": f"[{tmp_path / 'fortunes.jsonl'}]"})
-    run = train_in_process(job, prepared_in_memory(job), tmp_path, "classify", cpus=2)
+    run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, "classify", cpus=2)
 
     step, accuracy = last(run.history(tracking_uri, "eval/accuracy"))
     _, majority = last(run.history(tracking_uri, "eval/majority_accuracy"))
@@ -53,7 +53,7 @@ def test_translation_bleu_beats_the_untrained_model(local_ray, tracking_uri, tmp
     overrides = {"data.paths": f"[{corpus}]", "data.tokenizer.vocab_size": 300, "data.val_fraction": 0.1}
     overrides |= {"train.max_steps": 150, "train.eval_every": 75, "train.micro_batch_size": 64}  # 2 workers x 32
     job = example("translate-eng-fra", tracking_uri, tmp_path, **overrides)
-    run = train_in_process(job, prepared_in_memory(job), tmp_path, "translate", cpus=2)
+    run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, "translate", cpus=2)
 
     bleu = run.history(tracking_uri, "eval/bleu")
     assert sorted(bleu) == [0, 75, 150]

@@ -39,8 +39,8 @@ def job(tmp_path_factory, tracking_uri):
 
 
 @pytest.fixture(scope="module")
-def data(local_ray, job):
-    return prepared_in_memory(job)
+def data(local_ray, job, tmp_path_factory):
+    return prepared_in_memory(job, tmp_path_factory.mktemp("data"))
 
 
 def logits_of_the_trained_module(worker) -> torch.Tensor:

@@ -79,7 +79,7 @@ def test_a_task_trains_evaluates_and_exports(task, local_ray, corpus, tracking_u
             tracking={"uri": tracking_uri, "experiment": "tasks"},
         )
     )
-    run = train_in_process(job, prepared_in_memory(job), tmp_path, task.replace("_", "-"))
+    run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, task.replace("_", "-"))
 
     losses = run.history(tracking_uri, "train/loss")
     every = job.train.log_every

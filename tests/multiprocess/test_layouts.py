@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from orchestrator.config.job import ModelConfig
 from orchestrator.config.load import validate
-from orchestrator.data.feed import rank_micro_batches
+from orchestrator.data.feed import rank_rows
 from orchestrator.models.build import build_model
 from orchestrator.models.tasks import TASKS
 from orchestrator.train.engine import build_engine, export_hf_model, partitioned_construction
@@ -66,7 +66,8 @@ def train(name: str, start: Path, batches: torch.Tensor, export: Path) -> list[f
     data_rank, data_size = layout.data_rank(engine)
     losses = []
     for global_batch in batches:
-        micro_batches = rank_micro_batches({"input_ids": global_batch}, data_rank, data_size, config.train.micro_batch_size)
+        rows = rank_rows(torch.arange(len(global_batch)), data_rank, data_size, config.train.micro_batch_size)
+        micro_batches = [{"input_ids": global_batch[part]} for part in rows]
         loss = layout.train_step(engine, [TASKS[config.task].model_inputs(batch) for batch in micro_batches]) / len(micro_batches)
         dist.all_reduce(loss)
         losses.append(loss.item() / world_size)

@@ -3,11 +3,9 @@
 from types import SimpleNamespace
 
 import numpy as np
-import torch
 
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.data.encode import encode_causal_lm, is_validation, pack
-from orchestrator.data.feed import rank_micro_batches
 from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
 from orchestrator.tracking.params import flatten
 from orchestrator.train.reporting import format_progress
@@ -26,21 +24,6 @@ def test_validation_split_is_deterministic_and_proportional():
     assert abs(sum(held_out) / len(texts) - 0.1) < 0.01
     assert held_out != [is_validation(t, 0.1, seed=4) for t in texts]
     assert not any(is_validation(t, 0.0, seed=3) for t in texts)
-
-
-def test_any_number_of_workers_shares_the_global_batch_exactly():
-    """A global batch of 12 rows, micro batch 2: 1, 2, 3 or 6 workers each take 6, 3, 2 or 1 micro batches, and
-    together exactly the 12 rows, micro step k of rank r holding rows [(k*w + r)*2, +2)."""
-    batch = {"input_ids": torch.arange(12).reshape(12, 1), "labels": torch.arange(12)}
-    for world_size in (1, 2, 3, 6):
-        parts = [rank_micro_batches(batch, rank, world_size, micro_batch_size=2) for rank in range(world_size)]
-        assert all(len(micro_batches) == 12 // (2 * world_size) for micro_batches in parts)
-        for rank, micro_batches in enumerate(parts):
-            for k, micro in enumerate(micro_batches):
-                start = (k * world_size + rank) * 2
-                assert micro["labels"].tolist() == [start, start + 1]
-        seen = sorted(row for micro_batches in parts for micro in micro_batches for row in micro["labels"].tolist())
-        assert seen == list(range(12))
 
 
 def test_trained_tokenizer_packs_documents():

@@ -116,16 +116,16 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
 
 
 def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, mlflow_uri, tmp_path):
-    """The batches' local shuffle depends on Ray's block boundaries, which differ between the freshly shuffled data
-    and its parquet files; so the job that fills the cache must train on what it wrote, or it and every job after it
-    (its own resumed run too) would see other batches. A corpus of several files, so that there are several blocks.
+    """The job that fills the cache and every job that reads it train on the same batches; a job that does not cache
+    the data writes its splits beside the cache, its own, removed when it ends. A corpus of several files, so that
+    there are several blocks.
     The data report goes to the job's MLflow run: its tables, plot, quarantined rows and headline figures."""
     import torch
     from mlflow.tracking import MlflowClient
 
     from orchestrator.config.load import validate
     from orchestrator.data.feed import step_batches
-    from orchestrator.data.pipeline import QUARANTINE_FILE, prepare
+    from orchestrator.data.pipeline import QUARANTINE_FILE, prepare, remove_uncached
     from orchestrator.tracking.data_report import log_data_report
 
     files = sorted(str(path) for path in (Path.home() / ".cache/orchestrator/data/fortunes").glob("*.jsonl"))[:6]
@@ -147,7 +147,14 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
     assert metrics["data/rows_quarantined"] > 0 and metrics["data/tokens"] > 0
 
     def first_batches(data):
-        batches = step_batches(data.train, rank=0, world_size=1, micro_batch_size=8, global_batch_size=8, shuffle_seed=0)
+        batches = step_batches(data.train, rank=0, world_size=1, micro_batch_size=8, global_batch_size=8, seed=0)
         return [batch["input_ids"] for (batch,), _ in zip(batches, range(5))]
 
     assert all(torch.equal(a, b) for a, b in zip(first_batches(first), first_batches(second), strict=True))
+    assert first.directory == second.directory and not first.uncached  # the cache entry: kept
+
+    uncached = prepare(job.model_copy(update={"data": job.data.model_copy(update={"cache": False})}))
+    assert uncached.uncached and uncached.directory.parent == tmp_path  # beside the cache, where workers read it
+    assert uncached.train_sequences > 0
+    remove_uncached(uncached)
+    assert not uncached.directory.exists()

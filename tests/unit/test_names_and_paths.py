@@ -214,7 +214,7 @@ def without_a_cluster(monkeypatch) -> None:
 
     monkeypatch.setattr(session.runtime, "connect", lambda address: "nowhere")
     monkeypatch.setattr(session.runtime, "check_resources", lambda job: None)
-    monkeypatch.setattr(session, "prepare", lambda job: SimpleNamespace(train_sequences=8))
+    monkeypatch.setattr(session, "prepare", lambda job: SimpleNamespace(train_sequences=8, uncached=False))
     monkeypatch.setattr(session, "total_steps", lambda job, sequences: 1)
 
     def broken_report(*args):
