@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import ray.data
+from tokenizers import Tokenizer
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import JobConfig
@@ -29,7 +30,7 @@ from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.shards import ROWS_PER_SHARD, Split, write_split
-from orchestrator.data.tokenizers import from_json, load_tokenizer, separator_id, texts_of, train_tokenizer
+from orchestrator.data.tokenizers import SEPARATOR_TOKENS, load_tokenizer, named_token, separator_id, texts_of, train_tokenizer
 
 ROWS_PER_TASK_BATCH = 1024
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -221,8 +222,8 @@ def load_cached(entry: Path, meta: dict) -> PreparedData:
 def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> list[str]:
     """The first texts of a few prepared sequences, decoded back (up to the first separator): the input example of
     the model a run logs. The raw rows are gone by then, and these are what training saw."""
-    tokenizer = from_json(data.tokenizer_json)
-    separator = separator_id(tokenizer)
+    tokenizer = Tokenizer.from_str(data.tokenizer_json)  # `tokenizers` alone: the driver needs no transformers here
+    separator = tokenizer.token_to_id(named_token(tokenizer.get_vocab(), SEPARATOR_TOKENS) or "")
     texts = []
     split = data.val if data.val_sequences else data.train
     for row in split.take(np.arange(min(count, len(split))))["input_ids"]:

@@ -3,15 +3,20 @@
 Tokenizers travel to Ray tasks and workers as their JSON serialisation: a few hundred kB, no shared files.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.config.paths import expand_path
+
+if TYPE_CHECKING:  # imported where a tokenizer is wrapped: a driver on a cache hit needs no transformers
+    from transformers import PreTrainedTokenizerFast
 
 # Token that ends every document when documents are packed back to back (and every seq2seq text).
 SEPARATOR_TOKENS = {"bpe": "<|endoftext|>", "wordpiece": "[SEP]"}
@@ -44,6 +49,8 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> PreTrainedTok
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     path = expand_path(path)
     if os.path.isfile(path):
         return from_json(Tokenizer.from_file(path).to_str())
@@ -55,11 +62,18 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 def from_json(tokenizer_json: str) -> PreTrainedTokenizerFast:
     """Wraps a `tokenizers` JSON string, naming its separator and padding tokens (the trained ones or a model's own)."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json))
     vocab = tokenizer.get_vocab()
-    tokenizer.eos_token = next((token for token in SEPARATOR_TOKENS.values() if token in vocab), None)
-    tokenizer.pad_token = next((token for token in PAD_TOKENS.values() if token in vocab), None)
+    tokenizer.eos_token = named_token(vocab, SEPARATOR_TOKENS)
+    tokenizer.pad_token = named_token(vocab, PAD_TOKENS)
     return tokenizer
+
+
+def named_token(vocab: dict[str, int], candidates: dict[str, str]) -> str | None:
+    """The first of the candidate tokens (SEPARATOR_TOKENS, PAD_TOKENS) the vocabulary has."""
+    return next((token for token in candidates.values() if token in vocab), None)
 
 
 def separator_id(tokenizer: PreTrainedTokenizerFast) -> int:

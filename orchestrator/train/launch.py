@@ -15,16 +15,15 @@ from orchestrator.config.redact import redact_config
 from orchestrator.data.pipeline import PreparedData, example_texts
 from orchestrator.tracking.run import TrackedRun, start_run
 from orchestrator.train.deepspeed_config import deepspeed_config
-from orchestrator.train.local import end_process_group
-from orchestrator.train.loop import TrainPlan, train_loop
+from orchestrator.train.entry import train_worker, train_worker_then_end_group
 from orchestrator.train.progress import live_progress
 from orchestrator.train.session import SESSION_KINDS, driver_session
 from orchestrator.train.timeline import Timeline
+from orchestrator.train.worker import TrainPlan
 
 
 def build_trainer(
     job: JobConfig,
-    data: PreparedData,
     plan: TrainPlan,
     name: str,
     storage: str,
@@ -33,7 +32,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """The Ray Train run of one job: `name` under `storage` is where its checkpoints go and how it resumes."""
     return TorchTrainer(
-        train_loop,
+        train_worker,
         train_loop_config={"job": job, "plan": plan},
         torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -55,22 +54,14 @@ def build_trainer(
     )
 
 
-def local_trainer(job: JobConfig, data: PreparedData, plan: TrainPlan) -> TorchTrainer:
+def local_trainer(job: JobConfig, plan: TrainPlan) -> TorchTrainer:
     """The run of a one-worker job in this process (Ray Train V2's local mode, in train/local.py's one_process_group):
     no worker group to start, no Train storage or retries; the loop reports where the plan says."""
     return TorchTrainer(
-        train_loop_then_end_group,
+        train_worker_then_end_group,
         train_loop_config={"job": job, "plan": plan},
         scaling_config=ray.train.ScalingConfig(num_workers=0),
     )
-
-
-def train_loop_then_end_group(config: dict) -> None:
-    """The process outlives the run (Tune reuses a trial's): its process group ends with the run."""
-    try:
-        train_loop(config)
-    finally:
-        end_process_group()
 
 
 def registered_name(job: JobConfig, job_name: str | None) -> str:
@@ -134,7 +125,7 @@ def launch(job: JobConfig, job_name: str | None, restart: bool = False, address:
     with driver_session(job, run_dir, RUN_DIR, lambda: start_run(job, run_name, run_dir, artifacts=job_artifacts(job)), address) as session:
         with live_progress(session.steps) as board:  # a bar in a terminal; log lines only in job logs
             plan = train_plan(session.data, session.run, session.steps, session.timeline, registered_model=registered_name(job, job_name), progress_board=board)
-            result = build_trainer(job, session.data, plan, run_name, storage, keep=job.checkpoint.keep).fit()
+            result = build_trainer(job, plan, run_name, storage, keep=job.checkpoint.keep).fit()
         summary = {key: round(value, 4) for key, value in result.metrics.items() if isinstance(value, float)}
         print(f"finished: {summary}", flush=True)
     return result, session.run

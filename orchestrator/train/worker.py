@@ -1,21 +1,25 @@
 """What a worker trains with, and where its training stands: the driver's plan, the progress a checkpoint keeps, and
 the worker's model, engine, layout and data, which train/setup.py builds and the loop's components share."""
 
+from __future__ import annotations
+
 import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config.job import JobConfig
 from orchestrator.data.feed import step_batches
 from orchestrator.data.shards import Split
-from orchestrator.models.tasks import Task
 from orchestrator.train.clocks import Clock, timed
 from orchestrator.train.deepspeed_config import accumulation_steps
-from orchestrator.train.parallel import DataParallel, Inputs
 from orchestrator.train.results import TrainRun, TuneTrial
 from orchestrator.train.timeline import Timeline
+
+if TYPE_CHECKING:  # the driver builds a TrainPlan without the workers' libraries (DeepSpeed, transformers)
+    from orchestrator.models.tasks import Task
+    from orchestrator.train.parallel import DataParallel, Inputs
 
 
 @dataclass

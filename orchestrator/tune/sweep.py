@@ -126,13 +126,13 @@ def run_trial(values: dict[str, Any], context: SweepContext) -> None:
         )
         if in_process:
             with one_process_group():
-                local_trainer(job, context.data, plan).fit()
+                local_trainer(job, plan).fit()
             return
         # A new Train run per attempt: Train would otherwise resume its own last checkpoint, not the one Tune gives.
         attempt = derived_name(trial_id, time.strftime("-%Y%m%d-%H%M%S"))
         bridge = ResultsToTune()
         train_runs = f"{context.sweep_dir}/{TRAIN_RUNS}"  # a fixed name inside the checked sweep directory
-        trainer = build_trainer(job, context.data, plan, attempt, train_runs, TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,))
+        trainer = build_trainer(job, plan, attempt, train_runs, TRAIN_CHECKPOINTS_KEPT, callbacks=(bridge,))
         bridge.forward(trainer, sweep.config.metric)
 
 

@@ -1,5 +1,5 @@
 """The worker loop run in this process, in seconds: Ray Train V2's local mode (`ScalingConfig(num_workers=0)`) runs
-`train_loop` here, as rank 0 of a one-process gloo group, on Ray datasets of the task's encoded rows, in a Ray
+`train_loop` here, as rank 0 of a one-process gloo group, on the splits of the task's encoded rows, in a Ray
 instance of these tests' own (conftest.py), with an MLflow store in a temporary directory. What a cluster adds
 (worker processes, their failures, the job API) is left to tests/integration."""
 
@@ -158,7 +158,7 @@ def train_in_process(
         patch.setattr(ray.train, "get_context", lambda: RankContext(context(), as_rank))
         REPORTER_LOG.addHandler(lines)
         try:
-            local_trainer(job, data, plan).fit()  # Ray Train V2's local mode: train_loop runs here, as in a sweep trial
+            local_trainer(job, plan).fit()  # Ray Train V2's local mode: train_loop runs here, as in a sweep trial
         finally:
             REPORTER_LOG.removeHandler(lines)
             torch.set_num_threads(threads)
