@@ -87,9 +87,10 @@ def prepare(job_file: JobFile, overrides: Overrides = [], address: RayAddress = 
     job = checked_job(job_file, overrides)
     from orchestrator import runtime  # ray: only now
     from orchestrator.data.pipeline import prepare as prepare_data
+    from orchestrator.data.pipeline import remove_uncached
 
     print(f"connected to {runtime.connect(address)}", flush=True)
-    prepare_data(job)
+    remove_uncached(prepare_data(job))  # with data.cache: false, nothing would read the splits
 
 
 @app.command()

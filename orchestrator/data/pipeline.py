@@ -46,7 +46,7 @@ class PreparedData:
     label_names: list[str]
     report: DataReport
     directory: Path  # holds the splits and the quarantine file: the cache entry, or the run's own (`uncached`)
-    uncached: bool = False  # the directory is this run's alone, removed when it ends (remove_uncached)
+    uncached: bool = False  # the directory is this run's alone: its splits are removed when it ends (remove_uncached)
 
 
 def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:
@@ -131,9 +131,10 @@ def uncached_dir(job: JobConfig) -> Path:
 
 
 def remove_uncached(data: PreparedData) -> None:
-    """The splits of a run that does not cache them, once it has ended."""
+    """The splits of a run that does not cache them, once it has ended (its quarantine file stays, as printed)."""
     if data.uncached:
-        shutil.rmtree(data.directory, ignore_errors=True)
+        for split in ("train", "val"):
+            shutil.rmtree(data.directory / split, ignore_errors=True)
 
 
 def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedData:
