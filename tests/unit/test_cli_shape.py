@@ -78,7 +78,7 @@ def test_commands_pass_their_address_and_set_values_on(monkeypatch, corpus, tmp_
         return done
 
     monkeypatch.setattr(runtime, "connect", connect)
-    monkeypatch.setitem(sys.modules, "orchestrator.data.pipeline", SimpleNamespace(prepare=lambda job: None))
+    monkeypatch.setitem(sys.modules, "orchestrator.data.pipeline", SimpleNamespace(prepare=lambda job: None, remove_uncached=lambda data: None))
     monkeypatch.setitem(sys.modules, "orchestrator.train.launch", SimpleNamespace(launch=launch_job))
     monkeypatch.setitem(sys.modules, "orchestrator.tune.sweep", SimpleNamespace(run_sweep=run_sweep))
     job = write_job(tmp_path / "job.yaml", tiny_job(corpus))
