@@ -26,7 +26,7 @@ from orchestrator.config.job import JobConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
-from orchestrator.data.encode import ENCODERS, measure
+from orchestrator.data.encode import ENCODERS, PACKING_TASKS, measure, pack_groups
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
 from orchestrator.data.shards import ROWS_PER_SHARD, Split, write_split
@@ -172,12 +172,10 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
     report.length_bins, report.length_counts = length_histogram(lengths)
     label_names = label_names_of(job, final)
 
-    examples = final.select_columns([*columns, "is_val"])
+    examples = final.select_columns([*columns, "is_val", "row_id"])
     if cfg.augment.copies:
         examples = examples.map_batches(add_augmented_copies, batch_format="numpy", fn_kwargs={"cfg": cfg.augment})
-    encoded = examples.map_batches(
-        ENCODERS[job.task],
-        batch_size=ROWS_PER_TASK_BATCH,
+    encoding = dict(
         batch_format="numpy",
         fn_kwargs=dict(
             tokenizer_json=tokenizer_json,
@@ -186,7 +184,12 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
             pad=tokenizer.pad_token_id,
             label_ids={name: i for i, name in enumerate(label_names)},
         ),
-    ).materialize()
+    )
+    if job.task in PACKING_TASKS:  # groups in corpus order (the sort-based shuffle sorts them by key)
+        grouped = examples.map_batches(pack_groups, batch_format="numpy").groupby("pack_group")
+        encoded = grouped.map_groups(ENCODERS[job.task], **encoding).materialize()
+    else:
+        encoded = examples.map_batches(ENCODERS[job.task], batch_size=ROWS_PER_TASK_BATCH, **encoding).materialize()
     if cfg.augment.copies:
         report.augmented_rows = encoded.count() - report.rows_kept  # classification: one encoded row per example
     # In corpus order: the feed shuffles each epoch in index space (data/feed.py).

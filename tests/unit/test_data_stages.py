@@ -117,7 +117,8 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
 
 def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, mlflow_uri, tmp_path):
     """The job that fills the cache and every job that reads it train on the same batches; a job that does not cache
-    the data writes its splits beside the cache, its own, removed when it ends (not its quarantined rows). A corpus of several files, so that
+    the data prepares the same rows again, writes its splits beside the cache, its own, and removes them when it ends
+    (not its quarantined rows). A corpus of several files, so that
     there are several blocks.
     The data report goes to the job's MLflow run: its tables, plot, quarantined rows and headline figures."""
     import torch
@@ -155,6 +156,12 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
 
     uncached = prepare(job.model_copy(update={"data": job.data.model_copy(update={"cache": False})}))
     assert uncached.uncached and uncached.directory.parent == tmp_path  # beside the cache, where workers read it
-    assert uncached.train_sequences > 0
+
+    def rows(data, name: str) -> np.ndarray:
+        split = getattr(data, name)
+        return split.take(np.arange(len(split)))["input_ids"]
+
+    # prepared again, the same packed rows: what a resumed uncached run trains on
+    assert all(np.array_equal(rows(first, name), rows(uncached, name)) for name in ("train", "val"))
     remove_uncached(uncached)
     assert [path.name for path in uncached.directory.iterdir()] == [QUARANTINE_FILE]
