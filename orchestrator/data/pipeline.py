@@ -1,6 +1,6 @@
 """The Ray Data pipeline a job runs before its workers start:
 
-    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> encode -> split -> shuffle
+    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> encode -> split -> shards
 
 Every stage is a Ray Data operator over the cluster's CPUs while they are still free; the finished splits are
 written as shards with an index (data/shards.py), streamed a shard at a time, in the cache entry (data/cache.py) or,
