@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet
 import torch
 
 from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
 from orchestrator.config.job import JobConfig
 from orchestrator.data import cache
 from orchestrator.data.read import resolve_data_files
+from orchestrator.data.shards import Split
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import build_model
 from orchestrator.train.optimizers import optimizer_section
@@ -40,8 +40,8 @@ def bare_pytorch(job: JobConfig, steps: int) -> list[float]:
     """tokens/s of each window of log_every steps of a hand-written loop over the job's prepared sequences."""
     torch.set_num_threads(int(job.scaling.cpus_per_worker))
     entry = cache.entry_dir(job, cache.fingerprint(job, resolve_data_files(job)))
-    column = pyarrow.parquet.read_table(entry / "train", columns=["input_ids"]).column("input_ids")
-    sequences = torch.from_numpy(np.stack(column.to_numpy(zero_copy_only=False))).long()
+    train = Split(entry / "train")
+    sequences = torch.from_numpy(train.take(np.arange(len(train)))["input_ids"]).long()
     model = build_model(job.model, job.task, from_json((entry / "tokenizer.json").read_text()), [], job.train.seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), **torch_optimizer_arguments(job))
