@@ -11,7 +11,6 @@ those rows. `.npy` files map straight into memory (no decoding, no row groups to
 """
 
 import json
-import shutil
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -61,10 +60,6 @@ def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_
     return index["rows"]
 
 
-def remove_split(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 class Split:
     """A written split, opened by its index: rows by position, read from the shards that hold them."""
 
@@ -89,13 +84,12 @@ class Split:
         """The rows at `positions` (in that order), each column an array of them."""
         positions = np.asarray(positions, dtype=np.int64)
         shards, offsets = np.divmod(positions, self.rows_per_shard)
+        held_in = [(int(shard), shards == shard) for shard in np.unique(shards)]  # each shard and its rows' places
         taken = {}
         for column in self.columns:
-            parts = [self._open(int(shard), column) for shard in np.unique(shards)]
-            first = parts[0]
-            out = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
-            for shard, part in zip(np.unique(shards), parts):
-                here = shards == shard
-                out[here] = part[offsets[here]]
-            taken[column] = out
+            parts = [(self._open(shard, column), here) for shard, here in held_in]
+            first = parts[0][0]
+            taken[column] = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
+            for part, here in parts:
+                taken[column][here] = part[offsets[here]]
         return taken
