@@ -14,6 +14,10 @@ from helpers import free_port, stop_running_jobs
 from orchestrator.cli.cluster import client_env, start_mlflow, start_ray
 
 BIN = Path(sys.executable).parent
+# The head's health checks of the other nodes: a lost node is noticed after 3 missed checks 1 s apart instead of Ray's
+# 5 checks 3 s apart (tests/integration/test_faults.py loses nodes three times). The rest of the cluster is as `up`
+# starts it.
+NODE_LOSS_NOTICED_IN_3_S = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
 class TrackingServer:
@@ -75,7 +79,7 @@ def cluster(mlflow_server) -> Cluster:
     if subprocess.run([ray, "status"], env=env, capture_output=True).returncode == 0:
         pytest.fail("a Ray cluster is already running here; stop it (orchestrator cluster down) so the tests can use their own")
     ray_port, dashboard_port = free_port(), free_port()
-    started = start_ray(env, ray_port, dashboard_port, num_cpus=2)
+    started = start_ray(env | NODE_LOSS_NOTICED_IN_3_S, ray_port, dashboard_port, num_cpus=2)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         address = f"127.0.0.1:{ray_port}"

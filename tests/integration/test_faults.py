@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import job_status, ray_job, ray_state, start_job, submit, tiny_job, wait_for_job, wait_until, write_job
 from mlflow.tracking import MlflowClient
+from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import _AutoscalingCoordinatorActor as AutoscalingCoordinator
 
 from orchestrator.train import checkpoint
 
@@ -220,7 +221,7 @@ def join_node(cluster, log: Path) -> subprocess.Popen:
 
 def kill_node(cluster, node: subprocess.Popen) -> None:
     """SIGKILL to every process of the node at once: a machine that is gone. Returns once the head has noticed (after
-    about 15 s of missed health checks): until then it may still place tasks there, which would die with the node."""
+    3 missed health checks, conftest.py): until then it may still place tasks there, which would die with the node."""
     try:
         os.killpg(node.pid, signal.SIGKILL)
     except ProcessLookupError:  # killed already
@@ -244,6 +245,10 @@ def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) 
     train = {"grad_accum_steps": 2}  # 6 (elastic) or 4 micro batches per step, shared by the workers there are
     path = fault_job(tmp_path, corpus, name, max_steps, every, model=tiny_job(corpus)["model"], scaling=scaling, **train)
     node = join_node(cluster, tmp_path / "node.log")
+    if elastic:
+        # Ray Train sizes an elastic group by the nodes Ray's autoscaling coordinator knows, a view it refreshes every
+        # TICK_INTERVAL_S: submitted before that, the job would start on the head alone and lose nothing with the node.
+        time.sleep(AutoscalingCoordinator.TICK_INTERVAL_S)
     try:
         # Ray Train waits 60 s for a worker group it cannot place before it tries again (or, elastic, smaller)
         start_job(cluster, f"fault-{name}", "train", str(path), env_vars={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15"})
