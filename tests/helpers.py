@@ -166,6 +166,11 @@ def submit(cluster, *args: str, timeout: float = 600) -> str:
     return output
 
 
+def submission_id(output: str) -> str:
+    """The job's id, as `ray job submit` announces it."""
+    return re.search(r"Job '(raysubmit_\w+)' submitted successfully", output).group(1)
+
+
 def mlflow_run_id(output: str) -> str:
     return re.search(r"MLflow run \((?:new|resumed)\): \S*/runs/([0-9a-f]+)", output).group(1)
 

@@ -8,8 +8,9 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 import torch
-from helpers import ANSI, mlflow_run_id, orchestrator, tiny_job, write_job
+from helpers import ANSI, job_api, mlflow_run_id, orchestrator, submission_id, tiny_job, write_job
 from helpers import submit as submit_job
+from job_log import MLFLOW_RUN_URL, is_framework_line, lines_of
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,6 +29,7 @@ LLAMA_NO_DROPOUT = {
     "dims": {"layers": 4, "hidden": 128, "heads": 4, "kv_heads": 2, "ffn": 344, "max_positions": 64},
     "dropout": 0.0,
 }
+FRAMEWORK_SHARE = 0.8  # of a job log's lines, at least
 ONE_REPLICA = {"micro_batch_size": 4, "grad_accum_steps": 2}  # the global batch of 2 workers x 4, on one data-parallel replica
 
 
@@ -38,8 +40,9 @@ class FinishedRun:
     job: Path
 
 
-def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, **sections) -> FinishedRun:
-    job = tiny_job(corpus, checkpoint={"dir": str(tmp / "runs")}, tracking={"experiment": "integration", "run_name": name}, **sections)
+def run_job(cluster, tmp: Path, name: str, corpus: Path, submit: bool = False, checkpoint_every: int = 5, **sections) -> FinishedRun:
+    checkpoint = {"dir": str(tmp / "runs"), "every_steps": checkpoint_every}
+    job = tiny_job(corpus, checkpoint=checkpoint, tracking={"experiment": "integration", "run_name": name}, **sections)
     path = write_job(tmp / f"{name}.yaml", job)
     if submit:  # the way users run jobs: through the cluster's job API
         output = submit_job(cluster, "train", str(path))
@@ -132,11 +135,12 @@ def exported_loss(client: MlflowClient, run_id: str, corpus: Path, tmp: Path) ->
         return model(input_ids=ids, labels=ids).loss.item()
 
 
-def model_parallel_job(cluster, corpus, tmp_path, kind: str, model: dict, submit: bool, **train) -> FinishedRun:
+def model_parallel_job(cluster, corpus, tmp_path, kind: str, model: dict, submit: bool, checkpoint_every: int = 5, **train) -> FinishedRun:
     """2 workers as 2 pipeline stages or 2 tensor-parallel ranks: one data-parallel replica accumulating 2 micro
     batches of 4, the global batch of 2 data-parallel workers of 4."""
     sections = {"model": model, "parallelism": {kind: 2}, "deepspeed": {"zero_stage": 1}}
-    return run_job(cluster, tmp_path, kind, corpus, submit=submit, train=CONSTANT_LR | ONE_REPLICA | train, **sections)
+    train = CONSTANT_LR | ONE_REPLICA | train
+    return run_job(cluster, tmp_path, kind, corpus, submit=submit, train=train, checkpoint_every=checkpoint_every, **sections)
 
 
 def assert_split_in_two(client: MlflowClient, run: FinishedRun, layout: str) -> None:
@@ -168,15 +172,26 @@ def test_a_pipeline_job_stopped_and_resubmitted_resumes_in_its_run_and_trains_li
     )
 
 
-def test_a_tensor_parallel_job_learns_and_exports_one_model(cluster, corpus, client, tmp_path):
-    """Llama on 2 tensor-parallel ranks, submitted through the job API: each rank holds about half the parameters,
-    the loss falls, and the export is one whole Hugging Face model (its equivalence with data parallelism, step by
-    step and exported: tests/multiprocess/test_layouts.py)."""
-    run = model_parallel_job(cluster, corpus, tmp_path, "tensor", LLAMA_NO_DROPOUT, submit=True)
+def test_a_tensor_parallel_job_learns_exports_one_model_and_its_log_is_the_frameworks_own(cluster, corpus, client, tmp_path):
+    """Llama on 2 tensor-parallel ranks, submitted through the job API with the quickstart's log, evaluation and
+    checkpoint proportions: each rank holds about half the parameters, the loss falls, and the export is one whole
+    Hugging Face model (its equivalence with data parallelism, step by step and exported:
+    tests/multiprocess/test_layouts.py). Its log, as the job API keeps it, is one a person reads: at least 80% of its
+    lines the framework's own (tests/job_log.py), no colour codes, and the MLflow run's URL once, as its last line."""
+    proportions = {"log_every": 5, "eval_every": 10}
+    run = model_parallel_job(cluster, corpus, tmp_path, "tensor", LLAMA_NO_DROPOUT, submit=True, checkpoint_every=10, **proportions)
     assert_split_in_two(client, run, "1 x 2 x 1")
-    losses = list(history(client, run.run_id, "train/loss").values())
-    assert len(losses) == 20 and sum(losses[-3:]) < 0.8 * sum(losses[:3])
-    assert exported_loss(client, run.run_id, corpus, tmp_path / "mp") < losses[0]
+    losses = history(client, run.run_id, "train/loss")
+    untrained = history(client, run.run_id, "eval/loss")[0]
+    assert sorted(losses) == [5, 10, 15, 20] and losses[20] < losses[5] < untrained
+    assert exported_loss(client, run.run_id, corpus, tmp_path / "mp") < 0.8 * untrained
+
+    log = job_api(cluster, f"{submission_id(run.output)}/logs")["logs"]
+    lines = lines_of(log)
+    noise = [line for line in lines if not is_framework_line(line)]
+    assert len(lines) - len(noise) >= FRAMEWORK_SHARE * len(lines), "not the framework's:\n" + "\n".join(noise)
+    assert "\x1b" not in log
+    assert [line for line in lines if MLFLOW_RUN_URL.search(line)] == [lines[-1]], log
 
 
 @pytest.mark.parametrize(
