@@ -32,10 +32,22 @@ def local_ray():
     ray.shutdown()
 
 
+CLUSTER_FIXTURES = {"cluster", "tracking_server"}
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected: what runs
 def pytest_collection_modifyitems(items):
-    """The modules with tests on Ray run last, so that the session's Ray instance, once started, is not left idling
-    (it keeps using CPU) through the tests that do not need it. Each module's tests stay together and in order."""
+    """The tests spread over pytest-xdist's workers a module at a time (its fixtures are made once). Where the test
+    cluster runs, every test on Ray goes into one worker (the group "ray"): `ray stop` (the cluster's teardown,
+    `orchestrator cluster down`) stops every Ray process of the machine, another worker's Ray instance too.
+    The modules with tests on the session's Ray instance run last, so that it is not left idling (it keeps using CPU)
+    through the tests that do not need it. Each module's tests stay together and in order."""
     on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
+    cluster = any(CLUSTER_FIXTURES & set(item.fixturenames) or item.get_closest_marker("own_cluster") for item in items)
+    for item in items:
+        on_cluster = item.get_closest_marker("integration") and item.path.parent.name == "integration"
+        ray_group = cluster and (item.module in on_ray or on_cluster)
+        item.add_marker(pytest.mark.xdist_group("ray" if ray_group else item.module.__name__))
     items.sort(key=lambda item: item.module in on_ray)
 
 
