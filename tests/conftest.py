@@ -32,22 +32,57 @@ def local_ray():
     ray.shutdown()
 
 
-CLUSTER_FIXTURES = {"cluster", "tracking_server"}
+# The modules with tests on the session's Ray instance (local_ray), checked at collection.
+ON_RAY_MODULES = {
+    "tests/inprocess/test_examples_learn.py",
+    "tests/inprocess/test_loop.py",
+    "tests/inprocess/test_tasks.py",
+    "tests/unit/test_clean.py",
+    "tests/unit/test_data_stages.py",
+    "tests/unit/test_inference.py",
+    "tests/unit/test_progress.py",
+}
 
 
-@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected: what runs
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+class RayTestsTogether:
+    """pytest-xdist's scheduling a module at a time (its fixtures are made once), except where the test cluster runs
+    (tests/integration): then every test on Ray goes to one worker, in order. `ray stop` (the cluster's teardown,
+    `orchestrator cluster down`) stops every Ray process of the machine, another worker's Ray instance too."""
+
+    def __new__(cls, config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        class Scheduling(LoadScopeScheduling):
+            def schedule(self):
+                if self.collection is None and self.collection_is_completed:
+                    collected = next(iter(self.registered_collections.values()), [])
+                    self.cluster_runs = any(module_of(nodeid).startswith("tests/integration/") for nodeid in collected)
+                super().schedule()
+
+            def _split_scope(self, nodeid: str) -> str:
+                module = module_of(nodeid)
+                together = self.cluster_runs and (module.startswith("tests/integration/") or module in ON_RAY_MODULES)
+                return "ray" if together else module
+
+        return Scheduling(config, log)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadscope":
+        return RayTestsTogether(config, log)
+    return None
+
+
 def pytest_collection_modifyitems(items):
-    """The tests spread over pytest-xdist's workers a module at a time (its fixtures are made once). Where the test
-    cluster runs, every test on Ray goes into one worker (the group "ray"): `ray stop` (the cluster's teardown,
-    `orchestrator cluster down`) stops every Ray process of the machine, another worker's Ray instance too.
-    The modules with tests on the session's Ray instance run last, so that it is not left idling (it keeps using CPU)
-    through the tests that do not need it. Each module's tests stay together and in order."""
+    """The modules with tests on the session's Ray instance run last, so that it is not left idling (it keeps using
+    CPU) through the tests that do not need it. Each module's tests stay together and in order."""
     on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
-    cluster = any(CLUSTER_FIXTURES & set(item.fixturenames) or item.get_closest_marker("own_cluster") for item in items)
-    for item in items:
-        on_cluster = item.get_closest_marker("integration") and item.path.parent.name == "integration"
-        ray_group = cluster and (item.module in on_ray or on_cluster)
-        item.add_marker(pytest.mark.xdist_group("ray" if ray_group else item.module.__name__))
+    if unlisted := {module_of(item.nodeid) for item in items if item.module in on_ray} - ON_RAY_MODULES:
+        raise pytest.UsageError(f"tests/conftest.py ON_RAY_MODULES lacks {sorted(unlisted)}: they use local_ray")
     items.sort(key=lambda item: item.module in on_ray)
 
 

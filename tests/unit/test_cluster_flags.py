@@ -53,10 +53,11 @@ def test_a_token_file_of_before_is_made_readable_by_its_owner_only(tmp_path):
 def test_a_driver_without_a_cluster_address_sees_this_machine_as_a_loopback_node(monkeypatch):
     """runtime.connect() joins the local head, or starts an embedded instance, as a loopback node, whether or not its
     shell sourced cluster/env.sh: Ray read the setting when this process imported it, so connect() sets both."""
-    from ray._private import ray_constants, services
+    from ray._private import ray_constants, services, worker
 
     from orchestrator import runtime
 
+    monkeypatch.setattr(worker, "_global_node", None)  # a driver not yet connected, whatever this process ran before
     for name in LOOPBACK_NODE:
         monkeypatch.setenv(name, "1")  # restored afterwards, as is the constant
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
