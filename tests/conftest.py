@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 import ray
 import typer.main
+from xdist.scheduler import LoadScopeScheduling
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
@@ -48,42 +49,43 @@ def module_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
-class RayTestsTogether:
-    """pytest-xdist's scheduling a module at a time (its fixtures are made once), except where the test cluster runs
-    (tests/integration): then every test on Ray goes to one worker, in order. `ray stop` (the cluster's teardown,
-    `orchestrator cluster down`) stops every Ray process of the machine, another worker's Ray instance too."""
+class OneWorkerWithTheCluster(LoadScopeScheduling):
+    """pytest-xdist's scheduling a module at a time (its fixtures are made once), in the order of the collection
+    (pytest_collection_modifyitems), except where the test cluster runs (tests/integration): then every test runs in
+    one worker, in order. `ray stop` (the cluster's teardown, `orchestrator cluster down`) stops every Ray process of
+    the machine, another worker's Ray instance too; and the cluster's jobs use both cores: other tests beside them
+    slowed them by more than they ran (pytest 1,529 s against 1,391 s in one process, in a fresh-clone CI)."""
 
-    def __new__(cls, config, log):
-        from xdist.scheduler import LoadScopeScheduling
+    cluster_runs = False
 
-        class Scheduling(LoadScopeScheduling):
-            def schedule(self):
-                if self.collection is None and self.collection_is_completed:
-                    collected = next(iter(self.registered_collections.values()), [])
-                    self.cluster_runs = any(module_of(nodeid).startswith("tests/integration/") for nodeid in collected)
-                super().schedule()
+    def schedule(self):
+        self.config.option.loadscopereorder = False
+        if self.collection is None and self.collection_is_completed:
+            collected = next(iter(self.registered_collections.values()), [])
+            self.cluster_runs = any(module_of(nodeid).startswith("tests/integration/") for nodeid in collected)
+        super().schedule()
 
-            def _split_scope(self, nodeid: str) -> str:
-                module = module_of(nodeid)
-                together = self.cluster_runs and (module.startswith("tests/integration/") or module in ON_RAY_MODULES)
-                return "ray" if together else module
-
-        return Scheduling(config, log)
+    def _split_scope(self, nodeid: str) -> str:
+        return "everything" if self.cluster_runs else module_of(nodeid)
 
 
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") == "loadscope":
-        return RayTestsTogether(config, log)
+        return OneWorkerWithTheCluster(config, log)
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` and `-k` have deselected: the items that run
 def pytest_collection_modifyitems(items):
     """The modules with tests on the session's Ray instance run last, so that it is not left idling (it keeps using
-    CPU) through the tests that do not need it. Each module's tests stay together and in order."""
+    CPU) through the tests that do not need it; but first where pytest-xdist spreads the modules without the test
+    cluster: they are the longest, and a long module handed out last would keep one worker busy alone. Each module's
+    tests stay together and in order."""
     on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
     if unlisted := {module_of(item.nodeid) for item in items if item.module in on_ray} - ON_RAY_MODULES:
         raise pytest.UsageError(f"tests/conftest.py ON_RAY_MODULES lacks {sorted(unlisted)}: they use local_ray")
-    items.sort(key=lambda item: item.module in on_ray)
+    spread = "PYTEST_XDIST_WORKER" in os.environ and not any(module_of(item.nodeid).startswith("tests/integration/") for item in items)
+    items.sort(key=lambda item: (item.module in on_ray) != spread)
 
 
 @pytest.fixture(autouse=True)

@@ -165,7 +165,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
         num_samples=1,
     )
     command = [sys.executable, "-m", "orchestrator", "sweep", str(path)]
-    first = subprocess.Popen(command, cwd=REPO, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # Tune saves its experiment state every 10 s at least, unless told a period: 1 s, so the kill can come soon after
+    # a trial finished
+    saving_each_second = cluster.env | {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    first = subprocess.Popen(command, cwd=REPO, env=saving_each_second, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         finished = []
@@ -175,7 +178,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
             experiment = client.get_experiment_by_name("sweep-resume")
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
             finished = [run for run in runs if run.data.tags.get("sweep.trial_id") and run.info.status == "FINISHED"]
-        time.sleep(15)  # Tune saves its experiment state every 10 s
+        time.sleep(3)  # a save of the experiment state after the trial finished
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
