@@ -192,11 +192,11 @@ def quoted(text: str) -> str:
 
 
 def get_at(tree: Any, path: tuple[str, ...]) -> Any:
-    for part in path:
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
+    """The value at `path`; None where the path leads nowhere."""
+    try:
+        return functools.reduce(lambda node, part: node[part], path, tree)
+    except (KeyError, TypeError):  # a missing key; a value that is not a mapping
+        return None
 
 
 def set_at(tree: dict, path: tuple[str, ...], value: Any) -> bool:
