@@ -33,18 +33,6 @@ def local_ray():
     ray.shutdown()
 
 
-# The modules with tests on the session's Ray instance (local_ray), checked at collection.
-ON_RAY_MODULES = {
-    "tests/inprocess/test_examples_learn.py",
-    "tests/inprocess/test_loop.py",
-    "tests/inprocess/test_tasks.py",
-    "tests/unit/test_clean.py",
-    "tests/unit/test_data_stages.py",
-    "tests/unit/test_inference.py",
-    "tests/unit/test_progress.py",
-}
-
-
 def module_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
@@ -82,8 +70,6 @@ def pytest_collection_modifyitems(items):
     cluster: they are the longest, and a long module handed out last would keep one worker busy alone. Each module's
     tests stay together and in order."""
     on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
-    if unlisted := {module_of(item.nodeid) for item in items if item.module in on_ray} - ON_RAY_MODULES:
-        raise pytest.UsageError(f"tests/conftest.py ON_RAY_MODULES lacks {sorted(unlisted)}: they use local_ray")
     spread = "PYTEST_XDIST_WORKER" in os.environ and not any(module_of(item.nodeid).startswith("tests/integration/") for item in items)
     items.sort(key=lambda item: (item.module in on_ray) != spread)
 
