@@ -37,6 +37,11 @@ def module_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+def runs_the_cluster(nodeids) -> bool:
+    """Whether these tests include one on the session's test cluster (tests/integration)."""
+    return any(module_of(nodeid).startswith("tests/integration/") for nodeid in nodeids)
+
+
 class OneWorkerWithTheCluster(LoadScopeScheduling):
     """pytest-xdist's scheduling a module at a time (its fixtures are made once), in the order of the collection
     (pytest_collection_modifyitems), except where the test cluster runs (tests/integration): then every test runs in
@@ -46,11 +51,13 @@ class OneWorkerWithTheCluster(LoadScopeScheduling):
 
     cluster_runs = False
 
+    def __init__(self, config, log):
+        super().__init__(config, log)
+        config.option.loadscopereorder = False
+
     def schedule(self):
-        self.config.option.loadscopereorder = False
         if self.collection is None and self.collection_is_completed:
-            collected = next(iter(self.registered_collections.values()), [])
-            self.cluster_runs = any(module_of(nodeid).startswith("tests/integration/") for nodeid in collected)
+            self.cluster_runs = runs_the_cluster(next(iter(self.registered_collections.values()), []))
         super().schedule()
 
     def _split_scope(self, nodeid: str) -> str:
@@ -70,7 +77,7 @@ def pytest_collection_modifyitems(items):
     cluster: they are the longest, and a long module handed out last would keep one worker busy alone. Each module's
     tests stay together and in order."""
     on_ray = {item.module for item in items if "local_ray" in item.fixturenames}
-    spread = "PYTEST_XDIST_WORKER" in os.environ and not any(module_of(item.nodeid).startswith("tests/integration/") for item in items)
+    spread = "PYTEST_XDIST_WORKER" in os.environ and not runs_the_cluster(item.nodeid for item in items)
     items.sort(key=lambda item: (item.module in on_ray) != spread)
 
 
