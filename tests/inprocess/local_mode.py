@@ -25,7 +25,7 @@ from orchestrator.data.report import DataReport
 from orchestrator.data.shards import Split, write_split
 from orchestrator.data.tokenizers import load_tokenizer, separator_id, train_tokenizer
 from orchestrator.tracking.model import ARTIFACT_PATH
-from orchestrator.tracking.run import start_run
+from orchestrator.tracking.run import ends_with_outcome, start_run
 from orchestrator.train import loop
 from orchestrator.train.launch import local_trainer, train_plan
 from orchestrator.train.local import one_process_group
@@ -158,7 +158,8 @@ def train_in_process(
         patch.setattr(ray.train, "get_context", lambda: RankContext(context(), as_rank))
         REPORTER_LOG.addHandler(lines)
         try:
-            local_trainer(job, plan).fit()  # Ray Train V2's local mode: train_loop runs here, as in a sweep trial
+            with ends_with_outcome(run):  # as the driver session ends it (train/session.py)
+                local_trainer(job, plan).fit()  # Ray Train V2's local mode: train_loop runs here, as in a sweep trial
         finally:
             REPORTER_LOG.removeHandler(lines)
             torch.set_num_threads(threads)

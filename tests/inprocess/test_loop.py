@@ -3,6 +3,7 @@ the learning rates it trains with, what it reports to Ray and checkpoints, how e
 exports. One 20-step run is the reference; a second resumes it from its step-10 checkpoint."""
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,22 @@ def test_a_run_resumed_from_its_step_10_checkpoint_trains_exactly_as_the_uninter
         assert continued == {step: reference.history(tracking_uri, key)[step] for step in continued}, key
     assert resumed.history(tracking_uri, "eval/loss") == {STEPS: reference.history(tracking_uri, "eval/loss")[STEPS]}
     assert [report.metrics["step"] for report in resumed.reports] == [15, 20]
+
+
+def test_a_damaged_checkpoint_is_refused_naming_it_and_the_run_ends_failed_saying_why(job, data, reference, tracking_uri, tmp_path):
+    """Its model states cut in half, as a full disk leaves them: the resumed run stops before its first step, and its
+    MLflow run ends FAILED with the reason as its error tag (tracking/run.py)."""
+    (step_10,) = [report.checkpoint for report in reference.reports if report.metrics["step"] == 10]
+    damaged = Path(shutil.copytree(step_10, tmp_path / "damaged-checkpoint"))
+    states = damaged / TAG / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
+    with pytest.raises(Exception, match="refused"):
+        train_in_process(job, data, tmp_path, "damaged", initial_checkpoint=damaged)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("loop").experiment_id], "tags.mlflow.runName = 'damaged'")
+    assert run.info.status == "FAILED"
+    assert f"{damaged.name} cannot be loaded into this job's model, so it is refused" in run.data.tags["error"]
+    assert not client.get_metric_history(run.info.run_id, "train/loss")
 
 
 def test_the_exported_model_loads_in_transformers_and_computes_what_the_trained_one_did(reference, tracking_uri, tmp_path):
