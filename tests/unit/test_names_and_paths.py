@@ -242,6 +242,29 @@ def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, mlflow_uri, mon
     )
 
 
+def test_restart_forgets_the_runs_checkpoints_and_mlflow_run_so_the_job_opens_a_new_one(tmp_path, mlflow_uri, monkeypatch, capsys):
+    """`train --restart` (launch): the run's directory goes, with the checkpoints Ray Train would resume from and the
+    MLflow run it remembers, so the same job starts over in a new run. (Submitted to a cluster through the CLI:
+    tests/unit/test_fuzz_inputs.py.)"""
+    from orchestrator.train import launch as launching
+
+    job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": mlflow_uri, "experiment": "restart", "run_name": "again"}})
+    without_a_cluster(monkeypatch)
+    with pytest.raises(OSError):
+        launching.launch(job, None, restart=False)
+    first = capsys.readouterr().out.splitlines()[-1]
+    (tmp_path / "runs" / "again" / "checkpoint_000001").mkdir()
+    with pytest.raises(OSError):
+        launching.launch(job, None, restart=True)
+    out = capsys.readouterr().out
+    assert f"--restart: deleted the checkpoints in {tmp_path / 'runs' / 'again'}" in out
+    assert not (tmp_path / "runs" / "again" / "checkpoint_000001").exists()
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("restart").experiment_id])
+    assert len(runs) == 2
+    assert {line.split(" in ")[0] for line in (first, out.splitlines()[-1])} == {f"MLflow run (new): run {run.info.run_id}" for run in runs}
+
+
 def test_a_run_whose_own_setup_fails_ends_failed(tmp_path, mlflow_uri):
     """open_run: the run is created, then remembering it beside its checkpoints fails (a file where the directory
     should be): FAILED, not RUNNING."""
