@@ -1,5 +1,5 @@
 """Faults done for real to jobs submitted through the job API of a real Ray cluster, with real DeepSpeed and a
-real MLflow server: a SIGKILLed worker, a damaged checkpoint, a tracking server that goes away for 15 s,
+real MLflow server: a SIGKILLed worker, a tracking server that goes away for 15 s,
 `ray job stop`, a lost node. A job either
 finishes with exactly the steps it asked for, each logged once in its one MLflow run, or stops KILLED with a
 checkpoint it resumes from."""
@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import job_status, ray_job, ray_state, start_job, submit, tiny_job, wait_for_job, wait_until, write_job
+from helpers import job_status, ray_job, ray_state, start_job, tiny_job, wait_for_job, wait_until, write_job
 from mlflow.tracking import MlflowClient
-from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import _AutoscalingCoordinatorActor as AutoscalingCoordinator
 
 from orchestrator.train import checkpoint
 
@@ -97,8 +96,8 @@ def local_checkpoints() -> set[str]:
 
 def test_a_worker_killed_while_checkpointing_is_replaced_and_the_job_finishes_in_the_same_run(cluster, corpus, client, tmp_path):
     """SIGKILL one Train worker in the middle of writing a checkpoint: that checkpoint never counts, the worker group
-    restarts from the one before, and the run ends with each of its 160 steps logged once. Then a damaged checkpoint
-    is refused, and the job fails with a run marked FAILED that says why."""
+    restarts from the one before, and the run ends with each of its 160 steps logged once. (A damaged checkpoint,
+    refused: tests/inprocess/test_loop.py.)"""
     max_steps, every = 160, 40
     job = fault_job(tmp_path, corpus, "killed-worker", max_steps, every)
     start_job(cluster, "fault-killed-worker", "train", str(job))
@@ -120,23 +119,12 @@ def test_a_worker_killed_while_checkpointing_is_replaced_and_the_job_finishes_in
     assert len([path for path in (tmp_path / "runs" / "killed-worker").glob("checkpoint_*") if path.is_dir()]) == 2  # keep
     print(f"killed worker: cut the step-{complete + every} checkpoint, resumed from step {complete}; the job ended {recovered_s:.0f} s after the kill")
 
-    # The same job again, with its newest checkpoint damaged: refused with its path, and the run ends FAILED.
-    newest = max(path for path in (tmp_path / "runs" / "killed-worker").glob("checkpoint_*") if path.is_dir())
-    states = newest / checkpoint.TAG / "mp_rank_00_model_states.pt"
-    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
-    start_job(cluster, "fault-corrupt-checkpoint", "train", str(job), "--set", "train.max_steps=400", "--set", "checkpoint.max_failures=0")
-    assert wait_for_job(cluster, "fault-corrupt-checkpoint") == "FAILED"
-    failed = client.get_run(run_id)
-    assert failed.info.status == "FAILED"
-    error = failed.data.tags["error"]
-    assert newest.name in error and "cannot be loaded into this job's model, so it is refused" in error
 
-
-def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run_and_restart_starts_over(cluster, corpus, client, tracking_server, tmp_path):
+def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run(cluster, corpus, client, tracking_server, tmp_path):
     """MLflow goes away for 15 s: training goes on, and what it logged then reaches the server when it is back,
     each step once; the job log says so once each way. Then `ray job stop`: the run is KILLED and its checkpoint
     stays registered, for the same job submitted again to resume from (as tests/integration/test_training.py
-    does), while `--restart` starts a new run from step 1."""
+    does; `--restart` instead: tests/unit/test_cli_jobs.py)."""
     max_steps, every = 2000, 100
     path = fault_job(tmp_path, corpus, "outage", max_steps, every)
     start_job(cluster, "fault-outage", "train", str(path))
@@ -166,12 +154,6 @@ def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run_and_res
     assert sorted(steps) == list(range(1, max(steps) + 1)) and max(steps) >= last  # each step once, none missing
     assert registered_step(tmp_path / "runs" / "outage") >= every
     print(f"outage: {len(during)} steps trained and logged while MLflow was away for {restarted_at - stopped_at:.0f} s")
-
-    fresh = submit(cluster, "train", str(path), "--restart", "--set", "train.max_steps=5")
-    assert "--restart: deleted the checkpoints" in fresh and "resumed from step" not in fresh
-    fresh_run = re.search(r"MLflow run \(new\): \S*/runs/([0-9a-f]+)", fresh).group(1)
-    assert fresh_run != run_id
-    assert_each_step_once(client, fresh_run, 5)
 
 
 def alive_nodes(cluster) -> int:
@@ -231,6 +213,25 @@ def kill_node(cluster, node: subprocess.Popen) -> None:
     wait_until(lambda: alive_nodes(cluster) == 1, 90, "the head noticing the lost node")
 
 
+# Ray Train sizes an elastic group by the nodes Ray's autoscaling coordinator knows: one actor per cluster, made by
+# the first Ray Data or elastic job, whose view of the nodes is refreshed every 20 s (its TICK_INTERVAL_S). This
+# refreshes it now, where it exists yet.
+REFRESH_COORDINATOR = """
+import ray
+ray.init(logging_level="ERROR")
+try:
+    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+except ValueError:  # no job has made it: the first one makes it, with a fresh view
+    pass
+else:
+    ray.get(coordinator.__ray_call__.remote(lambda actor: actor._tick()))
+"""
+
+
+def refresh_elastic_view(cluster) -> None:
+    subprocess.run([sys.executable, "-c", REFRESH_COORDINATOR], env=cluster.env, check=True, timeout=120)
+
+
 def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) -> str:
     """Runs a job on a local two-node cluster, the head (2 CPUs) and a second `ray start --address` on this machine
     (1 CPU), and SIGKILLs the second node's processes mid-run. A fixed-size job (2 workers, one per node:
@@ -245,17 +246,18 @@ def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) 
     train = {"grad_accum_steps": 2}  # 6 (elastic) or 4 micro batches per step, shared by the workers there are
     path = fault_job(tmp_path, corpus, name, max_steps, every, model=tiny_job(corpus)["model"], scaling=scaling, **train)
     node = join_node(cluster, tmp_path / "node.log")
-    if elastic:
-        # Ray Train sizes an elastic group by the nodes Ray's autoscaling coordinator knows, a view it refreshes every
-        # TICK_INTERVAL_S: submitted before that, the job would start on the head alone and lose nothing with the node.
-        time.sleep(AutoscalingCoordinator.TICK_INTERVAL_S)
+    if elastic:  # else the job could start on the head alone, and lose nothing with the node
+        refresh_elastic_view(cluster)
     try:
-        # Ray Train waits 60 s for a worker group it cannot place before it tries again (or, elastic, smaller)
-        start_job(cluster, f"fault-{name}", "train", str(path), env_vars={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15"})
+        # Ray Train waits 60 s for a worker group it cannot place before it tries again (or, elastic, smaller): 5 s here,
+        # where nothing waits on an autoscaler and a placement that can be made is made in milliseconds
+        start_job(cluster, f"fault-{name}", "train", str(path), env_vars={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5"})
         run_id = wait_for_step(client, name, every + 10)
         lost_at = time.monotonic()
         kill_node(cluster, node)
-        if not elastic:
+        if elastic:  # else the group could be tried at its old size first, and wait a worker-group start timeout
+            refresh_elastic_view(cluster)
+        else:
             assert job_status(cluster, f"fault-{name}") == "RUNNING"  # waiting for capacity
             node = join_node(cluster, tmp_path / "node.log")
         assert wait_for_job(cluster, f"fault-{name}") == "SUCCEEDED"
