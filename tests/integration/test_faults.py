@@ -170,7 +170,7 @@ JOIN_LOOPBACK_HEAD = (
 
 
 def join_node(cluster, log: Path) -> subprocess.Popen:
-    """A second Ray node on this machine with 1 CPU, joining the head; its processes share one process group. It
+    """A second Ray node on this machine with 2 CPUs, joining the head; its processes share one process group. It
     has a temp dir of its own, as a real node would: sharing the head's would share (and clean up) its files."""
     temp_dir = tempfile.mkdtemp(prefix="ray-node-")  # short: Ray's socket paths must fit in 107 characters
     with open(log, "a") as out:
@@ -185,7 +185,7 @@ def join_node(cluster, log: Path) -> subprocess.Popen:
                 "--node-ip-address",
                 "127.0.0.1",
                 "--num-cpus",
-                "1",
+                "2",
                 "--disable-usage-stats",
                 "--block",
                 "--temp-dir",
@@ -233,17 +233,17 @@ def refresh_elastic_view(cluster) -> None:
 
 
 def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) -> str:
-    """Runs a job on a local two-node cluster, the head (2 CPUs) and a second `ray start --address` on this machine
-    (1 CPU), and SIGKILLs the second node's processes mid-run. A fixed-size job (2 workers, one per node:
-    STRICT_SPREAD) is given a node back after it has waited a while. An elastic job (3 workers, 2 at least) goes on
-    without it: it cannot be STRICT_SPREAD, because Ray Train sizes an elastic group by the CPUs alone. Returns the
-    job's log."""
+    """Runs a job on a local two-node cluster, the head and a second `ray start --address` on this machine (2 CPUs
+    each), and SIGKILLs the second node's processes mid-run. A fixed-size job (2 workers, one per node:
+    STRICT_SPREAD) is given a node back after it has waited a while. An elastic job (2 workers of 2 CPUs, 1 at least:
+    each node fits one) goes on without it: it cannot be STRICT_SPREAD, because Ray Train sizes an elastic group by
+    the CPUs alone. Returns the job's log."""
     max_steps, every = 120, 30
     if elastic:
-        scaling, workers, nodes = {"num_workers": 3, "min_workers": 2}, 3, 2
+        scaling = {"num_workers": 2, "min_workers": 1, "cpus_per_worker": 2}
     else:
-        scaling, workers, nodes = {"num_workers": 2, "placement": "STRICT_SPREAD"}, 2, 2
-    train = {"grad_accum_steps": 2}  # 6 (elastic) or 4 micro batches per step, shared by the workers there are
+        scaling = {"num_workers": 2, "placement": "STRICT_SPREAD"}
+    train = {"grad_accum_steps": 2}  # 4 micro batches per step, shared by the workers there are
     path = fault_job(tmp_path, corpus, name, max_steps, every, model=tiny_job(corpus)["model"], scaling=scaling, **train)
     node = join_node(cluster, tmp_path / "node.log")
     if elastic:  # else the job could start on the head alone, and lose nothing with the node
@@ -263,7 +263,7 @@ def lose_a_node(cluster, corpus, client, tmp_path, name: str, *, elastic: bool) 
         assert wait_for_job(cluster, f"fault-{name}") == "SUCCEEDED"
         print(f"{name}: finished {time.monotonic() - lost_at:.0f} s after the node was lost")
         logs = ray_job(cluster, "logs", f"fault-{name}")
-        assert logs.index(f"{workers} workers on {nodes} node(s)") < logs.index("resumed from step")  # both nodes at first
+        assert logs.index("2 workers on 2 node(s)") < logs.index("resumed from step")  # both nodes at first
         assert resumed_step(logs) >= every
         assert_each_step_once(client, run_id, max_steps)
         assert client.get_run(run_id).info.status == "FINISHED"
@@ -281,7 +281,7 @@ def test_a_job_that_lost_a_node_waits_for_capacity_and_resumes(cluster, corpus, 
 
 
 def test_an_elastic_job_that_lost_a_node_goes_on_with_fewer_workers(cluster, corpus, client, tmp_path):
-    """With scaling.min_workers the job resumes at once on the 2 workers left on the head, accumulating 3 micro
-    batches each instead of 2, so the global batch (and the steps it counts) stay the same."""
+    """With scaling.min_workers the job resumes at once on the worker left on the head, accumulating 4 micro batches
+    instead of 2, so the global batch (and the steps it counts) stay the same."""
     logs = lose_a_node(cluster, corpus, client, tmp_path, "elastic", elastic=True)
-    assert re.search(r"resumed from step \d+ .* with 2 workers", logs) and "2 workers on 1 node(s)" in logs
+    assert re.search(r"resumed from step \d+ .* with 1 workers", logs) and "1 workers on 1 node(s)" in logs
