@@ -55,6 +55,10 @@ class LocalRun:
     def history(self, uri: str, key: str) -> dict[int, float]:
         return {metric.step: metric.value for metric in MlflowClient(uri).get_metric_history(self.run_id, key)}
 
+    def checkpoint_at(self, step: int) -> Path:
+        (checkpoint,) = [report.checkpoint for report in self.reports if report.metrics["step"] == step]
+        return checkpoint
+
 
 class RankContext:
     """Ray Train's context of this process, with another world rank."""

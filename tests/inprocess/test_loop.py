@@ -58,8 +58,7 @@ def reference(job, data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def resumed(job, data, reference, tmp_path_factory):
-    (step_10,) = [report.checkpoint for report in reference.reports if report.metrics["step"] == 10]
-    return train_in_process(job, data, tmp_path_factory.mktemp("resumed"), "resumed", initial_checkpoint=step_10)
+    return train_in_process(job, data, tmp_path_factory.mktemp("resumed"), "resumed", initial_checkpoint=reference.checkpoint_at(10))
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +144,7 @@ def test_a_run_resumed_from_its_step_10_checkpoint_trains_exactly_as_the_uninter
 def test_a_damaged_checkpoint_is_refused_naming_it_and_the_run_ends_failed_saying_why(job, data, reference, tracking_uri, tmp_path):
     """Its model states cut in half, as a full disk leaves them: the resumed run stops before its first step, and its
     MLflow run ends FAILED with the reason as its error tag (tracking/run.py)."""
-    (step_10,) = [report.checkpoint for report in reference.reports if report.metrics["step"] == 10]
-    damaged = Path(shutil.copytree(step_10, tmp_path / "damaged-checkpoint"))
+    damaged = Path(shutil.copytree(reference.checkpoint_at(10), tmp_path / "damaged-checkpoint"))
     states = damaged / TAG / "mp_rank_00_model_states.pt"
     states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
     with pytest.raises(Exception, match="refused"):

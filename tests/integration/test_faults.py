@@ -124,7 +124,7 @@ def test_a_tracking_outage_loses_nothing_then_ray_job_stop_kills_the_run(cluster
     """MLflow goes away for 15 s: training goes on, and what it logged then reaches the server when it is back,
     each step once; the job log says so once each way. Then `ray job stop`: the run is KILLED and its checkpoint
     stays registered, for the same job submitted again to resume from (as tests/integration/test_training.py
-    does; `--restart` instead: tests/unit/test_cli_jobs.py)."""
+    does; `--restart` instead: tests/unit/test_names_and_paths.py)."""
     max_steps, every = 2000, 100
     path = fault_job(tmp_path, corpus, "outage", max_steps, every)
     start_job(cluster, "fault-outage", "train", str(path))
