@@ -22,6 +22,7 @@ Token-length limits (min_tokens / max_tokens) run later, once the tokenizer exis
 Decisions depend on row_id only, never on the order in which Ray delivers rows, so a rerun drops the same rows.
 """
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -30,8 +31,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import ray.data
-from datasketch import MinHash
-from datasketch.lsh import _optimal_param
 from ray.data.dataset import MaterializedDataset
 
 from orchestrator.config.job import CleanConfig, NearDedupConfig
@@ -39,8 +38,6 @@ from orchestrator.config.job import CleanConfig, NearDedupConfig
 STAGES = ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
 _OPTIONAL_STRINGS = ("text", "label", "target")  # may hold None; a block of only None reaches numpy as float NaN
 MINHASH_SEED = 1
-# Signatures travel between tasks as bytes of hash values of this dtype (uint32 since datasketch 2.0, uint64 before).
-SIGNATURE_DTYPE = MinHash(num_perm=1, seed=MINHASH_SEED).hashvalues.dtype
 _GROUP_KEY = "_clean_group"
 
 _SPACES = re.compile(r"[ \t]+")
@@ -131,8 +128,21 @@ def dedup_text(text: str, target) -> str:
     return text if target is None else f"{text}\n{target}"
 
 
+# datasketch (with scipy: half a second) is imported where near-dedup runs, not by every driver (a cache hit cleans
+# nothing)
+@functools.cache
+def signature_dtype() -> np.dtype:
+    """The dtype of MinHash values, as signatures travel between tasks in bytes (uint32 since datasketch 2.0, uint64
+    before)."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=1, seed=MINHASH_SEED).hashvalues.dtype
+
+
 def minhash_signatures(texts: Iterable[str], num_perm: int, words_per_shingle: int) -> list[np.ndarray]:
     """MinHash values of each text; the seed is fixed so every task computes comparable signatures."""
+    from datasketch import MinHash
+
     template = MinHash(num_perm=num_perm, seed=MINHASH_SEED)
     signatures = []
     for text in texts:
@@ -145,6 +155,8 @@ def minhash_signatures(texts: Iterable[str], num_perm: int, words_per_shingle: i
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) minimising false positives plus false negatives at `threshold`, as datasketch's
     MinHashLSH picks them (its constructor refuses the single band it picks for e.g. 16 permutations at 0.9)."""
+    from datasketch.lsh import _optimal_param
+
     return _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
@@ -261,7 +273,7 @@ def _signatures(batch: dict, num_perm: int, shingle_words: int) -> dict:
 
 
 def _bands(batch: dict, bands: int, rows: int) -> dict:
-    keys = [band_keys(np.frombuffer(signature, SIGNATURE_DTYPE), bands, rows) for signature in batch["signature"]]
+    keys = [band_keys(np.frombuffer(signature, signature_dtype()), bands, rows) for signature in batch["signature"]]
     return {
         "band": np.array(keys, dtype=np.int64).reshape(-1),
         "row_id": np.repeat(batch["row_id"], bands),
@@ -338,7 +350,7 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig) -> Materialized
     signatures, sources = {}, {}
     for batch in signed.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
         for row_id, source, signature in zip(batch["row_id"].tolist(), batch["source"], batch["signature"]):
-            signatures[row_id], sources[row_id] = np.frombuffer(signature, SIGNATURE_DTYPE), source
+            signatures[row_id], sources[row_id] = np.frombuffer(signature, signature_dtype()), source
     drops = near_duplicates(pairs, signatures, sources, cfg.threshold)
     drops = {row_id: ("dedup_near", reason) for row_id, reason in drops.items()}
     return rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=drops)).materialize()

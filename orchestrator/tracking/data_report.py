@@ -10,12 +10,14 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from orchestrator.data.pipeline import QUARANTINE_FILE, PreparedData
-from orchestrator.tracking.plots import token_length_histogram
 
 ARTIFACT_DIR = "data"
 
 
 def log_data_report(uri: str, run_id: str, data: PreparedData) -> None:
+    # matplotlib (half a second) imported here, in the thread that logs the report (train/session.py meanwhile)
+    from orchestrator.tracking.plots import token_length_histogram
+
     client = MlflowClient(uri)
     report = data.report
     client.log_table(run_id, pd.DataFrame(report.stage_table()), f"{ARTIFACT_DIR}/stages.json")

@@ -4,7 +4,8 @@ the MLflow run, log the data report; and at the end, close the run with the outc
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import psutil
@@ -50,6 +51,17 @@ def total_steps(job: JobConfig, train_sequences: int) -> int:
 
 
 @contextmanager
+def meanwhile(work: Callable, *args) -> Iterator[None]:
+    """Runs `work(*args)` in a thread while the block runs, and raises its error, if any, when the block ends. The
+    data report (a plot, six MLflow requests: about a second) is logged while the workers start, off the way to the
+    first step."""
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        done = thread.submit(work, *args)
+        yield
+        done.result()
+
+
+@contextmanager
 def driver_session(job: JobConfig, run_dir: str, kind: str, open_run: Callable[[], TrackedRun], address: str | None = None) -> Iterator[DriverSession]:
     """The session of a `kind` ("run" or "sweep") directory `run_dir`, on the Ray cluster at `address`
     (runtime.connect), whose MLflow run `open_run` opens once the data is ready. Whatever the block does, the run ends
@@ -67,10 +79,9 @@ def driver_session(job: JobConfig, run_dir: str, kind: str, open_run: Callable[[
         run = open_run()
         try:
             with ends_with_outcome(run):  # from here on, whatever fails ends the run
-                if not run.resumed:
-                    log_data_report(run.uri, run.run_id, data)
-                timeline.mark("mlflow_run")
-                yield DriverSession(data, steps, run, timeline)
+                with nullcontext() if run.resumed else meanwhile(log_data_report, run.uri, run.run_id, data):
+                    timeline.mark("mlflow_run")
+                    yield DriverSession(data, steps, run, timeline)
         finally:
             print_run_url(run, SESSION_KINDS[kind].label)
     finally:

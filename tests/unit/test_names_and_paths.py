@@ -207,25 +207,27 @@ def test_orphan_cleanup_removes_only_marked_local_copies_of_this_user(tmp_path, 
     assert all(path.read_text() == "keep" for path in files)
 
 
+class UnreadableData(SimpleNamespace):
+    """Prepared data whose splits cannot be read: what the session and its report read beyond the fields given."""
+
+    def __getattr__(self, name):
+        raise OSError(f"disk full while reading the prepared data's {name}")
+
+
 def without_a_cluster(monkeypatch) -> None:
-    """The driver session (train/session.py) up to its MLflow run, with no Ray and no data: a data report that
-    fails to log."""
+    """The driver session (train/session.py) up to its MLflow run, with no Ray and data that fails to be read once
+    the run is open."""
     from orchestrator.train import session
 
     monkeypatch.setattr(session.runtime, "connect", lambda address: "nowhere")
     monkeypatch.setattr(session.runtime, "check_resources", lambda job: None)
-    monkeypatch.setattr(session, "prepare", lambda job: SimpleNamespace(train_sequences=8, uncached=False))
+    monkeypatch.setattr(session, "prepare", lambda job: UnreadableData(train_sequences=8, uncached=False))
     monkeypatch.setattr(session, "total_steps", lambda job, sequences: 1)
-
-    def broken_report(*args):
-        raise OSError("disk full while logging the data report")
-
-    monkeypatch.setattr(session, "log_data_report", broken_report)
 
 
 def test_a_failure_after_the_run_opened_ends_it_failed(tmp_path, mlflow_uri, monkeypatch, capsys):
-    """In launch: data prepared, run opened, then the data report fails: the run must not stay RUNNING, and its URL
-    is still the last line printed."""
+    """In launch: data prepared, run opened, then the data cannot be read: the run must not stay RUNNING, and its
+    URL is still the last line printed."""
     from orchestrator.train import launch as launching
 
     job = validate(JOB | {"checkpoint": {"dir": str(tmp_path / "runs")}, "tracking": {"uri": mlflow_uri, "experiment": "outcome", "run_name": "breaks"}})
@@ -289,6 +291,8 @@ def test_a_sweep_that_fails_after_its_run_opened_ends_it_failed(tmp_path, mlflow
     config = validate({"base": "job.yaml", "search_space": {"train.lr": {"choice": [0.1, 0.2]}}}, SweepConfig)
     sweep = LoadedSweep(path, config, "lr", tmp_path / "job.yaml", base_raw, validate(base_raw))
     without_a_cluster(monkeypatch)
+    monkeypatch.setattr(sweeping.ray, "cluster_resources", lambda: {"CPU": 2})
+    monkeypatch.setattr(sweeping, "tuner", lambda sweep, context, steps, at_once: context.data.train)  # trials read the data
     with pytest.raises(OSError):
         sweeping.run_sweep(sweep)
     client = MlflowClient(mlflow_uri)

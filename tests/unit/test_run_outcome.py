@@ -5,6 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
 from orchestrator.tracking.run import ends_with_outcome, start_run
+from orchestrator.train.session import meanwhile
 
 ENV_SECRET = "env-secret-41d2e8"
 
@@ -23,3 +24,21 @@ def test_a_run_ends_failed_with_its_error_or_killed_when_stopped(tmp_path, mlflo
     assert "ValueError: loss is nan near ***" in outcomes["failed"].data.tags["error"]
     assert ENV_SECRET not in outcomes["failed"].data.tags["error"]
     assert outcomes["ctrl-c"].info.status == "KILLED" and outcomes["sigterm"].info.status == "KILLED"
+
+
+def test_work_done_meanwhile_fails_the_run_when_the_block_ends_and_never_hides_the_blocks_own_error():
+    """train/session.py logs the data report while the workers start: its error raises once the block has run (the
+    run then ends FAILED with it); an error of the block itself comes first."""
+    ran = []
+
+    def broken_report():
+        raise OSError("disk full while logging the data report")
+
+    with pytest.raises(OSError, match="disk full"), meanwhile(broken_report):
+        ran.append("the block")
+    assert ran == ["the block"]
+    with pytest.raises(ValueError, match="the block's"), meanwhile(broken_report):
+        raise ValueError("the block's own")
+    with meanwhile(ran.append, "the report"):
+        pass
+    assert ran == ["the block", "the report"]
