@@ -40,11 +40,12 @@ def client_env(mlflow_uri: str) -> dict[str, str]:
     return os.environ | LOOPBACK_NODE | {"RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": mlflow_uri}
 
 
-def ray_start_command(ray_port: int, dashboard_port: int, num_cpus: int | None) -> list[str]:
+def ray_start_command(ray_port: int, dashboard_port: int, num_cpus: int | None, object_store_memory: int | None = None) -> list[str]:
     """`ray start` of the local head; with client_env's environment, everything it starts listens on 127.0.0.1."""
     command = [str(BIN / "ray"), "start", "--head", "--port", str(ray_port), "--disable-usage-stats"]
     command += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port)]
-    return command + (["--num-cpus", str(num_cpus)] if num_cpus else [])
+    command += ["--num-cpus", str(num_cpus)] if num_cpus else []
+    return command + (["--object-store-memory", str(object_store_memory)] if object_store_memory else [])
 
 
 def token_path(env: dict[str, str]) -> Path:
@@ -69,10 +70,13 @@ def restrict_token_file(env: dict[str, str]) -> None:
         path.chmod(0o600)
 
 
-def start_ray(env: dict[str, str], ray_port: int, dashboard_port: int, num_cpus: int | None) -> subprocess.CompletedProcess:
+def start_ray(
+    env: dict[str, str], ray_port: int, dashboard_port: int, num_cpus: int | None, object_store_memory: int | None = None
+) -> subprocess.CompletedProcess:
     """Starts the local head (jobs inherit `env`, MLFLOW_TRACKING_URI with it); its GCS address is 127.0.0.1:ray_port."""
     ensure_auth_token(env)
-    return subprocess.run(ray_start_command(ray_port, dashboard_port, num_cpus), env=env, capture_output=True, text=True)
+    command = ray_start_command(ray_port, dashboard_port, num_cpus, object_store_memory)
+    return subprocess.run(command, env=env, capture_output=True, text=True)
 
 
 def mlflow_is_up(port: int) -> bool:

@@ -71,3 +71,12 @@ def test_model_parallel_compares_losses_and_memory_with_data_parallel(smoke):
         assert run["max_rel_loss_difference"] < 1e-3  # same seed and global batch
         assert 0.5 <= run["parameter_share"] < 1 and run["planned_parameter_share"] == pytest.approx(run["parameter_share"], abs=0.05)
         assert 0 < run["model_state_bytes"] < run["data_parallel_model_state_bytes"]
+
+
+def test_data_scale_prepares_a_synthetic_corpus_and_opens_it_on_a_cache_hit(cluster, tmp_path):
+    env = cluster.env | {"RAY_API_SERVER_ADDRESS": cluster.dashboard, "BENCHMARK_RESULTS": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--smoke"], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [size] = json.loads((tmp_path / "data_scale.json").read_text())["sizes"]
+    assert size["tokens"] > 0 and size["tokens_per_s"] > 0 and size["rows_read"] == size["miss"]["rows_read"] == size["hit"]["rows_read"]
+    assert size["miss"]["driver_peak_rss_mb"] > 0 and "loaded_s" in size["hit"] and "loaded_s" not in size["miss"]

@@ -18,7 +18,9 @@ def test_ray_start_names_no_address_but_loopback():
         assert command[command.index(flag) + 1] == value
     hosts = [value for flag, value in itertools.pairwise(command) if "host" in flag or "ip-address" in flag]
     assert hosts == ["127.0.0.1"], command
-    assert "--num-cpus" not in ray_start_command(6390, 8270, num_cpus=None)
+    assert not {"--num-cpus", "--object-store-memory"} & set(ray_start_command(6390, 8270, num_cpus=None))
+    sized = ray_start_command(6390, 8270, num_cpus=None, object_store_memory=512 * 2**20)  # benchmarks/data_scale.py
+    assert sized[sized.index("--object-store-memory") + 1] == str(512 * 2**20)
 
 
 def test_under_the_cluster_environment_ray_takes_this_machine_for_a_loopback_node():

@@ -1,0 +1,211 @@
+"""Data at scale: how preparation and a cache hit grow with the corpus.
+
+A deterministic synthetic corpus (a seeded word-level Markov chain over Debian's fortunes: their words, their word
+pairs, their document lengths and categories) is written at each size, then prepared by `orchestrator prepare` on a
+local cluster whose object store is smaller than the largest corpus. For each size:
+- preparation (a cache miss): seconds, tokens/s, the driver's peak RSS and the object store's peak use;
+- a cache hit: the time `prepare` takes to load the entry (its own figure) and the whole command's.
+
+    python -m benchmarks.data_scale                          # 100, 400 and 1,600 MB: hours on 2 cores
+    python -m benchmarks.data_scale --sizes-mb 10 40         # a first look
+    python -m benchmarks.data_scale --smoke                  # 2 MB: checks that it works
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+import yaml
+from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+from benchmarks.common import BIN, CORPUS, REPO, local_cluster, write_results
+
+SYNTHETIC = Path.home() / ".cache" / "orchestrator" / "data" / "synthetic"
+FILE_BYTES = 32 * 2**20  # the corpus comes in files of this size: the reader's unit of parallelism
+OBJECT_STORE_BYTES = 512 * 2**20
+SEED = 0
+
+
+def fortunes() -> list[dict]:
+    rows = [json.loads(line) for path in sorted(CORPUS.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        sys.exit(f"no corpus in {CORPUS}: run bash cluster/install.sh")
+    return rows
+
+
+class MarkovCorpus:
+    """Order-2 word chain over the fortunes: each document takes the length and category of a real fortune and starts
+    at its first two words."""
+
+    def __init__(self, rows: list[dict]):
+        self.next_words: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.starts: list[tuple[tuple[str, str], int, str]] = []
+        for row in rows:
+            words = row["text"].split()
+            if len(words) < 3:
+                continue
+            self.starts.append(((words[0], words[1]), len(words), row["category"]))
+            for first, second, third in zip(words, words[1:], words[2:]):
+                self.next_words[(first, second)].append(third)
+
+    def document(self, rng: random.Random) -> dict:
+        state, length, category = rng.choice(self.starts)
+        words = list(state)
+        while len(words) < length:
+            followers = self.next_words.get(state)
+            if not followers:  # a fortune's last word pair: start again from another fortune
+                state = rng.choice(self.starts)[0]
+                words += state
+                continue
+            word = rng.choice(followers)
+            words.append(word)
+            state = (state[1], word)
+        return {"text": " ".join(words), "category": category}
+
+    def write_file(self, path: Path, index: int, size: int) -> None:
+        """File `index` of a corpus: the same bytes on every machine for the same seed, index and size."""
+        rng = random.Random(f"{SEED}-{index}")
+        written = 0
+        with path.open("w") as out:
+            while written < size:
+                line = json.dumps(self.document(rng)) + "\n"
+                out.write(line)
+                written += len(line.encode())
+
+
+def synthetic_corpus(megabytes: float) -> list[str]:
+    """The corpus of `megabytes`, written once under ~/.cache (a file of it is whole once renamed into place)."""
+    directory = SYNTHETIC / f"seed{SEED}-{megabytes:g}MB"
+    total = int(megabytes * 2**20)
+    sizes = [min(FILE_BYTES, total - start) for start in range(0, total, FILE_BYTES)]
+    paths = [directory / f"{index:05d}.jsonl" for index in range(len(sizes))]
+    if not all(path.is_file() for path in paths):
+        directory.mkdir(parents=True, exist_ok=True)
+        corpus = MarkovCorpus(fortunes())
+        for index, (path, size) in enumerate(zip(paths, sizes)):
+            if not path.is_file():
+                partial = path.with_suffix(".partial")
+                corpus.write_file(partial, index, size)
+                partial.rename(path)
+    return [str(path) for path in paths]
+
+
+def job_file(directory: Path, name: str, files: list[str]) -> Path:
+    """jobs/gpt-tiny.yaml's data section (every cleaning stage of a pretraining job) over `files`."""
+    job = yaml.safe_load((REPO / "jobs" / "gpt-tiny.yaml").read_text())
+    job["data"]["paths"] = files
+    job["data"]["cache_dir"] = str(directory / "data-cache")
+    job["tracking"] = {"uri": f"sqlite:///{directory}/mlflow.db", "experiment": "data-scale"}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+class Peaks(threading.Thread):
+    """Samples a process's RSS and the cluster's object-store use every `interval` seconds until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.process, self.interval = psutil.Process(pid), interval
+        self.rss = self.object_store = 0
+        self.state = get_state_from_address(os.environ["RAY_ADDRESS"])
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.rss = max(self.rss, self.process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            stats = get_memory_info_reply(self.state).store_stats
+            self.object_store = max(self.object_store, stats.object_store_bytes_used)
+
+
+def prepare(job: Path, env: dict) -> dict:
+    """`orchestrator prepare JOB` to its end: its figures and the report's."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [BIN / "python", "-m", "orchestrator", "prepare", str(job)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    peaks = Peaks(process.pid)
+    peaks.start()
+    output = process.communicate()[0]
+    peaks.stopped.set()
+    peaks.join()
+    if process.returncode:
+        sys.exit(f"prepare {job} failed:\n{output[-4000:]}")
+    figures = {"command_s": time.perf_counter() - started, "driver_peak_rss_mb": peaks.rss / 2**20, "object_store_peak_mb": peaks.object_store / 2**20}
+    if found := re.search(r"loaded in ([\d.]+) s", output):
+        figures["loaded_s"] = float(found.group(1))
+    if found := re.search(r"([\d,]+) rows read, ([\d,]+) kept", output):
+        figures["rows_read"], figures["rows_kept"] = (int(number.replace(",", "")) for number in found.groups())
+    return figures
+
+
+def entry_report(directory: Path) -> dict:
+    [meta] = (directory / "data-cache").rglob("meta.json")
+    return json.loads(meta.read_text())["report"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[100, 400, 1600])
+    parser.add_argument("--smoke", action="store_true", help="one corpus of 2 MB: checks that it works")
+    args = parser.parse_args()
+    sizes = [2.0] if args.smoke else args.sizes_mb
+    rows = []
+    with local_cluster(object_store_memory=OBJECT_STORE_BYTES) as env:
+        for megabytes in sizes:
+            files = synthetic_corpus(megabytes)
+            with tempfile.TemporaryDirectory() as directory:
+                job = job_file(Path(directory), f"synthetic-{megabytes:g}MB", files)
+                miss = prepare(job, env)
+                report = entry_report(Path(directory))
+                hit = prepare(job, env)
+            rows.append(
+                {
+                    "corpus_mb": megabytes,
+                    "files": len(files),
+                    "rows_read": report["rows_read"],
+                    "tokens": report["tokens"],
+                    "prepare_s": report["seconds"],
+                    "tokens_per_s": report["tokens"] / report["seconds"],
+                    "miss": miss,
+                    "hit": hit,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+        object_store = get_state_from_address(env["RAY_ADDRESS"]).cluster_resources()["object_store_memory"]
+    # A cluster the caller names (benchmarks/run_all.py) keeps its own object store size
+    results = {"machine": f"{os.cpu_count()} CPU cores", "object_store_mb": object_store / 2**20, "sizes": rows}
+    write_results("data_scale", results, markdown(results))
+
+
+def markdown(results: dict) -> list[str]:
+    table = [
+        f"Object store: {results['object_store_mb']:.0f} MB; {results['machine']}.",
+        "",
+        "| corpus | rows | tokens | prepare s | tokens/s | driver peak RSS (miss) | object store peak (miss) | cache hit: load s | cache hit: command s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["sizes"]:
+        miss, hit = row["miss"], row["hit"]
+        table.append(
+            f"| {row['corpus_mb']:g} MB | {row['rows_read']:,} | {row['tokens']:,} | {row['prepare_s']:.1f} | {row['tokens_per_s']:,.0f} | "
+            f"{miss['driver_peak_rss_mb']:,.0f} MB | {miss['object_store_peak_mb']:,.0f} MB | {hit.get('loaded_s', float('nan')):.2f} | {hit['command_s']:.1f} |"
+        )
+    return table
+
+
+if __name__ == "__main__":
+    main()
