@@ -112,13 +112,14 @@ def job_file(directory: Path, name: str, files: list[str]) -> Path:
 
 
 class Peaks(threading.Thread):
-    """Samples a process's RSS and the cluster's object-store use every `interval` seconds until stopped."""
+    """Samples a process's RSS and the object-store use of the cluster at `address` every `interval` seconds until
+    stopped."""
 
-    def __init__(self, pid: int, interval: float = 0.5):
+    def __init__(self, pid: int, address: str, interval: float = 0.5):
         super().__init__(daemon=True)
         self.process, self.interval = psutil.Process(pid), interval
         self.rss = self.object_store = 0
-        self.state = get_state_from_address(os.environ["RAY_ADDRESS"])
+        self.state = get_state_from_address(address)
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -137,7 +138,7 @@ def prepare(job: Path, env: dict) -> dict:
     process = subprocess.Popen(
         [BIN / "python", "-m", "orchestrator", "prepare", str(job)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    peaks = Peaks(process.pid)
+    peaks = Peaks(process.pid, env["RAY_ADDRESS"])
     peaks.start()
     output = process.communicate()[0]
     peaks.stopped.set()
