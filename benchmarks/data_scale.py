@@ -28,7 +28,7 @@ import psutil
 import yaml
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-from benchmarks.common import BIN, CORPUS, REPO, local_cluster, write_results
+from benchmarks.common import BIN, REPO, corpus_files, local_cluster, write_results
 
 SYNTHETIC = Path.home() / ".cache" / "orchestrator" / "data" / "synthetic"
 FILE_BYTES = 32 * 2**20  # the corpus comes in files of this size: the reader's unit of parallelism
@@ -37,10 +37,7 @@ SEED = 0
 
 
 def fortunes() -> list[dict]:
-    rows = [json.loads(line) for path in sorted(CORPUS.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        sys.exit(f"no corpus in {CORPUS}: run bash cluster/install.sh")
-    return rows
+    return [json.loads(line) for path in corpus_files(smoke=False) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 class MarkovCorpus:
