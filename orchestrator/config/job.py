@@ -152,10 +152,16 @@ class TokenizerConfig(Section):
     path: PathText | None = Field(None, description="Local tokenizer: a Hugging Face tokenizer directory or tokenizer.json.")
     train: Literal["bpe", "wordpiece"] = Field("bpe", description="Without path: algorithm to train on the corpus.")
     vocab_size: Int = Field(8192, ge=256, le=MAX_VOCAB, description="Without path: vocabulary size to train.")
+    sample_texts: Int = Field(
+        200_000,
+        gt=0,
+        description="Without path: about how many texts the tokenizer trains on, drawn evenly from the whole corpus "
+        "by a hash of each row's place (all of them in a smaller corpus), so its training costs the same for any corpus size.",
+    )
 
     @model_validator(mode="after")
     def _path_or_train(self):
-        if self.path and (clash := self.changed_from_default("train", "vocab_size")):
+        if self.path and (clash := self.changed_from_default("train", "vocab_size", "sample_texts")):
             raise ValueError(f"{clash[0]}: only used when training a tokenizer; remove it or remove path")
         return self
 

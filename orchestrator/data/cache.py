@@ -3,20 +3,26 @@
 An entry is keyed by a fingerprint of everything its content depends on: the bytes of every input file, the
 job's data section (less the cache settings), the task, the local tokenizer's files, and PIPELINE_VERSION (bumped
 whenever the pipeline's output changes). Any change makes a new entry; nothing is ever served stale. Entries are
-written to a temporary directory and renamed into place, so a run killed mid-write leaves no half entry.
-On a multi-node cluster `data.cache_dir` must be storage every node sees, like `checkpoint.dir`.
+written to a temporary directory and renamed into place, so a run killed mid-write leaves no half entry, and jobs
+that would prepare the same entry at once take turns on a lock file beside it (`preparing`): one prepares, the
+others wait and find it made. On a multi-node cluster `data.cache_dir` must be storage every node sees, like
+`checkpoint.dir` (the lock is `flock`, which NFS v4 and most shared filesystems honour across hosts).
 """
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from orchestrator.config.job import JobConfig
 from orchestrator.config.paths import expand_path
+from orchestrator.data.shards import damaged
 
-PIPELINE_VERSION = 4
+PIPELINE_VERSION = 5
 READ_CHUNK = 1 << 20
 
 
@@ -70,6 +76,28 @@ def commit(staging: Path, entry: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def preparing(entry: Path) -> Iterator[None]:
+    """Held while a job looks for `entry` and, missing, prepares it; a second job waits here, saying so once."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(f"{entry.name}.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"data: waiting for another job preparing {entry}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def read_meta(entry: Path) -> dict | None:
+    """The entry's metadata, None when there is no entry; written last, so an entry with it is whole."""
     meta = entry / "meta.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except ValueError:
+        raise damaged(meta, "is unreadable (truncated?)", entry) from None

@@ -11,6 +11,7 @@ ETA and the checks below are known before any worker starts.
 """
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -29,8 +30,16 @@ from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, PACKING_TASKS, measure, pack_groups
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
-from orchestrator.data.shards import ROWS_PER_SHARD, Split, write_split
-from orchestrator.data.tokenizers import SEPARATOR_TOKENS, load_tokenizer, named_token, separator_id, texts_of, train_tokenizer
+from orchestrator.data.shards import ROWS_PER_SHARD, Split, damaged, write_split
+from orchestrator.data.tokenizers import (
+    SEPARATOR_TOKENS,
+    load_tokenizer,
+    named_token,
+    sample_rows,
+    separator_id,
+    texts_of,
+    train_tokenizer,
+)
 
 ROWS_PER_TASK_BATCH = 1024
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -63,11 +72,15 @@ def check_strict(job: JobConfig, rows: ray.data.Dataset) -> None:
         raise UserError(f"data.strict: unreadable rows ({listed}); fix them or set data.strict: false to quarantine them")
 
 
-def get_tokenizer(job: JobConfig, kept: ray.data.Dataset):
-    if job.data.tokenizer.path:
-        return load_tokenizer(job.data.tokenizer.path)
+def get_tokenizer(job: JobConfig, kept: ray.data.Dataset, rows: int):
+    """The job's tokenizer, or one trained on a sample of about `tokenizer.sample_texts` of the `rows` kept."""
+    cfg = job.data.tokenizer
+    if cfg.path:
+        return load_tokenizer(cfg.path)
+    if (every := math.ceil(rows / cfg.sample_texts)) > 1:
+        kept = kept.map_batches(sample_rows, batch_format="numpy", fn_kwargs={"every": every})
     # streamed through the driver batch by batch, never held whole
-    return train_tokenizer(job.data.tokenizer, texts_of(kept.iter_batches(batch_size=ROWS_PER_TASK_BATCH, batch_format="numpy")))
+    return train_tokenizer(cfg, texts_of(kept.iter_batches(batch_size=ROWS_PER_TASK_BATCH, batch_format="numpy")))
 
 
 def label_names_of(job: JobConfig, kept: ray.data.Dataset) -> list[str]:
@@ -94,22 +107,11 @@ def write_quarantine(rows: ray.data.Dataset, path: Path, columns: tuple[str, ...
 
 def prepare(job: JobConfig) -> PreparedData:
     files = resolve_data_files(job)
-    entry = cache.entry_dir(job, cache.fingerprint(job, files)) if job.data.cache else None
-    if entry and (meta := cache.read_meta(entry)):
-        started = time.perf_counter()
-        data = load_cached(entry, meta)
-        data.report.loaded_seconds = time.perf_counter() - started
-        print(f"data: cache hit, preprocessing skipped: {entry}", flush=True)
+    if job.data.cache:
+        data = prepare_cached(job, files)
     else:
-        directory = cache.staging_dir(entry) if entry else uncached_dir(job)
-        data = run_pipeline(job, files, directory)
-        if entry:
-            data.report.cache = "miss"
-            store(data, directory, entry)
-            data = load_cached(entry, cache.read_meta(entry))
-            data.report.cache = "miss"
-        else:
-            data.uncached = True
+        data = run_pipeline(job, files, uncached_dir(job), fingerprint="")
+        data.uncached = True
     for line in data.report.summary_lines():
         print(line, flush=True)
     print(f"data: quarantined rows: {data.directory / QUARANTINE_FILE}", flush=True)
@@ -120,6 +122,25 @@ def prepare(job: JobConfig) -> PreparedData:
         raise
     if not data.val_sequences:
         data.val = None
+    return data
+
+
+def prepare_cached(job: JobConfig, files: list[str]) -> PreparedData:
+    """The cache entry of this data, prepared now unless it exists. Jobs preparing the same entry at once take turns:
+    the first prepares it, the others wait and load it."""
+    key = cache.fingerprint(job, files)
+    entry = cache.entry_dir(job, key)
+    with cache.preparing(entry):
+        if meta := cache.read_meta(entry):
+            started = time.perf_counter()
+            data = load_cached(entry, meta, key)
+            data.report.loaded_seconds = time.perf_counter() - started
+            print(f"data: cache hit, preprocessing skipped: {entry}", flush=True)
+            return data
+        staging = cache.staging_dir(entry)
+        store(run_pipeline(job, files, staging, fingerprint=key), staging, entry)
+    data = load_cached(entry, cache.read_meta(entry), key)
+    data.report.cache = "miss"
     return data
 
 
@@ -137,14 +158,15 @@ def remove_uncached(data: PreparedData) -> None:
             shutil.rmtree(data.directory / split, ignore_errors=True)
 
 
-def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedData:
+def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint: str) -> PreparedData:
     started = time.perf_counter()
     cfg = job.data
     rows = read_rows(files, file_format(cfg.format, files), fields_of(job)).materialize()
     check_strict(job, rows)
     cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification")
     kept = rows_where(cleaned, kept=True).sort("row_id")  # corpus order again after the dedup shuffles
-    tokenizer = get_tokenizer(job, kept)
+    rows_read = rows.count()
+    tokenizer = get_tokenizer(job, kept, rows_read)
     tokenizer_json = tokenizer.backend_tokenizer.to_str()
     measured = kept.map_batches(
         measure,
@@ -160,7 +182,7 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
     ).materialize()
     final = rows_where(measured, kept=True).materialize()
 
-    report = DataReport(rows_read=rows.count(), rows_kept=final.count())
+    report = DataReport(rows_read=rows_read, rows_kept=final.count())
     columns = tuple(fields_of(job))
     dropped = rows_where(cleaned, kept=False).union(rows_where(measured, kept=False))
     report.dropped = write_quarantine(dropped, directory / QUARANTINE_FILE, columns)
@@ -195,7 +217,7 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path) -> PreparedD
     # In corpus order: the feed shuffles each epoch in index space (data/feed.py).
     for name, validation in (("train", False), ("val", True)):
         split = encoded.map_batches(_split, fn_kwargs={"validation": validation}, batch_format="numpy")
-        write_split(split.iter_batches(batch_size=ROWS_PER_SHARD, batch_format="numpy"), directory / name)
+        write_split(split.iter_batches(batch_size=ROWS_PER_SHARD, batch_format="numpy"), directory / name, fingerprint=fingerprint)
     train, val = Split(directory / "train"), Split(directory / "val")
     report.train_sequences, report.val_sequences = len(train), len(val)
     report.seconds = time.perf_counter() - started
@@ -215,11 +237,15 @@ def store(data: PreparedData, staging: Path, entry: Path) -> None:
     cache.commit(staging, entry)
 
 
-def load_cached(entry: Path, meta: dict) -> PreparedData:
+def load_cached(entry: Path, meta: dict, fingerprint: str) -> PreparedData:
     report = DataReport(**meta["report"])
     report.cache = "hit"
-    train, val = Split(entry / "train"), Split(entry / "val")  # their indexes: nothing of the data is read here
-    tokenizer_json = (entry / "tokenizer.json").read_text()
+    # their indexes, and the size of every shard file: nothing of the data is read here
+    train, val = (Split.checked(entry / name, fingerprint) for name in ("train", "val"))
+    tokenizer_file = entry / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise damaged(tokenizer_file, "is missing", entry)
+    tokenizer_json = tokenizer_file.read_text()
     return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry)
 
 

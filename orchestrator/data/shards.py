@@ -3,11 +3,14 @@ their own rows of (data/feed.py).
 
 A split is a directory:
 
-    index.json              {"rows": N, "rows_per_shard": R, "shards": [n_0, n_1, ...], "columns": [...]}
+    index.json              {"rows": N, "rows_per_shard": R, "shards": [n_0, n_1, ...], "columns": [...],
+                             "bytes": {column: [size of shard 0's file, ...]}, "fingerprint": the data's cache key}
     00000.input_ids.npy     rows [0, R) of the column; shard k holds rows [kR, kR + n_k), every shard but the last full
 
 Opening a split reads the index alone, so it costs the same for any corpus; reading rows touches only the pages of
-those rows. `.npy` files map straight into memory (no decoding, no row groups to scan past).
+those rows. `.npy` files map straight into memory (no decoding, no row groups to scan past). `check` compares every
+shard file's size with the index (a stat per file, no data read), so a missing or truncated shard, or an index
+from other data, stops the job in the driver with one line, not a worker mid-run.
 """
 
 import json
@@ -16,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from orchestrator.config.errors import UserError
 
 INDEX = "index.json"
 ROWS_PER_SHARD = 8192  # 8 MB per shard of 256-token int32 rows: small enough to copy, large enough to list
@@ -26,12 +31,14 @@ def shard_file(directory: Path, shard: int, column: str) -> Path:
     return directory / f"{shard:05d}.{column}.npy"
 
 
-def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_per_shard: int = ROWS_PER_SHARD) -> int:
-    """Writes the rows of `batches` (column -> array of rows, in order) as the split `directory`; returns its rows.
-    Holds at most one shard's rows at a time. The index is written last: a split without one is incomplete."""
+def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_per_shard: int = ROWS_PER_SHARD, fingerprint: str = "") -> int:
+    """Writes the rows of `batches` (column -> array of rows, in order) as the split `directory` of the data
+    `fingerprint`; returns its rows. Holds at most one shard's rows at a time. The index is written last: a split
+    without one is incomplete."""
     directory.mkdir(parents=True, exist_ok=True)
     sizes: list[int] = []
     columns: list[str] = []
+    file_bytes: dict[str, list[int]] = {}
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
 
@@ -39,7 +46,9 @@ def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_
         nonlocal pending, pending_rows
         joined = {column: np.concatenate([part[column] for part in pending]) for column in columns}
         for column, values in joined.items():
-            np.save(shard_file(directory, len(sizes), column), values[:rows])
+            path = shard_file(directory, len(sizes), column)
+            np.save(path, values[:rows])
+            file_bytes.setdefault(column, []).append(path.stat().st_size)
         sizes.append(rows)
         rest = {column: values[rows:] for column, values in joined.items()}
         pending, pending_rows = [rest], pending_rows - rows
@@ -55,7 +64,14 @@ def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_
             flush(rows_per_shard)
     if pending_rows:
         flush(pending_rows)
-    index = {"rows": sum(sizes), "rows_per_shard": rows_per_shard, "shards": sizes, "columns": columns}
+    index = {
+        "rows": sum(sizes),
+        "rows_per_shard": rows_per_shard,
+        "shards": sizes,
+        "columns": columns,
+        "bytes": file_bytes,
+        "fingerprint": fingerprint,
+    }
     (directory / INDEX).write_text(json.dumps(index))
     return index["rows"]
 
@@ -69,7 +85,32 @@ class Split:
         self.rows: int = index["rows"]
         self.rows_per_shard: int = index["rows_per_shard"]
         self.columns: list[str] = index["columns"]
+        self.shard_rows: list[int] = index["shards"]
+        self.file_bytes: dict[str, list[int]] = index["bytes"]
+        self.fingerprint: str = index["fingerprint"]
         self._open = lru_cache(maxsize=OPEN_SHARDS)(self._map)
+
+    @classmethod
+    def checked(cls, directory: Path, fingerprint: str) -> "Split":
+        """The split at `directory`, once its index and every shard file are whole and of the data `fingerprint`;
+        else a UserError naming the first file that is not."""
+        index, entry = directory / INDEX, directory.parent  # the split of a cache entry (or of a run's own data)
+        try:
+            split = cls(directory)
+        except FileNotFoundError:
+            raise damaged(index, "is missing", entry) from None
+        except (ValueError, KeyError, TypeError):  # cut short or not ours: unparseable, or without a field
+            raise damaged(index, "is unreadable (truncated?)", entry) from None
+        if split.fingerprint != fingerprint:
+            raise damaged(index, f"is of other data (fingerprint {split.fingerprint!r}, not {fingerprint!r})", entry)
+        for column in split.columns:
+            for shard, expected in enumerate(split.file_bytes[column]):
+                path = shard_file(directory, shard, column)
+                if not path.is_file():
+                    raise damaged(path, "is missing", entry)
+                if path.stat().st_size != expected:
+                    raise damaged(path, f"has {path.stat().st_size} bytes, not the {expected} its index lists (truncated?)", entry)
+        return split
 
     def __len__(self) -> int:
         return self.rows
@@ -93,3 +134,8 @@ class Split:
             for part, here in parts:
                 taken[column][here] = part[offsets[here]]
         return taken
+
+
+def damaged(path: Path, problem: str, prepared: Path) -> UserError:
+    """The one line that stops a job whose prepared data (the directory `prepared`) has a bad file."""
+    return UserError(f"data: the prepared file {path} {problem}; delete {prepared} to prepare the data again")

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from helpers import tiny_job, write_corpus
 
+from orchestrator.config.errors import UserError
 from orchestrator.config.job import AugmentConfig, JobConfig, TokenizerConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies, augmented
 from orchestrator.data.encode import IGNORED_LABEL, encode_classification, encode_seq2seq, measure
 from orchestrator.data.read import parse_file
 from orchestrator.data.report import DataReport, count_dropped, reason_kind
-from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
+from orchestrator.data.tokenizers import from_json, sample_rows, separator_id, train_tokenizer
 
 FIELDS = {"text": "text", "label": "category"}
 
@@ -101,6 +102,18 @@ def test_augmentation_is_seeded_and_only_copies_training_rows():
     assert out["label"].tolist() == ["a", "b", "a", "a"] and out["is_val"].tolist() == [False, True, False, False]
 
 
+def test_the_tokenizer_sample_is_about_one_row_in_every_spread_over_files_and_lines_and_independent_of_blocks():
+    """Row ids are file index << 32 | line: one file of 40,000 lines, or 4,000 files of 10 lines, sampled alike."""
+    one_file = np.arange(40_000, dtype=np.int64)
+    many_files = (np.repeat(np.arange(4_000), 10).astype(np.int64) << 32) | np.tile(np.arange(10), 4_000)
+    for row_ids in (one_file, many_files):
+        whole = sample_rows({"row_id": row_ids, "text": row_ids.astype(str)}, every=20)["row_id"]
+        assert 40_000 / 20 * 0.9 < len(whole) < 40_000 / 20 * 1.1
+        blocks = np.concatenate([sample_rows({"row_id": part}, every=20)["row_id"] for part in np.array_split(row_ids, 7)])
+        assert np.array_equal(whole, blocks)  # each row's fate is its own, whatever block it arrives in
+    assert len(sample_rows({"row_id": one_file}, every=1)["row_id"]) == len(one_file)
+
+
 def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     corpus = write_corpus(tmp_path / "data", documents=20)
     job = JobConfig.model_validate(tiny_job(corpus))
@@ -132,10 +145,19 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
     files = sorted(str(path) for path in (Path.home() / ".cache/orchestrator/data/fortunes").glob("*.jsonl"))[:6]
     if not files:
         pytest.skip("no fortunes corpus: bash cluster/install.sh prepares it")
-    data = {"paths": files, "tokenizer": {"train": "bpe", "vocab_size": 512}, "seq_len": 32, "cache_dir": str(tmp_path), "clean": {"min_chars": 40}}
+    # the tokenizer trains on about a quarter of the 3,947 rows
+    tokenizer = {"train": "bpe", "vocab_size": 512, "sample_texts": 1000}
+    data = {"paths": files, "tokenizer": tokenizer, "seq_len": 32, "cache_dir": str(tmp_path), "clean": {"min_chars": 40}}
     job = validate(tiny_job(Path(files[0]), data=data))
     first, second = prepare(job), prepare(job)
     assert (first.report.cache, second.report.cache) == ("miss", "hit")
+    # a damaged entry is refused, naming the file, before any worker would start
+    index = first.directory / "val" / "index.json"
+    whole = index.read_text()
+    index.write_text(whole[:20])
+    with pytest.raises(UserError, match=f"the prepared file {index} is unreadable"):
+        prepare(job)
+    index.write_text(whole)
     assert (first.directory / QUARANTINE_FILE).is_file()  # the fortunes shorter than min_chars
 
     client = MlflowClient(mlflow_uri)
