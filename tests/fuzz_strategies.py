@@ -462,6 +462,13 @@ def secret_value(draw, doc: Doc) -> str:
     return f"see mysql://{user}:{first}@host/db for details"
 
 
+def holds_secret(doc: Doc, path: tuple[str, ...]) -> bool:
+    """Whether the value at `path` carries a secret planted before: planting over it would drop that secret from the
+    document but not from `doc.secrets`, and the value that replaced it, quoted, would count as a leak."""
+    value = get_at(doc.tree, path)
+    return value is not None and any(secret in str(value) for secret in doc.secrets)
+
+
 @st.composite
 def plant_secret(draw, doc: Doc) -> None:
     """A secret where a message might quote it: a secret-named tag (as a string, or wrapped so that it is the wrong
@@ -471,19 +478,24 @@ def plant_secret(draw, doc: Doc) -> None:
     where = draw(st.sampled_from(["tag", "tag_wrapped", "tag_reused", "section_key", "url_in_field"]))
     if where == "url_in_field":
         leaf = draw(st.sampled_from(JOB_LEAVES))
-        set_at(doc.tree, leaf.path, draw(secret_value(doc)))
+        if not holds_secret(doc, leaf.path):
+            set_at(doc.tree, leaf.path, draw(secret_value(doc)))
         return
     name = draw(st.sampled_from(SECRET_NAMES))
+    tag = ("tracking", "tags", name)
     if where == "tag":
-        planted = set_at(doc.tree, ("tracking", "tags", name), token)
+        planted = not holds_secret(doc, tag) and set_at(doc.tree, tag, token)
     elif where == "tag_wrapped":
         wrapped = draw(st.sampled_from([[token], {"value": token}, f"{token}\n"]))
-        planted = set_at(doc.tree, ("tracking", "tags", name), wrapped)
+        planted = not holds_secret(doc, tag) and set_at(doc.tree, tag, wrapped)
     elif where == "tag_reused":  # a secret's value is secret wherever else it is written
-        set_at(doc.tree, draw(st.sampled_from(JOB_LEAVES)).path, token)
-        planted = set_at(doc.tree, ("tracking", "tags", name), token)
+        leaf = draw(st.sampled_from(JOB_LEAVES)).path
+        planted = not holds_secret(doc, leaf) and not holds_secret(doc, tag) and set_at(doc.tree, tag, token)
+        if planted:
+            set_at(doc.tree, leaf, token)
     else:
-        planted = set_at(doc.tree, (*draw(st.sampled_from(JOB_SECTIONS)), name), token)
+        key = (*draw(st.sampled_from(JOB_SECTIONS)), name)
+        planted = not holds_secret(doc, key) and set_at(doc.tree, key, token)
     if planted:  # a value is a secret while a secret-named key holds it
         doc.secrets.add(token)
 
