@@ -37,6 +37,7 @@ from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.pipeline import prepare
 from orchestrator.data.read import fields_of, parse_file
 from orchestrator.data.tokenizers import separator_id, train_tokenizer
+from orchestrator.environment import driver_data_context
 
 
 def benchmark_job(files: list[str]) -> JobConfig:
@@ -136,6 +137,7 @@ def main() -> None:
 
     with local_cluster() as env, tempfile.TemporaryDirectory() as directory:
         ray.init(log_to_driver=False)
+        driver_data_context()  # what a job's driver runs with (runtime.connect): ordered blocks, the sort-based shuffle
         started = time.perf_counter()
         prepared = prepare(job)
         seconds = time.perf_counter() - started
