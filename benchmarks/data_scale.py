@@ -4,7 +4,10 @@ A deterministic synthetic corpus (a seeded word-level Markov chain over Debian's
 pairs, their document lengths and categories) is written at each size, then prepared by `orchestrator prepare` on a
 local cluster whose object store is smaller than the largest corpus. For each size:
 - preparation (a cache miss): seconds, tokens/s, the driver's peak RSS and the object store's peak use;
-- a cache hit: the time `prepare` takes to load the entry (its own figure) and the whole command's.
+- a cache hit: the time `prepare` takes to load the entry (its own figure) and the whole command's;
+- the feed, in this process, on the prepared training split: the rows each worker reads in one epoch with 1, 2 and
+  4 workers (as a share of the split), and the time a resumed epoch takes to its first batch at step 10 and at its
+  last step.
 
     python -m benchmarks.data_scale                          # 100, 400 and 1,600 MB: hours on 2 cores
     python -m benchmarks.data_scale --sizes-mb 10 40         # a first look
@@ -29,10 +32,13 @@ import yaml
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from benchmarks.common import BIN, REPO, corpus_files, local_cluster, write_results
+from orchestrator.data.feed import step_batches
+from orchestrator.data.shards import Split
 
 SYNTHETIC = Path.home() / ".cache" / "orchestrator" / "data" / "synthetic"
 FILE_BYTES = 32 * 2**20  # the corpus comes in files of this size: the reader's unit of parallelism
 OBJECT_STORE_BYTES = 512 * 2**20
+GLOBAL_BATCH = 64  # sequences per step in the feed figures, shared by 1, 2 or 4 workers
 SEED = 0
 
 
@@ -155,6 +161,35 @@ def entry_report(directory: Path) -> dict:
     return json.loads(meta.read_text())["report"]
 
 
+class CountedSplit(Split):
+    """A split that counts the rows read from it."""
+
+    taken = 0
+
+    def take(self, positions):
+        self.taken += len(positions)
+        return super().take(positions)
+
+
+def feed_figures(directory: Path) -> dict:
+    """Rows read per worker per epoch (rank 0, as a share of the split) for 1, 2 and 4 workers, and seconds to the
+    first batch of an epoch resumed at step 10 and at its last step."""
+    [train] = (directory / "data-cache").rglob("train")
+    figures = {}
+    for workers in (1, 2, 4):
+        split = CountedSplit(train)
+        for _ in step_batches(split, rank=0, world_size=workers, micro_batch_size=GLOBAL_BATCH // workers, global_batch_size=GLOBAL_BATCH, seed=0):
+            pass
+        figures[f"read_share_{workers}_workers"] = split.taken / len(split)
+    steps = len(Split(train)) // GLOBAL_BATCH
+    for name, step in (("10", 10), ("last", steps - 1)):
+        started = time.perf_counter()
+        next(step_batches(Split(train), rank=0, world_size=2, micro_batch_size=GLOBAL_BATCH // 2, global_batch_size=GLOBAL_BATCH, seed=0, skip=step))
+        figures[f"resume_at_{name}_s"] = time.perf_counter() - started
+    figures["steps_per_epoch"] = steps
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[100, 400, 1600])
@@ -170,6 +205,7 @@ def main() -> None:
                 miss = prepare(job, env)
                 report = entry_report(Path(directory))
                 hit = prepare(job, env)
+                feed = feed_figures(Path(directory))
             rows.append(
                 {
                     "corpus_mb": megabytes,
@@ -180,6 +216,7 @@ def main() -> None:
                     "tokens_per_s": report["tokens"] / report["seconds"],
                     "miss": miss,
                     "hit": hit,
+                    "feed": feed,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -201,6 +238,20 @@ def markdown(results: dict) -> list[str]:
         table.append(
             f"| {row['corpus_mb']:g} MB | {row['rows_read']:,} | {row['tokens']:,} | {row['prepare_s']:.1f} | {row['tokens_per_s']:,.0f} | "
             f"{miss['driver_peak_rss_mb']:,.0f} MB | {miss['object_store_peak_mb']:,.0f} MB | {hit.get('loaded_s', float('nan')):.2f} | {hit['command_s']:.1f} |"
+        )
+    table += [
+        "",
+        f"The feed (global batch {GLOBAL_BATCH}): rows rank 0 reads in one epoch, as a share of the training split, and seconds to a resumed epoch's first batch.",
+        "",
+        "| corpus | steps per epoch | 1 worker | 2 workers | 4 workers | resume at step 10 | resume at the last step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["sizes"]:
+        feed = row["feed"]
+        table.append(
+            f"| {row['corpus_mb']:g} MB | {feed['steps_per_epoch']:,} | "
+            + " | ".join(f"{feed[f'read_share_{workers}_workers']:.3f}" for workers in (1, 2, 4))
+            + f" | {feed['resume_at_10_s'] * 1000:.1f} ms | {feed['resume_at_last_s'] * 1000:.1f} ms |"
         )
     return table
 

@@ -80,7 +80,7 @@ def commit(staging: Path, entry: Path) -> None:
 def preparing(entry: Path) -> Iterator[None]:
     """Held while a job looks for `entry` and, missing, prepares it; a second job waits here, saying so once."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.with_name(f"{entry.name}.lock"), "w") as lock:
+    with open(entry.with_name(f".{entry.name}.lock"), "w") as lock:  # hidden: the cache root lists its entries
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

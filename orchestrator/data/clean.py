@@ -22,7 +22,6 @@ Token-length limits (min_tokens / max_tokens) run later, once the tokenizer exis
 Decisions depend on row_id only, never on the order in which Ray delivers rows, so a rerun drops the same rows.
 """
 
-import functools
 import hashlib
 import re
 import unicodedata
@@ -130,15 +129,6 @@ def dedup_text(text: str, target) -> str:
 
 # datasketch (with scipy: half a second) is imported where near-dedup runs, not by every driver (a cache hit cleans
 # nothing)
-@functools.cache
-def signature_dtype() -> np.dtype:
-    """The dtype of MinHash values, as signatures travel between tasks in bytes (uint32 since datasketch 2.0, uint64
-    before)."""
-    from datasketch import MinHash
-
-    return MinHash(num_perm=1, seed=MINHASH_SEED).hashvalues.dtype
-
-
 def minhash_signatures(texts: Iterable[str], num_perm: int, words_per_shingle: int) -> list[np.ndarray]:
     """MinHash values of each text; the seed is fixed so every task computes comparable signatures."""
     from datasketch import MinHash
@@ -259,25 +249,18 @@ def _judge_group(group: dict, check_conflicts: bool, dedup_exact: bool) -> dict:
     return _with_drops(group, judge_copies(kept, check_conflicts, dedup_exact))
 
 
-def _signatures(batch: dict, num_perm: int, shingle_words: int) -> dict:
+def _kept_dedup_texts(batch: dict) -> tuple[np.ndarray, list[str]]:
+    """The kept rows' positions in the batch and what near-deduplication compares of them."""
     kept = np.flatnonzero(batch["stage"] == "")
     target = batch.get("target")
-    texts = [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in kept]
-    return {
-        "row_id": batch["row_id"][kept],
-        "source": batch["source"][kept].astype(object),
-        "signature": np.array(
-            [signature.tobytes() for signature in minhash_signatures(texts, num_perm, shingle_words)], dtype=object
-        ),  # bytes, not a tensor column: Ray stores an empty tensor batch as pickled objects
-    }
+    return kept, [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in kept]
 
 
-def _bands(batch: dict, bands: int, rows: int) -> dict:
-    keys = [band_keys(np.frombuffer(signature, signature_dtype()), bands, rows) for signature in batch["signature"]]
-    return {
-        "band": np.array(keys, dtype=np.int64).reshape(-1),
-        "row_id": np.repeat(batch["row_id"], bands),
-    }
+def _band_rows(batch: dict, num_perm: int, shingle_words: int, bands: int, rows: int) -> dict:
+    """One (band key, row_id) row per band of each kept row: its signature is hashed into band keys and dropped."""
+    kept, texts = _kept_dedup_texts(batch)
+    keys = [band_keys(signature, bands, rows) for signature in minhash_signatures(texts, num_perm, shingle_words)]
+    return {"band": np.array(keys, dtype=np.int64).reshape(-1), "row_id": np.repeat(batch["row_id"][kept], bands)}
 
 
 def _bucket_pairs(bucket: dict) -> dict:
@@ -328,19 +311,18 @@ def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, la
 
 
 def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig) -> MaterializedDataset:
-    """MinHash LSH without a central index: signatures and band buckets are computed by Ray tasks, and only the
-    candidate pairs (few) and the signatures of the rows in them come to the driver, to be verified there."""
-    signed = rows.map_batches(
-        _signatures, batch_format="numpy", fn_kwargs=dict(num_perm=cfg.num_perm, shingle_words=cfg.shingle_words)
-    ).materialize()  # read twice: bucketed, then the candidates' signatures fetched
-    if not signed.count():
-        return rows
+    """MinHash LSH without a central index and without keeping signatures: tasks turn each kept row into its band keys
+    (8 bytes a band, not 4 a permutation), the band buckets give the candidate pairs (few), and only the rows in
+    them come to the driver, whose signatures it computes again to verify them."""
     bands, rows_per_band = lsh_bands(cfg.threshold, cfg.num_perm)
-    candidates = (
-        signed.map_batches(_bands, batch_format="numpy", fn_kwargs=dict(bands=bands, rows=rows_per_band))
-        .groupby("band")
-        .map_groups(_bucket_pairs, batch_format="numpy")
-    )
+    banded = rows.map_batches(
+        _band_rows,
+        batch_format="numpy",
+        fn_kwargs=dict(num_perm=cfg.num_perm, shingle_words=cfg.shingle_words, bands=bands, rows=rows_per_band),
+    ).materialize()  # read twice: counted (Ray's shuffle fails on a dataset without rows), then bucketed
+    if not banded.count():
+        return rows
+    candidates = banded.groupby("band").map_groups(_bucket_pairs, batch_format="numpy")
     pairs = set()
     for batch in candidates.iter_batches(batch_format="numpy", batch_size=None):
         pairs.update(zip(batch["kept"].tolist(), batch["other"].tolist()))
@@ -348,9 +330,10 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig) -> Materialized
         return rows
     involved = np.array(sorted({row_id for pair in pairs for row_id in pair}), dtype=np.int64)
     signatures, sources = {}, {}
-    for batch in signed.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
-        for row_id, source, signature in zip(batch["row_id"].tolist(), batch["source"], batch["signature"]):
-            signatures[row_id], sources[row_id] = np.frombuffer(signature, signature_dtype()), source
+    for batch in rows.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
+        kept, texts = _kept_dedup_texts(batch)
+        for i, signature in zip(kept, minhash_signatures(texts, cfg.num_perm, cfg.shingle_words)):
+            signatures[int(batch["row_id"][i])], sources[int(batch["row_id"][i])] = signature, batch["source"][i]
     drops = near_duplicates(pairs, signatures, sources, cfg.threshold)
     drops = {row_id: ("dedup_near", reason) for row_id, reason in drops.items()}
     return rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=drops)).materialize()

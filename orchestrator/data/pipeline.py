@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray.data
@@ -29,8 +30,8 @@ from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
 from orchestrator.data.encode import ENCODERS, PACKING_TASKS, measure, pack_groups
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
-from orchestrator.data.report import DataReport, count_dropped, length_histogram, quarantine_records
-from orchestrator.data.shards import ROWS_PER_SHARD, Split, damaged, write_split
+from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
+from orchestrator.data.shards import ROWS_PER_SHARD, Split, SplitWriter, damaged
 from orchestrator.data.tokenizers import (
     SEPARATOR_TOKENS,
     load_tokenizer,
@@ -40,6 +41,9 @@ from orchestrator.data.tokenizers import (
     texts_of,
     train_tokenizer,
 )
+
+if TYPE_CHECKING:  # the driver imports transformers only where a tokenizer is wrapped (data/tokenizers.py)
+    from transformers import PreTrainedTokenizerFast
 
 ROWS_PER_TASK_BATCH = 1024
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -161,46 +165,22 @@ def remove_uncached(data: PreparedData) -> None:
 def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint: str) -> PreparedData:
     started = time.perf_counter()
     cfg = job.data
-    rows = read_rows(files, file_format(cfg.format, files), fields_of(job)).materialize()
-    check_strict(job, rows)
-    cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification")
-    kept = rows_where(cleaned, kept=True).sort("row_id")  # corpus order again after the dedup shuffles
-    rows_read = rows.count()
-    tokenizer = get_tokenizer(job, kept, rows_read)
-    tokenizer_json = tokenizer.backend_tokenizer.to_str()
-    measured = kept.map_batches(
-        measure,
-        batch_size=ROWS_PER_TASK_BATCH,
-        batch_format="numpy",
-        fn_kwargs=dict(
-            tokenizer_json=tokenizer_json,
-            min_tokens=cfg.clean.min_tokens,
-            max_tokens=cfg.clean.max_tokens,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-        ),
-    ).materialize()
-    final = rows_where(measured, kept=True).materialize()
-
-    report = DataReport(rows_read=rows_read, rows_kept=final.count())
-    columns = tuple(fields_of(job))
-    dropped = rows_where(cleaned, kept=False).union(rows_where(measured, kept=False))
-    report.dropped = write_quarantine(dropped, directory / QUARANTINE_FILE, columns)
+    report = DataReport()
+    measured, tokenizer = clean_and_measure(job, files, directory, report)
+    final = rows_where(measured, kept=True)
+    report.rows_kept, report.tokens, report.length_bins, report.length_counts = token_lengths(final)
     if not report.rows_kept:
         dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
         raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
-    lengths = np.concatenate([b["n_tokens"] for b in final.select_columns(["n_tokens"]).iter_batches(batch_format="numpy")])
-    report.tokens = int(lengths.sum())
-    report.length_bins, report.length_counts = length_histogram(lengths)
     label_names = label_names_of(job, final)
 
-    examples = final.select_columns([*columns, "is_val", "row_id"])
+    examples = final.select_columns([*fields_of(job), "is_val", "row_id"])
     if cfg.augment.copies:
         examples = examples.map_batches(add_augmented_copies, batch_format="numpy", fn_kwargs={"cfg": cfg.augment})
     encoding = dict(
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer_json,
+            tokenizer_json=tokenizer.backend_tokenizer.to_str(),
             seq_len=cfg.seq_len,
             separator=separator_id(tokenizer),
             pad=tokenizer.pad_token_id,
@@ -208,25 +188,76 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
         ),
     )
     if job.task in PACKING_TASKS:  # groups in corpus order (the sort-based shuffle sorts them by key)
-        grouped = examples.map_batches(pack_groups, batch_format="numpy").groupby("pack_group")
-        encoded = grouped.map_groups(ENCODERS[job.task], **encoding).materialize()
+        encoded = examples.map_batches(pack_groups, batch_format="numpy").groupby("pack_group").map_groups(ENCODERS[job.task], **encoding)
     else:
-        encoded = examples.map_batches(ENCODERS[job.task], batch_size=ROWS_PER_TASK_BATCH, **encoding).materialize()
+        encoded = examples.map_batches(ENCODERS[job.task], batch_size=ROWS_PER_TASK_BATCH, **encoding)
+    report.train_sequences, report.val_sequences = write_splits(encoded, directory, fingerprint)
     if cfg.augment.copies:
-        report.augmented_rows = encoded.count() - report.rows_kept  # classification: one encoded row per example
-    # In corpus order: the feed shuffles each epoch in index space (data/feed.py).
-    for name, validation in (("train", False), ("val", True)):
-        split = encoded.map_batches(_split, fn_kwargs={"validation": validation}, batch_format="numpy")
-        write_split(split.iter_batches(batch_size=ROWS_PER_SHARD, batch_format="numpy"), directory / name, fingerprint=fingerprint)
-    train, val = Split(directory / "train"), Split(directory / "val")
-    report.train_sequences, report.val_sequences = len(train), len(val)
+        report.augmented_rows = report.train_sequences + report.val_sequences - report.rows_kept  # one row per example
     report.seconds = time.perf_counter() - started
+    train, val = Split(directory / "train"), Split(directory / "val")
+    tokenizer_json = encoding["fn_kwargs"]["tokenizer_json"]
     return PreparedData(train, val, tokenizer_json, len(train), len(val), label_names, report, directory)
 
 
-def _split(batch: dict, validation: bool) -> dict:
-    keep = batch["is_val"] == validation
-    return {column: values[keep] for column, values in batch.items() if column != "is_val"}
+def clean_and_measure(job: JobConfig, files: list[str], directory: Path, report: DataReport) -> tuple[ray.data.Dataset, "PreTrainedTokenizerFast"]:
+    """The corpus read, cleaned and measured (token counts, the split), with the tokenizer; the rows these stages
+    drop go to the quarantine file, counted in `report`. The read streams into the cleaning stages, whose result
+    (materialized by clean.py) is read by the tokenizer, the measure stage and the quarantine, and is released on
+    return: the object store holds the measured rows alone from here on."""
+    cfg = job.data
+    rows = read_rows(files, file_format(cfg.format, files), fields_of(job))
+    cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification")
+    check_strict(job, cleaned)
+    report.rows_read = cleaned.count()
+    kept = rows_where(cleaned, kept=True)
+    tokenizer = get_tokenizer(job, kept, report.rows_read)
+    if job.task not in PACKING_TASKS:  # rows are written in the order they come: corpus order again after the dedup shuffles
+        kept = kept.sort("row_id")
+    measured = kept.map_batches(
+        measure,
+        batch_size=ROWS_PER_TASK_BATCH,
+        batch_format="numpy",
+        fn_kwargs=dict(
+            tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+            min_tokens=cfg.clean.min_tokens,
+            max_tokens=cfg.clean.max_tokens,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        ),
+    ).materialize()
+    dropped = rows_where(cleaned, kept=False).union(rows_where(measured, kept=False))
+    report.dropped = write_quarantine(dropped, directory / QUARANTINE_FILE, tuple(fields_of(job)))
+    return measured, tokenizer
+
+
+def token_lengths(rows: ray.data.Dataset) -> tuple[int, int, list[float], list[int]]:
+    """The number of `rows`, their tokens and token-length histogram, in one pass: each block sends its count of
+    each length (np.bincount), so the driver holds one count per length, not one per row."""
+    counts = np.zeros(0, dtype=np.int64)
+    blocks = rows.select_columns(["n_tokens"]).map_batches(_length_counts, batch_format="numpy", batch_size=None)
+    for batch in blocks.iter_batches(batch_format="numpy", batch_size=None):
+        for part in batch["counts"]:
+            block = np.frombuffer(part, dtype=np.int64)
+            counts = np.pad(counts, (0, max(len(block) - len(counts), 0)))
+            counts[: len(block)] += block
+    return length_summary(counts)
+
+
+def _length_counts(batch: dict) -> dict:
+    # bytes, not a tensor column: the blocks' arrays differ in length
+    return {"counts": np.array([np.bincount(batch["n_tokens"]).astype(np.int64).tobytes()], dtype=object)}
+
+
+def write_splits(encoded: ray.data.Dataset, directory: Path, fingerprint: str) -> tuple[int, int]:
+    """The train and val splits, written in one pass over the encoded rows, in their order (the feed shuffles each
+    epoch in index space: data/feed.py); returns their sizes."""
+    writers = {validation: SplitWriter(directory / name, fingerprint=fingerprint) for name, validation in (("train", False), ("val", True))}
+    for batch in encoded.iter_batches(batch_size=ROWS_PER_SHARD, batch_format="numpy"):
+        for validation, writer in writers.items():
+            keep = batch["is_val"] == validation
+            writer.add({column: values[keep] for column, values in batch.items() if column != "is_val"})
+    return writers[False].close(), writers[True].close()
 
 
 def store(data: PreparedData, staging: Path, entry: Path) -> None:

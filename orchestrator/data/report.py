@@ -86,11 +86,17 @@ def count_dropped(rows: Iterable[dict]) -> dict[str, dict[str, int]]:
     return {stage: dict(counter) for stage, counter in counts.items()}
 
 
-def length_histogram(lengths: np.ndarray) -> tuple[list[float], list[int]]:
+def length_summary(counts: np.ndarray) -> tuple[int, int, list[float], list[int]]:
+    """From the number of texts of each token length (`counts[n]`: texts of n tokens): the texts, their tokens, and
+    the token-length histogram's edges and counts (HISTOGRAM_BINS bins, or one per length when there are fewer), as
+    np.histogram would bin the lengths themselves."""
+    lengths = np.flatnonzero(counts)
     if not len(lengths):
-        return [], []
-    counts, edges = np.histogram(lengths, bins=min(HISTOGRAM_BINS, max(int(lengths.max() - lengths.min()), 1)))
-    return edges.tolist(), counts.tolist()
+        return 0, 0, [], []
+    shortest, longest = int(lengths[0]), int(lengths[-1])
+    edges = np.histogram_bin_edges([shortest, longest], bins=min(HISTOGRAM_BINS, max(longest - shortest, 1)))
+    histogram = np.histogram(lengths, edges, weights=counts[lengths])[0]
+    return int(counts.sum()), int(lengths @ counts[lengths]), edges.tolist(), histogram.astype(int).tolist()
 
 
 def quarantine_records(rows: Iterator[dict], columns: tuple[str, ...]) -> Iterator[dict]:

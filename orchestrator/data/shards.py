@@ -31,49 +31,62 @@ def shard_file(directory: Path, shard: int, column: str) -> Path:
     return directory / f"{shard:05d}.{column}.npy"
 
 
-def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_per_shard: int = ROWS_PER_SHARD, fingerprint: str = "") -> int:
-    """Writes the rows of `batches` (column -> array of rows, in order) as the split `directory` of the data
-    `fingerprint`; returns its rows. Holds at most one shard's rows at a time. The index is written last: a split
-    without one is incomplete."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sizes: list[int] = []
-    columns: list[str] = []
-    file_bytes: dict[str, list[int]] = {}
-    pending: list[dict[str, np.ndarray]] = []
-    pending_rows = 0
+class SplitWriter:
+    """Writes rows, `add`ed batch by batch in order (column -> array of rows), as the split `directory` of the data
+    `fingerprint`. Holds at most one shard's rows at a time. The index is written last, by `close`: a split without
+    one is incomplete."""
 
-    def flush(rows: int) -> None:
-        nonlocal pending, pending_rows
-        joined = {column: np.concatenate([part[column] for part in pending]) for column in columns}
+    def __init__(self, directory: Path, rows_per_shard: int = ROWS_PER_SHARD, fingerprint: str = ""):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.rows_per_shard, self.fingerprint = directory, rows_per_shard, fingerprint
+        self.sizes: list[int] = []
+        self.columns: list[str] = []
+        self.file_bytes: dict[str, list[int]] = {}
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_rows = 0
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        if not len(next(iter(batch.values()), [])):
+            return
+        self.columns = self.columns or sorted(batch)
+        part = {column: np.asarray(batch[column]) for column in self.columns}
+        self.pending.append(part)
+        self.pending_rows += len(part[self.columns[0]])
+        while self.pending_rows >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def close(self) -> int:
+        """Writes the last shard and the index; returns the split's rows."""
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        index = {
+            "rows": sum(self.sizes),
+            "rows_per_shard": self.rows_per_shard,
+            "shards": self.sizes,
+            "columns": self.columns,
+            "bytes": self.file_bytes,
+            "fingerprint": self.fingerprint,
+        }
+        (self.directory / INDEX).write_text(json.dumps(index))
+        return index["rows"]
+
+    def _flush(self, rows: int) -> None:
+        joined = {column: np.concatenate([part[column] for part in self.pending]) for column in self.columns}
         for column, values in joined.items():
-            path = shard_file(directory, len(sizes), column)
+            path = shard_file(self.directory, len(self.sizes), column)
             np.save(path, values[:rows])
-            file_bytes.setdefault(column, []).append(path.stat().st_size)
-        sizes.append(rows)
-        rest = {column: values[rows:] for column, values in joined.items()}
-        pending, pending_rows = [rest], pending_rows - rows
+            self.file_bytes.setdefault(column, []).append(path.stat().st_size)
+        self.sizes.append(rows)
+        self.pending = [{column: values[rows:] for column, values in joined.items()}]
+        self.pending_rows -= rows
 
+
+def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_per_shard: int = ROWS_PER_SHARD, fingerprint: str = "") -> int:
+    """Writes the rows of `batches` as the split `directory` (SplitWriter); returns its rows."""
+    writer = SplitWriter(directory, rows_per_shard, fingerprint)
     for batch in batches:
-        rows = len(next(iter(batch.values()), []))
-        if not rows:
-            continue
-        columns = columns or sorted(batch)
-        pending.append({column: np.asarray(batch[column]) for column in columns})
-        pending_rows += rows
-        while pending_rows >= rows_per_shard:
-            flush(rows_per_shard)
-    if pending_rows:
-        flush(pending_rows)
-    index = {
-        "rows": sum(sizes),
-        "rows_per_shard": rows_per_shard,
-        "shards": sizes,
-        "columns": columns,
-        "bytes": file_bytes,
-        "fingerprint": fingerprint,
-    }
-    (directory / INDEX).write_text(json.dumps(index))
-    return index["rows"]
+        writer.add(batch)
+    return writer.close()
 
 
 class Split:

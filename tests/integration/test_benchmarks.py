@@ -80,3 +80,6 @@ def test_data_scale_prepares_a_synthetic_corpus_and_opens_it_on_a_cache_hit(clus
     [size] = json.loads((tmp_path / "data_scale.json").read_text())["sizes"]
     assert size["tokens"] > 0 and size["tokens_per_s"] > 0 and size["rows_read"] == size["miss"]["rows_read"] == size["hit"]["rows_read"]
     assert size["miss"]["driver_peak_rss_mb"] > 0 and "loaded_s" in size["hit"] and "loaded_s" not in size["miss"]
+    feed = size["feed"]  # each worker reads its 1/N of the split, within what the epoch's last partial batch leaves out
+    assert all(0.9 < feed[f"read_share_{workers}_workers"] * workers <= 1 for workers in (1, 2, 4))
+    assert feed["steps_per_epoch"] > 10 and feed["resume_at_last_s"] > 0

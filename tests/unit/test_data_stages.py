@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import tiny_job, write_corpus
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import AugmentConfig, JobConfig, TokenizerConfig
@@ -13,7 +15,7 @@ from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies, augmented
 from orchestrator.data.encode import IGNORED_LABEL, encode_classification, encode_seq2seq, measure
 from orchestrator.data.read import parse_file
-from orchestrator.data.report import DataReport, count_dropped, reason_kind
+from orchestrator.data.report import HISTOGRAM_BINS, DataReport, count_dropped, length_summary, reason_kind
 from orchestrator.data.tokenizers import from_json, sample_rows, separator_id, train_tokenizer
 
 FIELDS = {"text": "text", "label": "category"}
@@ -112,6 +114,16 @@ def test_the_tokenizer_sample_is_about_one_row_in_every_spread_over_files_and_li
         blocks = np.concatenate([sample_rows({"row_id": part}, every=20)["row_id"] for part in np.array_split(row_ids, 7)])
         assert np.array_equal(whole, blocks)  # each row's fate is its own, whatever block it arrives in
     assert len(sample_rows({"row_id": one_file}, every=1)["row_id"]) == len(one_file)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(0, 3000), max_size=300))
+def test_the_length_summary_of_counts_per_length_is_np_histogram_of_the_lengths(lengths):
+    texts, tokens, edges, counts = length_summary(np.bincount(np.array(lengths, dtype=np.int64), minlength=1))
+    assert (texts, tokens) == (len(lengths), sum(lengths))
+    if lengths:
+        expected_counts, expected_edges = np.histogram(lengths, bins=min(HISTOGRAM_BINS, max(max(lengths) - min(lengths), 1)))
+        assert counts == expected_counts.tolist() and edges == pytest.approx(expected_edges.tolist())
 
 
 def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
