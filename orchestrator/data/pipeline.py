@@ -15,6 +15,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,13 +101,16 @@ def label_names_of(job: JobConfig, kept: ray.data.Dataset) -> list[str]:
 
 
 def write_quarantine(rows: ray.data.Dataset, path: Path, columns: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    """Streams the dropped rows into `path` (JSON lines) and returns their counts per stage and reason."""
-    seen = []
+    """Streams the dropped rows into `path` (JSON lines) and returns their counts per stage and reason kind, counted
+    as they pass: the driver holds the counts, not the rows."""
     with path.open("w") as out:
-        for record in quarantine_records(rows.iter_rows(), columns):
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            seen.append({"stage": record["stage"], "reason": record["reason"]})
-    return count_dropped(seen)
+
+        def written() -> Iterator[dict]:
+            for record in quarantine_records(rows.iter_rows(), columns):
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                yield record
+
+        return count_dropped(written())
 
 
 def prepare(job: JobConfig) -> PreparedData:
