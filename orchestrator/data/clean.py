@@ -333,7 +333,8 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig) -> Materialized
     for batch in rows.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
         kept, texts = _kept_dedup_texts(batch)
         for i, signature in zip(kept, minhash_signatures(texts, cfg.num_perm, cfg.shingle_words)):
-            signatures[int(batch["row_id"][i])], sources[int(batch["row_id"][i])] = signature, batch["source"][i]
+            row_id = int(batch["row_id"][i])
+            signatures[row_id], sources[row_id] = signature, batch["source"][i]
     drops = near_duplicates(pairs, signatures, sources, cfg.threshold)
     drops = {row_id: ("dedup_near", reason) for row_id, reason in drops.items()}
     return rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=drops)).materialize()

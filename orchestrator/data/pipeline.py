@@ -177,6 +177,7 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
         dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
         raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
     label_names = label_names_of(job, final)
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
 
     examples = final.select_columns([*fields_of(job), "is_val", "row_id"])
     if cfg.augment.copies:
@@ -184,7 +185,7 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
     encoding = dict(
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+            tokenizer_json=tokenizer_json,
             seq_len=cfg.seq_len,
             separator=separator_id(tokenizer),
             pad=tokenizer.pad_token_id,
@@ -200,7 +201,6 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
         report.augmented_rows = report.train_sequences + report.val_sequences - report.rows_kept  # one row per example
     report.seconds = time.perf_counter() - started
     train, val = Split(directory / "train"), Split(directory / "val")
-    tokenizer_json = encoding["fn_kwargs"]["tokenizer_json"]
     return PreparedData(train, val, tokenizer_json, len(train), len(val), label_names, report, directory)
 
 
