@@ -3,9 +3,9 @@
 An entry is keyed by a fingerprint of everything its content depends on: the bytes of every input file, the
 job's data section (less the cache settings), the task, the local tokenizer's files, and PIPELINE_VERSION (bumped
 whenever the pipeline's output changes). Any change makes a new entry; nothing is ever served stale. Entries are
-written to a temporary directory and renamed into place, so a run killed mid-write leaves no half entry, and jobs
-that would prepare the same entry at once take turns on a lock file beside it (`preparing`): one prepares, the
-others wait and find it made. On a multi-node cluster `data.cache_dir` must be storage every node sees, like
+prepared in a hidden staging directory beside them and renamed into place, so a run killed mid-write leaves no half
+entry, and the next run preparing it resumes from the parts the killed one finished. Jobs that would prepare the same
+entry at once take turns on a lock file beside it (`preparing`): one prepares, the others wait and find it made. On a multi-node cluster `data.cache_dir` must be storage every node sees, like
 `checkpoint.dir` (the lock is `flock`, which NFS v4 and most shared filesystems honour across hosts).
 """
 
@@ -22,7 +22,7 @@ from orchestrator.config.job import JobConfig
 from orchestrator.config.paths import expand_path
 from orchestrator.data.shards import damaged
 
-PIPELINE_VERSION = 5
+PIPELINE_VERSION = 6
 READ_CHUNK = 1 << 20
 
 
@@ -62,9 +62,10 @@ def entry_dir(job: JobConfig, key: str) -> Path:
 
 
 def staging_dir(entry: Path) -> Path:
-    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Where `entry` is prepared before it is put in place; one job at a time (`preparing`), and kept when a
+    preparation is killed: the next one resumes from the parts it finished (data/pipeline.py)."""
+    staging = entry.with_name(f".{entry.name}.partial")
+    staging.mkdir(parents=True, exist_ok=True)
     return staging
 
 

@@ -1,9 +1,9 @@
 """Clean rows -> the token tensors a task trains on. Pure functions over numpy batches, run by Ray Data's map_batches.
 
 - measure: token count of each text (for the report and the token-length stage) and its split (train or val);
-- encode: one registry entry per task. Causal LM packs documents back to back into full rows of seq_len tokens, a
-  pack group (1,024 consecutive lines of a file) at a time; classification and seq2seq truncate and pad
-  each example to seq_len, with an attention mask.
+- encode: one registry entry per task, run on one part of the corpus at a time (encode_part). Causal LM packs
+  documents back to back into full rows of seq_len tokens; classification and seq2seq truncate and pad each example
+  to seq_len, with an attention mask.
 The tokenizer travels as its JSON string and is built once per worker process.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 IGNORED_LABEL = -100  # target positions the loss skips (padding)
-PACK_GROUP_BITS = 10  # a pack group: 1,024 consecutive lines of a file (fewer where cleaning dropped some)
+PART_BITS = 13  # a part: 8,192 consecutive lines of a file (fewer where cleaning dropped some)
 
 
 @functools.lru_cache(maxsize=4)
@@ -56,23 +56,28 @@ def pack(token_lists: list[list[int]], separator: int, seq_len: int) -> np.ndarr
     return stream[: rows * seq_len].reshape(rows, seq_len)
 
 
-def pack_groups(batch: dict) -> dict:
-    """Adds each row's pack group: the rows a causal LM packs together, fixed by their place in the corpus (read.py's
-    row_id: file index << 32 | line), so the packed rows do not depend on how Ray cut the data into blocks."""
-    batch["pack_group"] = batch["row_id"] >> PACK_GROUP_BITS
+def parts(batch: dict) -> dict:
+    """Adds each row's part: the rows encoded together (a causal LM packs them into rows) and written as one shard,
+    fixed by their place in the corpus (read.py's row_id: file index << 32 | line), so a part's shard does not depend
+    on how Ray cut the data into blocks, and a preparation that was interrupted knows which parts it has written."""
+    batch["part"] = batch["row_id"] >> PART_BITS
     return batch
 
 
+def encode_part(batch: dict, task: str, **encoding) -> dict:
+    """The rows of one part encoded for `task`, in corpus order: Ray's group-by hands them over in no particular
+    order, and augmented copies share their original's row_id."""
+    order = sorted(range(len(batch["row_id"])), key=lambda i: (batch["row_id"][i], str(batch["text"][i])))
+    return ENCODERS[task]({column: values[order] for column, values in batch.items()}, **encoding)
+
+
 def encode_causal_lm(batch: dict, tokenizer_json: str, seq_len: int, separator: int, **_) -> dict:
-    """Packs the documents of one pack group (pack_groups), in corpus order, into full rows."""
-    if "row_id" in batch:  # a group arrives in no particular order; augmented copies share their original's row_id
-        order = sorted(range(len(batch["text"])), key=lambda i: (batch["row_id"][i], str(batch["text"][i])))
-        batch = {column: values[order] for column, values in batch.items()}
+    """Packs the documents of a batch, in its order, into full rows."""
     encoded = tokenizer_of(tokenizer_json).encode_batch([str(t) for t in batch["text"]], add_special_tokens=False)
-    parts = {validation: pack([e.ids for e, val in zip(encoded, batch["is_val"]) if val == validation], separator, seq_len) for validation in (False, True)}
+    packed = {validation: pack([e.ids for e, val in zip(encoded, batch["is_val"]) if val == validation], separator, seq_len) for validation in (False, True)}
     return {
-        "input_ids": np.concatenate([parts[False], parts[True]]),
-        "is_val": np.repeat([False, True], [len(parts[False]), len(parts[True])]),
+        "input_ids": np.concatenate([packed[False], packed[True]]),
+        "is_val": np.repeat([False, True], [len(packed[False]), len(packed[True])]),
     }
 
 
@@ -112,4 +117,3 @@ ENCODERS: dict[str, Callable[..., dict]] = {
     "sequence_classification": encode_classification,
     "seq2seq": encode_seq2seq,
 }
-PACKING_TASKS = {"causal_lm"}  # whose encoder joins rows, and so runs on whole pack groups (pack_groups)

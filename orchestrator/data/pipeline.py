@@ -1,10 +1,12 @@
 """The Ray Data pipeline a job runs before its workers start:
 
-    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> encode -> split -> shards
+    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> parts -> encode + write shards -> index
 
-Every stage is a Ray Data operator over the cluster's CPUs while they are still free; the finished splits are
-written as shards with an index (data/shards.py), streamed a shard at a time, in the cache entry (data/cache.py) or,
-uncached, a directory of the run's own beside it. Rows the stages drop are written to a quarantine file with their
+Every stage is a Ray Data operator over the cluster's CPUs while they are still free. The corpus is encoded a part at
+a time (a run of consecutive lines of a file: data/encode.py), and the task that encodes a part writes its rows as
+one shard of each split (data/shards.py), in the cache entry's staging directory (data/cache.py) or, uncached, a
+directory of the run's own beside it; the driver writes the indexes last, from the parts' records. A preparation
+that is killed leaves its finished parts behind, and the next one encodes only the others. Rows the stages drop are written to a quarantine file with their
 stage and reason, and counted in the data report. Training workers then read only their rows of each step from
 the shards (data/feed.py), so they never compete with preprocessing for CPUs, and the sizes needed for `epochs`, the
 ETA and the checks below are known before any worker starts.
@@ -29,12 +31,13 @@ from orchestrator.config.job import JobConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
-from orchestrator.data.encode import ENCODERS, PACKING_TASKS, measure, pack_groups
+from orchestrator.data.encode import encode_part, measure, parts
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
-from orchestrator.data.shards import ROWS_PER_SHARD, Split, SplitWriter, damaged
+from orchestrator.data.shards import Split, damaged, write_atomically, write_index, write_shard
 from orchestrator.data.tokenizers import (
     SEPARATOR_TOKENS,
+    from_json,
     load_tokenizer,
     named_token,
     sample_rows,
@@ -48,6 +51,9 @@ if TYPE_CHECKING:  # the driver imports transformers only where a tokenizer is w
 
 ROWS_PER_TASK_BATCH = 1024
 QUARANTINE_FILE = "quarantine.jsonl"
+TOKENIZER_FILE = "tokenizer.json"
+PARTS = "parts"  # a record per part written: its shard of each split
+SPLITS = {"train": False, "val": True}  # split -> its rows' is_val
 
 
 @dataclass
@@ -77,9 +83,12 @@ def check_strict(job: JobConfig, rows: ray.data.Dataset) -> None:
         raise UserError(f"data.strict: unreadable rows ({listed}); fix them or set data.strict: false to quarantine them")
 
 
-def get_tokenizer(job: JobConfig, kept: ray.data.Dataset, rows: int):
-    """The job's tokenizer, or one trained on a sample of about `tokenizer.sample_texts` of the `rows` kept."""
+def get_tokenizer(job: JobConfig, kept: ray.data.Dataset, rows: int, saved: Path):
+    """The job's tokenizer, or one trained on a sample of about `tokenizer.sample_texts` of the `rows` kept; the one
+    `saved` by an interrupted preparation of this data when there is one, which its finished parts were encoded with."""
     cfg = job.data.tokenizer
+    if saved.is_file():
+        return from_json(saved.read_text())
     if cfg.path:
         return load_tokenizer(cfg.path)
     if (every := math.ceil(rows / cfg.sample_texts)) > 1:
@@ -160,10 +169,14 @@ def uncached_dir(job: JobConfig) -> Path:
 
 
 def remove_uncached(data: PreparedData) -> None:
-    """The splits of a run that does not cache them, once it has ended (its quarantine file stays, as printed)."""
+    """The prepared data of a run that does not cache it, once the run has ended (its quarantine file stays, as
+    printed)."""
     if data.uncached:
-        for split in ("train", "val"):
-            shutil.rmtree(data.directory / split, ignore_errors=True)
+        for path in data.directory.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name != QUARANTINE_FILE:
+                path.unlink()
 
 
 def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint: str) -> PreparedData:
@@ -171,6 +184,7 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
     cfg = job.data
     report = DataReport()
     measured, tokenizer = clean_and_measure(job, files, directory, report)
+    write_atomically(directory / TOKENIZER_FILE, lambda handle: handle.write(tokenizer.backend_tokenizer.to_str().encode()))
     final = rows_where(measured, kept=True)
     report.rows_kept, report.tokens, report.length_bins, report.length_counts = token_lengths(final)
     if not report.rows_kept:
@@ -183,20 +197,15 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
     if cfg.augment.copies:
         examples = examples.map_batches(add_augmented_copies, batch_format="numpy", fn_kwargs={"cfg": cfg.augment})
     encoding = dict(
-        batch_format="numpy",
-        fn_kwargs=dict(
-            tokenizer_json=tokenizer_json,
-            seq_len=cfg.seq_len,
-            separator=separator_id(tokenizer),
-            pad=tokenizer.pad_token_id,
-            label_ids={name: i for i, name in enumerate(label_names)},
-        ),
+        task=job.task,
+        tokenizer_json=tokenizer_json,
+        seq_len=cfg.seq_len,
+        separator=separator_id(tokenizer),
+        pad=tokenizer.pad_token_id,
+        label_ids={name: i for i, name in enumerate(label_names)},
     )
-    if job.task in PACKING_TASKS:  # groups in corpus order (the sort-based shuffle sorts them by key)
-        encoded = examples.map_batches(pack_groups, batch_format="numpy").groupby("pack_group").map_groups(ENCODERS[job.task], **encoding)
-    else:
-        encoded = examples.map_batches(ENCODERS[job.task], batch_size=ROWS_PER_TASK_BATCH, **encoding)
-    report.train_sequences, report.val_sequences = write_splits(encoded, directory, fingerprint)
+    write_parts(examples, directory, encoding)
+    report.train_sequences, report.val_sequences = (write_index(directory / split, shards, fingerprint) for split, shards in shards_of_parts(directory).items())
     if cfg.augment.copies:
         report.augmented_rows = report.train_sequences + report.val_sequences - report.rows_kept  # one row per example
     report.seconds = time.perf_counter() - started
@@ -215,9 +224,7 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, report:
     check_strict(job, cleaned)
     report.rows_read = cleaned.count()
     kept = rows_where(cleaned, kept=True)
-    tokenizer = get_tokenizer(job, kept, report.rows_read)
-    if job.task not in PACKING_TASKS:  # rows are written in the order they come: corpus order again after the dedup shuffles
-        kept = kept.sort("row_id")
+    tokenizer = get_tokenizer(job, kept, report.rows_read, directory / TOKENIZER_FILE)
     measured = kept.map_batches(
         measure,
         batch_size=ROWS_PER_TASK_BATCH,
@@ -253,20 +260,44 @@ def _length_counts(batch: dict) -> dict:
     return {"counts": np.array([np.bincount(batch["n_tokens"]).astype(np.int64).tobytes()], dtype=object)}
 
 
-def write_splits(encoded: ray.data.Dataset, directory: Path, fingerprint: str) -> tuple[int, int]:
-    """The train and val splits, written in one pass over the encoded rows, in their order (the feed shuffles each
-    epoch in index space: data/feed.py); returns their sizes."""
-    writers = {validation: SplitWriter(directory / name, fingerprint=fingerprint) for name, validation in (("train", False), ("val", True))}
-    for batch in encoded.iter_batches(batch_size=ROWS_PER_SHARD, batch_format="numpy"):
-        for validation, writer in writers.items():
-            keep = batch["is_val"] == validation
-            writer.add({column: values[keep] for column, values in batch.items() if column != "is_val"})
-    return writers[False].close(), writers[True].close()
+def write_parts(examples: ray.data.Dataset, directory: Path, encoding: dict) -> None:
+    """Encodes the parts of `examples` that `directory` does not hold yet, each in one Ray task that writes its shards
+    there (write_part): the encoded rows never pass through the object store or the driver."""
+    done = np.array([int(record.stem, 16) for record in (directory / PARTS).glob("*.json")], dtype=np.int64)
+    if len(done):
+        print(f"data: resuming an interrupted preparation: {len(done)} parts already written in {directory}", flush=True)
+    todo = examples.map_batches(parts, batch_format="numpy").map_batches(rows_of_parts, batch_format="numpy", fn_kwargs={"parts_done": done})
+    written = todo.groupby("part").map_groups(write_part, batch_format="numpy", fn_kwargs={"directory": str(directory), **encoding})
+    written.materialize()  # one row a part
+
+
+def rows_of_parts(batch: dict, parts_done: np.ndarray) -> dict:
+    """The rows of the parts not in `parts_done`."""
+    keep = ~np.isin(batch["part"], parts_done)
+    return {column: values[keep] for column, values in batch.items()}
+
+
+def write_part(batch: dict, directory: str, **encoding) -> dict:
+    """Encodes one part and writes its shard of each split, then its record, which marks it done."""
+    name = f"{int(batch['part'][0]):016x}"
+    encoded = encode_part(batch, **encoding)
+    record = {}
+    for split, validation in SPLITS.items():
+        here = encoded["is_val"] == validation
+        record[split] = write_shard(Path(directory) / split, name, {column: values[here] for column, values in encoded.items() if column != "is_val"})
+    (Path(directory) / PARTS).mkdir(exist_ok=True)
+    write_atomically(Path(directory) / PARTS / f"{name}.json", lambda handle: handle.write(json.dumps(record).encode()))
+    return {"part": np.array([name])}
+
+
+def shards_of_parts(directory: Path) -> dict[str, list[dict]]:
+    """Each split's shards, from the records of the parts written (by this run or an interrupted one)."""
+    records = [json.loads(path.read_text()) for path in (directory / PARTS).glob("*.json")]
+    return {split: [record[split] for record in records] for split in SPLITS}
 
 
 def store(data: PreparedData, staging: Path, entry: Path) -> None:
-    """Completes the staged entry (the splits are there already) and puts it in place."""
-    (staging / "tokenizer.json").write_text(data.tokenizer_json)
+    """Completes the staged entry (the splits and the tokenizer are there already) and puts it in place."""
     meta = {"label_names": data.label_names, "report": json.loads(data.report.to_json())}
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: its presence marks a whole entry
     cache.commit(staging, entry)
@@ -277,7 +308,7 @@ def load_cached(entry: Path, meta: dict, fingerprint: str) -> PreparedData:
     report.cache = "hit"
     # their indexes, and the size of every shard file: nothing of the data is read here
     train, val = (Split.checked(entry / name, fingerprint) for name in ("train", "val"))
-    tokenizer_file = entry / "tokenizer.json"
+    tokenizer_file = entry / TOKENIZER_FILE
     if not tokenizer_file.is_file():
         raise damaged(tokenizer_file, "is missing", entry)
     tokenizer_json = tokenizer_file.read_text()

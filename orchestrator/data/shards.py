@@ -1,19 +1,22 @@
-"""Prepared splits on disk: fixed-size shards of numpy arrays and an index, which workers memory-map and read only
-their own rows of (data/feed.py).
+"""Prepared splits on disk: shards of numpy arrays and an index, which workers memory-map and read only their own
+rows of (data/feed.py).
 
 A split is a directory:
 
-    index.json              {"rows": N, "rows_per_shard": R, "shards": [n_0, n_1, ...], "columns": [...],
-                             "bytes": {column: [size of shard 0's file, ...]}, "fingerprint": the data's cache key}
-    00000.input_ids.npy     rows [0, R) of the column; shard k holds rows [kR, kR + n_k), every shard but the last full
+    index.json                  {"rows": N, "columns": [...], "fingerprint": the data's cache key,
+                                 "shards": [{"name": ..., "rows": n, "bytes": {column: file size}}, ...]}
+    <name>.input_ids.npy        one column of one shard; the split's rows are the shards' in the index's order
 
-Opening a split reads the index alone, so it costs the same for any corpus; reading rows touches only the pages of
-those rows. `.npy` files map straight into memory (no decoding, no row groups to scan past). `check` compares every
-shard file's size with the index (a stat per file, no data read), so a missing or truncated shard, or an index
-from other data, stops the job in the driver with one line, not a worker mid-run.
+Preparation writes a shard per part of the corpus (data/pipeline.py), each from the Ray task that encoded it, and the
+driver writes the index last, from what the tasks report: a split without one is incomplete. Opening a split reads
+the index alone, so it costs the same for any corpus; reading rows touches only the pages of those rows. `.npy` files
+map straight into memory (no decoding, no row groups to scan past). `checked` compares every shard file's size with
+the index (a stat per file, no data read), so a missing or truncated shard, or an index from other data, stops the
+job in the driver with one line, not a worker mid-run.
 """
 
 import json
+import os
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -23,70 +26,57 @@ import numpy as np
 from orchestrator.config.errors import UserError
 
 INDEX = "index.json"
-ROWS_PER_SHARD = 8192  # 8 MB per shard of 256-token int32 rows: small enough to copy, large enough to list
+ROWS_PER_SHARD = 8192  # write_split's shard size: 8 MB of 256-token int32 rows
 OPEN_SHARDS = 256  # memory maps a reader keeps open (each is a file descriptor)
 
 
-def shard_file(directory: Path, shard: int, column: str) -> Path:
-    return directory / f"{shard:05d}.{column}.npy"
+def shard_file(directory: Path, name: str, column: str) -> Path:
+    return directory / f"{name}.{column}.npy"
 
 
-class SplitWriter:
-    """Writes rows, `add`ed batch by batch in order (column -> array of rows), as the split `directory` of the data
-    `fingerprint`. Holds at most one shard's rows at a time. The index is written last, by `close`: a split without
-    one is incomplete."""
+def write_atomically(path: Path, write) -> None:
+    """`write(file)` to a temporary file beside `path`, renamed into place: a killed writer leaves no half file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(partial, "wb") as handle:
+        write(handle)
+    os.replace(partial, path)
 
-    def __init__(self, directory: Path, rows_per_shard: int = ROWS_PER_SHARD, fingerprint: str = ""):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory, self.rows_per_shard, self.fingerprint = directory, rows_per_shard, fingerprint
-        self.sizes: list[int] = []
-        self.columns: list[str] = []
-        self.file_bytes: dict[str, list[int]] = {}
-        self.pending: list[dict[str, np.ndarray]] = []
-        self.pending_rows = 0
 
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        if not len(next(iter(batch.values()), [])):
-            return
-        self.columns = self.columns or sorted(batch)
-        part = {column: np.asarray(batch[column]) for column in self.columns}
-        self.pending.append(part)
-        self.pending_rows += len(part[self.columns[0]])
-        while self.pending_rows >= self.rows_per_shard:
-            self._flush(self.rows_per_shard)
+def write_shard(directory: Path, name: str, columns: dict[str, np.ndarray]) -> dict:
+    """Writes one shard (column -> array of its rows) and returns its index entry; an empty one is not written."""
+    rows = len(next(iter(columns.values()), []))
+    if not rows:
+        return {"name": name, "rows": 0, "bytes": {}}
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for column, values in sorted(columns.items()):
+        path = shard_file(directory, name, column)
+        write_atomically(path, lambda handle, values=values: np.save(handle, np.asarray(values)))
+        sizes[column] = path.stat().st_size
+    return {"name": name, "rows": rows, "bytes": sizes}
 
-    def close(self) -> int:
-        """Writes the last shard and the index; returns the split's rows."""
-        if self.pending_rows:
-            self._flush(self.pending_rows)
-        index = {
-            "rows": sum(self.sizes),
-            "rows_per_shard": self.rows_per_shard,
-            "shards": self.sizes,
-            "columns": self.columns,
-            "bytes": self.file_bytes,
-            "fingerprint": self.fingerprint,
-        }
-        (self.directory / INDEX).write_text(json.dumps(index))
-        return index["rows"]
 
-    def _flush(self, rows: int) -> None:
-        joined = {column: np.concatenate([part[column] for part in self.pending]) for column in self.columns}
-        for column, values in joined.items():
-            path = shard_file(self.directory, len(self.sizes), column)
-            np.save(path, values[:rows])
-            self.file_bytes.setdefault(column, []).append(path.stat().st_size)
-        self.sizes.append(rows)
-        self.pending = [{column: values[rows:] for column, values in joined.items()}]
-        self.pending_rows -= rows
+def write_index(directory: Path, shards: Iterable[dict], fingerprint: str = "") -> int:
+    """The index of a split whose shards are written, in the order of their names; returns the split's rows."""
+    shards = sorted((shard for shard in shards if shard["rows"]), key=lambda shard: shard["name"])
+    columns = sorted(shards[0]["bytes"]) if shards else []
+    index = {"rows": sum(shard["rows"] for shard in shards), "columns": columns, "fingerprint": fingerprint, "shards": shards}
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(directory / INDEX, lambda handle: handle.write(json.dumps(index).encode()))
+    return index["rows"]
 
 
 def write_split(batches: Iterable[dict[str, np.ndarray]], directory: Path, rows_per_shard: int = ROWS_PER_SHARD, fingerprint: str = "") -> int:
-    """Writes the rows of `batches` as the split `directory` (SplitWriter); returns its rows."""
-    writer = SplitWriter(directory, rows_per_shard, fingerprint)
-    for batch in batches:
-        writer.add(batch)
-    return writer.close()
+    """Writes rows held in memory, `batches` of them, as the split `directory` in shards of `rows_per_shard`;
+    returns its rows."""
+    parts = [{column: np.asarray(values) for column, values in batch.items()} for batch in batches]
+    joined = {column: np.concatenate([part[column] for part in parts]) for column in parts[0]} if parts else {}
+    rows = len(next(iter(joined.values()), []))
+    shards = [
+        write_shard(directory, f"{start // rows_per_shard:05d}", {column: values[start : start + rows_per_shard] for column, values in joined.items()})
+        for start in range(0, rows, rows_per_shard)
+    ]
+    return write_index(directory, shards, fingerprint)
 
 
 class Split:
@@ -96,11 +86,10 @@ class Split:
         self.directory = Path(directory)
         index = json.loads((self.directory / INDEX).read_text())
         self.rows: int = index["rows"]
-        self.rows_per_shard: int = index["rows_per_shard"]
         self.columns: list[str] = index["columns"]
-        self.shard_rows: list[int] = index["shards"]
-        self.file_bytes: dict[str, list[int]] = index["bytes"]
+        self.shards: list[dict] = index["shards"]
         self.fingerprint: str = index["fingerprint"]
+        self.starts = np.cumsum([0] + [shard["rows"] for shard in self.shards])  # each shard's first row
         self._open = lru_cache(maxsize=OPEN_SHARDS)(self._map)
 
     @classmethod
@@ -116,9 +105,9 @@ class Split:
             raise damaged(index, "is unreadable (truncated?)", entry) from None
         if split.fingerprint != fingerprint:
             raise damaged(index, f"is of other data (fingerprint {split.fingerprint!r}, not {fingerprint!r})", entry)
-        for column in split.columns:
-            for shard, expected in enumerate(split.file_bytes[column]):
-                path = shard_file(directory, shard, column)
+        for shard in split.shards:
+            for column, expected in shard["bytes"].items():
+                path = shard_file(directory, shard["name"], column)
                 if not path.is_file():
                     raise damaged(path, "is missing", entry)
                 if path.stat().st_size != expected:
@@ -132,12 +121,13 @@ class Split:
         return Split, (str(self.directory),)
 
     def _map(self, shard: int, column: str) -> np.ndarray:
-        return np.load(shard_file(self.directory, shard, column), mmap_mode="r")
+        return np.load(shard_file(self.directory, self.shards[shard]["name"], column), mmap_mode="r")
 
     def take(self, positions: np.ndarray) -> dict[str, np.ndarray]:
         """The rows at `positions` (in that order), each column an array of them."""
         positions = np.asarray(positions, dtype=np.int64)
-        shards, offsets = np.divmod(positions, self.rows_per_shard)
+        shards = np.searchsorted(self.starts, positions, side="right") - 1
+        offsets = positions - self.starts[shards]
         held_in = [(int(shard), shards == shard) for shard in np.unique(shards)]  # each shard and its rows' places
         taken = {}
         for column in self.columns:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from orchestrator.config.job import TokenizerConfig
-from orchestrator.data.encode import encode_causal_lm, is_validation, pack, pack_groups
+from orchestrator.data.encode import PART_BITS, encode_causal_lm, encode_part, is_validation, pack, parts
 from orchestrator.data.tokenizers import from_json, separator_id, train_tokenizer
 from orchestrator.tracking.params import flatten
 from orchestrator.train.reporting import format_progress
@@ -26,16 +26,18 @@ def test_validation_split_is_deterministic_and_proportional():
     assert not any(is_validation(t, 0.0, seed=3) for t in texts)
 
 
-def test_a_pack_group_packs_the_same_rows_in_whatever_order_its_documents_arrive():
-    """Ray's group-by hands a pack group's rows over in no fixed order; packing follows the corpus (row_id)."""
+def test_a_part_packs_the_same_rows_in_whatever_order_its_documents_arrive():
+    """Ray's group-by hands a part's rows over in no fixed order; packing follows the corpus (row_id)."""
     texts = [f"document {i} says {'words ' * (i % 5)}" for i in range(40)]
     tokenizer = train_tokenizer(TokenizerConfig(train="bpe", vocab_size=300), texts)
     batch = {"text": np.array(texts, dtype=object), "is_val": np.zeros(40, dtype=bool), "row_id": (3 << 32) + np.arange(40)}
-    assert set(pack_groups(dict(batch))["pack_group"]) == {3 << 22}  # 40 lines of file 3: one group
+    assert set(parts(dict(batch))["part"]) == {3 << (32 - PART_BITS)}  # 40 lines of file 3: one part
 
     def packed(order):
         shuffled = {column: values[order] for column, values in batch.items()}
-        return encode_causal_lm(shuffled, tokenizer.backend_tokenizer.to_str(), seq_len=8, separator=separator_id(tokenizer))["input_ids"]
+        return encode_part(shuffled, "causal_lm", tokenizer_json=tokenizer.backend_tokenizer.to_str(), seq_len=8, separator=separator_id(tokenizer))[
+            "input_ids"
+        ]
 
     in_order = packed(np.arange(40))
     assert all(np.array_equal(packed(np.random.default_rng(seed).permutation(40)), in_order) for seed in range(3))

@@ -1,6 +1,7 @@
 """Reading, encoding, augmentation, the report and the cache key: pure functions, without Ray; and the cache round trip on a local Ray."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -140,18 +141,18 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     )
 
 
-def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, mlflow_uri, tmp_path):
+def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(local_ray, mlflow_uri, tmp_path, capsys):
     """The job that fills the cache and every job that reads it train on the same batches; a job that does not cache
     the data prepares the same rows again, writes its splits beside the cache, its own, and removes them when it ends
-    (not its quarantined rows). A corpus of several files, so that
-    there are several blocks.
+    (not its quarantined rows); a preparation killed before its last part is resumed by the next job, which writes
+    that part alone and makes the same entry. A corpus of several files, so that there are several blocks and parts.
     The data report goes to the job's MLflow run: its tables, plot, quarantined rows and headline figures."""
     import torch
     from mlflow.tracking import MlflowClient
 
     from orchestrator.config.load import validate
     from orchestrator.data.feed import step_batches
-    from orchestrator.data.pipeline import QUARANTINE_FILE, prepare, remove_uncached
+    from orchestrator.data.pipeline import PARTS, QUARANTINE_FILE, prepare, remove_uncached
     from orchestrator.tracking.data_report import log_data_report
 
     files = sorted(str(path) for path in (Path.home() / ".cache/orchestrator/data/fortunes").glob("*.jsonl"))[:6]
@@ -199,3 +200,19 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
     assert all(np.array_equal(rows(first, name), rows(uncached, name)) for name in ("train", "val"))
     remove_uncached(uncached)
     assert [path.name for path in uncached.directory.iterdir()] == [QUARANTINE_FILE]
+
+    # what a preparation killed before its last part leaves: the staged entry without that part, and no indexes
+    expected = {name: rows(first, name) for name in ("train", "val")}
+    staging = cache.staging_dir(first.directory)
+    shutil.copytree(first.directory, staging, dirs_exist_ok=True)
+    shutil.rmtree(first.directory)
+    *finished, unfinished = sorted((staging / PARTS).glob("*.json"))
+    for leftover in [unfinished, *staging.glob(f"*/{unfinished.stem}.*.npy"), staging / "meta.json", *staging.glob("*/index.json")]:
+        leftover.unlink()
+    written_before = {path.relative_to(staging): path.stat().st_ino for path in staging.glob("*/*.npy")}
+    capsys.readouterr()
+    resumed = prepare(job)
+    assert f"resuming an interrupted preparation: {len(finished)} parts already written" in capsys.readouterr().out
+    assert resumed.directory == first.directory and not staging.exists()
+    assert all((resumed.directory / path).stat().st_ino == inode for path, inode in written_before.items())  # not rewritten
+    assert all(np.array_equal(rows(resumed, name), expected[name]) for name in ("train", "val"))

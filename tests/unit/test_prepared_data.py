@@ -30,8 +30,8 @@ def truncate(path: Path) -> None:
 DAMAGES = {
     "index missing": (lambda split: (split / INDEX).unlink(), INDEX, "is missing"),
     "index truncated": (lambda split: truncate(split / INDEX), INDEX, "is unreadable"),
-    "shard missing": (lambda split: shard_file(split, 2, "input_ids").unlink(), "00002.input_ids.npy", "is missing"),
-    "shard truncated": (lambda split: truncate(shard_file(split, 3, "input_ids")), "00003.input_ids.npy", "bytes, not the"),
+    "shard missing": (lambda split: shard_file(split, "00002", "input_ids").unlink(), "00002.input_ids.npy", "is missing"),
+    "shard truncated": (lambda split: truncate(shard_file(split, "00003", "input_ids")), "00003.input_ids.npy", "bytes, not the"),
 }
 
 
@@ -74,6 +74,7 @@ def test_jobs_preparing_one_entry_at_once_take_turns_and_load_what_the_first_mad
         time.sleep(0.5)  # long enough for the second job to arrive while this one prepares
         for name in ("train", "val"):
             write_rows(directory / name, fingerprint)
+        (directory / pipeline.TOKENIZER_FILE).write_text("{}")
         report = DataReport(rows_read=ROWS, rows_kept=ROWS, train_sequences=ROWS, val_sequences=ROWS)
         return PreparedData(Split(directory / "train"), Split(directory / "val"), "{}", ROWS, ROWS, [], report, directory)
 
