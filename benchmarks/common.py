@@ -52,9 +52,10 @@ BASE_JOB = {
 
 
 @contextlib.contextmanager
-def local_cluster(object_store_memory: int | None = None):
+def local_cluster(object_store_memory: int | None = None, num_cpus: int | None = None):
     """The environment of a client of a warm local Ray cluster (this process's too): the caller's, or one started
-    here (with an object store of `object_store_memory` bytes, else Ray's default) and stopped on the way out."""
+    here (with an object store of `object_store_memory` bytes and `num_cpus` CPUs, else Ray's defaults) and stopped
+    on the way out."""
     if caller_names_a_cluster():
         yield dict(os.environ)
         return
@@ -62,7 +63,7 @@ def local_cluster(object_store_memory: int | None = None):
     if subprocess.run(["ray", "status"], env=env, capture_output=True).returncode == 0:
         sys.exit("a Ray cluster is already running: stop it, or name it with RAY_ADDRESS and RAY_API_SERVER_ADDRESS")
     port, dashboard = free_port(), free_port()
-    started = start_ray(env, port, dashboard, num_cpus=None, object_store_memory=object_store_memory)  # on loopback
+    started = start_ray(env, port, dashboard, num_cpus=num_cpus, object_store_memory=object_store_memory)  # on loopback
     try:
         if started.returncode:
             sys.exit(started.stdout + started.stderr)

@@ -263,6 +263,8 @@ def _length_counts(batch: dict) -> dict:
 def write_parts(examples: ray.data.Dataset, directory: Path, encoding: dict) -> None:
     """Encodes the parts of `examples` that `directory` does not hold yet, each in one Ray task that writes its shards
     there (write_part): the encoded rows never pass through the object store or the driver."""
+    for unfinished in directory.glob("*/.*"):  # what tasks killed mid-write left (shards.write_atomically)
+        unfinished.unlink()
     done = np.array([int(record.stem, 16) for record in (directory / PARTS).glob("*.json")], dtype=np.int64)
     if len(done):
         print(f"data: resuming an interrupted preparation: {len(done)} parts already written in {directory}", flush=True)

@@ -210,9 +210,10 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
     for leftover in [unfinished, *staging.glob(f"*/{unfinished.stem}.*.npy"), staging / "meta.json", *staging.glob("*/index.json")]:
         leftover.unlink()
     written_before = {path.relative_to(staging): path.stat().st_ino for path in staging.glob("*/*.npy")}
+    (staging / "train" / f".{unfinished.stem}.input_ids.npy.999").write_bytes(b"\x93NUMPY")  # cut short mid-write
     capsys.readouterr()
     resumed = prepare(job)
     assert f"resuming an interrupted preparation: {len(finished)} parts already written" in capsys.readouterr().out
-    assert resumed.directory == first.directory and not staging.exists()
+    assert resumed.directory == first.directory and not staging.exists() and not list(resumed.directory.glob("*/.*"))
     assert all((resumed.directory / path).stat().st_ino == inode for path, inode in written_before.items())  # not rewritten
     assert all(np.array_equal(rows(resumed, name), expected[name]) for name in ("train", "val"))
