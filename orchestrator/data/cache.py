@@ -4,9 +4,10 @@ An entry is keyed by a fingerprint of everything its content depends on: the byt
 job's data section (less the cache settings), the task, the local tokenizer's files, and PIPELINE_VERSION (bumped
 whenever the pipeline's output changes). Any change makes a new entry; nothing is ever served stale. Entries are
 prepared in a hidden staging directory beside them and renamed into place, so a run killed mid-write leaves no half
-entry, and the next run preparing it resumes from the parts the killed one finished. Jobs that would prepare the same
-entry at once take turns on a lock file beside it (`preparing`): one prepares, the others wait and find it made. On a multi-node cluster `data.cache_dir` must be storage every node sees, like
-`checkpoint.dir` (the lock is `flock`, which NFS v4 and most shared filesystems honour across hosts).
+entry, and the next run preparing it resumes from the parts the killed one finished. Jobs that would prepare the
+same entry at once take turns on a lock file beside it (`preparing`): one prepares, the others wait and find it
+made. On a multi-node cluster `data.cache_dir` must be storage every node sees, like `checkpoint.dir` (the lock is
+`flock`, which NFS v4 and most shared filesystems honour across hosts).
 """
 
 import fcntl

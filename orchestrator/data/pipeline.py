@@ -6,10 +6,10 @@ Every stage is a Ray Data operator over the cluster's CPUs while they are still 
 a time (a run of consecutive lines of a file: data/encode.py), and the task that encodes a part writes its rows as
 one shard of each split (data/shards.py), in the cache entry's staging directory (data/cache.py) or, uncached, a
 directory of the run's own beside it; the driver writes the indexes last, from the parts' records. A preparation
-that is killed leaves its finished parts behind, and the next one encodes only the others. Rows the stages drop are written to a quarantine file with their
-stage and reason, and counted in the data report. Training workers then read only their rows of each step from
-the shards (data/feed.py), so they never compete with preprocessing for CPUs, and the sizes needed for `epochs`, the
-ETA and the checks below are known before any worker starts.
+that is killed leaves its finished parts behind, and the next one encodes only the others. Rows the stages drop are
+written to a quarantine file with their stage and reason, and counted in the data report. Training workers then read
+only their rows of each step from the shards (data/feed.py), so they never compete with preprocessing for CPUs, and
+the sizes needed for `epochs`, the ETA and the checks below are known before any worker starts.
 """
 
 import json
@@ -205,7 +205,8 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
         label_ids={name: i for i, name in enumerate(label_names)},
     )
     write_parts(examples, directory, encoding)
-    report.train_sequences, report.val_sequences = (write_index(directory / split, shards, fingerprint) for split, shards in shards_of_parts(directory).items())
+    shards = shards_of_parts(directory)
+    report.train_sequences, report.val_sequences = (write_index(directory / split, shards[split], fingerprint) for split in SPLITS)
     if cfg.augment.copies:
         report.augmented_rows = report.train_sequences + report.val_sequences - report.rows_kept  # one row per example
     report.seconds = time.perf_counter() - started
@@ -281,14 +282,14 @@ def rows_of_parts(batch: dict, parts_done: np.ndarray) -> dict:
 
 def write_part(batch: dict, directory: str, **encoding) -> dict:
     """Encodes one part and writes its shard of each split, then its record, which marks it done."""
-    name = f"{int(batch['part'][0]):016x}"
+    name, directory = f"{int(batch['part'][0]):016x}", Path(directory)
     encoded = encode_part(batch, **encoding)
     record = {}
     for split, validation in SPLITS.items():
         here = encoded["is_val"] == validation
-        record[split] = write_shard(Path(directory) / split, name, {column: values[here] for column, values in encoded.items() if column != "is_val"})
-    (Path(directory) / PARTS).mkdir(exist_ok=True)
-    write_atomically(Path(directory) / PARTS / f"{name}.json", lambda handle: handle.write(json.dumps(record).encode()))
+        record[split] = write_shard(directory / split, name, {column: values[here] for column, values in encoded.items() if column != "is_val"})
+    (directory / PARTS).mkdir(exist_ok=True)
+    write_atomically(directory / PARTS / f"{name}.json", lambda handle: handle.write(json.dumps(record).encode()))
     return {"part": np.array([name])}
 
 
