@@ -34,7 +34,7 @@ from orchestrator.data.clean import clean
 from orchestrator.data.encode import encode_part, measure, parts
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
-from orchestrator.data.shards import Split, damaged, write_atomically, write_index, write_shard
+from orchestrator.data.shards import Split, damaged, write_index, write_shard, write_text_atomically
 from orchestrator.data.tokenizers import (
     SEPARATOR_TOKENS,
     from_json,
@@ -184,14 +184,14 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
     cfg = job.data
     report = DataReport()
     measured, tokenizer = clean_and_measure(job, files, directory, report)
-    write_atomically(directory / TOKENIZER_FILE, lambda handle: handle.write(tokenizer.backend_tokenizer.to_str().encode()))
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    write_text_atomically(directory / TOKENIZER_FILE, tokenizer_json)
     final = rows_where(measured, kept=True)
     report.rows_kept, report.tokens, report.length_bins, report.length_counts = token_lengths(final)
     if not report.rows_kept:
         dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
         raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
     label_names = label_names_of(job, final)
-    tokenizer_json = tokenizer.backend_tokenizer.to_str()
 
     examples = final.select_columns([*fields_of(job), "is_val", "row_id"])
     if cfg.augment.copies:
@@ -289,7 +289,7 @@ def write_part(batch: dict, directory: str, **encoding) -> dict:
         here = encoded["is_val"] == validation
         record[split] = write_shard(directory / split, name, {column: values[here] for column, values in encoded.items() if column != "is_val"})
     (directory / PARTS).mkdir(exist_ok=True)
-    write_atomically(directory / PARTS / f"{name}.json", lambda handle: handle.write(json.dumps(record).encode()))
+    write_text_atomically(directory / PARTS / f"{name}.json", json.dumps(record))
     return {"part": np.array([name])}
 
 

@@ -42,6 +42,10 @@ def write_atomically(path: Path, write) -> None:
     os.replace(partial, path)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda handle: handle.write(text.encode()))
+
+
 def write_shard(directory: Path, name: str, columns: dict[str, np.ndarray]) -> dict:
     """Writes one shard (column -> array of its rows) and returns its index entry; an empty one is not written."""
     rows = len(next(iter(columns.values()), []))
@@ -62,7 +66,7 @@ def write_index(directory: Path, shards: Iterable[dict], fingerprint: str = "") 
     columns = sorted(shards[0]["bytes"]) if shards else []
     index = {"rows": sum(shard["rows"] for shard in shards), "columns": columns, "fingerprint": fingerprint, "shards": shards}
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomically(directory / INDEX, lambda handle: handle.write(json.dumps(index).encode()))
+    write_text_atomically(directory / INDEX, json.dumps(index))
     return index["rows"]
 
 
