@@ -9,6 +9,7 @@ The training part runs a job like jobs/gpt-tiny.yaml and reads `train/data_wait_
 
     python -m benchmarks.data_pipeline            # about 4 minutes on 2 CPU cores
     python -m benchmarks.data_pipeline --cpus 1   # the Ray path on a cluster of 1 CPU (no training: it needs 2)
+    python -m benchmarks.data_pipeline --synthetic-mb 100   # both paths on data_scale's synthetic corpus (no training)
     python -m benchmarks.data_pipeline --smoke    # a few files and steps: checks that it works
 """
 
@@ -22,12 +23,14 @@ import numpy as np
 import ray
 
 from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
+from benchmarks.data_scale import synthetic_corpus
 from orchestrator.config.job import JobConfig
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import (
     band_keys,
+    copy_drops,
+    copy_keys,
     dedup_text,
-    judge_copies,
     lsh_bands,
     minhash_signatures,
     near_duplicates,
@@ -35,7 +38,7 @@ from orchestrator.data.clean import (
     row_verdict,
 )
 from orchestrator.data.encode import ENCODERS, measure
-from orchestrator.data.pipeline import prepare
+from orchestrator.data.pipeline import prepare, remove_uncached
 from orchestrator.data.read import fields_of, parse_file
 from orchestrator.data.tokenizers import separator_id, train_tokenizer
 from orchestrator.environment import driver_data_context
@@ -74,7 +77,10 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
         verdict = row_verdict(row["text"], {"label": row["label"]}, cfg.clean.min_chars, cfg.clean.max_chars)
         row["stage"] = verdict[0] if verdict else ""
     kept = [row for row in kept if not row["stage"]]
-    drops = judge_copies(kept, check_conflicts=True, dedup_exact=True)
+    keys = copy_keys([row["text"] for row in kept])
+    columns = {name: np.array([row[name] for row in kept], dtype=object) for name in ("source", "label")}
+    columns |= {"row_id": np.array([row["row_id"] for row in kept], dtype=np.int64), "key_hi": keys[:, 0], "key_lo": keys[:, 1]}
+    drops = set(copy_drops(columns, check_conflicts=True, dedup_exact=True)["row_id"].tolist())
     kept = [row for row in kept if row["row_id"] not in drops]
 
     near = cfg.clean.dedup_near
@@ -129,8 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--cpus", type=int, help="the local cluster's CPUs (default: every core); training needs 2")
+    parser.add_argument("--synthetic-mb", type=float, help="benchmarks/data_scale.py's corpus of this size instead of the fortunes (no training)")
     args = parser.parse_args()
-    files = corpus_files(args.smoke)
+    files = synthetic_corpus(args.synthetic_mb) if args.synthetic_mb else corpus_files(args.smoke)
     job = benchmark_job(files)
 
     started = time.perf_counter()
@@ -144,8 +151,10 @@ def main() -> None:
         started = time.perf_counter()
         prepared = prepare(job)
         seconds = time.perf_counter() - started
+        remove_uncached(prepared)
         ray.shutdown()
-        wait = data_wait(20 if args.smoke else 200, Jobs(Path(directory), env, files)) if cpus >= 2 else None
+        training = cpus >= 2 and not args.synthetic_mb
+        wait = data_wait(20 if args.smoke else 200, Jobs(Path(directory), env, files)) if training else None
     report = prepared.report
     ray_data = {
         "rows_read": report.rows_read,
@@ -162,13 +171,13 @@ def main() -> None:
     results = {
         "machine": f"{os.cpu_count()} CPU cores",
         "ray_cpus": cpus,
-        "corpus": f"{len(files)} fortunes files",
+        "corpus": f"synthetic, {args.synthetic_mb:g} MB" if args.synthetic_mb else f"{len(files)} fortunes files",
         "plain_loop": plain,
         "ray_data": ray_data,
         "ray_over_plain_throughput": plain["seconds"] / ray_data["seconds"],
         "training": wait,
     }
-    write_results("data_pipeline", results, markdown(results))
+    write_results(f"data_pipeline_{args.synthetic_mb:g}MB" if args.synthetic_mb else "data_pipeline", results, markdown(results))
 
 
 def markdown(results: dict) -> list[str]:

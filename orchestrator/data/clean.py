@@ -25,8 +25,7 @@ Decisions depend on row_id only, never on the order in which Ray delivers rows, 
 import hashlib
 import re
 import unicodedata
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import ray.data
@@ -37,7 +36,6 @@ from orchestrator.config.job import CleanConfig, NearDedupConfig
 STAGES = ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
 _OPTIONAL_STRINGS = ("text", "label", "target")  # may hold None; a block of only None reaches numpy as float NaN
 MINHASH_SEED = 1
-_GROUP_KEY = "_clean_group"
 
 _SPACES = re.compile(r"[ \t]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -90,26 +88,61 @@ def row_verdict(
     return None
 
 
-def judge_copies(rows: Iterable[dict], check_conflicts: bool, dedup_exact: bool) -> dict[int, tuple[str, str]]:
-    """{row_id: (stage, reason)} for kept rows (dicts with row_id, text, source, and label / target when the data
-    has them) that share a text: rows of a text given different labels all go, then all but the earliest copy of
-    each text (translation: text and target pair)."""
-    by_text = defaultdict(list)
-    for row in sorted(rows, key=lambda row: row["row_id"]):
-        by_text[row["text"]].append(row)
-    drops = {}
-    for copies in by_text.values():
-        labels = sorted({row["label"] for row in copies}) if check_conflicts else []
-        if len(labels) > 1:
-            drops.update({row["row_id"]: ("labels", f"conflicting labels: {', '.join(labels)}") for row in copies})
-            continue
-        if dedup_exact:
-            first = {}
-            for row in copies:
-                kept = first.setdefault(row.get("target"), row)
-                if kept is not row:
-                    drops[row["row_id"]] = ("dedup_exact", f"duplicate of {kept['source']}")
-    return drops
+def copy_keys(texts: Sequence[str], targets: Sequence | None = None) -> np.ndarray:
+    """An (n, 2) int64 array: a 128-bit hash of what exact deduplication compares of each row, its text and, for
+    translation data, its target (joined by 0xff, a byte UTF-8 never holds, so no two pairs join alike)."""
+    targets = targets if targets is not None else [None] * len(texts)
+    digests = (
+        hashlib.blake2b(text.encode() if target is None else text.encode() + b"\xff" + target.encode(), digest_size=16).digest()
+        for text, target in zip(texts, targets)
+    )
+    return np.frombuffer(b"".join(digests), dtype=np.int64).reshape(-1, 2)
+
+
+def grouped(keys: list[np.ndarray], row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order that sorts rows by `keys`, then row_id, and where in that order each group of rows with equal keys
+    starts (a boolean mask): each group's first row is its earliest."""
+    order = np.lexsort((row_ids, *reversed(keys)))  # lexsort sorts by its last key first
+    starts = np.zeros(len(order), dtype=bool)
+    starts[:1] = True
+    for key in keys:
+        ordered = key[order]
+        starts[1:] |= ordered[1:] != ordered[:-1]
+    return order, starts
+
+
+def copy_drops(keys: dict, check_conflicts: bool, dedup_exact: bool) -> dict:
+    """The rows to drop among kept rows that share a text (`keys`: columns row_id, key_hi and key_lo from copy_keys,
+    source, and label when conflicts are checked), as columns row_id, stage and reason: every row of a text given
+    different labels, then every copy of a text (translation: text and target pair) but the earliest."""
+    order, starts = grouped([keys["key_hi"], keys["key_lo"]], keys["row_id"])
+    firsts = np.flatnonzero(starts)
+    group = np.cumsum(starts) - 1
+    first = firsts[group]  # each row's group's earliest row, in sorted order
+    stage = np.full(len(order), "", dtype=object)
+    reason = np.full(len(order), "", dtype=object)
+    if check_conflicts:
+        labels = keys["label"][order]
+        ends = np.append(firsts[1:], len(order))
+        for conflicted in np.unique(group[labels != labels[first]]):
+            rows = slice(firsts[conflicted], ends[conflicted])
+            stage[rows], reason[rows] = "labels", f"conflicting labels: {', '.join(sorted(set(labels[rows])))}"
+    if dedup_exact:
+        copies = (first != np.arange(len(order))) & (stage == "")
+        sources = keys["source"][order][first[copies]]
+        stage[copies], reason[copies] = "dedup_exact", np.array([f"duplicate of {source}" for source in sources], dtype=object)
+    dropped = stage != ""
+    return {"row_id": keys["row_id"][order][dropped].astype(np.int64), "stage": stage[dropped], "reason": reason[dropped]}
+
+
+def candidate_pairs(bands: dict) -> dict:
+    """(earliest row_id, other row_id) of each row sharing a band key with an earlier one (`bands`: columns band and
+    row_id), as columns kept and other, each pair once."""
+    order, starts = grouped([bands["band"]], bands["row_id"])
+    row_ids = bands["row_id"][order].astype(np.int64)
+    first = row_ids[np.flatnonzero(starts)][np.cumsum(starts) - 1]
+    pairs = np.unique(np.stack([first, row_ids], axis=1)[first != row_ids], axis=0)
+    return {"kept": pairs[:, 0], "other": pairs[:, 1]}
 
 
 def shingles(text: str, words_per_shingle: int) -> list[str]:
@@ -200,17 +233,25 @@ def _strings(values: np.ndarray) -> np.ndarray:
 
 def _rows(batch: dict) -> dict:
     """A writable copy of the row columns, string columns as object arrays."""
-    rows = {name: values.copy() for name, values in batch.items() if name != _GROUP_KEY}
+    rows = {name: values.copy() for name, values in batch.items()}
     rows.update({name: _strings(batch[name]) for name in _OPTIONAL_STRINGS if name in batch})
     rows.update({name: batch[name].astype(object) for name in ("stage", "reason", "source")})
     return rows
 
 
-def _with_drops(batch: dict, drops: dict[int, tuple[str, str]]) -> dict:
+def _dropped(row_ids: np.ndarray, drops: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Which of `row_ids` `drops` holds (a mask), and where in it (drops' row_ids are sorted)."""
+    at = np.searchsorted(drops["row_id"], row_ids)
+    hit = at < len(drops["row_id"])
+    hit[hit] = drops["row_id"][at[hit]] == row_ids[hit]
+    return hit, at[hit]
+
+
+def _with_drops(batch: dict, drops: "ray.ObjectRef") -> dict:
     rows = _rows(batch)
-    for i, row_id in enumerate(rows["row_id"]):
-        if int(row_id) in drops:
-            rows["stage"][i], rows["reason"][i] = drops[int(row_id)]
+    drops = ray.get(drops)
+    hit, at = _dropped(rows["row_id"], drops)
+    rows["stage"][hit], rows["reason"][hit] = drops["stage"][at], drops["reason"][at]
     return rows
 
 
@@ -231,42 +272,38 @@ def _row_stages(batch: dict, normalize: bool, min_chars, max_chars, known_labels
     return rows
 
 
-def _add_group_key(batch: dict) -> dict:
-    """Kept rows are grouped by a hash of their text; dropped ones each get a group of their own (by row_id),
-    so that thousands of empty texts do not pile into one group."""
-    keys = [
-        _hash64(b"t" + text.encode() if stage == "" else b"r" + int(row_id).to_bytes(8, "little", signed=True))
-        for text, stage, row_id in zip(batch["text"], batch["stage"], batch["row_id"])
-    ]
-    return {**_rows(batch), _GROUP_KEY: np.array(keys, dtype=np.int64)}
+def _kept_rows(batch: dict, drops: "ray.ObjectRef | None" = None) -> np.ndarray:
+    """The positions of the rows no stage has dropped, `drops` (a dedup stage's, not yet applied) included."""
+    kept = batch["stage"] == ""
+    if drops is not None:
+        kept &= ~_dropped(batch["row_id"], ray.get(drops))[0]
+    return np.flatnonzero(kept)
 
 
-def _judge_group(group: dict, check_conflicts: bool, dedup_exact: bool) -> dict:
-    names = [name for name in ("row_id", "text", "source", "label", "target") if name in group]
-    kept = [{name: group[name][i] for name in names} for i in np.flatnonzero(group["stage"] == "")]
-    for row in kept:
-        row["row_id"] = int(row["row_id"])
-    return _with_drops(group, judge_copies(kept, check_conflicts, dedup_exact))
+def _copy_key_rows(batch: dict, buckets: int, labelled: bool) -> dict:
+    """One row per kept row: the hash of what exact dedup compares, its bucket, and what copy_drops reads."""
+    kept = _kept_rows(batch)
+    texts, targets = _strings(batch["text"][kept]), _strings(batch["target"][kept]) if "target" in batch else None
+    keys = copy_keys(texts, targets)
+    rows = {"key_hi": keys[:, 0], "key_lo": keys[:, 1], "bucket": np.remainder(keys[:, 0], buckets), "row_id": batch["row_id"][kept]}
+    rows["source"] = batch["source"][kept].astype(object)
+    if labelled:
+        rows["label"] = _strings(batch["label"][kept])
+    return rows
 
 
-def _kept_dedup_texts(batch: dict) -> tuple[np.ndarray, list[str]]:
+def _kept_dedup_texts(batch: dict, drops: "ray.ObjectRef | None" = None) -> tuple[np.ndarray, list[str]]:
     """The kept rows' positions in the batch and what near-deduplication compares of them."""
-    kept = np.flatnonzero(batch["stage"] == "")
+    kept = _kept_rows(batch, drops)
     target = batch.get("target")
     return kept, [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in kept]
 
 
-def _band_rows(batch: dict, num_perm: int, shingle_words: int, bands: int, rows: int) -> dict:
+def _band_rows(batch: dict, num_perm: int, shingle_words: int, bands: int, rows: int, buckets: int, drops) -> dict:
     """One (band key, row_id) row per band of each kept row: its signature is hashed into band keys and dropped."""
-    kept, texts = _kept_dedup_texts(batch)
-    keys = [band_keys(signature, bands, rows) for signature in minhash_signatures(texts, num_perm, shingle_words)]
-    return {"band": np.array(keys, dtype=np.int64).reshape(-1), "row_id": np.repeat(batch["row_id"][kept], bands)}
-
-
-def _bucket_pairs(bucket: dict) -> dict:
-    """(lowest row_id, other row_id) for every other row of a band bucket."""
-    row_ids = np.unique(bucket["row_id"])
-    return {"kept": np.full(len(row_ids) - 1, row_ids[0], dtype=np.int64), "other": row_ids[1:].astype(np.int64)}
+    kept, texts = _kept_dedup_texts(batch, drops)
+    keys = np.array([band_keys(signature, bands, rows) for signature in minhash_signatures(texts, num_perm, shingle_words)], dtype=np.int64).reshape(-1)
+    return {"band": keys, "bucket": np.remainder(keys, buckets), "row_id": np.repeat(batch["row_id"][kept], bands)}
 
 
 def _select(batch: dict, row_ids: np.ndarray) -> dict:
@@ -276,12 +313,38 @@ def _select(batch: dict, row_ids: np.ndarray) -> dict:
 
 # --- stages on a dataset ---------------------------------------------------------------------------------------
 
+KEYS_PER_BUCKET = 100_000  # dedup keys judged in one call: the groups are few, each judged by numpy, not one by one
+
+
+def _bucketed(dataset: ray.data.Dataset, judge, **kwargs) -> dict:
+    """Groups `dataset`'s key rows by their `bucket` column, runs `judge` on each bucket, and returns the columns it
+    returns, concatenated (what a dedup stage finds: far fewer rows than its keys)."""
+    found = dataset.groupby("bucket").map_groups(judge, batch_format="numpy", fn_kwargs=kwargs)
+    batches = list(found.iter_batches(batch_format="numpy", batch_size=None))
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]} if batches else {}
+
+
+def _buckets(rows: int) -> int:
+    return max(1, rows // KEYS_PER_BUCKET)
+
+
+def _drops(row_ids=(), stage=(), reason=()) -> dict:
+    """Dedup verdicts sorted by row_id, as _with_drops and _kept_rows look them up (none by default)."""
+    row_ids, stage, reason = np.asarray(row_ids, dtype=np.int64), np.asarray(stage, dtype=object), np.asarray(reason, dtype=object)
+    order = np.argsort(row_ids, kind="stable")
+    return {"row_id": row_ids[order], "stage": stage[order], "reason": reason[order]}
+
 
 def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, labelled: bool) -> ray.data.Dataset:
     """Runs the cleaning stages on `rows` (see the module docstring) and returns every row, the dropped ones
     marked in `stage` and `reason`. `labels`: the job's label set, None to accept any label; `labelled`: the
     rows have a `label` column to check. The result is materialized: the caller reads it twice (kept rows, then
-    quarantined ones) without running the stages twice."""
+    quarantined ones) without running the stages twice.
+
+    The dedup stages shuffle small key rows, not the rows: hashes of texts (exact) or of MinHash bands (near),
+    grouped into buckets that numpy judges whole. What they find, the rows to drop with their reasons, comes to the
+    driver and is shared with the tasks that mark the rows, in one pass for both stages: the one thing of these
+    stages that grows with the corpus is held whole, and it grows with its duplicates."""
     check_labels = labelled and cfg.check_labels
     rows = rows.map_batches(
         _row_stages,
@@ -294,47 +357,42 @@ def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, la
             labelled=labelled,
         ),
     ).materialize()
-    if (check_labels or cfg.dedup_exact) and rows.count():  # Ray's hash shuffle fails on a dataset without rows
-        rows = (
-            rows.map_batches(_add_group_key, batch_format="numpy")
-            .groupby(_GROUP_KEY)
-            .map_groups(
-                _judge_group,
-                batch_format="numpy",
-                fn_kwargs=dict(check_conflicts=check_labels, dedup_exact=cfg.dedup_exact),
-            )
-            .materialize()
-        )
+    drops = _drops()
+    if check_labels or cfg.dedup_exact:
+        keys = rows.map_batches(_copy_key_rows, batch_format="numpy", fn_kwargs=dict(buckets=_buckets(rows.count()), labelled=check_labels))
+        if found := _bucketed(keys.materialize(), copy_drops, check_conflicts=check_labels, dedup_exact=cfg.dedup_exact):
+            drops = _drops(found["row_id"], found["stage"], found["reason"])
     if cfg.dedup_near:
-        rows = _dedup_near(rows, cfg.dedup_near)
+        near = _dedup_near(rows, cfg.dedup_near, ray.put(drops))
+        drops = _drops(*(np.concatenate([drops[name], near[name]]) for name in ("row_id", "stage", "reason")))
+    if len(drops["row_id"]):
+        rows = rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=ray.put(drops))).materialize()
     return rows
 
 
-def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig) -> MaterializedDataset:
-    """MinHash LSH without a central index and without keeping signatures: tasks turn each kept row into its band keys
-    (8 bytes a band, not 4 a permutation), the band buckets give the candidate pairs (few), and only the rows in
-    them come to the driver, whose signatures it computes again to verify them."""
+def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.ObjectRef") -> dict:
+    """MinHash LSH without a central index and without keeping signatures: tasks turn each row kept so far (not in
+    `drops`) into its band keys (8 bytes a band, not 4 a permutation), the band buckets give the candidate pairs
+    (few), and only the rows in them come to the driver, whose signatures it computes again to verify them. Returns
+    the rows to drop, as _drops does."""
     bands, rows_per_band = lsh_bands(cfg.threshold, cfg.num_perm)
     banded = rows.map_batches(
         _band_rows,
         batch_format="numpy",
-        fn_kwargs=dict(num_perm=cfg.num_perm, shingle_words=cfg.shingle_words, bands=bands, rows=rows_per_band),
-    ).materialize()  # read twice: counted (Ray's shuffle fails on a dataset without rows), then bucketed
-    if not banded.count():
-        return rows
-    candidates = banded.groupby("band").map_groups(_bucket_pairs, batch_format="numpy")
-    pairs = set()
-    for batch in candidates.iter_batches(batch_format="numpy", batch_size=None):
-        pairs.update(zip(batch["kept"].tolist(), batch["other"].tolist()))
-    if not pairs:
-        return rows
-    involved = np.array(sorted({row_id for pair in pairs for row_id in pair}), dtype=np.int64)
+        fn_kwargs=dict(
+            num_perm=cfg.num_perm, shingle_words=cfg.shingle_words, bands=bands, rows=rows_per_band, buckets=_buckets(rows.count() * bands), drops=drops
+        ),
+    )
+    candidates = _bucketed(banded.materialize(), candidate_pairs)
+    if not candidates or not len(candidates["kept"]):
+        return _drops()
+    pairs = set(zip(candidates["kept"].tolist(), candidates["other"].tolist()))
+    involved = np.unique(np.concatenate([candidates["kept"], candidates["other"]]))
     signatures, sources = {}, {}
     for batch in rows.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
         kept, texts = _kept_dedup_texts(batch)
         for i, signature in zip(kept, minhash_signatures(texts, cfg.num_perm, cfg.shingle_words)):
             row_id = int(batch["row_id"][i])
             signatures[row_id], sources[row_id] = signature, batch["source"][i]
-    drops = near_duplicates(pairs, signatures, sources, cfg.threshold)
-    drops = {row_id: ("dedup_near", reason) for row_id, reason in drops.items()}
-    return rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=drops)).materialize()
+    found = near_duplicates(pairs, signatures, sources, cfg.threshold)
+    return _drops(list(found), ["dedup_near"] * len(found), list(found.values()))

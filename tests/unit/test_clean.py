@@ -7,9 +7,11 @@ from orchestrator.config.job import CleanConfig
 from orchestrator.data.clean import (
     STAGES,
     band_keys,
+    candidate_pairs,
     clean,
+    copy_drops,
+    copy_keys,
     jaccard,
-    judge_copies,
     lsh_bands,
     minhash_signatures,
     near_duplicates,
@@ -64,22 +66,47 @@ def test_row_verdict():
     assert row_verdict("text", {"label": "a"}, known_labels={"a"}) is None
 
 
-def test_judge_copies_conflicts_then_duplicates():
+def judged(rows: list[dict], check_conflicts: bool, dedup_exact: bool = True) -> dict:
+    """copy_drops on rows given as dicts: {row_id: (stage, reason)}."""
+    keys = copy_keys([row["text"] for row in rows], [row.get("target") for row in rows])
+    columns = {name: np.array([row[name] for row in rows], dtype=object) for name in ("source", "label")}
+    columns |= {"row_id": np.array([row["row_id"] for row in rows]), "key_hi": keys[:, 0], "key_lo": keys[:, 1]}
+    drops = copy_drops(columns, check_conflicts, dedup_exact)
+    return {int(row_id): (stage, reason) for row_id, stage, reason in zip(drops["row_id"], drops["stage"], drops["reason"])}
+
+
+def test_copy_drops_conflicts_then_duplicates():
     rows = [
         {"row_id": 9, "text": "t", "source": "s9", "label": "b"},
         {"row_id": 3, "text": "t", "source": "s3", "label": "a"},
         {"row_id": 7, "text": "u", "source": "s7", "label": "a"},
         {"row_id": 5, "text": "u", "source": "s5", "label": "a"},
+        {"row_id": 1, "text": "v", "source": "s1", "label": "a"},
     ]
-    assert judge_copies(rows, check_conflicts=True, dedup_exact=True) == {
+    assert judged(rows, check_conflicts=True) == {
         9: ("labels", "conflicting labels: a, b"),
         3: ("labels", "conflicting labels: a, b"),
         7: ("dedup_exact", "duplicate of s5"),
     }
-    assert judge_copies(rows, check_conflicts=False, dedup_exact=True) == {
-        9: ("dedup_exact", "duplicate of s3"),
-        7: ("dedup_exact", "duplicate of s5"),
-    }
+    assert judged(rows, check_conflicts=False) == {9: ("dedup_exact", "duplicate of s3"), 7: ("dedup_exact", "duplicate of s5")}
+    assert judged(rows, check_conflicts=True, dedup_exact=False) == {9: ("labels", "conflicting labels: a, b"), 3: ("labels", "conflicting labels: a, b")}
+    assert judged([], check_conflicts=True) == {}
+
+
+def test_copy_keys_tell_translation_pairs_apart():
+    keys = copy_keys(["a\nb", "a", "a", "a"], ["c", "b\nc", "b\nc", None])
+    assert len({tuple(key) for key in keys}) == 3 and (keys[1] == keys[2]).all()
+    assert judged(
+        [{"row_id": i, "text": t, "target": g, "source": f"s{i}", "label": ""} for i, (t, g) in enumerate([("x", "y"), ("x", "z"), ("x", "y")])], False
+    ) == {2: ("dedup_exact", "duplicate of s0")}
+
+
+def test_candidate_pairs_join_each_row_to_the_earliest_of_its_band():
+    bands = {"band": np.array([7, 7, 7, 8, 8, 9, 7]), "row_id": np.array([5, 2, 9, 5, 9, 4, 2])}
+    pairs = candidate_pairs(bands)
+    assert sorted(zip(pairs["kept"].tolist(), pairs["other"].tolist())) == [(2, 5), (2, 9), (5, 9)]
+    empty = candidate_pairs({"band": np.array([], dtype=np.int64), "row_id": np.array([], dtype=np.int64)})
+    assert len(empty["kept"]) == len(empty["other"]) == 0
 
 
 def test_minhash_estimates_and_bands():
