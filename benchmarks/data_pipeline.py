@@ -29,7 +29,7 @@ from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import (
     band_keys,
     copy_drops,
-    copy_keys,
+    copy_key_columns,
     dedup_text,
     lsh_bands,
     minhash_signatures,
@@ -77,9 +77,7 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
         verdict = row_verdict(row["text"], {"label": row["label"]}, cfg.clean.min_chars, cfg.clean.max_chars)
         row["stage"] = verdict[0] if verdict else ""
     kept = [row for row in kept if not row["stage"]]
-    keys = copy_keys([row["text"] for row in kept])
-    columns = {name: np.array([row[name] for row in kept], dtype=object) for name in ("source", "label")}
-    columns |= {"row_id": np.array([row["row_id"] for row in kept], dtype=np.int64), "key_hi": keys[:, 0], "key_lo": keys[:, 1]}
+    columns = copy_key_columns(*([row.get(name) for row in kept] for name in ("text", "target", "row_id", "source", "label")))
     drops = set(copy_drops(columns, check_conflicts=True, dedup_exact=True)["row_id"].tolist())
     kept = [row for row in kept if row["row_id"] not in drops]
 

@@ -99,6 +99,16 @@ def copy_keys(texts: Sequence[str], targets: Sequence | None = None) -> np.ndarr
     return np.frombuffer(b"".join(digests), dtype=np.int64).reshape(-1, 2)
 
 
+def copy_key_columns(texts: Sequence[str], targets: Sequence | None, row_ids, sources, labels=None) -> dict:
+    """What copy_drops reads of the rows it judges: their copy_keys (key_hi, key_lo), row_id, source, and label when
+    conflicts are checked."""
+    keys = copy_keys(texts, targets)
+    columns = {"key_hi": keys[:, 0], "key_lo": keys[:, 1], "row_id": np.asarray(row_ids, dtype=np.int64), "source": np.asarray(sources, dtype=object)}
+    if labels is not None:
+        columns["label"] = np.asarray(labels, dtype=object)
+    return columns
+
+
 def grouped(keys: list[np.ndarray], row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The order that sorts rows by `keys`, then row_id, and where in that order each group of rows with equal keys
     starts (a boolean mask): each group's first row is its earliest."""
@@ -281,15 +291,12 @@ def _kept_rows(batch: dict, drops: "ray.ObjectRef | None" = None) -> np.ndarray:
 
 
 def _copy_key_rows(batch: dict, buckets: int, labelled: bool) -> dict:
-    """One row per kept row: the hash of what exact dedup compares, its bucket, and what copy_drops reads."""
+    """One row per kept row: what copy_drops reads of it, and its bucket."""
     kept = _kept_rows(batch)
-    texts, targets = _strings(batch["text"][kept]), _strings(batch["target"][kept]) if "target" in batch else None
-    keys = copy_keys(texts, targets)
-    rows = {"key_hi": keys[:, 0], "key_lo": keys[:, 1], "bucket": np.remainder(keys[:, 0], buckets), "row_id": batch["row_id"][kept]}
-    rows["source"] = batch["source"][kept].astype(object)
-    if labelled:
-        rows["label"] = _strings(batch["label"][kept])
-    return rows
+    targets = _strings(batch["target"][kept]) if "target" in batch else None
+    labels = _strings(batch["label"][kept]) if labelled else None
+    columns = copy_key_columns(_strings(batch["text"][kept]), targets, batch["row_id"][kept], batch["source"][kept], labels)
+    return {**columns, "bucket": np.remainder(columns["key_hi"], buckets)}
 
 
 def _kept_dedup_texts(batch: dict, drops: "ray.ObjectRef | None" = None) -> tuple[np.ndarray, list[str]]:

@@ -10,6 +10,7 @@ from orchestrator.data.clean import (
     candidate_pairs,
     clean,
     copy_drops,
+    copy_key_columns,
     copy_keys,
     jaccard,
     lsh_bands,
@@ -68,9 +69,7 @@ def test_row_verdict():
 
 def judged(rows: list[dict], check_conflicts: bool, dedup_exact: bool = True) -> dict:
     """copy_drops on rows given as dicts: {row_id: (stage, reason)}."""
-    keys = copy_keys([row["text"] for row in rows], [row.get("target") for row in rows])
-    columns = {name: np.array([row[name] for row in rows], dtype=object) for name in ("source", "label")}
-    columns |= {"row_id": np.array([row["row_id"] for row in rows]), "key_hi": keys[:, 0], "key_lo": keys[:, 1]}
+    columns = copy_key_columns(*([row.get(name) for row in rows] for name in ("text", "target", "row_id", "source", "label")))
     drops = copy_drops(columns, check_conflicts, dedup_exact)
     return {int(row_id): (stage, reason) for row_id, stage, reason in zip(drops["row_id"], drops["stage"], drops["reason"])}
 
