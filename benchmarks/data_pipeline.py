@@ -14,6 +14,7 @@ The training part runs a job like jobs/gpt-tiny.yaml and reads `train/data_wait_
 """
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -40,7 +41,7 @@ from orchestrator.data.clean import (
 from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.pipeline import prepare, remove_uncached
 from orchestrator.data.read import fields_of, parse_file
-from orchestrator.data.tokenizers import separator_id, train_tokenizer
+from orchestrator.data.tokenizers import sample_rows, separator_id, train_tokenizer
 from orchestrator.environment import driver_data_context
 
 
@@ -93,7 +94,11 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
     drops = near_duplicates(pairs, {i: s for i, (_, s) in by_id.items()}, {i: r["source"] for i, (r, _) in by_id.items()}, near.threshold)
     kept = [row for row in kept if row["row_id"] not in drops]
 
-    tokenizer = train_tokenizer(cfg.tokenizer, (row["text"] for row in kept))
+    sample = kept  # the pipeline's tokenizer sample: every row in `every`, by row_id
+    if (every := math.ceil(len(rows) / cfg.tokenizer.sample_texts)) > 1:
+        chosen = set(sample_rows({"row_id": np.array([row["row_id"] for row in kept])}, every)["row_id"].tolist())
+        sample = [row for row in kept if row["row_id"] in chosen]
+    tokenizer = train_tokenizer(cfg.tokenizer, (row["text"] for row in sample))
     tokenizer_json = tokenizer.backend_tokenizer.to_str()
     batch = {column: np.array([row[column] for row in kept], dtype=object) for column in ("text", "label", "stage", "reason")}
     batch = measure(batch, tokenizer_json, cfg.clean.min_tokens, cfg.clean.max_tokens, cfg.val_fraction, cfg.seed)
