@@ -9,7 +9,7 @@ local cluster whose object store is smaller than the largest corpus. For each si
   4 workers (as a share of the split), and the time a resumed epoch takes to its first batch at step 10 and at its
   last step.
 
-    python -m benchmarks.data_scale                          # 100, 400 and 1,600 MB: hours on 2 cores
+    python -m benchmarks.data_scale                          # 100, 400 and 1,600 MB: about an hour on 2 cores
     python -m benchmarks.data_scale --sizes-mb 10 40         # a first look
     python -m benchmarks.data_scale --smoke                  # 2 MB: checks that it works
 """

@@ -11,7 +11,7 @@ import sys
 
 from benchmarks.common import REPO, RESULTS, local_cluster
 
-# benchmarks/data_scale.py runs on its own: its corpus sizes take hours, on a cluster with an object store of its size
+# benchmarks/data_scale.py runs on its own: its corpus sizes take about an hour, on a cluster with an object store of its size
 BENCHMARKS = {
     "overhead": "Framework overhead against bare PyTorch",
     "scaling": "Data-parallel scaling",
