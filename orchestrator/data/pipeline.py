@@ -1,6 +1,6 @@
 """The Ray Data pipeline a job runs before its workers start:
 
-    read -> clean -> tokenizer -> measure (token lengths, split) -> [augment] -> parts -> encode + write shards -> index
+    read -> clean -> tokenizer -> measure (token lengths, split) -> parts -> [augment] + encode + write shards -> index
 
 Every stage is a Ray Data operator over the cluster's CPUs while they are still free. The corpus is encoded a part at
 a time (a run of consecutive lines of a file: data/encode.py), and the task that encodes a part writes its rows as
@@ -27,7 +27,7 @@ import ray.data
 from tokenizers import Tokenizer
 
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import JobConfig
+from orchestrator.config.job import AugmentConfig, JobConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
@@ -194,8 +194,6 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
     label_names = label_names_of(job, final)
 
     examples = final.select_columns([*fields_of(job), "is_val", "row_id"])
-    if cfg.augment.copies:
-        examples = examples.map_batches(add_augmented_copies, batch_format="numpy", fn_kwargs={"cfg": cfg.augment})
     encoding = dict(
         task=job.task,
         tokenizer_json=tokenizer_json,
@@ -204,7 +202,7 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
         pad=tokenizer.pad_token_id,
         label_ids={name: i for i, name in enumerate(label_names)},
     )
-    write_parts(examples, directory, encoding)
+    write_parts(examples, directory, encoding, augment=cfg.augment if cfg.augment.copies else None)
     shards = shards_of_parts(directory)
     report.train_sequences, report.val_sequences = (write_index(directory / split, shards[split], fingerprint) for split in SPLITS)
     if cfg.augment.copies:
@@ -261,16 +259,18 @@ def _length_counts(batch: dict) -> dict:
     return {"counts": np.array([np.bincount(batch["n_tokens"]).astype(np.int64).tobytes()], dtype=object)}
 
 
-def write_parts(examples: ray.data.Dataset, directory: Path, encoding: dict) -> None:
-    """Encodes the parts of `examples` that `directory` does not hold yet, each in one Ray task that writes its shards
-    there (write_part): the encoded rows never pass through the object store or the driver."""
+def write_parts(examples: ray.data.Dataset, directory: Path, encoding: dict, augment: AugmentConfig | None) -> None:
+    """Encodes the parts of `examples` that `directory` does not hold yet, each in one Ray task that adds its
+    augmented copies and writes its shards there (write_part): the copies and the encoded rows never pass through
+    the object store or the driver."""
     for unfinished in directory.glob("*/.*"):  # what tasks killed mid-write left (shards.write_atomically)
         unfinished.unlink()
     done = np.array([int(record.stem, 16) for record in (directory / PARTS).glob("*.json")], dtype=np.int64)
     if len(done):
         print(f"data: resuming an interrupted preparation: {len(done)} parts already written in {directory}", flush=True)
     todo = examples.map_batches(parts, batch_format="numpy").map_batches(rows_of_parts, batch_format="numpy", fn_kwargs={"parts_done": done})
-    written = todo.groupby("part").map_groups(write_part, batch_format="numpy", fn_kwargs={"directory": str(directory), **encoding})
+    kwargs = {"directory": str(directory), "augment": augment, **encoding}
+    written = todo.groupby("part").map_groups(write_part, batch_format="numpy", fn_kwargs=kwargs)
     written.materialize()  # one row a part
 
 
@@ -280,10 +280,11 @@ def rows_of_parts(batch: dict, parts_done: np.ndarray) -> dict:
     return {column: values[keep] for column, values in batch.items()}
 
 
-def write_part(batch: dict, directory: str, **encoding) -> dict:
-    """Encodes one part and writes its shard of each split, then its record, which marks it done."""
+def write_part(batch: dict, directory: str, augment: AugmentConfig | None, **encoding) -> dict:
+    """Encodes one part, with its augmented copies, and writes its shard of each split, then its record, which marks
+    it done."""
     name, directory = f"{int(batch['part'][0]):016x}", Path(directory)
-    encoded = encode_part(batch, **encoding)
+    encoded = encode_part(add_augmented_copies(batch, augment) if augment else batch, **encoding)
     record = {}
     for split, validation in SPLITS.items():
         here = encoded["is_val"] == validation

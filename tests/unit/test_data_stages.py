@@ -105,6 +105,26 @@ def test_augmentation_is_seeded_and_only_copies_training_rows():
     assert out["label"].tolist() == ["a", "b", "a", "a"] and out["is_val"].tolist() == [False, True, False, False]
 
 
+def test_a_part_is_written_with_its_training_rows_augmented_in_corpus_order(tokenizer, tmp_path):
+    """write_part adds the augmented copies itself, so they never travel through the object store; the rows arrive
+    from Ray's group-by in any order, and are written in corpus order (row_id, then text)."""
+    from orchestrator.data.pipeline import shards_of_parts, write_part
+    from orchestrator.data.shards import shard_file
+
+    cfg = AugmentConfig(copies=2, word_dropout=0.3, seed=1)
+    texts = ["the cat sees the dog", "le chat voit le chien", "the dog sees the cat"]
+    batch = {"text": np.array(texts, dtype=object), "label": np.array(["a", "b", "a"], dtype=object)}
+    batch |= {"is_val": np.array([False, True, False]), "row_id": np.array([3, 1, 2], dtype=np.int64), "part": np.zeros(3, dtype=np.int64)}
+    encoding = dict(task="sequence_classification", tokenizer_json=tokenizer.backend_tokenizer.to_str(), seq_len=16, separator=0)
+    write_part(batch, str(tmp_path), augment=cfg, pad=tokenizer.pad_token_id, label_ids={"a": 0, "b": 1}, **encoding)
+    shards = shards_of_parts(tmp_path)
+    assert [shard["rows"] for shard in shards["train"]] == [2 * 3] and [shard["rows"] for shard in shards["val"]] == [1]
+    rows = np.load(shard_file(tmp_path / "train", f"{0:016x}", "input_ids"))
+    decoded = [tokenizer.decode(ids.tolist(), skip_special_tokens=True) for ids in rows]
+    expected = [text for row in (2, 0) for text in sorted([texts[row], *(augmented(texts[row], cfg, copy) for copy in (1, 2))])]
+    assert [text.replace(" ", "") for text in decoded] == [text.replace(" ", "") for text in expected]
+
+
 def test_the_tokenizer_sample_is_about_one_row_in_every_spread_over_files_and_lines_and_independent_of_blocks():
     """Row ids are file index << 32 | line: one file of 40,000 lines, or 4,000 files of 10 lines, sampled alike."""
     one_file = np.arange(40_000, dtype=np.int64)
