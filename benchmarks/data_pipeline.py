@@ -85,7 +85,7 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
         verdict = row_verdict(row["text"], {"label": row["label"]}, cfg.clean.min_chars, cfg.clean.max_chars)
         row["stage"] = verdict[0] if verdict else ""
     kept = [row for row in kept if not row["stage"]]
-    columns = copy_key_columns(*([row.get(name) for row in kept] for name in ("text", "target", "row_id", "source", "label")))
+    columns = copy_key_columns(*([row.get(name) for row in kept] for name in ("text", "target", "row_id", "label")))
     drops = set(copy_drops(columns, check_conflicts=True, dedup_exact=True)["row_id"].tolist())
     kept = [row for row in kept if row["row_id"] not in drops]
 
@@ -96,8 +96,7 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
     involved = set(pairs["kept"].tolist()) | set(pairs["other"].tolist())
     chosen = [row for row in kept if row["row_id"] in involved]  # signatures are kept for these only, as in the pipeline
     signatures = dict(zip((row["row_id"] for row in chosen), signatures_of(chosen, near)))
-    sources = {row["row_id"]: row["source"] for row in chosen}
-    drops = near_duplicates(zip(pairs["kept"].tolist(), pairs["other"].tolist()), signatures, sources, near.threshold)
+    drops = set(near_duplicates(zip(pairs["kept"].tolist(), pairs["other"].tolist()), signatures, near.threshold)["row_id"].tolist())
     kept = [row for row in kept if row["row_id"] not in drops]
 
     sample = kept  # the pipeline's tokenizer sample: every row in `every`, by row_id

@@ -32,8 +32,11 @@ import ray.data
 from ray.data.dataset import MaterializedDataset
 
 from orchestrator.config.job import CleanConfig, NearDedupConfig
+from orchestrator.data.read import source_of
 
 STAGES = ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
+STAGE_CODES = {stage: code for code, stage in enumerate(STAGES)}  # a verdict's stage, in one byte
+NOT_DROPPED = -1
 _OPTIONAL_STRINGS = ("text", "label", "target")  # may hold None; a block of only None reaches numpy as float NaN
 MINHASH_SEED = 1
 
@@ -99,11 +102,11 @@ def copy_keys(texts: Sequence[str], targets: Sequence | None = None) -> np.ndarr
     return np.frombuffer(b"".join(digests), dtype=np.int64).reshape(-1, 2)
 
 
-def copy_key_columns(texts: Sequence[str], targets: Sequence | None, row_ids, sources, labels=None) -> dict:
-    """What copy_drops reads of the rows it judges: their copy_keys (key_hi, key_lo), row_id, source, and label when
-    conflicts are checked."""
+def copy_key_columns(texts: Sequence[str], targets: Sequence | None, row_ids, labels=None) -> dict:
+    """What copy_drops reads of the rows it judges: their copy_keys (key_hi, key_lo), row_id, and label when conflicts
+    are checked."""
     keys = copy_keys(texts, targets)
-    columns = {"key_hi": keys[:, 0], "key_lo": keys[:, 1], "row_id": np.asarray(row_ids, dtype=np.int64), "source": np.asarray(sources, dtype=object)}
+    columns = {"key_hi": keys[:, 0], "key_lo": keys[:, 1], "row_id": np.asarray(row_ids, dtype=np.int64)}
     if labels is not None:
         columns["label"] = np.asarray(labels, dtype=object)
     return columns
@@ -123,26 +126,25 @@ def grouped(keys: list[np.ndarray], row_ids: np.ndarray) -> tuple[np.ndarray, np
 
 def copy_drops(keys: dict, check_conflicts: bool, dedup_exact: bool) -> dict:
     """The rows to drop among kept rows that share a text (`keys`: columns row_id, key_hi and key_lo from copy_keys,
-    source, and label when conflicts are checked), as columns row_id, stage and reason: every row of a text given
-    different labels, then every copy of a text (translation: text and target pair) but the earliest."""
+    and label when conflicts are checked), as verdicts (see verdicts()): every row of a text given different labels,
+    then every copy of a text (translation: text and target pair) but the earliest, which it names."""
     order, starts = grouped([keys["key_hi"], keys["key_lo"]], keys["row_id"])
     firsts = np.flatnonzero(starts)
     group = np.cumsum(starts) - 1
     first = firsts[group]  # each row's group's earliest row, in sorted order
-    stage = np.full(len(order), "", dtype=object)
-    reason = np.full(len(order), "", dtype=object)
+    stage = np.full(len(order), NOT_DROPPED, dtype=np.int8)
+    conflict = np.full(len(order), "", dtype=object)
     if check_conflicts:
         labels = keys["label"][order]
         ends = np.append(firsts[1:], len(order))
         for conflicted in np.unique(group[labels != labels[first]]):
             rows = slice(firsts[conflicted], ends[conflicted])
-            stage[rows], reason[rows] = "labels", f"conflicting labels: {', '.join(sorted(set(labels[rows])))}"
+            stage[rows], conflict[rows] = STAGE_CODES["labels"], ", ".join(sorted(set(labels[rows])))
     if dedup_exact:
-        copies = (first != np.arange(len(order))) & (stage == "")
-        sources = keys["source"][order][first[copies]]
-        stage[copies], reason[copies] = "dedup_exact", np.array([f"duplicate of {source}" for source in sources], dtype=object)
-    dropped = stage != ""
-    return {"row_id": keys["row_id"][order][dropped].astype(np.int64), "stage": stage[dropped], "reason": reason[dropped]}
+        stage[(first != np.arange(len(order))) & (stage == NOT_DROPPED)] = STAGE_CODES["dedup_exact"]
+    dropped = stage != NOT_DROPPED
+    row_ids = keys["row_id"][order].astype(np.int64)
+    return verdicts(row_ids[dropped], stage[dropped], of=row_ids[first][dropped], labels=conflict[dropped])
 
 
 def candidate_pairs(bands: dict) -> dict:
@@ -203,9 +205,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def near_duplicates(pairs: Iterable[tuple[int, int]], signatures: dict[int, np.ndarray], sources: dict[int, str], threshold: float) -> dict[int, str]:
-    """{row_id: reason} of the rows to drop: candidate pairs whose estimated similarity reaches `threshold` are
-    joined into groups (union-find), and each group keeps its lowest row_id. The reason gives the similarity to
+def near_duplicates(pairs: Iterable[tuple[int, int]], signatures: dict[int, np.ndarray], threshold: float) -> dict:
+    """The rows to drop, as verdicts (see verdicts()): candidate pairs whose estimated similarity reaches `threshold`
+    are joined into groups (union-find), and each group keeps its lowest row_id. A verdict gives the similarity to
     the kept row, which a row joined through a chain of near-duplicates may have below `threshold`."""
     parent = {}
 
@@ -220,13 +222,43 @@ def near_duplicates(pairs: Iterable[tuple[int, int]], signatures: dict[int, np.n
         if jaccard(signatures[a], signatures[b]) >= threshold:
             low, high = sorted((root(a), root(b)))
             parent[high] = low
-    drops = {}
-    for node in parent:
-        kept = root(node)
-        if kept != node:
-            similarity = jaccard(signatures[node], signatures[kept])
-            drops[node] = f"near-duplicate (jaccard {similarity:.2f}) of {sources[kept]}"
-    return drops
+    dropped = [(node, root(node)) for node in parent if root(node) != node]
+    return verdicts(
+        [node for node, _ in dropped],
+        np.full(len(dropped), STAGE_CODES["dedup_near"], dtype=np.int8),
+        of=[kept for _, kept in dropped],
+        similarity=[jaccard(signatures[node], signatures[kept]) for node, kept in dropped],
+    )
+
+
+def verdicts(row_ids=(), stage=(), of=(), similarity=None, labels=None) -> dict:
+    """The rows a dedup stage drops, in about 30 bytes each whatever the corpus's paths (the driver holds them all,
+    and every task that marks rows reads them): columns row_id, stage (its STAGE_CODES), of (the row_id of the row
+    kept in its place), similarity (near duplicates', else NaN) and labels (a label conflict's, else ""), sorted by
+    row_id as _with_drops and _kept_rows look them up. drop_reason says it in words."""
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    columns = {
+        "row_id": row_ids,
+        "stage": np.asarray(stage, dtype=np.int8),
+        "of": np.asarray(of, dtype=np.int64),
+        "similarity": np.full(len(row_ids), np.nan, dtype=np.float32) if similarity is None else np.asarray(similarity, dtype=np.float32),
+        "labels": np.full(len(row_ids), "", dtype=object) if labels is None else np.asarray(labels, dtype=object),
+    }
+    order = np.argsort(row_ids, kind="stable")
+    return {name: values[order] for name, values in columns.items()}
+
+
+def joined(*parts: dict) -> dict:
+    """Several stages' verdicts as one."""
+    return verdicts(*(np.concatenate([part[name] for part in parts]) for name in ("row_id", "stage", "of", "similarity", "labels")))
+
+
+def drop_reason(stage: str, of: int, similarity: float, labels: str, files: Sequence[str]) -> str:
+    """A dedup verdict in words, naming the file and line of the row kept in its place."""
+    if stage == "labels":
+        return f"conflicting labels: {labels}"
+    kept = source_of(of, files)
+    return f"duplicate of {kept}" if stage == "dedup_exact" else f"near-duplicate (jaccard {similarity:.2f}) of {kept}"
 
 
 def _hash64(data: bytes) -> int:
@@ -257,11 +289,14 @@ def _dropped(row_ids: np.ndarray, drops: dict) -> tuple[np.ndarray, np.ndarray]:
     return hit, at[hit]
 
 
-def _with_drops(batch: dict, drops: "ray.ObjectRef") -> dict:
+def _with_drops(batch: dict, drops: "ray.ObjectRef", files: Sequence[str]) -> dict:
     rows = _rows(batch)
     drops = ray.get(drops)
     hit, at = _dropped(rows["row_id"], drops)
-    rows["stage"][hit], rows["reason"][hit] = drops["stage"][at], drops["reason"][at]
+    stages = [STAGES[code] for code in drops["stage"][at]]
+    rows["stage"][hit] = np.array(stages, dtype=object)
+    details = zip(stages, drops["of"][at].tolist(), drops["similarity"][at].tolist(), drops["labels"][at])
+    rows["reason"][hit] = np.array([drop_reason(*detail, files) for detail in details], dtype=object)
     return rows
 
 
@@ -295,7 +330,7 @@ def _copy_key_rows(batch: dict, buckets: int, labelled: bool) -> dict:
     kept = _kept_rows(batch)
     targets = _strings(batch["target"][kept]) if "target" in batch else None
     labels = _strings(batch["label"][kept]) if labelled else None
-    columns = copy_key_columns(_strings(batch["text"][kept]), targets, batch["row_id"][kept], batch["source"][kept], labels)
+    columns = copy_key_columns(_strings(batch["text"][kept]), targets, batch["row_id"][kept], labels)
     return {**columns, "bucket": np.remainder(columns["key_hi"], buckets)}
 
 
@@ -335,23 +370,16 @@ def _buckets(rows: int) -> int:
     return max(1, rows // KEYS_PER_BUCKET)
 
 
-def _drops(row_ids=(), stage=(), reason=()) -> dict:
-    """Dedup verdicts sorted by row_id, as _with_drops and _kept_rows look them up (none by default)."""
-    row_ids, stage, reason = np.asarray(row_ids, dtype=np.int64), np.asarray(stage, dtype=object), np.asarray(reason, dtype=object)
-    order = np.argsort(row_ids, kind="stable")
-    return {"row_id": row_ids[order], "stage": stage[order], "reason": reason[order]}
-
-
-def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, labelled: bool) -> ray.data.Dataset:
+def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, labelled: bool, files: Sequence[str]) -> ray.data.Dataset:
     """Runs the cleaning stages on `rows` (see the module docstring) and returns every row, the dropped ones
     marked in `stage` and `reason`. `labels`: the job's label set, None to accept any label; `labelled`: the
-    rows have a `label` column to check. The result is materialized: the caller reads it twice (kept rows, then
-    quarantined ones) without running the stages twice.
+    rows have a `label` column to check; `files`: the corpus's files, which row_ids number. The result is
+    materialized: the caller reads it twice (kept rows, then quarantined ones) without running the stages twice.
 
     The dedup stages shuffle small key rows, not the rows: hashes of texts (exact) or of MinHash bands (near),
-    grouped into buckets that numpy judges whole. What they find, the rows to drop with their reasons, comes to the
-    driver and is shared with the tasks that mark the rows, in one pass for both stages: the one thing of these
-    stages that grows with the corpus is held whole, and it grows with its duplicates."""
+    grouped into buckets that numpy judges whole. What they find, the rows to drop as compact verdicts (verdicts()),
+    comes to the driver and is shared with the tasks that mark the rows, in one pass for both stages: the one thing
+    of these stages that grows with the corpus is held whole, and it grows with its duplicates."""
     check_labels = labelled and cfg.check_labels
     rows = rows.map_batches(
         _row_stages,
@@ -364,16 +392,15 @@ def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, la
             labelled=labelled,
         ),
     ).materialize()
-    drops = _drops()
+    drops = verdicts()
     if check_labels or cfg.dedup_exact:
         keys = rows.map_batches(_copy_key_rows, batch_format="numpy", fn_kwargs=dict(buckets=_buckets(rows.count()), labelled=check_labels))
         if found := _bucketed(keys.materialize(), copy_drops, check_conflicts=check_labels, dedup_exact=cfg.dedup_exact):
-            drops = _drops(found["row_id"], found["stage"], found["reason"])
+            drops = joined(found)
     if cfg.dedup_near:
-        near = _dedup_near(rows, cfg.dedup_near, ray.put(drops))
-        drops = _drops(*(np.concatenate([drops[name], near[name]]) for name in ("row_id", "stage", "reason")))
+        drops = joined(drops, _dedup_near(rows, cfg.dedup_near, ray.put(drops)))
     if len(drops["row_id"]):
-        rows = rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=ray.put(drops))).materialize()
+        rows = rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=ray.put(drops), files=list(files))).materialize()
     return rows
 
 
@@ -381,7 +408,7 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.Obj
     """MinHash LSH without a central index and without keeping signatures: tasks turn each row kept so far (not in
     `drops`) into its band keys (8 bytes a band, not 4 a permutation), the band buckets give the candidate pairs
     (few), and only the rows in them come to the driver, whose signatures it computes again to verify them. Returns
-    the rows to drop, as _drops does."""
+    the rows to drop, as verdicts."""
     bands, rows_per_band = lsh_bands(cfg.threshold, cfg.num_perm)
     banded = rows.map_batches(
         _band_rows,
@@ -392,14 +419,11 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.Obj
     )
     candidates = _bucketed(banded.materialize(), candidate_pairs)
     if not candidates or not len(candidates["kept"]):
-        return _drops()
+        return verdicts()
     pairs = set(zip(candidates["kept"].tolist(), candidates["other"].tolist()))
     involved = np.unique(np.concatenate([candidates["kept"], candidates["other"]]))
-    signatures, sources = {}, {}
+    signatures = {}
     for batch in rows.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
         kept, texts = _kept_dedup_texts(batch)
-        for i, signature in zip(kept, minhash_signatures(texts, cfg.num_perm, cfg.shingle_words)):
-            row_id = int(batch["row_id"][i])
-            signatures[row_id], sources[row_id] = signature, batch["source"][i]
-    found = near_duplicates(pairs, signatures, sources, cfg.threshold)
-    return _drops(list(found), ["dedup_near"] * len(found), list(found.values()))
+        signatures.update(zip(batch["row_id"][kept].tolist(), minhash_signatures(texts, cfg.num_perm, cfg.shingle_words)))
+    return near_duplicates(pairs, signatures, cfg.threshold)

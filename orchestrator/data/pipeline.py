@@ -219,7 +219,7 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, report:
     return: the object store holds the measured rows alone from here on."""
     cfg = job.data
     rows = read_rows(files, file_format(cfg.format, files), fields_of(job))
-    cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification")
+    cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification", files=files)
     check_strict(job, cleaned)
     report.rows_read = cleaned.count()
     kept = rows_where(cleaned, kept=True)

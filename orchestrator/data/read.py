@@ -21,6 +21,7 @@ from orchestrator.config.paths import expand_path, glob_problem, is_uri
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "txt")
 MAX_QUARANTINED_CHARS = 2000  # of a malformed line, in the quarantine file
+LINE_BITS = 32  # a row_id: file index << LINE_BITS | line
 
 
 def resolve_data_files(job: JobConfig) -> list[str]:
@@ -112,9 +113,14 @@ def _bad_line(fields: dict[str, str], raw: bytes | str, source: str, row_id: int
     }
 
 
+def source_of(row_id: int, files: list[str]) -> str:
+    """The "path:line" of the row `row_id` numbers (parse_file's numbering; `files` as read_rows was given them)."""
+    return f"{files[row_id >> LINE_BITS]}:{row_id & (1 << LINE_BITS) - 1}"
+
+
 def parse_file(data: bytes, path: str, file_index: int, fmt: str, fields: dict[str, str]) -> list[dict]:
     """All rows of one file; line numbers (rows for parquet) count from 1."""
-    base = file_index << 32
+    base = file_index << LINE_BITS
     if fmt == "parquet":
         records = pq.read_table(io.BytesIO(data)).to_pylist()
         return [_row(fields, record, f"{path}:{n}", base + n) for n, record in enumerate(records, 1)]
@@ -158,9 +164,12 @@ def read_rows(files: list[str], fmt: str, fields: dict[str, str]):
     import ray.data
 
     index = {path: i for i, path in enumerate(files)}
-    return ray.data.read_binary_files(files, include_paths=True).flat_map(
-        lambda item: parse_file(item["bytes"], item["path"], _file_index(index, item["path"]), fmt, fields)
-    )
+
+    def rows_of(item: dict) -> list[dict]:
+        number = _file_index(index, item["path"])
+        return parse_file(item["bytes"], files[number], number, fmt, fields)  # sources name files as the job does
+
+    return ray.data.read_binary_files(files, include_paths=True).flat_map(rows_of)
 
 
 def _file_index(index: dict[str, int], path: str) -> int:

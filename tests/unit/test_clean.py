@@ -12,6 +12,7 @@ from orchestrator.data.clean import (
     copy_drops,
     copy_key_columns,
     copy_keys,
+    drop_reason,
     jaccard,
     lsh_bands,
     minhash_signatures,
@@ -19,7 +20,9 @@ from orchestrator.data.clean import (
     normalize_text,
     row_verdict,
     shingles,
+    verdicts,
 )
+from orchestrator.data.read import source_of
 
 # 30 distinct words: changing the last one changes 1 of 28 three-word shingles (Jaccard 27/29 = 0.93).
 LONG = (
@@ -67,27 +70,36 @@ def test_row_verdict():
     assert row_verdict("text", {"label": "a"}, known_labels={"a"}) is None
 
 
+FILES = ["f.jsonl"]  # the corpus of every test here: row_id n is its line n
+
+
+def in_words(drops: dict) -> dict:
+    """Verdicts as {row_id: (stage, reason)}."""
+    details = zip(drops["stage"], drops["of"].tolist(), drops["similarity"].tolist(), drops["labels"])
+    reasons = [(STAGES[stage], drop_reason(STAGES[stage], of, similarity, labels, FILES)) for stage, of, similarity, labels in details]
+    return dict(zip(drops["row_id"].tolist(), reasons))
+
+
 def judged(rows: list[dict], check_conflicts: bool, dedup_exact: bool = True) -> dict:
     """copy_drops on rows given as dicts: {row_id: (stage, reason)}."""
-    columns = copy_key_columns(*([row.get(name) for row in rows] for name in ("text", "target", "row_id", "source", "label")))
-    drops = copy_drops(columns, check_conflicts, dedup_exact)
-    return {int(row_id): (stage, reason) for row_id, stage, reason in zip(drops["row_id"], drops["stage"], drops["reason"])}
+    columns = copy_key_columns(*([row.get(name) for row in rows] for name in ("text", "target", "row_id", "label")))
+    return in_words(copy_drops(columns, check_conflicts, dedup_exact))
 
 
 def test_copy_drops_conflicts_then_duplicates():
     rows = [
-        {"row_id": 9, "text": "t", "source": "s9", "label": "b"},
-        {"row_id": 3, "text": "t", "source": "s3", "label": "a"},
-        {"row_id": 7, "text": "u", "source": "s7", "label": "a"},
-        {"row_id": 5, "text": "u", "source": "s5", "label": "a"},
-        {"row_id": 1, "text": "v", "source": "s1", "label": "a"},
+        {"row_id": 9, "text": "t", "label": "b"},
+        {"row_id": 3, "text": "t", "label": "a"},
+        {"row_id": 7, "text": "u", "label": "a"},
+        {"row_id": 5, "text": "u", "label": "a"},
+        {"row_id": 1, "text": "v", "label": "a"},
     ]
     assert judged(rows, check_conflicts=True) == {
         9: ("labels", "conflicting labels: a, b"),
         3: ("labels", "conflicting labels: a, b"),
-        7: ("dedup_exact", "duplicate of s5"),
+        7: ("dedup_exact", "duplicate of f.jsonl:5"),
     }
-    assert judged(rows, check_conflicts=False) == {9: ("dedup_exact", "duplicate of s3"), 7: ("dedup_exact", "duplicate of s5")}
+    assert judged(rows, check_conflicts=False) == {9: ("dedup_exact", "duplicate of f.jsonl:3"), 7: ("dedup_exact", "duplicate of f.jsonl:5")}
     assert judged(rows, check_conflicts=True, dedup_exact=False) == {9: ("labels", "conflicting labels: a, b"), 3: ("labels", "conflicting labels: a, b")}
     assert judged([], check_conflicts=True) == {}
 
@@ -95,9 +107,9 @@ def test_copy_drops_conflicts_then_duplicates():
 def test_copy_keys_tell_translation_pairs_apart():
     keys = copy_keys(["a\nb", "a", "a", "a"], ["c", "b\nc", "b\nc", None])
     assert len({tuple(key) for key in keys}) == 3 and (keys[1] == keys[2]).all()
-    assert judged(
-        [{"row_id": i, "text": t, "target": g, "source": f"s{i}", "label": ""} for i, (t, g) in enumerate([("x", "y"), ("x", "z"), ("x", "y")])], False
-    ) == {2: ("dedup_exact", "duplicate of s0")}
+    assert judged([{"row_id": i, "text": t, "target": g, "label": ""} for i, (t, g) in enumerate([("x", "y"), ("x", "z"), ("x", "y")])], False) == {
+        2: ("dedup_exact", "duplicate of f.jsonl:0")
+    }
 
 
 def test_candidate_pairs_join_each_row_to_the_earliest_of_its_band():
@@ -122,9 +134,22 @@ def test_near_duplicates_union_find_keeps_lowest():
     base = np.arange(10, dtype=np.uint32)
     signatures = {1: base, 2: base.copy(), 3: base.copy(), 4: np.arange(10, 20, dtype=np.uint32)}
     signatures[3][:1] = 99  # jaccard 0.9 with 1 and 2
-    sources = {i: f"s{i}" for i in signatures}
-    drops = near_duplicates({(2, 3), (1, 2), (1, 4)}, signatures, sources, threshold=0.8)
-    assert drops == {2: "near-duplicate (jaccard 1.00) of s1", 3: "near-duplicate (jaccard 0.90) of s1"}
+    drops = in_words(near_duplicates({(2, 3), (1, 2), (1, 4)}, signatures, threshold=0.8))
+    assert drops == {2: ("dedup_near", "near-duplicate (jaccard 1.00) of f.jsonl:1"), 3: ("dedup_near", "near-duplicate (jaccard 0.90) of f.jsonl:1")}
+
+
+def test_a_verdict_names_the_kept_row_by_its_file_and_line_in_a_few_bytes():
+    """Verdicts hold row_ids, not reasons: the driver holds every one, so at 1.6 GB each reason string was 500 bytes
+    a drop there. The reason is rendered where a row is marked, from the file list."""
+    files = ["s3://bucket/a.jsonl", "/data/b.jsonl"]
+    kept = (1 << 32) + 12  # b.jsonl, line 12
+    drops = verdicts([(1 << 32) + 40, 7], [STAGES.index("dedup_near"), STAGES.index("dedup_exact")], of=[kept, 3], similarity=[0.875, np.nan])
+    assert drops["row_id"].tolist() == [7, (1 << 32) + 40]  # sorted, as marking looks them up
+    assert sum(values.itemsize for values in drops.values()) <= 32
+    assert drop_reason("dedup_near", kept, 0.875, "", files) == "near-duplicate (jaccard 0.88) of /data/b.jsonl:12"
+    assert drop_reason("dedup_exact", 3, np.nan, "", files) == "duplicate of s3://bucket/a.jsonl:3"
+    assert drop_reason("labels", 3, np.nan, "a, b", files) == "conflicting labels: a, b"
+    assert source_of(kept, files) == "/data/b.jsonl:12"
 
 
 # --- on Ray Data ------------------------------------------------------------------------------------------------
@@ -146,11 +171,11 @@ def row(row_id: int, text, **fields) -> dict:
 
 
 def run(items, labels=None, labelled=False, **cfg) -> dict:
-    cleaned = clean(ray.data.from_items(items), CleanConfig(**cfg), labels, labelled)
+    cleaned = clean(ray.data.from_items(items), CleanConfig(**cfg), labels, labelled, FILES)
     return {r["row_id"]: r for r in cleaned.take_all()}
 
 
-def verdicts(rows: dict) -> dict:
+def dropped_rows(rows: dict) -> dict:
     """{row_id: (stage, reason)} of the dropped rows."""
     return {row_id: (r["stage"], r["reason"]) for row_id, r in rows.items() if r["stage"]}
 
@@ -177,7 +202,7 @@ def test_classification_stages(ray_data):
         row(14, "repeat", label="pos"),
     ]
     rows = run(items, labels=["pos", "neg"], labelled=True, normalize=True, min_chars=5, max_chars=40, dedup_exact=True)
-    assert verdicts(rows) == {
+    assert dropped_rows(rows) == {
         1: ("empty", "empty text"),
         3: ("empty", "missing label"),
         4: ("dedup_exact", "duplicate of f.jsonl:2"),
@@ -195,8 +220,8 @@ def test_classification_stages(ray_data):
 
 def test_unchecked_labels_and_no_stages(ray_data):
     items = [row(1, "same", label="a"), row(2, "same", label="b"), row(3, "other", label="zz"), row(4, "no label")]
-    assert verdicts(run(items, labels=["a"], labelled=True, check_labels=False)) == {4: ("empty", "missing label")}
-    assert verdicts(run(items, labels=["a"], labelled=False)) == {}
+    assert dropped_rows(run(items, labels=["a"], labelled=True, check_labels=False)) == {4: ("empty", "missing label")}
+    assert dropped_rows(run(items, labels=["a"], labelled=False)) == {}
 
 
 def test_translation_pairs(ray_data):
@@ -208,7 +233,7 @@ def test_translation_pairs(ray_data):
         row(5, "bye", target=None),
     ]
     rows = run(items, normalize=True, dedup_exact=True)
-    assert verdicts(rows) == {
+    assert dropped_rows(rows) == {
         3: ("dedup_exact", "duplicate of f.jsonl:1"),
         4: ("empty", "missing target"),
         5: ("empty", "missing target"),
@@ -225,7 +250,7 @@ def test_near_duplicates(ray_data):
         row(2, None, label="a"),
     ]
     rows = run(items, labels=["a"], labelled=True, dedup_exact=True, dedup_near={"threshold": 0.8})
-    dropped = verdicts(rows)
+    dropped = dropped_rows(rows)
     assert dropped.keys() == {1, 2, 5}
     assert dropped[1] == ("labels", "unknown label 'zz'")
     stage, reason = dropped[5]
@@ -235,6 +260,6 @@ def test_near_duplicates(ray_data):
 
 def test_no_near_duplicates_and_empty_dataset(ray_data):
     cfg = dict(dedup_exact=True, dedup_near={"threshold": 0.8})
-    assert verdicts(run([row(1, LONG), row(2, OTHER)], **cfg)) == {}
-    assert verdicts(run([row(1, ""), row(2, None)], **cfg)) == {1: ("empty", "empty text"), 2: ("empty", "empty text")}
+    assert dropped_rows(run([row(1, LONG), row(2, OTHER)], **cfg)) == {}
+    assert dropped_rows(run([row(1, ""), row(2, None)], **cfg)) == {1: ("empty", "empty text"), 2: ("empty", "empty text")}
     assert run([], **cfg) == {}
