@@ -1,5 +1,5 @@
-"""Prepared splits on disk: shards of numpy arrays and an index, which workers memory-map and read only their own
-rows of (data/feed.py).
+"""Prepared splits on disk: shards of numpy arrays and an index, of which workers read only their own rows
+(data/feed.py).
 
 A split is a directory:
 
@@ -9,8 +9,10 @@ A split is a directory:
 
 Preparation writes a shard per part of the corpus (data/pipeline.py), each from the Ray task that encoded it, and the
 driver writes the index last, from what the tasks report: a split without one is incomplete. Opening a split reads
-the index alone, so it costs the same for any corpus; reading rows touches only the pages of those rows. `.npy` files
-map straight into memory (no decoding, no row groups to scan past). `checked` compares every shard file's size with
+the index alone, so it costs the same for any corpus; reading a row is one positional read of its bytes (`.npy` rows
+lie at fixed offsets: no decoding, no row groups to scan past), and no file stays open, so a step costs the same
+whatever the number of shards (memory maps, one open file each, had to be re-made at every step once a split had
+more shards than a reader could keep open). `checked` compares every shard file's size with
 the index (a stat per file, no data read), so a missing or truncated shard, or an index from other data, stops the
 job in the driver with one line, not a worker mid-run.
 """
@@ -18,7 +20,7 @@ job in the driver with one line, not a worker mid-run.
 import json
 import os
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,6 @@ from orchestrator.config.errors import UserError
 
 INDEX = "index.json"
 ROWS_PER_SHARD = 8192  # write_split's shard size: 8 MB of 256-token int32 rows
-OPEN_SHARDS = 256  # memory maps a reader keeps open (each is a file descriptor)
 
 
 def shard_file(directory: Path, name: str, column: str) -> Path:
@@ -94,7 +95,7 @@ class Split:
         self.shards: list[dict] = index["shards"]
         self.fingerprint: str = index["fingerprint"]
         self.starts = np.cumsum([0] + [shard["rows"] for shard in self.shards])  # each shard's first row
-        self._open = lru_cache(maxsize=OPEN_SHARDS)(self._map)
+        self._layout = cache(self._read_layout)
 
     @classmethod
     def checked(cls, directory: Path, fingerprint: str) -> "Split":
@@ -124,22 +125,34 @@ class Split:
     def __reduce__(self):  # travels to workers as its path; each process maps the shards itself
         return Split, (str(self.directory),)
 
-    def _map(self, shard: int, column: str) -> np.ndarray:
-        return np.load(shard_file(self.directory, self.shards[shard]["name"], column), mmap_mode="r")
+    def _read_layout(self, shard: int, column: str) -> tuple[int, np.dtype, tuple]:
+        """Where a shard file's rows start, their dtype and shape: read from its `.npy` header once per process."""
+        with open(shard_file(self.directory, self.shards[shard]["name"], column), "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            return handle.tell(), dtype, shape[1:]
 
     def take(self, positions: np.ndarray) -> dict[str, np.ndarray]:
         """The rows at `positions` (in that order), each column an array of them."""
         positions = np.asarray(positions, dtype=np.int64)
         shards = np.searchsorted(self.starts, positions, side="right") - 1
         offsets = positions - self.starts[shards]
-        held_in = [(int(shard), shards == shard) for shard in np.unique(shards)]  # each shard and its rows' places
+        held_in = [(int(shard), np.flatnonzero(shards == shard)) for shard in np.unique(shards)]  # each shard, its rows' places
         taken = {}
         for column in self.columns:
-            parts = [(self._open(shard, column), here) for shard, here in held_in]
-            first = parts[0][0]
-            taken[column] = np.empty((len(positions), *first.shape[1:]), dtype=first.dtype)
-            for part, here in parts:
-                taken[column][here] = part[offsets[here]]
+            _, dtype, row_shape = self._layout(held_in[0][0], column)
+            rows = taken[column] = np.empty((len(positions), *row_shape), dtype=dtype)
+            for shard, places in held_in:
+                start, _, _ = self._layout(shard, column)
+                handle = os.open(shard_file(self.directory, self.shards[shard]["name"], column), os.O_RDONLY)
+                try:
+                    for place, offset in zip(places.tolist(), offsets[places].tolist()):
+                        row = rows[place : place + 1]  # a writable view, also of a scalar column
+                        if os.preadv(handle, [row], start + offset * row.nbytes) != row.nbytes:
+                            raise damaged(shard_file(self.directory, self.shards[shard]["name"], column), "was cut short while read", self.directory.parent)
+                finally:
+                    os.close(handle)
         return taken
 
 

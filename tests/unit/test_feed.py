@@ -1,12 +1,16 @@
 """The prepared splits on disk (data/shards.py) and the index-space sampler that feeds each worker (data/feed.py),
 without Ray: each row of a test split holds its own position, so a batch says which rows it read."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orchestrator.config.errors import UserError
 from orchestrator.data.feed import rank_rows, read_ahead, step_batches
 from orchestrator.data.shards import INDEX, Split, write_split
 
@@ -53,6 +57,22 @@ def test_a_split_returns_the_rows_asked_for_in_that_order_from_any_shard(split):
     taken = split.take(positions)
     assert taken["labels"].tolist() == positions.tolist()
     assert taken["input_ids"].tolist() == [[p, p] for p in positions]
+
+
+def test_reading_keeps_no_shard_open_and_a_shard_cut_short_since_opening_is_named(split, tmp_path):
+    """A step costs the same for any number of shards: no reader holds files open (a limit of open maps made steps
+    map their shards again beyond it), and a shard cut short after the split was checked stops the read, naming it."""
+
+    def open_here() -> list[str]:
+        return [target for fd in os.listdir("/proc/self/fd") if (target := os.path.realpath(f"/proc/self/fd/{fd}")).startswith(str(split.directory))]
+
+    assert split.take(np.arange(ROWS))["labels"].tolist() == list(range(ROWS)) and open_here() == []
+    write_split([{"labels": np.arange(100)}], tmp_path, rows_per_shard=64)
+    short = Split(tmp_path)
+    last = Path(tmp_path / "00001.labels.npy")
+    last.write_bytes(last.read_bytes()[:-8])
+    with pytest.raises(UserError, match=f"the prepared file {last} was cut short while read"):
+        short.take(np.array([99]))
 
 
 def test_a_split_without_its_index_does_not_open(tmp_path):
