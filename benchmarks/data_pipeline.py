@@ -37,8 +37,9 @@ from orchestrator.data.clean import (
     dedup_text,
     lsh_bands,
     minhash_signatures,
-    near_duplicates,
+    near_groups,
     normalize_text,
+    pair_similarities,
     row_verdict,
 )
 from orchestrator.data.encode import ENCODERS, measure
@@ -96,8 +97,10 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
     involved = set(pairs["kept"].tolist()) | set(pairs["other"].tolist())
     chosen = [row for row in kept if row["row_id"] in involved]  # signatures are kept for these only, as in the pipeline
     signatures = dict(zip((row["row_id"] for row in chosen), signatures_of(chosen, near)))
-    drops = set(near_duplicates(zip(pairs["kept"].tolist(), pairs["other"].tolist()), signatures, near.threshold)["row_id"].tolist())
-    kept = [row for row in kept if row["row_id"] not in drops]
+    similar = similarities(signatures, pairs["kept"], pairs["other"]) >= near.threshold
+    dropped, kept_instead = near_groups(pairs["kept"][similar], pairs["other"][similar])
+    similarities(signatures, kept_instead, dropped)  # each drop's similarity to the row kept, for its reason
+    kept = [row for row in kept if row["row_id"] not in set(dropped.tolist())]
 
     sample = kept  # the pipeline's tokenizer sample: every row in `every`, by row_id
     if (every := math.ceil(len(rows) / cfg.tokenizer.sample_texts)) > 1:
@@ -121,6 +124,13 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
         sequences, train_sequences = sequences + len(encoded["input_ids"]), train_sequences + int((~encoded["is_val"]).sum())
     np.random.default_rng(cfg.seed).permutation(train_sequences)  # the training order
     return {"rows_read": len(rows), "rows_kept": rows_kept, "tokens": tokens, "sequences": sequences}
+
+
+def similarities(signatures: dict[int, np.ndarray], first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The pairs' estimated similarities, as the pipeline's tasks compute them (pair_similarities)."""
+    pair = np.arange(len(first))
+    ends = [signatures[row_id] for row_id in np.concatenate([first, second]).tolist()]
+    return pair_similarities({"pair": np.concatenate([pair, pair]), "signature": np.array(ends).reshape(len(ends), -1)})["similarity"]
 
 
 def signatures_of(rows: list[dict], near: NearDedupConfig) -> Iterator[np.ndarray]:

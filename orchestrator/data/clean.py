@@ -200,35 +200,28 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[int]:
     return [_hash64(band.to_bytes(2, "little") + signature[band * rows : (band + 1) * rows].tobytes()) for band in range(bands)]
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Estimated Jaccard similarity of two shingle sets: the share of equal MinHash values."""
-    return float(np.mean(a == b))
+def near_groups(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Near-duplicates joined into groups through the similar pairs (first[i], second[i]) of row_ids: each group
+    keeps its lowest row_id. Returns the rows to drop and, for each, the row kept in its place (which a row joined
+    through a chain of pairs may be less similar to than the threshold)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes, ends = np.unique(np.concatenate([first, second]), return_inverse=True)
+    edges = coo_matrix((np.ones(len(first), dtype=np.int8), (ends[: len(first)], ends[len(first) :])), shape=(len(nodes),) * 2)
+    _, group = connected_components(edges, directed=False)
+    lowest = np.full(group.max(initial=-1) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(lowest, group, nodes)  # nodes are sorted: each group keeps its lowest row_id
+    kept = lowest[group]
+    return nodes[nodes != kept], kept[nodes != kept]
 
 
-def near_duplicates(pairs: Iterable[tuple[int, int]], signatures: dict[int, np.ndarray], threshold: float) -> dict:
-    """The rows to drop, as verdicts (see verdicts()): candidate pairs whose estimated similarity reaches `threshold`
-    are joined into groups (union-find), and each group keeps its lowest row_id. A verdict gives the similarity to
-    the kept row, which a row joined through a chain of near-duplicates may have below `threshold`."""
-    parent = {}
-
-    def root(node: int) -> int:
-        parent.setdefault(node, node)
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for a, b in pairs:
-        if jaccard(signatures[a], signatures[b]) >= threshold:
-            low, high = sorted((root(a), root(b)))
-            parent[high] = low
-    dropped = [(node, root(node)) for node in parent if root(node) != node]
-    return verdicts(
-        [node for node, _ in dropped],
-        np.full(len(dropped), STAGE_CODES["dedup_near"], dtype=np.int8),
-        of=[kept for _, kept in dropped],
-        similarity=[jaccard(signatures[node], signatures[kept]) for node, kept in dropped],
-    )
+def pair_similarities(bucket: dict) -> dict:
+    """The estimated similarity of each pair of a bucket of signature rows (columns pair, signature): a pair's two
+    rows, whatever their order."""
+    order = np.argsort(bucket["pair"], kind="stable")
+    signatures = np.asarray(bucket["signature"])[order]
+    return {"pair": bucket["pair"][order][0::2], "similarity": (signatures[0::2] == signatures[1::2]).mean(axis=1).astype(np.float32)}
 
 
 def verdicts(row_ids=(), stage=(), of=(), similarity=None, labels=None) -> dict:
@@ -348,9 +341,18 @@ def _band_rows(batch: dict, num_perm: int, shingle_words: int, bands: int, rows:
     return {"band": keys, "bucket": np.remainder(keys, buckets), "row_id": np.repeat(batch["row_id"][kept], bands)}
 
 
-def _select(batch: dict, row_ids: np.ndarray) -> dict:
-    chosen = np.isin(batch["row_id"], row_ids)
-    return {name: values[chosen] for name, values in batch.items()}
+def _pair_signature_rows(batch: dict, ends: "ray.ObjectRef", num_perm: int, shingle_words: int, buckets: int) -> dict:
+    """One row per pair end in this batch (`ends`: the row_id and pair of each end of each pair, sorted by row_id):
+    the pair, the row's MinHash signature (its values are below 2**32), and the pair's bucket."""
+    ends = ray.get(ends)
+    first, last = np.searchsorted(ends["row_id"], batch["row_id"], "left"), np.searchsorted(ends["row_id"], batch["row_id"], "right")
+    rows = np.flatnonzero(last > first)
+    target = batch.get("target")
+    texts = [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in rows]
+    signatures = np.array(minhash_signatures(texts, num_perm, shingle_words), dtype=np.uint32).reshape(-1, num_perm)
+    times = last[rows] - first[rows]  # the pairs each row is in
+    pairs = ends["pair"][np.concatenate([np.arange(a, b) for a, b in zip(first[rows], last[rows])] or [np.zeros(0, dtype=np.int64)])]
+    return {"pair": pairs, "signature": np.repeat(signatures, times, axis=0), "bucket": np.remainder(pairs, buckets)}
 
 
 # --- stages on a dataset ---------------------------------------------------------------------------------------
@@ -406,9 +408,10 @@ def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, la
 
 def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.ObjectRef") -> dict:
     """MinHash LSH without a central index and without keeping signatures: tasks turn each row kept so far (not in
-    `drops`) into its band keys (8 bytes a band, not 4 a permutation), the band buckets give the candidate pairs
-    (few), and only the rows in them come to the driver, whose signatures it computes again to verify them. Returns
-    the rows to drop, as verdicts."""
+    `drops`) into its band keys (8 bytes a band, not 4 a permutation), and the band buckets give the candidate pairs
+    (few). Tasks verify them (_similarities), the driver joins the similar ones into groups (near_groups, on row_ids
+    alone), and tasks measure each dropped row's similarity to the row kept in its place. Returns the rows to drop,
+    as verdicts: the driver never holds a signature."""
     bands, rows_per_band = lsh_bands(cfg.threshold, cfg.num_perm)
     banded = rows.map_batches(
         _band_rows,
@@ -420,10 +423,27 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.Obj
     candidates = _bucketed(banded.materialize(), candidate_pairs)
     if not candidates or not len(candidates["kept"]):
         return verdicts()
-    pairs = set(zip(candidates["kept"].tolist(), candidates["other"].tolist()))
-    involved = np.unique(np.concatenate([candidates["kept"], candidates["other"]]))
-    signatures = {}
-    for batch in rows.map_batches(_select, batch_format="numpy", fn_kwargs=dict(row_ids=involved)).iter_batches(batch_format="numpy", batch_size=None):
-        kept, texts = _kept_dedup_texts(batch)
-        signatures.update(zip(batch["row_id"][kept].tolist(), minhash_signatures(texts, cfg.num_perm, cfg.shingle_words)))
-    return near_duplicates(pairs, signatures, cfg.threshold)
+    similar = _similarities(rows, candidates["kept"], candidates["other"], cfg) >= cfg.threshold
+    dropped, kept = near_groups(candidates["kept"][similar], candidates["other"][similar])
+    stage = np.full(len(dropped), STAGE_CODES["dedup_near"], dtype=np.int8)
+    return verdicts(dropped, stage, of=kept, similarity=_similarities(rows, kept, dropped, cfg))
+
+
+def _similarities(rows: MaterializedDataset, first: np.ndarray, second: np.ndarray, cfg: NearDedupConfig) -> np.ndarray:
+    """The estimated similarity of each pair (first[i], second[i]) of row_ids: the tasks that hold a pair's rows
+    send their signatures to the pair's bucket, and a task compares them there (pair_similarities)."""
+    if not len(first):
+        return np.zeros(0, dtype=np.float32)
+    pair = np.arange(len(first))
+    row_ids, pairs = np.concatenate([first, second]), np.concatenate([pair, pair])
+    order = np.argsort(row_ids, kind="stable")
+    ends = ray.put({"row_id": row_ids[order], "pair": pairs[order]})
+    signed = rows.map_batches(
+        _pair_signature_rows,
+        batch_format="numpy",
+        fn_kwargs=dict(ends=ends, num_perm=cfg.num_perm, shingle_words=cfg.shingle_words, buckets=_buckets(len(row_ids))),
+    )
+    found = _bucketed(signed.materialize(), pair_similarities)
+    similarity = np.empty(len(first), dtype=np.float32)
+    similarity[found["pair"]] = found["similarity"]
+    return similarity

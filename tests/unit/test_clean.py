@@ -13,11 +13,11 @@ from orchestrator.data.clean import (
     copy_key_columns,
     copy_keys,
     drop_reason,
-    jaccard,
     lsh_bands,
     minhash_signatures,
-    near_duplicates,
+    near_groups,
     normalize_text,
+    pair_similarities,
     row_verdict,
     shingles,
     verdicts,
@@ -122,7 +122,10 @@ def test_candidate_pairs_join_each_row_to_the_earliest_of_its_band():
 
 def test_minhash_estimates_and_bands():
     long, near, other = minhash_signatures([LONG, NEAR, OTHER], num_perm=128, words_per_shingle=3)
-    assert jaccard(long, near) >= 0.8 > jaccard(long, other)
+    # a bucket of signature rows: pair 0 is (LONG, NEAR), pair 1 (OTHER, LONG), their rows in any order
+    found = pair_similarities({"pair": np.array([1, 0, 0, 1]), "signature": np.stack([other, long, near, long])})
+    assert found["pair"].tolist() == [0, 1]
+    assert found["similarity"][0] >= 0.8 > found["similarity"][1] and found["similarity"][0] == np.mean(long == near)
     bands, rows = lsh_bands(0.8, 128)
     assert bands * rows <= 128 and bands >= 2
     assert len(set(band_keys(long, bands, rows)) & set(band_keys(near, bands, rows))) > 0
@@ -130,12 +133,12 @@ def test_minhash_estimates_and_bands():
     assert lsh_bands(0.9, 16)[0] >= 1  # datasketch's MinHashLSH refuses this valid config
 
 
-def test_near_duplicates_union_find_keeps_lowest():
-    base = np.arange(10, dtype=np.uint32)
-    signatures = {1: base, 2: base.copy(), 3: base.copy(), 4: np.arange(10, 20, dtype=np.uint32)}
-    signatures[3][:1] = 99  # jaccard 0.9 with 1 and 2
-    drops = in_words(near_duplicates({(2, 3), (1, 2), (1, 4)}, signatures, threshold=0.8))
-    assert drops == {2: ("dedup_near", "near-duplicate (jaccard 1.00) of f.jsonl:1"), 3: ("dedup_near", "near-duplicate (jaccard 0.90) of f.jsonl:1")}
+def test_near_duplicate_groups_keep_their_lowest_row_through_chains():
+    """Similar pairs (2, 3), (1, 2): one group kept as 1; (9, 7), (5, 9): one chain kept as 5, though 7 and 5 were
+    never compared."""
+    dropped, kept = near_groups(np.array([2, 1, 9, 5]), np.array([3, 2, 7, 9]))
+    assert dict(zip(dropped.tolist(), kept.tolist())) == {2: 1, 3: 1, 7: 5, 9: 5}
+    assert [len(found) for found in near_groups(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))] == [0, 0]
 
 
 def test_a_verdict_names_the_kept_row_by_its_file_and_line_in_a_few_bytes():
