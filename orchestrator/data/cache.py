@@ -1,8 +1,9 @@
 """The prepared-dataset cache: cleaned, tokenized, packed splits as shards (data/shards.py), with their tokenizer and data report.
 
-An entry is keyed by a fingerprint of everything its content depends on: the bytes of every input file, the
-job's data section (less the cache settings), the task, the local tokenizer's files, and PIPELINE_VERSION (bumped
-whenever the pipeline's output changes). Any change makes a new entry; nothing is ever served stale. Entries are
+An entry is keyed by a fingerprint of everything its content depends on: each input file's path, size and modification
+time (rsync's quick check: reading the files would make every job's start-up, cache hits included, grow with the
+corpus), the job's data section (less the cache settings), the task, the local tokenizer's files, and
+PIPELINE_VERSION (bumped whenever the pipeline's output changes). Any change makes a new entry. Entries are
 prepared in a hidden staging directory beside them and renamed into place, so a run killed mid-write leaves no half
 entry, and the next run preparing it resumes from the parts the killed one finished. Jobs that would prepare the
 same entry at once take turns on a lock file beside it (`preparing`): one prepares, the others wait and find it
@@ -20,11 +21,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from orchestrator.config.job import JobConfig
-from orchestrator.config.paths import expand_path
+from orchestrator.config.paths import expand_path, is_uri
 from orchestrator.data.shards import damaged
 
 PIPELINE_VERSION = 6
 READ_CHUNK = 1 << 20
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    """A corpus file's size and modification time (ns), local or remote (pyarrow's filesystems: s3://, gs://, ...)."""
+    if not is_uri(path):
+        stat = os.stat(path)
+        return stat.st_size, stat.st_mtime_ns
+    from pyarrow import fs
+
+    filesystem, location = fs.FileSystem.from_uri(path)
+    info = filesystem.get_file_info(location)
+    return info.size, info.mtime_ns
 
 
 def file_digest(path: str) -> str:
@@ -48,7 +61,7 @@ def fingerprint(job: JobConfig, files: list[str]) -> str:
         "version": PIPELINE_VERSION,
         "task": job.task,
         "data": settings,
-        "files": [(path, file_digest(path)) for path in files],
+        "files": [(path, *file_stamp(path)) for path in files],
         "tokenizer": [(os.path.basename(path), file_digest(path)) for path in tokenizer_files(job)],
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,10 @@ def test_cache_key_changes_with_any_input_file_or_setting(tmp_path):
     assert key == cache.fingerprint(job, [str(corpus)])
     assert key != cache.fingerprint(JobConfig.model_validate(tiny_job(corpus, data={**job.data.model_dump(), "clean": {"dedup_exact": True}})), [str(corpus)])
     corpus.write_text(corpus.read_text() + json.dumps({"text": "one more"}) + "\n")
+    assert key != (key := cache.fingerprint(job, [str(corpus)]))
+    text = corpus.read_text()
+    time.sleep(0.02)  # file times advance at the kernel's clock tick (up to 10 ms)
+    corpus.write_text(text.replace("a", "b", 1))  # the same size, written again
     assert key != cache.fingerprint(job, [str(corpus)])
     # where the cache lives is not part of what it holds
     assert cache.fingerprint(job, [str(corpus)]) == cache.fingerprint(
