@@ -100,7 +100,8 @@ def plain_pipeline(job: JobConfig, files: list[str]) -> dict:
     similar = similarities(signatures, pairs["kept"], pairs["other"]) >= near.threshold
     dropped, kept_instead = near_groups(pairs["kept"][similar], pairs["other"][similar])
     similarities(signatures, kept_instead, dropped)  # each drop's similarity to the row kept, for its reason
-    kept = [row for row in kept if row["row_id"] not in set(dropped.tolist())]
+    near_drops = set(dropped.tolist())
+    kept = [row for row in kept if row["row_id"] not in near_drops]
 
     sample = kept  # the pipeline's tokenizer sample: every row in `every`, by row_id
     if (every := math.ceil(len(rows) / cfg.tokenizer.sample_texts)) > 1:
