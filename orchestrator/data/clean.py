@@ -327,11 +327,16 @@ def _copy_key_rows(batch: dict, buckets: int, labelled: bool) -> dict:
     return {**columns, "bucket": np.remainder(columns["key_hi"], buckets)}
 
 
+def _dedup_texts(batch: dict, positions: np.ndarray) -> list[str]:
+    """What near-deduplication compares of the rows at `positions` in the batch."""
+    target = batch.get("target")
+    return [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in positions]
+
+
 def _kept_dedup_texts(batch: dict, drops: "ray.ObjectRef | None" = None) -> tuple[np.ndarray, list[str]]:
     """The kept rows' positions in the batch and what near-deduplication compares of them."""
     kept = _kept_rows(batch, drops)
-    target = batch.get("target")
-    return kept, [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in kept]
+    return kept, _dedup_texts(batch, kept)
 
 
 def _band_rows(batch: dict, num_perm: int, shingle_words: int, bands: int, rows: int, buckets: int, drops) -> dict:
@@ -347,9 +352,7 @@ def _pair_signature_rows(batch: dict, ends: "ray.ObjectRef", num_perm: int, shin
     ends = ray.get(ends)
     first, last = np.searchsorted(ends["row_id"], batch["row_id"], "left"), np.searchsorted(ends["row_id"], batch["row_id"], "right")
     rows = np.flatnonzero(last > first)
-    target = batch.get("target")
-    texts = [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in rows]
-    signatures = np.array(minhash_signatures(texts, num_perm, shingle_words), dtype=np.uint32).reshape(-1, num_perm)
+    signatures = np.array(minhash_signatures(_dedup_texts(batch, rows), num_perm, shingle_words), dtype=np.uint32).reshape(-1, num_perm)
     times = last[rows] - first[rows]  # the pairs each row is in
     pairs = ends["pair"][np.concatenate([np.arange(a, b) for a, b in zip(first[rows], last[rows])] or [np.zeros(0, dtype=np.int64)])]
     return {"pair": pairs, "signature": np.repeat(signatures, times, axis=0), "bucket": np.remainder(pairs, buckets)}

@@ -122,7 +122,7 @@ class Split:
     def __len__(self) -> int:
         return self.rows
 
-    def __reduce__(self):  # travels to workers as its path; each process maps the shards itself
+    def __reduce__(self):  # travels to workers as its path; each process reads the shards itself
         return Split, (str(self.directory),)
 
     def _read_layout(self, shard: int, column: str) -> tuple[int, np.dtype, tuple]:
@@ -145,12 +145,13 @@ class Split:
             rows = taken[column] = np.empty((len(positions), *row_shape), dtype=dtype)
             for shard, places in held_in:
                 start, _, _ = self._layout(shard, column)
-                handle = os.open(shard_file(self.directory, self.shards[shard]["name"], column), os.O_RDONLY)
+                path = shard_file(self.directory, self.shards[shard]["name"], column)
+                handle = os.open(path, os.O_RDONLY)
                 try:
                     for place, offset in zip(places.tolist(), offsets[places].tolist()):
                         row = rows[place : place + 1]  # a writable view, also of a scalar column
                         if os.preadv(handle, [row], start + offset * row.nbytes) != row.nbytes:
-                            raise damaged(shard_file(self.directory, self.shards[shard]["name"], column), "was cut short while read", self.directory.parent)
+                            raise damaged(path, "was cut short while read", self.directory.parent)
                 finally:
                     os.close(handle)
         return taken
