@@ -115,22 +115,28 @@ def job_file(directory: Path, name: str, files: list[str]) -> Path:
 
 
 class Peaks(threading.Thread):
-    """Samples a process's RSS and the object-store use of the cluster at `address` every `interval` seconds until
-    stopped."""
+    """Samples a process's memory, the machine's busy cores and the object-store use of the cluster at `address`
+    every `interval` seconds until stopped. The process's RSS counts the object-store pages it maps (shared memory,
+    the store's and bounded by it); its private memory (RssAnon) is what it holds itself."""
 
     def __init__(self, pid: int, address: str, interval: float = 0.5):
         super().__init__(daemon=True)
         self.process, self.interval = psutil.Process(pid), interval
-        self.rss = self.object_store = 0
+        self.rss = self.private = self.object_store = 0
+        self.busy_cores: list[float] = []
         self.state = get_state_from_address(address)
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        psutil.cpu_percent()  # starts the first interval
         while not self.stopped.wait(self.interval):
             try:
                 self.rss = max(self.rss, self.process.memory_info().rss)
-            except psutil.NoSuchProcess:
+                status = Path(f"/proc/{self.process.pid}/status").read_text()
+            except (psutil.NoSuchProcess, FileNotFoundError):
                 return
+            self.private = max(self.private, int(re.search(r"RssAnon:\s+(\d+) kB", status).group(1)) * 1024)
+            self.busy_cores.append(psutil.cpu_percent() / 100 * psutil.cpu_count())
             stats = get_memory_info_reply(self.state).store_stats
             self.object_store = max(self.object_store, stats.object_store_bytes_used)
 
@@ -148,7 +154,13 @@ def prepare(job: Path, env: dict) -> dict:
     peaks.join()
     if process.returncode:
         sys.exit(f"prepare {job} failed:\n{output[-4000:]}")
-    figures = {"command_s": time.perf_counter() - started, "driver_peak_rss_mb": peaks.rss / 2**20, "object_store_peak_mb": peaks.object_store / 2**20}
+    figures = {
+        "command_s": time.perf_counter() - started,
+        "driver_peak_rss_mb": peaks.rss / 2**20,
+        "driver_peak_private_mb": peaks.private / 2**20,
+        "object_store_peak_mb": peaks.object_store / 2**20,
+        "mean_busy_cores": sum(peaks.busy_cores) / max(len(peaks.busy_cores), 1),
+    }
     if found := re.search(r"loaded in ([\d.]+) s", output):
         figures["loaded_s"] = float(found.group(1))
     if found := re.search(r"([\d,]+) rows read, ([\d,]+) kept", output):
@@ -230,16 +242,18 @@ def markdown(results: dict) -> list[str]:
     table = [
         f"Object store: {results['object_store_mb']:.0f} MB; {results['machine']}.",
         "",
-        "| corpus | rows | tokens | prepare s | tokens/s | driver peak RSS (miss) | object store peak (miss) | cache hit: load s | cache hit: command s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| corpus | rows | tokens | prepare s | tokens/s | cores busy | driver peak RSS | its private memory | object store peak | cache hit: load s | cache hit: command s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["sizes"]:
         miss, hit = row["miss"], row["hit"]
         table.append(
             f"| {row['corpus_mb']:g} MB | {row['rows_read']:,} | {row['tokens']:,} | {row['prepare_s']:.1f} | {row['tokens_per_s']:,.0f} | "
-            f"{miss['driver_peak_rss_mb']:,.0f} MB | {miss['object_store_peak_mb']:,.0f} MB | {hit.get('loaded_s', float('nan')):.2f} | {hit['command_s']:.1f} |"
+            f"{miss['mean_busy_cores']:.2f} | {miss['driver_peak_rss_mb']:,.0f} MB | {miss['driver_peak_private_mb']:,.0f} MB | {miss['object_store_peak_mb']:,.0f} MB | {hit.get('loaded_s', float('nan')):.2f} | {hit['command_s']:.1f} |"
         )
     table += [
+        "",
+        "Preparation (a cache miss): the machine's busy cores on average, the driver's peak RSS (which counts the object-store pages it maps) and its private memory (RssAnon).",
         "",
         f"The feed (global batch {GLOBAL_BATCH}): rows rank 0 reads in one epoch, as a share of the training split, and seconds to a resumed epoch's first batch.",
         "",

@@ -354,7 +354,9 @@ def _pair_signature_rows(batch: dict, ends: "ray.ObjectRef", num_perm: int, shin
     rows = np.flatnonzero(last > first)
     signatures = np.array(minhash_signatures(_dedup_texts(batch, rows), num_perm, shingle_words), dtype=np.uint32).reshape(-1, num_perm)
     times = last[rows] - first[rows]  # the pairs each row is in
-    pairs = ends["pair"][np.concatenate([np.arange(a, b) for a, b in zip(first[rows], last[rows])] or [np.zeros(0, dtype=np.int64)])]
+    # each row's ends, first[row] up to last[row], laid end to end
+    at = np.arange(times.sum()) + np.repeat(first[rows] - (np.cumsum(times) - times), times)
+    pairs = ends["pair"][at]
     return {"pair": pairs, "signature": np.repeat(signatures, times, axis=0), "bucket": np.remainder(pairs, buckets)}
 
 
