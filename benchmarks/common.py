@@ -127,6 +127,19 @@ class RunFigures:
         return {key.split("/")[-1][: -len("_s")]: value for key, value in self.last.items() if key.startswith("time/startup/")}
 
 
+def data_wait(jobs: Jobs, steps: int, data: dict | None = None) -> dict:
+    """A job like jobs/gpt-tiny.yaml (ZeRO-2, 2 workers; `data`: its data section, the benchmark's by default): its
+    workers' data wait, from MLflow."""
+    overrides = {
+        "model": {"family": "gpt2", "size": "tiny"},
+        "train": {"max_steps": steps},
+        "deepspeed": {"zero_stage": 2},
+        "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
+    }
+    fractions = jobs.run("data-wait", {**overrides, "data": data} if data else overrides).history("train/data_wait_fraction")
+    return {"steps": steps, "mean_data_wait_fraction": statistics.fmean(fractions), "max_data_wait_fraction": max(fractions)}
+
+
 def write_results(name: str, figures: dict, table: list[str]) -> None:
     """benchmarks/results/<name>.json and .md, and the table on stdout."""
     RESULTS.mkdir(parents=True, exist_ok=True)

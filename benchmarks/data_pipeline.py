@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
+from benchmarks.common import Jobs, corpus_files, data_wait, local_cluster, write_results
 from benchmarks.data_scale import synthetic_corpus
 from orchestrator.config.job import JobConfig, NearDedupConfig
 from orchestrator.data.augment import add_augmented_copies
@@ -46,7 +46,7 @@ from orchestrator.data.encode import ENCODERS, measure
 from orchestrator.data.pipeline import prepare, remove_uncached
 from orchestrator.data.read import fields_of, parse_file
 from orchestrator.data.tokenizers import sample_rows, separator_id, train_tokenizer
-from orchestrator.environment import driver_data_context
+from orchestrator.runtime import connect
 
 PLAIN_BATCH_ROWS = 10_000  # rows the plain loop hashes, measures and encodes in one call
 
@@ -141,21 +141,6 @@ def signatures_of(rows: list[dict], near: NearDedupConfig) -> Iterator[np.ndarra
         yield from minhash_signatures(texts, near.num_perm, near.shingle_words)
 
 
-def data_wait(steps: int, jobs: Jobs) -> dict:
-    """A job like jobs/gpt-tiny.yaml (ZeRO-2, 2 workers): its workers' data wait, from MLflow."""
-    figures = jobs.run(
-        "data-wait",
-        {
-            "model": {"family": "gpt2", "size": "tiny"},
-            "train": {"max_steps": steps},
-            "deepspeed": {"zero_stage": 2},
-            "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
-        },
-    )
-    fractions = figures.history("train/data_wait_fraction")
-    return {"steps": steps, "mean_data_wait_fraction": float(np.mean(fractions)), "max_data_wait_fraction": float(np.max(fractions))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
@@ -171,8 +156,7 @@ def main() -> None:
     plain["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's, Ray not yet started
 
     with local_cluster(num_cpus=args.cpus) as env, tempfile.TemporaryDirectory() as directory:
-        ray.init(log_to_driver=False)
-        driver_data_context()  # what a job's driver runs with (runtime.connect): ordered blocks, the sort-based shuffle
+        connect()  # as a job's driver: ordered blocks, the sort-based shuffle, the job's settings in every Ray process
         cpus = int(ray.cluster_resources()["CPU"])
         started = time.perf_counter()
         prepared = prepare(job)
@@ -180,7 +164,7 @@ def main() -> None:
         remove_uncached(prepared)
         ray.shutdown()
         training = cpus >= 2 and not args.synthetic_mb
-        wait = data_wait(20 if args.smoke else 200, Jobs(Path(directory), env, files)) if training else None
+        wait = data_wait(Jobs(Path(directory), env, files), 20 if args.smoke else 200) if training else None
     report = prepared.report
     ray_data = {
         "rows_read": report.rows_read,

@@ -3,11 +3,14 @@
 A deterministic synthetic corpus (a seeded word-level Markov chain over Debian's fortunes: their words, their word
 pairs, their document lengths and categories) is written at each size, then prepared by `orchestrator prepare` on a
 local cluster whose object store is smaller than the largest corpus. For each size:
-- preparation (a cache miss): seconds, tokens/s, the driver's peak RSS and the object store's peak use;
+- preparation (a cache miss): seconds, tokens/s, the machine's busy cores, the driver's peak RSS and private memory,
+  and the object store's peak use;
 - a cache hit: the time `prepare` takes to load the entry (its own figure) and the whole command's;
 - the feed, in this process, on the prepared training split: the rows each worker reads in one epoch with 1, 2 and
   4 workers (as a share of the split), and the time a resumed epoch takes to its first batch at step 10 and at its
-  last step.
+  last step;
+- training: 100 steps of jobs/gpt-tiny.yaml with 2 workers on the prepared entry, and the share of step time its
+  workers wait for data (from MLflow).
 
     python -m benchmarks.data_scale                          # 100, 400 and 1,600 MB: about an hour on 2 cores
     python -m benchmarks.data_scale --sizes-mb 10 40         # a first look
@@ -31,7 +34,7 @@ import psutil
 import yaml
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-from benchmarks.common import BIN, REPO, corpus_files, local_cluster, write_results
+from benchmarks.common import BIN, REPO, Jobs, corpus_files, data_wait, local_cluster, write_results
 from orchestrator.data.feed import step_batches
 from orchestrator.data.shards import Split
 
@@ -39,6 +42,7 @@ SYNTHETIC = Path.home() / ".cache" / "orchestrator" / "data" / "synthetic"
 FILE_BYTES = 32 * 2**20  # the corpus comes in files of this size: the reader's unit of parallelism
 OBJECT_STORE_BYTES = 512 * 2**20
 GLOBAL_BATCH = 64  # sequences per step in the feed figures, shared by 1, 2 or 4 workers
+TRAIN_STEPS = 100  # of the training run that measures the workers' data wait
 SEED = 0
 
 
@@ -103,11 +107,15 @@ def synthetic_corpus(megabytes: float) -> list[str]:
     return [str(path) for path in paths]
 
 
-def job_file(directory: Path, name: str, files: list[str]) -> Path:
+def data_section(directory: Path, files: list[str]) -> dict:
     """jobs/gpt-tiny.yaml's data section (every cleaning stage of a pretraining job) over `files`."""
+    data = yaml.safe_load((REPO / "jobs" / "gpt-tiny.yaml").read_text())["data"]
+    return {**data, "paths": files, "cache_dir": str(directory / "data-cache")}
+
+
+def job_file(directory: Path, name: str, files: list[str]) -> Path:
     job = yaml.safe_load((REPO / "jobs" / "gpt-tiny.yaml").read_text())
-    job["data"]["paths"] = files
-    job["data"]["cache_dir"] = str(directory / "data-cache")
+    job["data"] = data_section(directory, files)
     job["tracking"] = {"uri": f"sqlite:///{directory}/mlflow.db", "experiment": "data-scale"}
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
@@ -218,6 +226,9 @@ def main() -> None:
                 report = entry_report(Path(directory))
                 hit = prepare(job, env)
                 feed = feed_figures(Path(directory))
+                training = data_wait(Jobs(Path(directory), env, files), 20 if args.smoke else TRAIN_STEPS, data_section(Path(directory), files))
+                entries = list((Path(directory) / "data-cache").rglob("meta.json"))
+                assert len(entries) == 1, f"training prepared the corpus again: {entries}"
             rows.append(
                 {
                     "corpus_mb": megabytes,
@@ -229,6 +240,7 @@ def main() -> None:
                     "miss": miss,
                     "hit": hit,
                     "feed": feed,
+                    "training": training,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -255,17 +267,19 @@ def markdown(results: dict) -> list[str]:
         "",
         "Preparation (a cache miss): the machine's busy cores on average, the driver's peak RSS (which counts the object-store pages it maps) and its private memory (RssAnon).",
         "",
-        f"The feed (global batch {GLOBAL_BATCH}): rows rank 0 reads in one epoch, as a share of the training split, and seconds to a resumed epoch's first batch.",
+        f"The feed (global batch {GLOBAL_BATCH}): rows rank 0 reads in one epoch, as a share of the training split, and seconds to a resumed epoch's first batch; "
+        f"then {results['sizes'][0]['training']['steps']} steps of jobs/gpt-tiny.yaml (2 workers) on the prepared data: the share of step time the workers wait for data.",
         "",
-        "| corpus | steps per epoch | 1 worker | 2 workers | 4 workers | resume at step 10 | resume at the last step |",
-        "|---|---|---|---|---|---|---|",
+        "| corpus | steps per epoch | 1 worker | 2 workers | 4 workers | resume at step 10 | resume at the last step | training: data wait (worst window) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["sizes"]:
-        feed = row["feed"]
+        feed, wait = row["feed"], row["training"]
         table.append(
             f"| {row['corpus_mb']:g} MB | {feed['steps_per_epoch']:,} | "
             + " | ".join(f"{feed[f'read_share_{workers}_workers']:.3f}" for workers in (1, 2, 4))
-            + f" | {feed['resume_at_10_s'] * 1000:.1f} ms | {feed['resume_at_last_s'] * 1000:.1f} ms |"
+            + f" | {feed['resume_at_10_s'] * 1000:.1f} ms | {feed['resume_at_last_s'] * 1000:.1f} ms"
+            + f" | {100 * wait['mean_data_wait_fraction']:.2f}% ({100 * wait['max_data_wait_fraction']:.2f}%) |"
         )
     return table
 

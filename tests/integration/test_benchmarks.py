@@ -2,6 +2,7 @@
 Figures themselves are not judged here (benchmarks are not timed tests); their presence and sanity are."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,7 +80,9 @@ def test_data_scale_prepares_a_synthetic_corpus_and_opens_it_on_a_cache_hit(clus
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [size] = json.loads((tmp_path / "data_scale.json").read_text())["sizes"]
     assert size["tokens"] > 0 and size["tokens_per_s"] > 0 and size["rows_read"] == size["miss"]["rows_read"] == size["hit"]["rows_read"]
-    assert size["miss"]["driver_peak_rss_mb"] > 0 and "loaded_s" in size["hit"] and "loaded_s" not in size["miss"]
+    assert size["miss"]["driver_peak_rss_mb"] > size["miss"]["driver_peak_private_mb"] > 0 and 0 < size["miss"]["mean_busy_cores"] <= os.cpu_count()
+    assert "loaded_s" in size["hit"] and "loaded_s" not in size["miss"]
+    assert 0 <= size["training"]["mean_data_wait_fraction"] <= size["training"]["max_data_wait_fraction"] < 1
     feed = size["feed"]  # each worker reads its 1/N of the split, within what the epoch's last partial batch leaves out
     assert all(0.9 < feed[f"read_share_{workers}_workers"] * workers <= 1 for workers in (1, 2, 4))
     assert feed["steps_per_epoch"] > 10 and feed["resume_at_last_s"] > 0
