@@ -132,7 +132,7 @@ def data_wait(jobs: Jobs, steps: int, data: dict | None = None) -> dict:
     workers' data wait, from MLflow."""
     overrides = {
         "model": {"family": "gpt2", "size": "tiny"},
-        "train": {"max_steps": steps},
+        "train": {"max_steps": steps, "eval_batches": 1},  # the evaluation at the end: one batch, whatever the split
         "deepspeed": {"zero_stage": 2},
         "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
     }
