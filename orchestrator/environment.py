@@ -43,11 +43,6 @@ JOB_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
-# Set in the processes Ray starts for a job, not in the driver. Hugging Face tokenizers encode on a thread per core
-# of the machine in every process, where a Ray Data task holds one CPU: N tasks on a node of N cores would run N
-# threads each, and a cluster of 1 CPU would tokenize on every core. Ray sets OMP_NUM_THREADS alike.
-RAY_PROCESS_ENV = {"RAYON_NUM_THREADS": "1"}
-
 # MLflow retries a failed request for minutes by default, which would hide an outage from rank 0's metrics sender
 # and hold every artifact upload behind it. The worker retries on its own terms instead (tracking/metrics.py
 # `deliver`). Set in workers only: a driver's requests are few and retried by MLflow.
@@ -178,8 +173,6 @@ def ray_process_environment() -> None:
     import ray
 
     job_process_environment()
-    for name, value in RAY_PROCESS_ENV.items():
-        os.environ.setdefault(name, value)
     # Ray Train's placement group cleaner asks the state API for its controller with no address, and Ray then looks
     # for the cluster of this machine: where there are several (other users' embedded instances), it finds several,
     # fails, and the cleaner's thread dies. Each process of the job knows its own.

@@ -19,7 +19,7 @@ from orchestrator import environment
 def env(monkeypatch):
     """This process's environment, as the settings leave it, given back afterwards."""
     monkeypatch.setattr(os, "environ", dict(os.environ))
-    for name in [*environment.JOB_ENV, *environment.FAIL_FAST_MLFLOW, *environment.RAY_PROCESS_ENV, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"]:
+    for name in [*environment.JOB_ENV, *environment.FAIL_FAST_MLFLOW, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"]:
         os.environ.pop(name, None)
     return os.environ
 
@@ -44,17 +44,6 @@ def test_deepspeeds_op_is_built_by_this_environments_ninja_in_a_directory_of_its
     assert env["PATH"] == f"{tools}:/usr/bin:/bin"  # once
     assert shutil.which("ninja", path=env["PATH"]) == str(tools / "ninja")
     assert env["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
-
-
-def test_ray_processes_tokenize_on_one_thread_and_a_driver_on_every_core(env):
-    environment.job_process_environment()  # a driver's: it trains the tokenizer
-    assert "RAYON_NUM_THREADS" not in env
-    env["RAY_ADDRESS"] = "127.0.0.1:6379"
-    environment.ray_process_environment()
-    assert env["RAYON_NUM_THREADS"] == "1"
-    env["RAYON_NUM_THREADS"] = "4"  # the user's, or the job's runtime environment's
-    environment.ray_process_environment()
-    assert env["RAYON_NUM_THREADS"] == "4"
 
 
 def test_a_worker_fails_mlflow_requests_fast(env):
