@@ -143,7 +143,8 @@ class Peaks(threading.Thread):
                 status = Path(f"/proc/{self.process.pid}/status").read_text()
             except (psutil.NoSuchProcess, FileNotFoundError):
                 return
-            self.private = max(self.private, int(re.search(r"RssAnon:\s+(\d+) kB", status).group(1)) * 1024)
+            if private := re.search(r"RssAnon:\s+(\d+) kB", status):  # not in an exiting process's status
+                self.private = max(self.private, int(private.group(1)) * 1024)
             self.busy_cores.append(psutil.cpu_percent() / 100 * psutil.cpu_count())
             stats = get_memory_info_reply(self.state).store_stats
             self.object_store = max(self.object_store, stats.object_store_bytes_used)
