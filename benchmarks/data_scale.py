@@ -251,19 +251,31 @@ def main() -> None:
     write_results("data_scale", results, markdown(results))
 
 
+def table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_head(columns: list[str]) -> list[str]:
+    return [table_row(columns), table_row(["---"] * len(columns))]
+
+
 def markdown(results: dict) -> list[str]:
     table = [
         f"Object store: {results['object_store_mb']:.0f} MB; {results['machine']}.",
         "",
-        "| corpus | rows | tokens | prepare s | tokens/s | cores busy | driver peak RSS | its private memory | object store peak | cache hit: load s | cache hit: command s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *table_head(
+            ["corpus", "rows", "tokens", "prepare s", "tokens/s", "cores busy", "driver peak RSS", "its private memory", "object store peak"]
+            + ["cache hit: load s", "cache hit: command s"]
+        ),
     ]
     for row in results["sizes"]:
         miss, hit = row["miss"], row["hit"]
-        table.append(
-            f"| {row['corpus_mb']:g} MB | {row['rows_read']:,} | {row['tokens']:,} | {row['prepare_s']:.1f} | {row['tokens_per_s']:,.0f} | "
-            f"{miss['mean_busy_cores']:.2f} | {miss['driver_peak_rss_mb']:,.0f} MB | {miss['driver_peak_private_mb']:,.0f} MB | {miss['object_store_peak_mb']:,.0f} MB | {hit.get('loaded_s', float('nan')):.2f} | {hit['command_s']:.1f} |"
-        )
+        cells = [f"{row['corpus_mb']:g} MB", f"{row['rows_read']:,}", f"{row['tokens']:,}", f"{row['prepare_s']:.1f}", f"{row['tokens_per_s']:,.0f}"]
+        cells += [
+            f"{miss['mean_busy_cores']:.2f}",
+            *(f"{miss[name]:,.0f} MB" for name in ("driver_peak_rss_mb", "driver_peak_private_mb", "object_store_peak_mb")),
+        ]
+        table.append(table_row(cells + [f"{hit.get('loaded_s', float('nan')):.2f}", f"{hit['command_s']:.1f}"]))
     table += [
         "",
         "Preparation (a cache miss): the machine's busy cores on average, the driver's peak RSS (which counts the object-store pages it maps) and its private memory (RssAnon).",
@@ -271,17 +283,17 @@ def markdown(results: dict) -> list[str]:
         f"The feed (global batch {GLOBAL_BATCH}): rows rank 0 reads in one epoch, as a share of the training split, and seconds to a resumed epoch's first batch; "
         f"then {results['sizes'][0]['training']['steps']} steps of jobs/gpt-tiny.yaml (2 workers) on the prepared data: the share of step time the workers wait for data.",
         "",
-        "| corpus | steps per epoch | 1 worker | 2 workers | 4 workers | resume at step 10 | resume at the last step | training: data wait (worst window) |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_head(
+            ["corpus", "steps per epoch", "1 worker", "2 workers", "4 workers", "resume at step 10", "resume at the last step"]
+            + ["training: data wait (worst window)"]
+        ),
     ]
     for row in results["sizes"]:
         feed, wait = row["feed"], row["training"]
-        table.append(
-            f"| {row['corpus_mb']:g} MB | {feed['steps_per_epoch']:,} | "
-            + " | ".join(f"{feed[f'read_share_{workers}_workers']:.3f}" for workers in (1, 2, 4))
-            + f" | {feed['resume_at_10_s'] * 1000:.1f} ms | {feed['resume_at_last_s'] * 1000:.1f} ms"
-            + f" | {100 * wait['mean_data_wait_fraction']:.2f}% ({100 * wait['max_data_wait_fraction']:.2f}%) |"
-        )
+        shares = [f"{feed[f'read_share_{workers}_workers']:.3f}" for workers in (1, 2, 4)]
+        resumes = [f"{feed[f'resume_at_{step}_s'] * 1000:.1f} ms" for step in ("10", "last")]
+        data_wait_cell = f"{100 * wait['mean_data_wait_fraction']:.2f}% ({100 * wait['max_data_wait_fraction']:.2f}%)"
+        table.append(table_row([f"{row['corpus_mb']:g} MB", f"{feed['steps_per_epoch']:,}", *shares, *resumes, data_wait_cell]))
     return table
 
 
