@@ -125,7 +125,7 @@ def job_file(directory: Path, name: str, files: list[str]) -> Path:
 class Peaks(threading.Thread):
     """Samples a process's memory, the machine's busy cores and the object-store use of the cluster at `address`
     every `interval` seconds until stopped. The process's RSS counts the object-store pages it maps (shared memory,
-    the store's and bounded by it); its private memory (RssAnon) is what it holds itself."""
+    the store's and bounded by it); its private memory (RssAnon: RSS less shared pages) is what it holds itself."""
 
     def __init__(self, pid: int, address: str, interval: float = 0.5):
         super().__init__(daemon=True)
@@ -139,12 +139,11 @@ class Peaks(threading.Thread):
         psutil.cpu_percent()  # starts the first interval
         while not self.stopped.wait(self.interval):
             try:
-                self.rss = max(self.rss, self.process.memory_info().rss)
-                status = Path(f"/proc/{self.process.pid}/status").read_text()
-            except (psutil.NoSuchProcess, FileNotFoundError):
+                memory = self.process.memory_info()
+            except psutil.NoSuchProcess:
                 return
-            if private := re.search(r"RssAnon:\s+(\d+) kB", status):  # not in an exiting process's status
-                self.private = max(self.private, int(private.group(1)) * 1024)
+            self.rss = max(self.rss, memory.rss)
+            self.private = max(self.private, memory.rss - memory.shared)  # RssAnon: less the mapped files and store
             self.busy_cores.append(psutil.cpu_percent() / 100 * psutil.cpu_count())
             stats = get_memory_info_reply(self.state).store_stats
             self.object_store = max(self.object_store, stats.object_store_bytes_used)
