@@ -26,13 +26,14 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import ray.data
-from ray.data.dataset import MaterializedDataset
 
 from orchestrator.config.job import CleanConfig, NearDedupConfig
 from orchestrator.data.read import source_of
+from orchestrator.data.staging import stage
 
 STAGES = ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
 STAGE_CODES = {stage: code for code, stage in enumerate(STAGES)}  # a verdict's stage, in one byte
@@ -377,16 +378,20 @@ def _buckets(rows: int) -> int:
     return max(1, rows // KEYS_PER_BUCKET)
 
 
-def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, labelled: bool, files: Sequence[str]) -> ray.data.Dataset:
+def clean(
+    rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, labelled: bool, files: Sequence[str], staging: Path
+) -> tuple[ray.data.Dataset, int]:
     """Runs the cleaning stages on `rows` (see the module docstring) and returns every row, the dropped ones
-    marked in `stage` and `reason`. `labels`: the job's label set, None to accept any label; `labelled`: the
-    rows have a `label` column to check; `files`: the corpus's files, which row_ids number. The result is
-    materialized: the caller reads it twice (kept rows, then quarantined ones) without running the stages twice.
+    marked in `stage` and `reason`, with their number. `labels`: the job's label set, None to accept any label;
+    `labelled`: the rows have a `label` column to check; `files`: the corpus's files, which row_ids number.
 
-    The dedup stages shuffle small key rows, not the rows: hashes of texts (exact) or of MinHash bands (near),
-    grouped into buckets that numpy judges whole. What they find, the rows to drop as compact verdicts (verdicts()),
-    comes to the driver and is shared with the tasks that mark the rows, in one pass for both stages: the one thing
-    of these stages that grows with the corpus is held whole, and it grows with its duplicates."""
+    The row stages stream the rows into parquet files in `staging` (an empty directory), which every later pass
+    reads: the dedup stages' and the caller's (kept rows, then quarantined ones). The object store holds the blocks
+    in flight, never the corpus, and the stages run once. The dedup stages shuffle small key rows, not the rows:
+    hashes of texts (exact) or of MinHash bands (near), grouped into buckets that numpy judges whole. What they find,
+    the rows to drop as compact verdicts (verdicts()), comes to the driver and is shared with the tasks that read
+    the rows, which mark them as they pass: the one thing of these stages that grows with the corpus is held whole,
+    and it grows with its duplicates."""
     check_labels = labelled and cfg.check_labels
     rows = rows.map_batches(
         _row_stages,
@@ -398,20 +403,22 @@ def clean(rows: ray.data.Dataset, cfg: CleanConfig, labels: list[str] | None, la
             known_labels=set(labels) if check_labels and labels is not None else None,
             labelled=labelled,
         ),
-    ).materialize()
+    )
+    staged = stage(rows, staging)
+    rows, count = staged.read(), staged.rows
     drops = verdicts()
     if check_labels or cfg.dedup_exact:
-        keys = rows.map_batches(_copy_key_rows, batch_format="numpy", fn_kwargs=dict(buckets=_buckets(rows.count()), labelled=check_labels))
+        keys = rows.map_batches(_copy_key_rows, batch_format="numpy", fn_kwargs=dict(buckets=_buckets(count), labelled=check_labels))
         if found := _bucketed(keys.materialize(), copy_drops, check_conflicts=check_labels, dedup_exact=cfg.dedup_exact):
             drops = joined(found)
     if cfg.dedup_near:
-        drops = joined(drops, _dedup_near(rows, cfg.dedup_near, ray.put(drops)))
+        drops = joined(drops, _dedup_near(rows, count, cfg.dedup_near, ray.put(drops)))
     if len(drops["row_id"]):
-        rows = rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=ray.put(drops), files=list(files))).materialize()
-    return rows
+        rows = rows.map_batches(_with_drops, batch_format="numpy", fn_kwargs=dict(drops=ray.put(drops), files=list(files)))
+    return rows, count
 
 
-def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.ObjectRef") -> dict:
+def _dedup_near(rows: ray.data.Dataset, count: int, cfg: NearDedupConfig, drops: "ray.ObjectRef") -> dict:
     """MinHash LSH without a central index and without keeping signatures: tasks turn each row kept so far (not in
     `drops`) into its band keys (8 bytes a band, not 4 a permutation), and the band buckets give the candidate pairs
     (few). Tasks verify them (_similarities), the driver joins the similar ones into groups (near_groups, on row_ids
@@ -421,9 +428,7 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.Obj
     banded = rows.map_batches(
         _band_rows,
         batch_format="numpy",
-        fn_kwargs=dict(
-            num_perm=cfg.num_perm, shingle_words=cfg.shingle_words, bands=bands, rows=rows_per_band, buckets=_buckets(rows.count() * bands), drops=drops
-        ),
+        fn_kwargs=dict(num_perm=cfg.num_perm, shingle_words=cfg.shingle_words, bands=bands, rows=rows_per_band, buckets=_buckets(count * bands), drops=drops),
     )
     candidates = _bucketed(banded.materialize(), candidate_pairs)
     if not candidates or not len(candidates["kept"]):
@@ -434,7 +439,7 @@ def _dedup_near(rows: MaterializedDataset, cfg: NearDedupConfig, drops: "ray.Obj
     return verdicts(dropped, stage, of=kept, similarity=_similarities(rows, kept, dropped, cfg))
 
 
-def _similarities(rows: MaterializedDataset, first: np.ndarray, second: np.ndarray, cfg: NearDedupConfig) -> np.ndarray:
+def _similarities(rows: ray.data.Dataset, first: np.ndarray, second: np.ndarray, cfg: NearDedupConfig) -> np.ndarray:
     """The estimated similarity of each pair (first[i], second[i]) of row_ids: the tasks that hold a pair's rows
     send their signatures to the pair's bucket, and a task compares them there (pair_similarities)."""
     if not len(first):

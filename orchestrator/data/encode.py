@@ -34,13 +34,16 @@ def is_validation(text: str, val_fraction: float, seed: int) -> bool:
 
 
 def measure(batch: dict, tokenizer_json: str, min_tokens: int | None, max_tokens: int | None, val_fraction: float, seed: int) -> dict:
-    """Adds n_tokens and is_val, and drops (stage length_tokens) texts outside [min_tokens, max_tokens]."""
-    texts = [str(text) for text in batch["text"]]
+    """Adds n_tokens and is_val to the rows no stage has dropped (0 and False to the others), and drops (stage
+    length_tokens) texts outside [min_tokens, max_tokens]."""
+    kept = np.flatnonzero(batch["stage"] == "")
+    texts = [str(batch["text"][i]) for i in kept]
     counts = [len(e.ids) for e in tokenizer_of(tokenizer_json).encode_batch(texts, add_special_tokens=False)]
-    batch["n_tokens"] = np.array(counts, dtype=np.int64)
-    batch["is_val"] = np.array([is_validation(text, val_fraction, seed) for text in texts], dtype=bool)
+    batch["n_tokens"], batch["is_val"] = np.zeros(len(batch["stage"]), dtype=np.int64), np.zeros(len(batch["stage"]), dtype=bool)
+    batch["n_tokens"][kept] = counts
+    batch["is_val"][kept] = [is_validation(text, val_fraction, seed) for text in texts]
     stage, reason = batch["stage"].astype(object), batch["reason"].astype(object)
-    for i, count in enumerate(counts):
+    for i, count in zip(kept, counts):
         if min_tokens and count < min_tokens:
             stage[i], reason[i] = "length_tokens", f"shorter than min_tokens ({count} < {min_tokens})"
         elif max_tokens and count > max_tokens:

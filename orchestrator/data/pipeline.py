@@ -35,6 +35,7 @@ from orchestrator.data.encode import encode_part, measure, parts
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
 from orchestrator.data.shards import Split, damaged, write_index, write_shard, write_text_atomically
+from orchestrator.data.staging import Staged, stage, staging_area
 from orchestrator.data.tokenizers import (
     SEPARATOR_TOKENS,
     from_json,
@@ -180,20 +181,23 @@ def remove_uncached(data: PreparedData) -> None:
 
 
 def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint: str) -> PreparedData:
+    with staging_area(directory) as staging:
+        return prepared_in(job, files, directory, staging, fingerprint)
+
+
+def prepared_in(job: JobConfig, files: list[str], directory: Path, staging: Path, fingerprint: str) -> PreparedData:
     started = time.perf_counter()
     cfg = job.data
     report = DataReport()
-    measured, tokenizer = clean_and_measure(job, files, directory, report)
+    measured, tokenizer = clean_and_measure(job, files, directory, staging, report)
     tokenizer_json = tokenizer.backend_tokenizer.to_str()
     write_text_atomically(directory / TOKENIZER_FILE, tokenizer_json)
-    final = rows_where(measured, kept=True)
-    report.rows_kept, report.tokens, report.length_bins, report.length_counts = token_lengths(final)
+    report.rows_kept, report.tokens, report.length_bins, report.length_counts = token_lengths(measured.read(["stage", "n_tokens"]))
     if not report.rows_kept:
         dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
         raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
-    label_names = label_names_of(job, final)
-
-    examples = final.select_columns([*fields_of(job), "is_val", "row_id"])
+    examples = rows_where(measured.read([*fields_of(job), "is_val", "row_id", "stage"]), kept=True)
+    label_names = label_names_of(job, examples)
     encoding = dict(
         task=job.task,
         tokenizer_json=tokenizer_json,
@@ -212,19 +216,17 @@ def run_pipeline(job: JobConfig, files: list[str], directory: Path, fingerprint:
     return PreparedData(train, val, tokenizer_json, len(train), len(val), label_names, report, directory)
 
 
-def clean_and_measure(job: JobConfig, files: list[str], directory: Path, report: DataReport) -> tuple[ray.data.Dataset, "PreTrainedTokenizerFast"]:
-    """The corpus read, cleaned and measured (token counts, the split), with the tokenizer; the rows these stages
-    drop go to the quarantine file, counted in `report`. The read streams into the cleaning stages, whose result
-    (materialized by clean.py) is read by the tokenizer, the measure stage and the quarantine, and is released on
-    return: the object store holds the measured rows alone from here on."""
+def clean_and_measure(job: JobConfig, files: list[str], directory: Path, staging: Path, report: DataReport) -> tuple[Staged, "PreTrainedTokenizerFast"]:
+    """The corpus read, cleaned and measured (token counts, the split), staged in `staging` (data/staging.py), with
+    the tokenizer; the rows these stages drop go to the quarantine file, counted in `report`. The read streams into
+    the cleaning stages, whose rows the tokenizer's sample and the measure stage read from their staged files."""
     cfg = job.data
     rows = read_rows(files, file_format(cfg.format, files), fields_of(job))
-    cleaned = clean(rows, cfg.clean, cfg.labels, labelled=job.task == "sequence_classification", files=files)
+    labelled = job.task == "sequence_classification"
+    cleaned, report.rows_read = clean(rows, cfg.clean, cfg.labels, labelled, files, staging / "cleaned")
     check_strict(job, cleaned)
-    report.rows_read = cleaned.count()
-    kept = rows_where(cleaned, kept=True)
-    tokenizer = get_tokenizer(job, kept, report.rows_read, directory / TOKENIZER_FILE)
-    measured = kept.map_batches(
+    tokenizer = get_tokenizer(job, rows_where(cleaned, kept=True), report.rows_read, directory / TOKENIZER_FILE)
+    measured = cleaned.map_batches(
         measure,
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
@@ -235,17 +237,18 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, report:
             val_fraction=cfg.val_fraction,
             seed=cfg.seed,
         ),
-    ).materialize()
-    dropped = rows_where(cleaned, kept=False).union(rows_where(measured, kept=False))
-    report.dropped = write_quarantine(dropped, directory / QUARANTINE_FILE, tuple(fields_of(job)))
+    )
+    measured = stage(measured, staging / "measured")
+    report.dropped = write_quarantine(rows_where(measured.read(), kept=False), directory / QUARANTINE_FILE, tuple(fields_of(job)))
     return measured, tokenizer
 
 
 def token_lengths(rows: ray.data.Dataset) -> tuple[int, int, list[float], list[int]]:
-    """The number of `rows`, their tokens and token-length histogram, in one pass: each block sends its count of
-    each length (np.bincount), so the driver holds one count per length, not one per row."""
+    """The number of kept `rows` (their `stage` and `n_tokens`), their tokens and token-length histogram, in one
+    pass: each block sends its count of each length (np.bincount), so the driver holds one count per length, not
+    one per row."""
     counts = np.zeros(0, dtype=np.int64)
-    blocks = rows.select_columns(["n_tokens"]).map_batches(_length_counts, batch_format="numpy", batch_size=None)
+    blocks = rows.map_batches(_length_counts, batch_format="numpy", batch_size=None)
     for batch in blocks.iter_batches(batch_format="numpy", batch_size=None):
         for part in batch["counts"]:
             block = np.frombuffer(part, dtype=np.int64)
@@ -256,7 +259,8 @@ def token_lengths(rows: ray.data.Dataset) -> tuple[int, int, list[float], list[i
 
 def _length_counts(batch: dict) -> dict:
     # bytes, not a tensor column: the blocks' arrays differ in length
-    return {"counts": np.array([np.bincount(batch["n_tokens"]).astype(np.int64).tobytes()], dtype=object)}
+    lengths = batch["n_tokens"][batch["stage"] == ""]
+    return {"counts": np.array([np.bincount(lengths).astype(np.int64).tobytes()], dtype=object)}
 
 
 def write_parts(examples: ray.data.Dataset, directory: Path, encoding: dict, augment: AugmentConfig | None) -> None:

@@ -1,3 +1,6 @@
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
@@ -174,8 +177,11 @@ def row(row_id: int, text, **fields) -> dict:
 
 
 def run(items, labels=None, labelled=False, **cfg) -> dict:
-    cleaned = clean(ray.data.from_items(items), CleanConfig(**cfg), labels, labelled, FILES)
-    return {r["row_id"]: r for r in cleaned.take_all()}
+    with tempfile.TemporaryDirectory() as staged:
+        cleaned, count = clean(ray.data.from_items(items), CleanConfig(**cfg), labels, labelled, FILES, Path(staged))
+        rows = {r["row_id"]: r for r in cleaned.take_all()}
+    assert count == len(items)
+    return rows
 
 
 def dropped_rows(rows: dict) -> dict:

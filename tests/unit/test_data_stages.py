@@ -67,12 +67,13 @@ def tokenizer():
 
 
 def test_measure_counts_tokens_and_drops_by_length(tokenizer):
-    batch = {"text": np.array(["a", "the cat sees the dog " * 20], dtype=object)}
-    batch |= {"stage": np.array(["", ""], dtype=object), "reason": np.array(["", ""], dtype=object)}
+    batch = {"text": np.array(["a", "the cat sees the dog " * 20, None], dtype=object)}
+    batch |= {"stage": np.array(["", "", "empty"], dtype=object), "reason": np.array(["", "", "empty text"], dtype=object)}
     out = measure(batch, tokenizer.backend_tokenizer.to_str(), min_tokens=2, max_tokens=50, val_fraction=0.5, seed=0)
     assert out["n_tokens"][0] == 1 and out["n_tokens"][1] > 50
-    assert list(out["stage"]) == ["length_tokens", "length_tokens"]
+    assert list(out["stage"]) == ["length_tokens", "length_tokens", "empty"]
     assert out["reason"][0] == "shorter than min_tokens (1 < 2)"
+    assert out["n_tokens"][2] == 0 and not out["is_val"][2] and out["reason"][2] == "empty text"  # dropped before: as it was
 
 
 def test_classification_rows_are_padded_with_a_mask_and_label_index(tokenizer):
@@ -178,6 +179,7 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
     from orchestrator.config.load import validate
     from orchestrator.data.feed import step_batches
     from orchestrator.data.pipeline import PARTS, QUARANTINE_FILE, prepare, remove_uncached
+    from orchestrator.data.staging import STAGED
     from orchestrator.tracking.data_report import log_data_report
 
     files = sorted(str(path) for path in (Path.home() / ".cache/orchestrator/data/fortunes").glob("*.jsonl"))[:6]
@@ -197,6 +199,7 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
         prepare(job)
     index.write_text(whole)
     assert (first.directory / QUARANTINE_FILE).is_file()  # the fortunes shorter than min_chars
+    assert not (first.directory / STAGED).exists()  # the rows staged between passes are gone with the preparation
 
     client = MlflowClient(mlflow_uri)
     run_id = client.create_run(client.create_experiment("data", (tmp_path / "artifacts").as_uri())).info.run_id
@@ -236,6 +239,8 @@ def test_the_job_that_prepares_the_data_trains_on_the_batches_a_cache_hit_gives(
         leftover.unlink()
     written_before = {path.relative_to(staging): path.stat().st_ino for path in staging.glob("*/*.npy")}
     (staging / "train" / f".{unfinished.stem}.input_ids.npy.999").write_bytes(b"\x93NUMPY")  # cut short mid-write
+    (staging / STAGED / "cleaned").mkdir(parents=True)
+    (staging / STAGED / "cleaned" / "cut-short.parquet").write_bytes(b"PAR1")  # staged rows, never read again
     capsys.readouterr()
     resumed = prepare(job)
     assert f"resuming an interrupted preparation: {len(finished)} parts already written" in capsys.readouterr().out
