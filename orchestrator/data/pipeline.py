@@ -35,7 +35,7 @@ from orchestrator.data.encode import encode_part, measure, parts
 from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
 from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
 from orchestrator.data.shards import Split, damaged, write_index, write_shard, write_text_atomically
-from orchestrator.data.staging import Staged, stage, staging_area
+from orchestrator.data.staging import Staged, read_files, stage, staging_area
 from orchestrator.data.tokenizers import (
     SEPARATOR_TOKENS,
     from_json,
@@ -98,10 +98,10 @@ def get_tokenizer(job: JobConfig, kept: ray.data.Dataset, rows: int, saved: Path
     return train_tokenizer(cfg, texts_of(kept.iter_batches(batch_size=ROWS_PER_TASK_BATCH, batch_format="numpy")))
 
 
-def label_names_of(job: JobConfig, kept: ray.data.Dataset) -> list[str]:
+def label_names_of(job: JobConfig, measured: Staged) -> list[str]:
     if job.task != "sequence_classification":
         return []
-    names = job.data.labels or sorted(kept.unique("label"))
+    names = job.data.labels or sorted(rows_where(measured.read(["label", "stage"]), kept=True).unique("label"))
     if len(names) < 2:
         raise UserError(
             f"data.label_field: {job.data.label_field!r} has {len(names)} class(es) after cleaning "
@@ -196,8 +196,7 @@ def prepared_in(job: JobConfig, files: list[str], directory: Path, staging: Path
     if not report.rows_kept:
         dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
         raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
-    examples = rows_where(measured.read([*fields_of(job), "is_val", "row_id", "stage"]), kept=True)
-    label_names = label_names_of(job, examples)
+    label_names = label_names_of(job, measured)
     encoding = dict(
         task=job.task,
         tokenizer_json=tokenizer_json,
@@ -206,7 +205,8 @@ def prepared_in(job: JobConfig, files: list[str], directory: Path, staging: Path
         pad=tokenizer.pad_token_id,
         label_ids={name: i for i, name in enumerate(label_names)},
     )
-    write_parts(examples, directory, encoding, augment=cfg.augment if cfg.augment.copies else None)
+    columns = [*fields_of(job), "is_val", "row_id", "stage"]
+    write_parts(measured, columns, directory, encoding, augment=cfg.augment if cfg.augment.copies else None)
     shards = shards_of_parts(directory)
     report.train_sequences, report.val_sequences = (write_index(directory / split, shards[split], fingerprint) for split in SPLITS)
     if cfg.augment.copies:
@@ -238,7 +238,7 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, staging
             seed=cfg.seed,
         ),
     )
-    measured = stage(measured, staging / "measured")
+    measured = stage(measured.map_batches(parts, batch_format="numpy"), staging / "measured", by="part")
     report.dropped = write_quarantine(rows_where(measured.read(), kept=False), directory / QUARANTINE_FILE, tuple(fields_of(job)))
     return measured, tokenizer
 
@@ -263,39 +263,40 @@ def _length_counts(batch: dict) -> dict:
     return {"counts": np.array([np.bincount(lengths).astype(np.int64).tobytes()], dtype=object)}
 
 
-def write_parts(examples: ray.data.Dataset, directory: Path, encoding: dict, augment: AugmentConfig | None) -> None:
-    """Encodes the parts of `examples` that `directory` does not hold yet, each in one Ray task that adds its
-    augmented copies and writes its shards there (write_part): the copies and the encoded rows never pass through
-    the object store or the driver."""
+def write_parts(measured: Staged, columns: list[str], directory: Path, encoding: dict, augment: AugmentConfig | None) -> None:
+    """Encodes the parts of the `measured` rows that `directory` does not hold yet, each in one Ray task that reads
+    the part's staged files (their `columns`), adds its augmented copies and writes its shards there (write_part):
+    no part's rows, copies or encoded rows pass through the object store or the driver."""
     for unfinished in directory.glob("*/.*"):  # what tasks killed mid-write left (shards.write_atomically)
         unfinished.unlink()
-    done = np.array([int(record.stem, 16) for record in (directory / PARTS).glob("*.json")], dtype=np.int64)
-    if len(done):
+    done = {int(record.stem, 16) for record in (directory / PARTS).glob("*.json")}
+    if done:
         print(f"data: resuming an interrupted preparation: {len(done)} parts already written in {directory}", flush=True)
-    todo = examples.map_batches(parts, batch_format="numpy").map_batches(rows_of_parts, batch_format="numpy", fn_kwargs={"parts_done": done})
-    kwargs = {"directory": str(directory), "augment": augment, **encoding}
-    written = todo.groupby("part").map_groups(write_part, batch_format="numpy", fn_kwargs=kwargs)
-    written.materialize()  # one row a part
+    todo = [{"part": part, "files": files} for part, files in sorted(measured.groups("part").items()) if part not in done]
+    if todo:
+        kwargs = {"directory": str(directory), "augment": augment, "columns": columns, **encoding}
+        ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(write_staged_part, batch_size=1, fn_kwargs=kwargs).materialize()
 
 
-def rows_of_parts(batch: dict, parts_done: np.ndarray) -> dict:
-    """The rows of the parts not in `parts_done`."""
-    keep = ~np.isin(batch["part"], parts_done)
-    return {column: values[keep] for column, values in batch.items()}
+def write_staged_part(batch: dict, directory: str, augment: AugmentConfig | None, columns: list[str], **encoding) -> dict:
+    """write_part of the kept rows of one part's staged files (`batch`: the part and its files)."""
+    rows = read_files(batch["files"][0], columns)
+    kept = rows["stage"] == ""
+    write_part({column: values[kept] for column, values in rows.items()}, int(batch["part"][0]), Path(directory), augment, **encoding)
+    return {"part": batch["part"]}
 
 
-def write_part(batch: dict, directory: str, augment: AugmentConfig | None, **encoding) -> dict:
-    """Encodes one part, with its augmented copies, and writes its shard of each split, then its record, which marks
-    it done."""
-    name, directory = f"{int(batch['part'][0]):016x}", Path(directory)
-    encoded = encode_part(add_augmented_copies(batch, augment) if augment else batch, **encoding)
+def write_part(rows: dict, part: int, directory: Path, augment: AugmentConfig | None, **encoding) -> None:
+    """Encodes one part's rows (any order), with their augmented copies, and writes its shard of each split, then its
+    record, which marks it done."""
+    name = f"{part:016x}"
+    encoded = encode_part(add_augmented_copies(rows, augment) if augment else rows, **encoding) if len(rows["row_id"]) else {"is_val": np.zeros(0, bool)}
     record = {}
     for split, validation in SPLITS.items():
         here = encoded["is_val"] == validation
         record[split] = write_shard(directory / split, name, {column: values[here] for column, values in encoded.items() if column != "is_val"})
     (directory / PARTS).mkdir(exist_ok=True)
     write_text_atomically(directory / PARTS / f"{name}.json", json.dumps(record))
-    return {"part": np.array([name])}
 
 
 def shards_of_parts(directory: Path) -> dict[str, list[dict]]:

@@ -109,16 +109,16 @@ def test_augmentation_is_seeded_and_only_copies_training_rows():
 
 def test_a_part_is_written_with_its_training_rows_augmented_in_corpus_order(tokenizer, tmp_path):
     """write_part adds the augmented copies itself, so they never travel through the object store; the rows arrive
-    from Ray's group-by in any order, and are written in corpus order (row_id, then text)."""
+    from the part's staged files in any order, and are written in corpus order (row_id, then text)."""
     from orchestrator.data.pipeline import shards_of_parts, write_part
     from orchestrator.data.shards import shard_file
 
     cfg = AugmentConfig(copies=2, word_dropout=0.3, seed=1)
     texts = ["the cat sees the dog", "le chat voit le chien", "the dog sees the cat"]
     batch = {"text": np.array(texts, dtype=object), "label": np.array(["a", "b", "a"], dtype=object)}
-    batch |= {"is_val": np.array([False, True, False]), "row_id": np.array([3, 1, 2], dtype=np.int64), "part": np.zeros(3, dtype=np.int64)}
+    batch |= {"is_val": np.array([False, True, False]), "row_id": np.array([3, 1, 2], dtype=np.int64)}
     encoding = dict(task="sequence_classification", tokenizer_json=tokenizer.backend_tokenizer.to_str(), seq_len=16, separator=0)
-    write_part(batch, str(tmp_path), augment=cfg, pad=tokenizer.pad_token_id, label_ids={"a": 0, "b": 1}, **encoding)
+    write_part(batch, 0, tmp_path, augment=cfg, pad=tokenizer.pad_token_id, label_ids={"a": 0, "b": 1}, **encoding)
     shards = shards_of_parts(tmp_path)
     assert [shard["rows"] for shard in shards["train"]] == [2 * 3] and [shard["rows"] for shard in shards["val"]] == [1]
     rows = np.load(shard_file(tmp_path / "train", f"{0:016x}", "input_ids"))

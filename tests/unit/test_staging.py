@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import ray.data
 
-from orchestrator.data.staging import STAGED, stage, staging_area
+from orchestrator.data.staging import STAGED, bundled, read_files, stage, staging_area
 
 
 def test_staged_rows_read_back_whole_or_by_column_and_none_when_empty(local_ray, tmp_path):
@@ -29,3 +29,22 @@ def test_the_staging_area_is_emptied_before_and_removed_after(tmp_path):
         np.save(staging / "rows.npy", np.arange(3))
         raise RuntimeError("the preparation failed")
     assert not (tmp_path / STAGED).exists()
+
+
+def test_rows_staged_by_a_column_are_grouped_by_its_values_and_read_back_whole(local_ray, tmp_path):
+    items = [{"row_id": i, "part": i % 3, "text": None if i % 3 == 2 else f"text {i}"} for i in range(12)]
+    staged = stage(ray.data.from_items(items, override_num_blocks=2), tmp_path, by="part")
+    groups = staged.groups("part")
+    assert sorted(groups) == [0, 1, 2] and staged.rows == 12
+    for part, files in groups.items():
+        rows = read_files(files)
+        assert "part" not in rows  # in the path
+        assert sorted(rows["row_id"].tolist()) == [i for i in range(12) if i % 3 == part]
+    assert read_files(groups[2], ["text"])["text"].tolist() == [None] * 4
+    assert sorted(staged.read(["row_id"]).to_pandas()["row_id"]) == list(range(12))
+
+
+def test_a_pass_reads_runs_of_consecutive_files_of_about_the_rows_asked():
+    assert bundled([10, 10, 10, 10, 10], 20) == [[0, 1], [2, 3], [4]]
+    assert bundled([50, 5, 5, 5, 50], 10) == [[0], [1, 2], [3, 4]]  # a file bigger than a run is one alone
+    assert bundled([], 10) == []
