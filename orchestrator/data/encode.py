@@ -68,7 +68,7 @@ def parts(batch: dict) -> dict:
 
 
 def encode_part(batch: dict, task: str, **encoding) -> dict:
-    """The rows of one part encoded for `task`, in corpus order: Ray's group-by hands them over in no particular
+    """The rows of one part encoded for `task`, in corpus order: its staged files hand them over in no particular
     order, and augmented copies share their original's row_id."""
     order = sorted(range(len(batch["row_id"])), key=lambda i: (batch["row_id"][i], str(batch["text"][i])))
     return ENCODERS[task]({column: values[order] for column, values in batch.items()}, **encoding)

@@ -2,14 +2,16 @@
 
     read -> clean -> tokenizer -> measure (token lengths, split) -> parts -> [augment] + encode + write shards -> index
 
-Every stage is a Ray Data operator over the cluster's CPUs while they are still free. The corpus is encoded a part at
-a time (a run of consecutive lines of a file: data/encode.py), and the task that encodes a part writes its rows as
-one shard of each split (data/shards.py), in the cache entry's staging directory (data/cache.py) or, uncached, a
-directory of the run's own beside it; the driver writes the indexes last, from the parts' records. A preparation
-that is killed leaves its finished parts behind, and the next one encodes only the others. Rows the stages drop are
-written to a quarantine file with their stage and reason, and counted in the data report. Training workers then read
-only their rows of each step from the shards (data/feed.py), so they never compete with preprocessing for CPUs, and
-the sizes needed for `epochs`, the ETA and the checks below are known before any worker starts.
+Every stage is a Ray Data operator over the cluster's CPUs while they are still free. The cleaned and the measured
+rows are staged as parquet files that later passes read (data/staging.py), the measured ones a directory per part.
+The corpus is encoded a part at a time (a run of consecutive lines of a file: data/encode.py): the task that encodes
+a part reads its staged files and writes its rows as one shard of each split (data/shards.py), in the cache entry's
+staging directory (data/cache.py) or, uncached, a directory of the run's own beside it; the driver writes the
+indexes last, from the parts' records. A preparation that is killed leaves its finished parts behind, and the next
+one encodes only the others. Rows the stages drop are written to a quarantine file with their stage and reason, and
+counted in the data report. Training workers then read only their rows of each step from the shards (data/feed.py),
+so they never compete with preprocessing for CPUs, and the sizes needed for `epochs`, the ETA and the checks below
+are known before any worker starts.
 """
 
 import json
