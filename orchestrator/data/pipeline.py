@@ -228,7 +228,7 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, staging
     cleaned, report.rows_read = clean(rows, cfg.clean, cfg.labels, labelled, files, staging / "cleaned")
     check_strict(job, cleaned)
     tokenizer = get_tokenizer(job, rows_where(cleaned, kept=True), report.rows_read, directory / TOKENIZER_FILE)
-    measured = cleaned.map_batches(
+    measured_rows = cleaned.map_batches(
         measure,
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
@@ -240,7 +240,7 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, staging
             seed=cfg.seed,
         ),
     )
-    measured = stage(measured.map_batches(parts, batch_format="numpy"), staging / "measured", by="part")
+    measured = stage(measured_rows.map_batches(parts, batch_format="numpy"), staging / "measured", by="part")
     report.dropped = write_quarantine(rows_where(measured.read(), kept=False), directory / QUARANTINE_FILE, tuple(fields_of(job)))
     return measured, tokenizer
 

@@ -55,7 +55,7 @@ class Staged:
         if not bundles:
             return ray.data.from_items([])
         tasks = ray.data.from_items([{"files": [self.files[i] for i in bundle]} for bundle in bundles], override_num_blocks=len(bundles))
-        return tasks.map_batches(_read_files, batch_size=1, fn_kwargs={"columns": columns})
+        return tasks.map_batches(_batches_of_files, batch_size=1, fn_kwargs={"columns": columns})
 
     def groups(self, column: str) -> dict[int, list[str]]:
         """The files of each value of `column`, which the rows were staged by (`stage(..., by=column)`)."""
@@ -93,7 +93,7 @@ def read_files(files: list[str], columns: list[str] | None = None) -> dict[str, 
     return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-def _read_files(batch: dict, columns: list[str] | None) -> Iterator[pa.Table]:
+def _batches_of_files(batch: dict, columns: list[str] | None) -> Iterator[pa.Table]:
     for files in batch["files"]:
         for path in files:
             for rows in pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
