@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from benchmarks import caller_names_a_cluster
 from orchestrator.cli.cluster import start_ray
 from orchestrator.local_node import LOOPBACK_NODE
+from orchestrator.models.families import FAMILIES
 from orchestrator.train.deepspeed_config import deep_merge
 from orchestrator.train.local import free_port
 
@@ -49,6 +50,10 @@ BASE_JOB = {
     "scaling": {"num_workers": 1, "cpus_per_worker": os.cpu_count()},
     "checkpoint": {"every_steps": None, "max_failures": 0},
 }
+
+# jobs/gpt-tiny.yaml's ZeRO stage and workers, and with its model too (the dims in full: they replace the base's)
+GPT_TINY_LAYOUT = {"deepspeed": {"zero_stage": 2}, "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2}}
+GPT_TINY = GPT_TINY_LAYOUT | {"model": {"family": "gpt2", "size": "tiny", "dims": FAMILIES["gpt2"].presets["tiny"]}}
 
 
 @contextlib.contextmanager
@@ -128,14 +133,9 @@ class RunFigures:
 
 
 def data_wait(jobs: Jobs, steps: int, data: dict | None = None) -> dict:
-    """A job like jobs/gpt-tiny.yaml (ZeRO-2, 2 workers; `data`: its data section, the benchmark's by default): its
-    workers' data wait, from MLflow."""
-    overrides = {
-        "model": {"family": "gpt2", "size": "tiny"},
-        "train": {"max_steps": steps, "eval_batches": 1},  # the evaluation at the end: one batch, whatever the split
-        "deepspeed": {"zero_stage": 2},
-        "scaling": {"num_workers": 2, "cpus_per_worker": os.cpu_count() / 2},
-    }
+    """The benchmarks' GPT-2 (4x256) with jobs/gpt-tiny.yaml's ZeRO-2 and 2 workers (`data`: its data section, the
+    benchmark's by default): its workers' data wait, from MLflow."""
+    overrides = GPT_TINY_LAYOUT | {"train": {"max_steps": steps, "eval_batches": 1}}  # the evaluation at the end: one batch, whatever the split
     fractions = jobs.run("data-wait", {**overrides, "data": data} if data else overrides).history("train/data_wait_fraction")
     return {"steps": steps, "mean_data_wait_fraction": statistics.fmean(fractions), "max_data_wait_fraction": max(fractions)}
 

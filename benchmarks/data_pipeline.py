@@ -5,7 +5,7 @@ Both preprocessing paths read the same files and call the same functions for eac
 row checks, label conflicts and exact duplicates, MinHash near-duplicates, tokenizer training, token counting,
 encoding, the split and the shuffle. The plain loop holds everything in one process's memory; the Ray path
 distributes it (on this 2-core machine, over 2 CPUs) and keeps it in the object store.
-The training part runs a job like jobs/gpt-tiny.yaml and reads `train/data_wait_fraction` from its MLflow run.
+The training part runs 2 workers with ZeRO-2 as jobs/gpt-tiny.yaml does (the benchmarks' GPT-2 4x256) and reads `train/data_wait_fraction` from its MLflow run.
 
     python -m benchmarks.data_pipeline            # about 4 minutes on 2 CPU cores
     python -m benchmarks.data_pipeline --cpus 1   # the Ray path on a cluster of 1 CPU (no training: it needs 2)
@@ -207,7 +207,7 @@ def markdown(results: dict) -> list[str]:
     ]
     if wait := results["training"]:
         rows.append(
-            f"Training ({wait['steps']} steps of jobs/gpt-tiny.yaml): workers wait for data {100 * wait['mean_data_wait_fraction']:.2f}% "
+            f"Training ({wait['steps']} steps, 2 workers, ZeRO-2): workers wait for data {100 * wait['mean_data_wait_fraction']:.2f}% "
             f"of step time on average (worst logging window {100 * wait['max_data_wait_fraction']:.2f}%)"
         )
     return rows

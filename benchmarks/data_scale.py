@@ -9,7 +9,7 @@ local cluster whose object store is smaller than the largest corpus. For each si
 - the feed, in this process, on the prepared training split: the rows each worker reads in one epoch with 1, 2 and
   4 workers (as a share of the split), and the time a resumed epoch takes to its first batch at step 10 and at its
   last step;
-- training: 100 steps of jobs/gpt-tiny.yaml with 2 workers on the prepared entry, and the share of step time its
+- training: 100 steps of the benchmarks' GPT-2 (4x256) with 2 workers and ZeRO-2 on the prepared entry, and the share of step time its
   workers wait for data (from MLflow).
 
     python -m benchmarks.data_scale                          # 100, 400 and 1,600 MB: about an hour on 2 cores
