@@ -2,7 +2,6 @@
 from a checkpoint when there is one, and the reporter of its rank (train/reporting.py). Every rank runs all of it:
 the collectives in it (DeepSpeed's, the node count, the parameter share) need them all."""
 
-import psutil
 import ray.train
 import torch
 import torch.distributed as dist
@@ -25,8 +24,6 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
     answers_to = results.answers_to(plan.tune_metric)
     rank, world_size = answers_to.rank_and_size()
     timeline = plan.timeline
-    timeline.mark("worker_processes", at=psutil.Process().create_time())  # Ray Train started this process
-    timeline.mark("worker_setup")  # imports, torch.distributed, dataset shards
     memory_at_start = current_bytes(job.scaling.use_gpu)
     tokenizer = from_json(plan.tokenizer_json)
     model_construction = partitioned_construction(job, world_size)
