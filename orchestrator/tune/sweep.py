@@ -11,6 +11,7 @@ trial started from a Tune checkpoint (a resumed sweep, or PBT exploiting a bette
 learning rate and schedule of its own, possibly just mutated, config.
 """
 
+import itertools
 import random
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 import ray.train
 from ray import tune
@@ -88,8 +90,18 @@ class ResultsToTune(UserCallback):
             raise outcome["error"]
 
 
+# Trials this process has run: Tune starts a process per trial running at once and reuses it for the next ones
+TRIALS_IN_THIS_PROCESS = itertools.count()
+
+
+def trial_start() -> float:
+    """When the trial started: a process's first trial with the process (its Python, Ray and library imports count),
+    a later one now."""
+    return psutil.Process().create_time() if next(TRIALS_IN_THIS_PROCESS) == 0 else time.time()
+
+
 def run_trial(values: dict[str, Any], context: SweepContext) -> None:
-    timeline = Timeline()  # the trial's start-up, from Tune starting it
+    timeline = Timeline(started=trial_start())  # the trial's start-up
     sweep = context.sweep
     trial_id = tune.get_context().get_trial_id()
     job = sweep.trial_job(values)
@@ -181,6 +193,9 @@ def tuner(sweep: LoadedSweep, context: SweepContext, steps: int, at_once: int) -
             num_samples=config.num_samples,
             max_concurrent_trials=at_once,
             time_budget_s=config.time_budget_s,
+            # A trial's process runs the next trial: its start (Python, Ray, torch, transformers, DeepSpeed: about
+            # 6 s on 2 cores) is paid once per process, not once per trial
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=sweep.name,

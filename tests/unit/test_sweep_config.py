@@ -1,6 +1,10 @@
 """Sweep files: validated like jobs against the job schema, turned into Tune objects by registries."""
 
+import itertools
+import time
+
 import helpers
+import psutil
 import pytest
 import yaml
 from helpers import REPO, run_cli, tiny_job, write_job
@@ -12,6 +16,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from orchestrator.config import UserError
 from orchestrator.config.load import load_sweep
 from orchestrator.config.sweep import Distribution
+from orchestrator.tune import sweep
 from orchestrator.tune.space import SCHEDULERS, SEARCHERS, param_space, search_algorithm, trial_scheduler, trials_at_once
 
 
@@ -167,3 +172,11 @@ def test_synch_makes_every_trial_wait_at_each_perturbation_step(corpus, tmp_path
     for synch in (False, True):
         sweep = load_sweep(write_sweep(tmp_path, corpus, scheduler={"name": scheduler, "synch": synch}, search_space=space))
         assert trial_scheduler(sweep.config, sweep.base_job, 20)._synch is synch
+
+
+def test_a_trial_starts_with_its_process_and_a_later_trial_of_the_process_when_it_starts(monkeypatch):
+    """Tune runs the next trial in a finished trial's process: only the process's first trial counts its start."""
+    monkeypatch.setattr(sweep, "TRIALS_IN_THIS_PROCESS", itertools.count())
+    assert sweep.trial_start() == psutil.Process().create_time()
+    before = time.time()
+    assert before <= sweep.trial_start() <= time.time()
