@@ -5,7 +5,7 @@ with the same search space and seed: FIFO, then ASHA; then a short FIFO sweep of
 worker group: one at a time here) for their start-up. Prints the figures beside their goals, writes
 benchmarks/results/sweep_overhead.json and a markdown table.
 
-    python -m benchmarks.sweep_overhead            # about 8 minutes on 2 CPU cores
+    python -m benchmarks.sweep_overhead            # about 4 minutes on 2 CPU cores
     python -m benchmarks.sweep_overhead --smoke    # 2 short trials per sweep: checks that it works
 """
 
