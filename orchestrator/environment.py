@@ -72,6 +72,8 @@ HANDLED_LOG_LINES = {
     # transformers finds no loss in GPT-2's class name (GPT2LMHeadModel) and says so before using the causal LM
     # loss, the one its task trains with.
     "transformers.modeling_utils": DropLines("`loss_type=None` was set in the config but it is unrecognized"),
+    # With activation checkpointing a training forward pass keeps no cache, and says so once per worker.
+    "transformers.utils.generic": DropLines("`use_cache=True` is incompatible with gradient checkpointing"),
     # The exported model holds a Python object (tracking/model.py TextModel) by design: its code ships with it.
     "mlflow.pyfunc": DropLines("Passing a Python object as `python_model`"),
     # Ray's job client says so when a followed log ends; `submit --follow` and `logs --follow` (cli/jobs.py) end with
@@ -85,6 +87,8 @@ HANDLED_LOG_LINES = {
 HANDLED_WARNINGS = [
     # DeepSpeed's ZeRO stages gather parameters with it at every step (DeepSpeed 0.18); nothing here calls it.
     ("`torch.distributed.all_gather_into_tensor` is deprecated", FutureWarning),
+    # ZeRO-3 reduces its gradient partitions with it at every step (DeepSpeed 0.19 with torch 2.13), as above.
+    ("`torch.distributed.reduce_scatter_tensor` is deprecated", FutureWarning),
     # DeepSpeed's pipeline moves activations and tied gradients between stages with broadcasts on purpose, outside
     # autograd (its schedule runs the backward pass itself); torch warns at every step that the broadcast has no
     # autograd kernel. The equivalence with data parallelism is tested.
