@@ -16,6 +16,7 @@ BENCHMARKS = {
     "overhead": "Framework overhead against bare PyTorch",
     "scaling": "Data-parallel scaling",
     "zero_memory": "ZeRO memory per worker",
+    "activation_memory": "Activation checkpointing",
     "model_parallel": "Tensor and pipeline parallelism against data parallelism",
     "first_step": "Time to first step",
     "mfu": "Model FLOPs utilisation",

@@ -323,6 +323,11 @@ class TrainConfig(Section):
     eval_at_start: bool = Field(False, description="Also evaluate before the first step: the untrained baseline.")
     log_every: Int = Field(10, gt=0, le=MAX_STEPS, description="Log a progress line and metrics every N optimizer steps.")
     seed: Seed = Field(0, description="Seed of model initialisation and dropout.")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Keep only each transformer layer's input for the backward pass and recompute the rest: less "
+        "activation memory per worker for about a third more compute.",
+    )
 
     @model_validator(mode="after")
     def _length_and_lr(self):

@@ -47,9 +47,16 @@ def set_dropout(config: transformers.PretrainedConfig, probability: float) -> No
             setattr(config, key, probability)
 
 
-def build_model(model: ModelConfig, task: str, tokenizer, label_names: list[str], seed: int) -> torch.nn.Module:
+def build_model(model: ModelConfig, task: str, tokenizer, label_names: list[str], seed: int, activation_checkpointing: bool = False) -> torch.nn.Module:
     """Every rank calls this with the same seed, so random initialisation (and a new classifier head) is identical
     across ranks."""
+    built = instantiate(model, task, tokenizer, label_names, seed)
+    if activation_checkpointing:
+        checkpoint_activations(built)
+    return built
+
+
+def instantiate(model: ModelConfig, task: str, tokenizer, label_names: list[str], seed: int) -> torch.nn.Module:
     auto_class = getattr(transformers, TASKS[task].auto_class)
     torch.manual_seed(seed)
     if model.pretrained:
@@ -58,3 +65,14 @@ def build_model(model: ModelConfig, task: str, tokenizer, label_names: list[str]
             set_dropout(config, model.dropout)
         return auto_class.from_pretrained(expand_path(model.pretrained), config=config, dtype=torch.float32)
     return auto_class.from_config(hf_config(model, tokenizer, label_names))
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Each transformer layer keeps only its input for the backward pass and runs again in it (torch's non-reentrant
+    checkpoint: the one that works under ZeRO-3's parameter hooks). The layers do it themselves, so a pipeline stage
+    calling them one by one checkpoints too."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(kwargs)
+    else:  # its name before transformers 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -212,13 +212,16 @@ def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int
 
 
 def activation_bytes(job: JobConfig, size: ModelSize) -> int:
-    """Activations of one micro batch kept for the backward pass, without recomputation (Korthikanti et al. 2022:
-    s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit, twice that in fp32), plus the fp32 logits and their gradient."""
+    """Activations of one micro batch kept for the backward pass (Korthikanti et al. 2022: s·b·h·(34 + 5·a·s/h) bytes
+    per layer in 16-bit, twice that in fp32), plus the fp32 logits and their gradient. With activation checkpointing
+    each layer keeps only its input (2·s·b·h bytes), and one layer at a time holds all of its own again."""
     s, b, h, a, t = job.data.seq_len, job.train.micro_batch_size, size.hidden, size.heads, job.parallelism.tensor
+    width = 2 if job.deepspeed.precision == "fp32" else 1
     # tensor parallel: s·b·h·(10 + 24/t + 5·a·s/(h·t)) (the same paper); a pipeline's first stage holds P micro batches
     # of its L/P layers in flight (1F1B), as many activations as one micro batch through all layers
-    per_layer = s * b * h * (10 + 24 / t + 5 * a * s / (h * t)) * (2 if job.deepspeed.precision == "fp32" else 1)
-    return int(size.layers * per_layer + 2 * 4 * s * b * size.vocab)
+    per_layer = s * b * h * (10 + 24 / t + 5 * a * s / (h * t)) * width
+    kept = size.layers * 2 * s * b * h * width + per_layer if job.train.activation_checkpointing else size.layers * per_layer
+    return int(kept + 2 * 4 * s * b * size.vocab)
 
 
 @dataclass(frozen=True)

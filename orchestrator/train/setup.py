@@ -27,7 +27,7 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
     memory_at_start = current_bytes(job.scaling.use_gpu)
     tokenizer = from_json(plan.tokenizer_json)
     model_construction = partitioned_construction(job, world_size)
-    model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed)
+    model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed, job.train.activation_checkpointing)
     model_parameters = sum(parameter_count(parameter) for parameter in model.parameters())
     flops_per_token = model_flops_per_token(model, job.data.seq_len)
     layout = parallel_layout(job)

@@ -13,7 +13,7 @@ from orchestrator.train.timeline import PHASES
 
 # Not in the default run (pyproject addopts): about 6 minutes, beyond CI's budget. Run with: pytest -m benchmarks
 pytestmark = [pytest.mark.integration, pytest.mark.benchmarks]
-NAMES = ("overhead", "scaling", "zero_memory", "model_parallel", "first_step", "mfu")
+NAMES = ("overhead", "scaling", "zero_memory", "activation_memory", "model_parallel", "first_step", "mfu")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,13 @@ def test_zero3_holds_less_model_state_than_zero0(smoke):
     assert runs["ZeRO-3"]["model_state_bytes"] < runs["ZeRO-0"]["model_state_bytes"]
     ratios = smoke["zero_memory"]["zero3_over_zero0"]
     assert ratios["model_state_bytes"] == pytest.approx(runs["ZeRO-3"]["model_state_bytes"] / runs["ZeRO-0"]["model_state_bytes"])
+
+
+def test_activation_memory_compares_a_job_with_and_without_checkpointing(smoke):
+    runs = smoke["activation_memory"]["runs"]
+    assert set(runs) == {"activations-kept", "activations-checkpointed"}
+    assert runs["activations-checkpointed"]["plan_activation_bytes"] < runs["activations-kept"]["plan_activation_bytes"]
+    assert all(run["peak_above_start_bytes"] > 0 and run["tokens_per_s"] > 0 for run in runs.values())
 
 
 def test_first_step_is_broken_down_by_phase(smoke):

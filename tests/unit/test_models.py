@@ -40,3 +40,35 @@ def test_random_init_models_use_the_trained_tokenizers_ids(tokenizer):
     assert isinstance(translator, transformers.T5ForConditionalGeneration)
     assert translator.config.decoder_start_token_id == translator.config.pad_token_id == tokenizer.pad_token_id
     assert translator.config.eos_token_id == tokenizer.eos_token_id
+
+
+def saved_bytes_and_gradients(model: torch.nn.Module, inputs: dict) -> tuple[int, torch.Tensor]:
+    """Bytes the forward pass keeps for the backward pass, and the gradients; dropout on, seeded."""
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    model.train()
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**inputs).loss
+    loss.backward()
+    return sum(saved), torch.cat([parameter.grad.flatten() for parameter in model.parameters() if parameter.grad is not None])
+
+
+@pytest.mark.parametrize(
+    "family, task, labels",
+    [("gpt2", "causal_lm", []), ("llama", "causal_lm", []), ("bert", "sequence_classification", ["no", "yes"]), ("t5", "seq2seq", [])],
+)
+def test_activation_checkpointing_keeps_less_for_the_backward_pass_and_computes_the_same_gradients(tokenizer, family, task, labels):
+    dims = {key: value for key, value in TINY.items() if key != "max_positions" or family != "t5"} | {"layers": 2}
+    input_ids = torch.randint(5, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": input_ids, "labels": torch.tensor([0, 1]) if labels else input_ids}
+    kept, gradients = {}, {}
+    for checkpointing in (False, True):
+        model = build_model(ModelConfig(family=family, dims=dims), task, tokenizer, labels, seed=0, activation_checkpointing=checkpointing)
+        kept[checkpointing], gradients[checkpointing] = saved_bytes_and_gradients(model, inputs)
+    assert kept[True] < kept[False] / 2
+    assert torch.equal(gradients[True], gradients[False])

@@ -35,6 +35,7 @@ from orchestrator.models.tasks import TASKS
 from orchestrator.train.plan import (
     OPTIONS,
     ModelSize,
+    activation_bytes,
     counted_size,
     deepspeed_estimate,
     model_size,
@@ -387,3 +388,18 @@ def test_model_parallel_plans_count_the_busiest_worker_and_shard_over_replicas(c
     options, _ = plan(tensor, size, memory_per_worker=2**40)
     assert "ZeRO-3" not in {option.name for option in options}
     assert options[1].paper_bytes == paper_bytes(1, size.worker_parameters, 2)  # sharded over 2 replicas, not 4 workers
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_keeps_each_layers_input_and_one_layer_whole(corpus, tmp_path, checkpointing):
+    """Korthikanti et al.: a layer keeps s·b·h·(34 + 5·a·s/h) bytes in 16-bit without recomputation, 2·s·b·h with it;
+    fp32 doubles both. Here s=8, b=2, h=8, a=2, L=3, vocabulary 10, fp32."""
+    settings = tiny_job(corpus)
+    settings["data"]["seq_len"], settings["deepspeed"] = 8, {"precision": "fp32"}
+    settings["train"] |= {"micro_batch_size": 2, "activation_checkpointing": checkpointing}
+    job = load_job(write_job(tmp_path / "job.yaml", settings))
+    size = ModelSize(parameters=1000, worker_parameters=1000, largest_layer=100, layers=3, hidden=8, heads=2, vocab=10)
+    layer = 8 * 2 * 8 * (34 + 5 * 2 * 8 / 8) * 2  # 11,264 bytes
+    logits = 2 * 4 * 8 * 2 * 10  # fp32 logits and their gradient: 1,280 bytes
+    kept = 3 * (2 * 8 * 2 * 8 * 2) + layer if checkpointing else 3 * layer
+    assert activation_bytes(job, size) == kept + logits
