@@ -1,5 +1,7 @@
 """Model building: random-init presets of every task and local pretrained models, with the job's dropout."""
 
+import functools
+
 import pytest
 import torch
 import transformers
@@ -7,6 +9,7 @@ import transformers
 from orchestrator.config.job import ModelConfig, TokenizerConfig
 from orchestrator.data.tokenizers import train_tokenizer
 from orchestrator.models.build import build_model
+from orchestrator.models.pipeline import Gpt2Block
 
 TINY = {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64, "max_positions": 32}
 
@@ -42,20 +45,26 @@ def test_random_init_models_use_the_trained_tokenizers_ids(tokenizer):
     assert translator.config.eos_token_id == tokenizer.eos_token_id
 
 
-def saved_bytes_and_gradients(model: torch.nn.Module, inputs: dict) -> tuple[int, torch.Tensor]:
-    """Bytes the forward pass keeps for the backward pass, and the gradients; dropout on, seeded."""
+def saved_bytes(forward) -> tuple[int, torch.Tensor]:
+    """Bytes `forward()` keeps for the backward pass, and what it returns."""
     saved = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         saved.append(tensor.numel() * tensor.element_size())
         return tensor
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = forward()
+    return sum(saved), output
+
+
+def saved_bytes_and_gradients(model: torch.nn.Module, inputs: dict) -> tuple[int, torch.Tensor]:
+    """Bytes the forward pass keeps for the backward pass, and the gradients; dropout on, seeded."""
     model.train()
     torch.manual_seed(0)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = model(**inputs).loss
-    loss.backward()
-    return sum(saved), torch.cat([parameter.grad.flatten() for parameter in model.parameters() if parameter.grad is not None])
+    kept, output = saved_bytes(lambda: model(**inputs))
+    output.loss.backward()
+    return kept, torch.cat([parameter.grad.flatten() for parameter in model.parameters() if parameter.grad is not None])
 
 
 @pytest.mark.parametrize(
@@ -72,3 +81,14 @@ def test_activation_checkpointing_keeps_less_for_the_backward_pass_and_computes_
         kept[checkpointing], gradients[checkpointing] = saved_bytes_and_gradients(model, inputs)
     assert kept[True] < kept[False] / 2
     assert torch.equal(gradients[True], gradients[False])
+
+
+def test_a_pipeline_stages_block_checkpoints_itself(tokenizer):
+    """models/pipeline.py calls the transformer blocks one by one: the blocks checkpoint themselves there too."""
+    kept = {}
+    for checkpointing in (False, True):
+        model = build_model(ModelConfig(dims=TINY), "causal_lm", tokenizer, [], seed=0, activation_checkpointing=checkpointing)
+        block, hidden = Gpt2Block(model.train(), 0), torch.randn(2, 16, TINY["hidden"], requires_grad=True)
+        kept[checkpointing], output = saved_bytes(functools.partial(block, hidden))
+        output.sum().backward()
+    assert kept[True] < kept[False] / 4
