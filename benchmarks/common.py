@@ -20,6 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks import caller_names_a_cluster
 from orchestrator.cli.cluster import start_ray
+from orchestrator.config.job import JobConfig
+from orchestrator.data import cache
+from orchestrator.data.read import resolve_data_files
 from orchestrator.local_node import LOOPBACK_NODE
 from orchestrator.models.families import FAMILIES
 from orchestrator.train.deepspeed_config import deep_merge
@@ -138,6 +141,11 @@ def data_wait(jobs: Jobs, steps: int, data: dict | None = None) -> dict:
     overrides = GPT_TINY_LAYOUT | {"train": {"max_steps": steps, "eval_batches": 1}}  # the evaluation at the end: one batch, whatever the split
     fractions = jobs.run("data-wait", {**overrides, "data": data} if data else overrides).history("train/data_wait_fraction")
     return {"steps": steps, "mean_data_wait_fraction": statistics.fmean(fractions), "max_data_wait_fraction": max(fractions)}
+
+
+def prepared_entry(job: JobConfig) -> Path:
+    """The data cache entry the job prepared (or a cache hit found)."""
+    return cache.entry_dir(job, cache.fingerprint(job, resolve_data_files(job)))
 
 
 def write_results(name: str, figures: dict, table: list[str]) -> None:

@@ -24,10 +24,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from benchmarks.common import GPT_TINY, REPO, Jobs, corpus_files, local_cluster, write_results
+from benchmarks.common import GPT_TINY, REPO, Jobs, corpus_files, local_cluster, prepared_entry, write_results
 from orchestrator.config.job import JobConfig
-from orchestrator.data import cache
-from orchestrator.data.read import resolve_data_files
 from orchestrator.models.families import FAMILIES
 from orchestrator.train.timeline import PHASES
 
@@ -36,7 +34,7 @@ GOAL = 2.0  # the goal: submit to first step within twice the bare script's time
 
 def bare_script_seconds(job: JobConfig) -> float:
     """Seconds from starting benchmarks/bare_first_step.py to the end of its first step, on the job's prepared data."""
-    entry = cache.entry_dir(job, cache.fingerprint(job, resolve_data_files(job)))
+    entry = prepared_entry(job)
     config_keys = FAMILIES[job.model.family].config_keys(job.model.dims_resolved())
     config_keys["vocab_size"] = Tokenizer.from_file(str(entry / "tokenizer.json")).get_vocab_size()
     command = [sys.executable, str(REPO / "benchmarks" / "bare_first_step.py"), str(entry / "train"), json.dumps(config_keys), str(job.train.micro_batch_size)]
@@ -55,7 +53,9 @@ def import_seconds(modules: str = WORKER_MODULES) -> dict[str, float]:
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {modules}"], capture_output=True, text=True, check=True, cwd=REPO)
     packages: dict[str, float] = {}
     for line in done.stderr.splitlines():  # "import time: self [us] | cumulative | module", after a header line
-        own, _, name = line.removeprefix("import time:").split("|") if line.startswith("import time:") else ("", "", "")
+        if not line.startswith("import time:"):
+            continue
+        own, _, name = line.removeprefix("import time:").split("|")
         if own.strip().isdigit():
             package = name.strip().split(".")[0]
             packages[package] = packages.get(package, 0.0) + int(own) / 1e6
@@ -103,7 +103,7 @@ def main() -> None:
         f"| bare PyTorch script, process start to first step | {bare_median:.1f} | {bare[0]:.1f} |",
         f"| **submit to first step / bare script** (goal ≤ {GOAL:g}) | **{results['warm_over_bare']:.2f}** | {cold['submit_to_first_step'] / bare[0]:.2f} |",
         "",
-        "A worker's imports in a plain process (`python -X importtime -c 'import orchestrator.train.loop, transformers.models.gpt2.modeling_gpt2'`), by package: "
+        f"A worker's imports in a plain process (`python -X importtime -c 'import {WORKER_MODULES}'`), by package: "
         + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in list(imports.items())[:8])
         + f"; all {sum(imports.values()):.2f} s.",
     ]

@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import Jobs, corpus_files, local_cluster, write_results
+from benchmarks.common import Jobs, corpus_files, local_cluster, prepared_entry, write_results
 from orchestrator.config.job import JobConfig
-from orchestrator.data import cache
-from orchestrator.data.read import resolve_data_files
 from orchestrator.data.shards import Split
 from orchestrator.data.tokenizers import from_json
 from orchestrator.models.build import build_model
@@ -39,7 +37,7 @@ def torch_optimizer_arguments(job: JobConfig) -> dict:
 def bare_pytorch(job: JobConfig, steps: int) -> list[float]:
     """tokens/s of each window of log_every steps of a hand-written loop over the job's prepared sequences."""
     torch.set_num_threads(int(job.scaling.cpus_per_worker))
-    entry = cache.entry_dir(job, cache.fingerprint(job, resolve_data_files(job)))
+    entry = prepared_entry(job)
     train = Split(entry / "train")
     sequences = torch.from_numpy(train.take(np.arange(len(train)))["input_ids"]).long()
     model = build_model(job.model, job.task, from_json((entry / "tokenizer.json").read_text()), [], job.train.seed)
