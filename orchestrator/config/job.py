@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.config.errors import CONTROL_CHARACTERS
 from orchestrator.config.names import Name, tag_problem
+from orchestrator.models.auto_classes import buildable_model_types
 from orchestrator.models.families import FAMILIES
 from orchestrator.models.tasks import TASKS
 
@@ -93,29 +94,55 @@ class ModelDims(Section):
     max_positions: Int | None = Field(None, gt=0, le=MAX_DIM, description="Longest sequence the model takes (absolute-position models).")
 
 
-# What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama, T5).
-HF_DIM_KEYS = {"hidden": ("hidden_size", "n_embd", "d_model"), "max_positions": ("max_position_embeddings", "n_positions")}
+# What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama and most others, T5).
+HF_DIM_KEYS = {
+    "layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "hidden": ("hidden_size", "n_embd", "d_model"),
+    "heads": ("num_attention_heads", "n_head", "num_heads"),
+    "max_positions": ("max_position_embeddings", "n_positions"),
+}
+RANDOM_INIT_FAMILY = "gpt2"
+MAX_MODEL_TYPE_CHARS = 100  # transformers' model_types are a few words
 
 
 class ModelConfig(Section):
-    family: Literal[tuple(FAMILIES)] = Field("gpt2", description="Architecture family (a key of models.families).")
+    family: str | None = Field(
+        None,
+        max_length=MAX_MODEL_TYPE_CHARS,
+        description=f"Architecture. A random-init model is one of models/families.py ({', '.join(FAMILIES)}; default "
+        f"{RANDOM_INIT_FAMILY}); a pretrained model's is the model_type of its config.json (any the task's transformers "
+        "auto class builds: qwen2, mistral, phi3, llama, gpt2, bert...), which this may repeat.",
+    )
     size: str = Field("tiny", description="Size preset of the family (models/families.py), e.g. tiny or small.")
     dims: ModelDims = ModelDims()
-    pretrained: PathText | None = Field(None, description="Local Hugging Face model directory to start from instead of random initialisation.")
+    pretrained: PathText | None = Field(
+        None,
+        description="Local Hugging Face model directory to start from instead of random initialisation; its tokenizer "
+        "too, unless data.tokenizer.path names another.",
+    )
     dropout: Real | None = Field(None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
 
     @model_validator(mode="after")
-    def _known_size(self):
+    def _known_architecture(self):
+        if self.pretrained:
+            if self.changed_from_default("size", "dims"):
+                raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
+            model_type = (self.pretrained_config() or {}).get("model_type")
+            if self.family and model_type and model_type != self.family:
+                raise ValueError(f"family: {self.pretrained} is a {model_type} model (got {self.family!r})")
+            self.family = self.family or model_type
+            return self
+        self.family = self.family or RANDOM_INIT_FAMILY
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"family: a random-init model is one of {', '.join(FAMILIES)} (got {self.family!r}); other architectures "
+                "start from a local model directory (model.pretrained)"
+            )
         presets = FAMILIES[self.family].presets
         if self.size not in presets:
             raise ValueError(f"size: {self.family} has sizes {', '.join(presets)} (got {self.size!r})")
-        if self.pretrained and self.changed_from_default("size", "dims"):
-            raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
-        if self.pretrained and (hf_config := self.pretrained_config()) and hf_config.get("model_type") != self.family:
-            raise ValueError(f"family: {self.pretrained} is a {hf_config.get('model_type')} model (got {self.family!r})")
-        if not self.pretrained:
-            self._check_heads(self.dims_resolved())
+        self._check_heads(self.dims_resolved())
         return self
 
     def _check_heads(self, dims: dict[str, int]) -> None:
@@ -469,7 +496,9 @@ class JobConfig(Section):
         if positions and self.data.seq_len > positions:
             raise ValueError(f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)")
         task = TASKS[self.task]
-        if self.model.family not in task.families:
+        if self.model.pretrained:
+            self._check_pretrained(task)
+        elif self.model.family not in task.families:
             raise ValueError(f"model.family: {self.task} trains {', '.join(task.families)} models (got {self.model.family!r})")
         for name in task.needs_fields:
             if getattr(self.data, name) is None:
@@ -496,6 +525,17 @@ class JobConfig(Section):
             raise ValueError(conflict)
         return self
 
+    def _check_pretrained(self, task) -> None:
+        """The task's auto class builds the model's architecture; the model reads its own tokenizer's ids unless the
+        job names or trains another."""
+        model_type, directory = self.model.family, Path(self.model.pretrained).expanduser()
+        if model_type and model_type not in buildable_model_types(task.auto_class):
+            raise ValueError(f"model.pretrained: {task.auto_class} cannot build a {model_type} model (config.json model_type), which {self.task} needs")
+        tokenizer = self.data.tokenizer
+        own_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        if own_tokenizer and not tokenizer.path and not tokenizer.changed_from_default("train", "vocab_size", "sample_texts"):
+            tokenizer.path = self.model.pretrained
+
     def _check_model_parallel(self) -> None:
         split = self.parallelism
         if split.tensor > 1 and split.pipeline > 1:
@@ -504,10 +544,10 @@ class JobConfig(Section):
                 "combine with its PipelineModule); pick one"
             )
         kind, degree = split.layout, max(split.tensor, split.pipeline)
-        family = FAMILIES[self.model.family]
+        family = FAMILIES.get(self.model.family)
         if self.task != "causal_lm":
             raise ValueError(f"parallelism.{kind}: model parallelism trains causal_lm models (task is {self.task})")
-        if kind not in family.model_parallel:
+        if family is None or kind not in family.model_parallel:
             able = [name for name, other in FAMILIES.items() if kind in other.model_parallel]
             raise ValueError(f"parallelism.{kind}: splits {', '.join(able)} models, not {self.model.family}")
         if self.deepspeed.zero_stage > split.highest_zero_stage:

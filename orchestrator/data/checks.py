@@ -10,6 +10,7 @@ from orchestrator.config.errors import UserError, printable
 from orchestrator.config.job import JobConfig
 from orchestrator.config.load import LoadedSweep, in_file, load_job, load_sweep
 from orchestrator.config.paths import expand_path, is_uri, pseudo_filesystem
+from orchestrator.config.redact import redact_text
 from orchestrator.data.read import check_columns, resolve_data_files
 
 
@@ -47,13 +48,17 @@ def check_inputs(job: JobConfig) -> None:
         raise UserError(f"model.pretrained: {job.model.pretrained!r} is not a Hugging Face model directory")
 
 
+def check_inputs_of_file(job: JobConfig, path: str | Path) -> None:
+    try:
+        check_inputs(job)
+    except UserError as err:  # it may quote a path that is also the value of a secret-named key
+        raise in_file(path, UserError(redact_text(str(err), job.model_dump()))) from None
+
+
 def checked_job(path: str | Path, overrides: list[str] = (), raw: dict[str, Any] | None = None) -> JobConfig:
     """The job of the file (config/load.py load_job), its inputs and outputs checked; errors name the file."""
     job = load_job(path, overrides, raw)
-    try:
-        check_inputs(job)
-    except UserError as err:
-        raise in_file(path, err) from None
+    check_inputs_of_file(job, path)
     return job
 
 
@@ -61,8 +66,5 @@ def checked_sweep(path: str | Path, overrides: list[str] = (), raw: dict[str, An
     """The sweep of the file (config/load.py load_sweep, `overrides` on its base job), its base job's inputs and
     outputs checked."""
     sweep = load_sweep(path, overrides, raw)
-    try:
-        check_inputs(sweep.base_job)
-    except UserError as err:
-        raise in_file(sweep.base_path, err) from None
+    check_inputs_of_file(sweep.base_job, sweep.base_path)
     return sweep

@@ -6,9 +6,14 @@ Each family's count mirrors the Hugging Face model its task builds (transformers
 tests/unit/test_plan.py holds them against those models built from the same configs.
 """
 
+import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
+
+from safetensors import safe_open
 
 from orchestrator.config.job import MAX_DIM, MAX_LAYERS, MAX_VOCAB
 from orchestrator.models.families import FAMILIES
@@ -144,6 +149,18 @@ class Architecture:
         """The keys the count reads: the given ones (an alias wins, as in transformers) over the defaults."""
         given = given | {self.aliases[key]: value for key, value in given.items() if key in self.aliases}
         return {key: given.get(key, default) for key, default in self.defaults.items()}
+
+
+def saved_inventory(directory: Path, layers: int) -> Inventory:
+    """The parameters a pretrained model's safetensors files hold, module by module (a tensor's module: its name up to
+    the last dot): any architecture, counted from the files' headers alone. A tied head is saved once, so counted
+    once; a head the task adds (a classifier on a language model) is not in the files, and is small."""
+    modules: Counter[str] = Counter()
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(path, framework="numpy") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is no mapping)
+                modules[name.rpartition(".")[0]] += math.prod(weights.get_slice(name).get_shape())
+    return Inventory(modules=[Weights(count) for count in modules.values()], layers=layers)
 
 
 # family (a key of models.families) -> the model its task builds

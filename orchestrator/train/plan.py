@@ -13,12 +13,13 @@ import json
 import math
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import JobConfig, ParallelismConfig
+from orchestrator.config.job import HF_DIM_KEYS, MAX_DIM, JobConfig, ModelConfig, ParallelismConfig
 from orchestrator.config.paths import expand_path
 from orchestrator.models.families import FAMILIES
-from orchestrator.models.inventory import ARCHITECTURES, Inventory, config_problem
+from orchestrator.models.inventory import ARCHITECTURES, Inventory, config_problem, saved_inventory
 
 
 def option_name(option: dict) -> str:
@@ -121,7 +122,24 @@ def counted_size(family: str, config: dict, split: ParallelismConfig) -> ModelSi
 
 
 def model_size(job: JobConfig) -> ModelSize:
-    return counted_size(job.model.family, model_config(job), job.parallelism)
+    if job.model.family in ARCHITECTURES:
+        return counted_size(job.model.family, model_config(job), job.parallelism)
+    return saved_size(job.model)
+
+
+def saved_size(model: ModelConfig) -> ModelSize:
+    """A pretrained model of an architecture models/inventory.py does not count (it trains data-parallel only): the
+    parameters its safetensors files hold, and the dimensions its activations are estimated from, from config.json."""
+    directory = Path(expand_path(model.pretrained))
+    dims = {name: model.dim(name) for name in ("layers", "hidden", "heads")} | {"vocab": (model.pretrained_config() or {}).get("vocab_size")}
+    for name, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+            keys = HF_DIM_KEYS.get(name, ("vocab_size",))
+            raise UserError(f"model.pretrained: config.json: {' or '.join(keys)}: a whole number from 1 to {MAX_DIM:,} (got {value!r})")
+    if not any(directory.glob("*.safetensors")):
+        raise UserError(f"model.pretrained: plan counts a {model.family} model from its safetensors files; {model.pretrained} has none")
+    counted = saved_inventory(directory, dims["layers"])
+    return ModelSize(counted.parameters, counted.parameters, counted.largest_module, dims["layers"], dims["hidden"], dims["heads"], dims["vocab"])
 
 
 def partition_balanced(weights: list[int], parts: int) -> list[int]:
