@@ -93,6 +93,10 @@ HANDLED_WARNINGS = [
     # autograd (its schedule runs the backward pass itself); torch warns at every step that the broadcast has no
     # autograd kernel. The equivalence with data parallelism is tested.
     ("c10d::broadcast_: an autograd kernel was not registered", Warning),
+    # peft (0.21) on GPT-2's Conv1D layers, whose weights it then treats as transposed itself; and its own call of
+    # transformers' old name (5.x) when it wraps a model.
+    ("fan_in_fan_out is set to False but the target module is `Conv1D`", UserWarning),
+    ("`is_gradient_checkpointing` is deprecated", FutureWarning),
     # Ray Train's own DataConfig sets it (Ray 2.60), in its DatasetManager actor.
     ("`ExecutionOptions.exclude_resources` is deprecated", DeprecationWarning),
 ]

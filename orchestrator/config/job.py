@@ -15,6 +15,7 @@ from orchestrator.config.errors import CONTROL_CHARACTERS
 from orchestrator.config.names import Name, tag_problem
 from orchestrator.models.auto_classes import buildable_model_types
 from orchestrator.models.families import FAMILIES
+from orchestrator.models.saved import saved_modules
 from orchestrator.models.tasks import TASKS
 
 # --- values: numbers with real bounds, paths without control characters -----------------------------
@@ -23,6 +24,7 @@ from orchestrator.models.tasks import TASKS
 MAX_WORKERS = 4096  # Ray Train workers, and any parallel degree
 MAX_BATCH = 65536  # micro batch size, micro batches accumulated
 MAX_DIM = 2**20  # any model dimension: width, heads, positions
+MAX_MODEL_TYPE_CHARS = 100  # a model_type or module name of transformers: a few words
 MAX_LAYERS = 1024  # the largest published models have fewer than 200; each layer costs start-up time to build
 MAX_VOCAB = 2**20
 MAX_SEQ_LEN = 2**20
@@ -94,6 +96,31 @@ class ModelDims(Section):
     max_positions: Int | None = Field(None, gt=0, le=MAX_DIM, description="Longest sequence the model takes (absolute-position models).")
 
 
+class LoraConfig(Section):
+    """Low-rank adapters (peft's LoRA, Hu et al. 2021): the pretrained weights stay frozen; each target module learns
+    an update alpha/r · B·A of rank r, and a head the task adds (a classifier) trains whole."""
+
+    r: Int = Field(8, ge=1, le=MAX_DIM, description="Rank of each update.")
+    alpha: Real = Field(16.0, gt=0, le=MAX_DIM, description="Scale of the updates: alpha / r multiplies them.")
+    dropout: Real = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' inputs.")
+    target_modules: Literal["all-linear"] | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_MODEL_TYPE_CHARS)]], Field(min_length=1)] = Field(
+        "all-linear",
+        description="Modules that get adapters: names (a module matches when its name is this or ends in '.' and this, "
+        "e.g. q_proj, v_proj or GPT-2's c_attn), or all-linear: every linear layer but the output head.",
+    )
+
+    def missing_targets(self, modules: set[str]) -> list[str]:
+        """Targets that name none of the modules (peft's matching of a name list)."""
+        if self.target_modules == "all-linear":
+            return []
+        return [target for target in self.target_modules if not any(is_named(module, target) for module in modules)]
+
+
+def is_named(module: str, target: str) -> bool:
+    """Whether a name of lora.target_modules names the module (by its full name or its last parts, as peft matches)."""
+    return module == target or module.endswith(f".{target}")
+
+
 # What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama and most others, T5).
 HF_DIM_KEYS = {
     "layers": ("num_hidden_layers", "n_layer", "num_layers"),
@@ -102,7 +129,6 @@ HF_DIM_KEYS = {
     "max_positions": ("max_position_embeddings", "n_positions"),
 }
 RANDOM_INIT_FAMILY = "gpt2"
-MAX_MODEL_TYPE_CHARS = 100  # transformers' model_types are a few words
 
 
 class ModelConfig(Section):
@@ -122,12 +148,18 @@ class ModelConfig(Section):
     )
     dropout: Real | None = Field(None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
+    lora: LoraConfig | None = Field(None, description="Train low-rank adapters of the pretrained model instead of all of its weights; null: all.")
 
     @model_validator(mode="after")
     def _known_architecture(self):
+        if self.lora and not self.pretrained:
+            raise ValueError("lora: adapts a pretrained model; set model.pretrained")
         if self.pretrained:
             if self.changed_from_default("size", "dims"):
                 raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
+            if self.lora and (modules := saved_modules(Path(self.pretrained).expanduser())) and (missing := self.lora.missing_targets(modules)):
+                leaves = sorted({name.rpartition(".")[2] for name in modules if not name.rpartition(".")[2].isdigit()})
+                raise ValueError(f"lora.target_modules: the model has no module {missing[0]!r} (its modules end in {', '.join(leaves[:16])})")
             model_type = (self.pretrained_config() or {}).get("model_type")
             if self.family and model_type and model_type != self.family:
                 raise ValueError(f"family: {self.pretrained} is a {model_type} model (got {self.family!r})")
@@ -544,6 +576,8 @@ class JobConfig(Section):
                 "combine with its PipelineModule); pick one"
             )
         kind, degree = split.layout, max(split.tensor, split.pipeline)
+        if self.model.lora:
+            raise ValueError(f"model.lora: adapters train data-parallel (ZeRO 0-3); {kind} parallelism would split the layers peft wraps")
         family = FAMILIES.get(self.model.family)
         if self.task != "causal_lm":
             raise ValueError(f"parallelism.{kind}: model parallelism trains causal_lm models (task is {self.task})")

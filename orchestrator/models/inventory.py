@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from safetensors import safe_open
-
-from orchestrator.config.job import MAX_DIM, MAX_LAYERS, MAX_VOCAB
+from orchestrator.config.job import MAX_DIM, MAX_LAYERS, MAX_VOCAB, LoraConfig, is_named
 from orchestrator.models.families import FAMILIES
+from orchestrator.models.saved import saved_shapes
 
 
 @dataclass(frozen=True)
@@ -152,15 +151,25 @@ class Architecture:
 
 
 def saved_inventory(directory: Path, layers: int) -> Inventory:
-    """The parameters a pretrained model's safetensors files hold, module by module (a tensor's module: its name up to
-    the last dot): any architecture, counted from the files' headers alone. A tied head is saved once, so counted
-    once; a head the task adds (a classifier on a language model) is not in the files, and is small."""
+    """The parameters a pretrained model's safetensors files hold, module by module: any architecture. A tied head is
+    saved once, so counted once; a head the task adds (a classifier on a language model) is not in the files, and is
+    small."""
     modules: Counter[str] = Counter()
-    for path in sorted(directory.glob("*.safetensors")):
-        with safe_open(path, framework="numpy") as weights:
-            for name in weights.keys():  # noqa: SIM118 (safe_open is no mapping)
-                modules[name.rpartition(".")[0]] += math.prod(weights.get_slice(name).get_shape())
+    for name, shape in saved_shapes(directory).items():
+        modules[name.rpartition(".")[0]] += math.prod(shape)
     return Inventory(modules=[Weights(count) for count in modules.values()], layers=layers)
+
+
+def lora_parameters(shapes: dict[str, list[int]], lora: LoraConfig) -> int:
+    """The adapters' parameters: r·(inputs + outputs) for each weight matrix of a target module. all-linear: the
+    matrices of the numbered transformer layers (peft's choice of every linear layer but the head, less the few
+    outside the layers: a pooler, a projection)."""
+    matrices = {name.removesuffix(".weight"): shape for name, shape in shapes.items() if name.endswith(".weight") and len(shape) == 2}
+    if lora.target_modules == "all-linear":
+        targets = [shape for module, shape in matrices.items() if any(part.isdigit() for part in module.split("."))]
+    else:
+        targets = [shape for module, shape in matrices.items() if any(is_named(module, target) for target in lora.target_modules)]
+    return sum(lora.r * sum(shape) for shape in targets)
 
 
 # family (a key of models.families) -> the model its task builds
