@@ -4,6 +4,7 @@ the ones that only read job files: validate, schema."""
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -205,6 +206,29 @@ def evaluate(
     if output_json:
         output_json.write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"metrics: {output_json}")
+
+
+@app.command()
+def export(
+    model: ModelSpec,
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write it: a new or empty directory.", show_default=False)],
+) -> None:
+    """Copy a trained model's Hugging Face directory to DIR.
+
+    The weights, tokenizer and model card (a LoRA model's adapter in adapter/): for model.pretrained of another job,
+    or transformers' from_pretrained.
+
+    \b
+    Example:
+      python -m orchestrator export jobs/gpt-tiny.yaml ~/.cache/orchestrator/models/gpt-tiny
+    """
+    from orchestrator.inference import batch
+
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise UserError(f"DIR: {directory} exists and is not an empty directory")
+    source = batch.resolve_model(model, None)
+    shutil.copytree(source, directory, dirs_exist_ok=True)
+    print(f"model exported to {directory}")
 
 
 @app.command()

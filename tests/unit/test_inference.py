@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import transformers
 import yaml
-from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job
+from helpers import OBJECTS, SUBJECTS, VERBS, run_cli, tiny_job
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
@@ -152,6 +152,15 @@ def test_resolve_model_finds_local_mlflow_and_job_models(models, registry, tmp_p
     job_file.write_text(yaml.safe_dump(job | {"tracking": job["tracking"] | {"run_name": "other"}}))
     with pytest.raises(UserError, match="no finished run with a model"):
         resolve_model(str(job_file), None)
+
+
+def test_export_copies_a_models_directory_for_another_jobs_pretrained(models, tmp_path):
+    exported = tmp_path / "exported"
+    assert run_cli("export", str(models["causal_lm"]), str(exported)).code == 0
+    assert isinstance(transformers.AutoModelForCausalLM.from_pretrained(exported), transformers.GPT2LMHeadModel)
+    assert (exported / MODEL_CARD).is_file() and (exported / "tokenizer.json").is_file()
+    again = run_cli("export", str(models["causal_lm"]), str(exported))
+    assert again.code == 2 and f"DIR: {exported} exists and is not an empty directory" in again.stderr
 
 
 def test_resolve_model_rejects_anything_else(tmp_path):
