@@ -21,7 +21,7 @@ from orchestrator.data.encode import (
     sft_example,
     sft_problem,
 )
-from orchestrator.data.tokenizers import template_tokens, train_tokenizer
+from orchestrator.data.tokenizers import from_json, template_tokens, train_tokenizer
 from orchestrator.models.tasks import TASKS
 
 # ChatML, as Qwen's and many other tokenizers have it: the responses end with their own end token
@@ -209,3 +209,33 @@ def test_config_sft_reads_a_prompt_and_response_or_a_chat():
     for setting in ({"packing": False}, {"train_on_inputs": True}, {"messages_field": "m"}):
         with pytest.raises(ValidationError, match=f"data.{next(iter(setting))}: not used by the causal_lm task"):
             JobConfig(**job(**setting) | {"task": "causal_lm"})
+
+
+def test_prepare_renders_chats_read_from_json_lists_and_refuses_records_it_cannot_use(local_ray, tmp_path):
+    """Through the Ray Data pipeline: chats read as JSON lists travel as their JSON text, are rendered by the job's
+    template (kept for export, a cache hit too); a record the template cannot render, and no response left after
+    truncation, are one-line job errors naming the setting (and the first such record's file and line)."""
+    from helpers import tiny_job, write_jsonl
+
+    from orchestrator.config.errors import UserError
+    from orchestrator.config.load import validate
+    from orchestrator.data.pipeline import prepare
+
+    chats = [[{"role": "user", "content": f"{prompt} {i}"}, {"role": "assistant", "content": response}] for i in range(40) for prompt, response in PAIRS]
+    corpus = write_jsonl(tmp_path / "chats.jsonl", ({"messages": chat} for chat in chats))
+    data = {"messages_field": "messages", "chat_template": CHATML, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.1, "seq_len": 64}
+    job = validate(tiny_job(corpus, task="sft", data=data))
+    prepared, again = prepare(job), prepare(job)
+    assert again.report.cache == "hit" and prepared.chat_template == again.chat_template == CHATML
+    row = prepared.val.take(np.arange(1))
+    start = int(np.argmax(row["labels"][0] != IGNORED_LABEL))
+    prompt = from_json(prepared.tokenizer_json).decode(row["input_ids"][0][:start])
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+    refusing = CHATML.replace("{% for", "{% if messages[0]['content'] == 'a cat 7' %}{{ raise_exception('no cats') }}{% endif %}{% for", 1)
+    with pytest.raises(
+        UserError, match=rf"^data.chat_template: cannot render a record \(TemplateError: no cats\); 1 record\(s\) like it \(first: {corpus}:32\)$"
+    ):
+        prepare(validate(tiny_job(corpus, task="sft", data=data | {"chat_template": refusing})))
+    with pytest.raises(UserError, match="^data.messages_field: every response is empty after truncation"):
+        prepare(validate(tiny_job(corpus, task="sft", data=data | {"seq_len": 8})))
