@@ -239,3 +239,22 @@ def test_prepare_renders_chats_read_from_json_lists_and_refuses_records_it_canno
         prepare(validate(tiny_job(corpus, task="sft", data=data | {"chat_template": refusing})))
     with pytest.raises(UserError, match="^data.messages_field: every response is empty after truncation"):
         prepare(validate(tiny_job(corpus, task="sft", data=data | {"seq_len": 8})))
+
+
+def test_the_fortunes_exchanges_become_one_line_questions_and_answers_without_attribution():
+    """cluster/prepare_data.py's corpus of jobs/fortunes-qa.yaml."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("prepare_data", Path(__file__).parents[2] / "cluster" / "prepare_data.py")
+    prepare_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare_data)
+    fortune = (
+        "Q:  What's the difference between a car salesman and a computer\n    salesman?\n\nA:  The car salesman can probably drive!\n\n\t\t-- Joan McGalliard"
+    )
+    assert prepare_data.exchanges(fortune) == [
+        {"question": "What's the difference between a car salesman and a computer salesman?", "answer": "The car salesman can probably drive!"}
+    ]
+    transcript = "Q: And where was his head?\nA: Just above his shoulders.\nQ: Then?\nA: Nothing."
+    assert [pair["answer"] for pair in prepare_data.exchanges(transcript)] == ["Just above his shoulders.", "Nothing."]
+    assert prepare_data.exchanges("Why? Because.") == []
