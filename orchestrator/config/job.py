@@ -225,7 +225,7 @@ class DataConfig(Section):
         "/proc, /sys or /dev, and no recursive ** from the filesystem root (it would walk every mounted disk).",
     )
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field("auto", description="File format; auto infers it from the extension.")
-    text_field: str = Field("text", description="Column holding the text (txt files: each line is a row).")
+    text_field: str = Field("text", description="Column holding the text (seq2seq: the source; sft: the prompt; txt files: each line is a row).")
     label_field: str | None = Field(None, description="sequence_classification: column holding the label.")
     labels: list[str] | None = Field(None, min_length=2, description="sequence_classification: the known labels; default: those found in the data.")
     target_field: str | None = Field(

@@ -239,9 +239,9 @@ def chat_settings(job: JobConfig, tokenizer: "PreTrainedTokenizerFast") -> dict:
 
 
 def check_encoding(job: JobConfig, reports: list[dict], files: list[str]) -> None:
-    """sft: a record the chat template cannot render, or no response token left in any example, is a job error
-    (the parts' encoding reports add up every record)."""
-    if job.task != "sft" or not reports:
+    """A record the chat template cannot render, or no response token left in any example, is a job error (what
+    sft's encoder reported of each part adds up every record; the other encoders report nothing)."""
+    if not reports:
         return
     if found := sft_problem(reports, field_option(job, "text" if job.data.messages_field else "target")):
         problem, row_id = found
