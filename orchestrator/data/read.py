@@ -56,9 +56,9 @@ def file_format(declared: str, files: list[str], option: str = "data.format") ->
     return formats.pop()
 
 
-def row_fields(text_field: str, label_field: str | None = None, target_field: str | None = None) -> dict[str, str]:
-    """Row column -> the corpus field it is read from."""
-    fields = {"text": text_field}
+def row_fields(text_field: str, label_field: str | None = None, target_field: str | None = None, messages_field: str | None = None) -> dict[str, str]:
+    """Row column -> the corpus field it is read from. A chat (sft's messages_field) travels as the text: its JSON."""
+    fields = {"text": messages_field or text_field}
     if label_field:
         fields["label"] = label_field
     if target_field:
@@ -67,7 +67,14 @@ def row_fields(text_field: str, label_field: str | None = None, target_field: st
 
 
 def fields_of(job: JobConfig) -> dict[str, str]:
-    return row_fields(job.data.text_field, job.data.label_field, job.data.target_field)
+    return row_fields(job.data.text_field, job.data.label_field, job.data.target_field, job.data.messages_field)
+
+
+def field_option(job: JobConfig, column: str) -> str:
+    """The job setting that names the corpus field of a row column."""
+    if column == "text" and job.data.messages_field:
+        return "data.messages_field"
+    return f"data.{column}_field"
 
 
 def check_columns(job: JobConfig, files: list[str]) -> None:
@@ -86,8 +93,7 @@ def check_columns(job: JobConfig, files: list[str]) -> None:
                 raise UserError(f"data.paths: {path} is not a readable parquet file ({err})") from None
         for key, name in fields_of(job).items():
             if name not in columns:
-                field = f"data.{key}_field" if key != "text" else "data.text_field"
-                raise UserError(f"{field}: {path} has no column {name!r} (columns: {', '.join(columns)})")
+                raise UserError(f"{field_option(job, key)}: {path} has no column {name!r} (columns: {', '.join(columns)})")
 
 
 def _row(fields: dict[str, str], record, source: str, row_id: int) -> dict:
@@ -98,7 +104,7 @@ def _row(fields: dict[str, str], record, source: str, row_id: int) -> dict:
         value = record.get(name)
         if value is None and name not in record:
             row["stage"], row["reason"] = "read", f"missing field {name!r}"
-        row[key] = None if value is None else str(value)
+        row[key] = None if value is None else json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
     return row
 
 

@@ -196,7 +196,7 @@ def evaluate(
     if task == "sequence_classification":
         predicted = [label2id[name] for name in results["predicted"]]
         predictions = {"predicted": predicted, "label": results["label"].tolist()}
-    elif task == "seq2seq":
+    elif task in ("seq2seq", "sft"):
         predictions = {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
     metrics = {name: float(value) for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()}
     print(f"{len(results)} rows: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))

@@ -26,6 +26,7 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
     timeline = plan.timeline
     memory_at_start = current_bytes(job.scaling.use_gpu)
     tokenizer = from_json(plan.tokenizer_json)
+    tokenizer.chat_template = plan.chat_template
     model_construction = partitioned_construction(job, world_size)
     model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed, job.train.activation_checkpointing)
     model_parameters = sum(parameter_count(parameter) for parameter in model.parameters())

@@ -40,6 +40,7 @@ class TrainPlan:
     initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
     # A one-worker sweep trial that trains in its own process reports to Tune itself, results with this metric only
     tune_metric: str | None = None
+    chat_template: str | None = None  # sft: how prompts are rendered; the exported tokenizer keeps it
 
 
 @dataclass

@@ -55,6 +55,7 @@ EXPECTED = {
     "cache_dir_is_a_file.yaml": "data.cache_dir: data/corpus.jsonl is not writable",
     "resume_checkpoint_of_another_model.yaml": "model.family llama in the checkpoint, gpt2 in the job",
     "resume_corrupt_checkpoint.yaml": "orchestrator_checkpoint.json is corrupt (not JSON)",
+    "sft_template_that_does_not_render.yaml": "data.chat_template: cannot render a record (TemplateError: the first message must be a system message) (data/prompts.jsonl:1)",
     "sweep_unknown_searched_key.yaml": "search_space.train.optimizer.learning_rate: not a key of the job",
     "sweep_loguniform_zero.yaml": "search_space.train.optimizer.lr.loguniform: bounds must be > 0",
     "sweep_base_missing.yaml": "data/no_such_job.yaml: no such file",

@@ -13,6 +13,7 @@ from helpers import OBJECTS, SUBJECTS, VERBS, run_cli, tiny_job
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
+from orchestrator.data.encode import DEFAULT_CHAT_TEMPLATE
 from orchestrator.data.tokenizers import train_tokenizer
 from orchestrator.inference.batch import evaluate, predict, resolve_model
 from orchestrator.inference.predictor import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor
@@ -29,6 +30,7 @@ DIMS = {
     ),
     "seq2seq": lambda: transformers.T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2),
     "causal_lm": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
+    "sft": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
 }
 
 
@@ -40,13 +42,15 @@ def export_tiny_model(directory, task: str):
     config.update({"vocab_size": len(tokenizer), **ids})
     transformers.set_seed(0)  # the same weights on every run
     getattr(transformers, TASKS[task].auto_class).from_config(config).save_pretrained(directory)
+    if task == "sft":
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # training's, which the worker's tokenizer is given to export
     tokenizer.save_pretrained(directory)
     card = {
         "task": task,
         "seq_len": SEQ_LEN,
         "text_field": "text",
         "label_field": "category" if task == "sequence_classification" else None,
-        "target_field": "summary" if task == "seq2seq" else None,
+        "target_field": "summary" if task in ("seq2seq", "sft") else None,
     }
     (directory / MODEL_CARD).write_text(json.dumps(card))
     return directory
@@ -99,6 +103,20 @@ def test_causal_lm_continues_texts_and_scores_them(models):
 
     scored = Predictor(str(models["causal_lm"]), evaluate=True)(batch_of(3))
     assert set(scored) == {"loss"} and np.all(np.isfinite(scored["loss"]))
+    assert np.all(np.abs(scored["loss"] - np.log(predictor.model.config.vocab_size)) < 2)  # near-uniform: untrained
+
+
+def test_sft_answers_prompts_rendered_as_in_training_and_scores_the_references(models):
+    predictor = Predictor(str(models["sft"]))
+    out = predictor(batch_of(3))
+    assert set(out) == {"source", "text", "generated"} and len(out["generated"]) == 3
+    # the prompt rendered as training rendered it: text, newline; left padding leaves a prompt's answer unchanged
+    prompt = predictor.tokenizer(f"{TEXTS[0]}\n", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    alone = predictor.model.generate(prompt, attention_mask=prompt.new_ones(prompt.shape), max_new_tokens=SEQ_LEN - prompt.shape[1], do_sample=False)
+    assert out["generated"][0] == predictor.tokenizer.decode(alone[0, prompt.shape[1] :], skip_special_tokens=True)
+
+    scored = Predictor(str(models["sft"]), evaluate=True)(batch_of(3))
+    assert set(scored) == {"generated", "reference", "loss"} and scored["reference"].tolist() == [str(t) for t in batch_of(3)["target"]]
     assert np.all(np.abs(scored["loss"] - np.log(predictor.model.config.vocab_size)) < 2)  # near-uniform: untrained
 
 
