@@ -300,8 +300,9 @@ def plan(
     size = planning.model_size(job)
     options, choice = planning.plan(job, size, available)
     workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"
+    trainable = f", {size.trainable:,} of them LoRA's, which train ({size.trainable / size.parameters:.2%})" if size.trainable else ""
     print(
-        f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
+        f"{job.model.family}: {size.parameters:,} parameters{trainable} (largest layer {size.largest_layer:,}); {workers} {device} workers, "
         f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}"
     )
     split = job.parallelism

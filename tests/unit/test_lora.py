@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from helpers import save_pretrained_model, tiny_job
+from helpers import run_cli, save_pretrained_model, tiny_job, write_job
 
 from orchestrator.config import UserError
 from orchestrator.config.job import LoraConfig, ModelConfig, TokenizerConfig
@@ -116,3 +116,11 @@ def test_plan_counts_the_frozen_weights_and_only_the_adapters_states(saved):
     assert full.trainable is None and lora.parameters == full.parameters + lora.trainable
     assert paper_bytes(0, 1000, 1, trainable=10, frozen_bytes=4) == 4 * 990 + 16 * 10  # fp32 weights, Adam's 16 bytes
     assert paper_bytes(2, 1000, 2, trainable=10) == 2 * 1000 + 14 * 10 / 2
+
+
+def test_plan_says_how_many_parameters_train(saved, corpus, tmp_path):
+    job = tiny_job(corpus)
+    job["model"], job["data"]["tokenizer"] = {"pretrained": str(saved["gpt2"]), "lora": {"r": 4, "target_modules": ["c_attn"]}}, {}
+    outcome = run_cli("plan", str(write_job(tmp_path / "job.yaml", job)), "--memory-per-worker", "64")
+    adapters = lora_parameters(saved_shapes(saved["gpt2"]), LoraConfig(r=4, target_modules=["c_attn"]))  # as peft makes them (above)
+    assert outcome.code == 0 and f", {adapters:,} of them LoRA's, which train (" in outcome.stdout, outcome.stdout
