@@ -1,6 +1,7 @@
 """LoRA through the whole worker loop in this process (local_mode.py): a run's checkpoints hold the adapters alone and
-a run resumed from one trains exactly as the uninterrupted one, under ZeRO-2 and ZeRO-3; the export is the merged model
-(from_pretrained) and the adapter (peft), and the run logs the trainable share."""
+a run resumed from one trains exactly as the uninterrupted one, for causal_lm under ZeRO-2 and sft (packed
+instructions) under ZeRO-3; the export is the merged model (from_pretrained) and the adapter (peft), and the run logs
+the trainable share."""
 
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ import peft
 import pytest
 import torch
 import transformers
-from helpers import save_pretrained_model, tiny_job
+from helpers import save_pretrained_model, tiny_job, write_translation_corpus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import TokenizerConfig
@@ -31,9 +32,16 @@ def start(corpus, tmp_path_factory) -> Path:
     return save_pretrained_model(tmp_path_factory.mktemp("start") / "gpt2", "gpt2", tokenizer, **GPT2)
 
 
-def lora_job(start: Path, corpus: Path, tracking_uri: str, zero_stage: int):
+# task -> (ZeRO stage, its data settings)
+RUNS = {"causal_lm": (2, {}), "sft": (3, {"text_field": "en", "target_field": "fr", "packing": True})}
+
+
+def lora_job(start: Path, corpus: Path, tracking_uri: str, task: str):
+    zero_stage, data = RUNS[task]
     job = tiny_job(
         corpus,
+        task=task,
+        data=data,
         train={"max_steps": STEPS, "eval_every": STEPS, "log_every": 1, "optimizer": {"name": "adamw", "lr": 1e-2}},
         scaling={"num_workers": 1},
         deepspeed={"zero_stage": zero_stage},
@@ -44,11 +52,11 @@ def lora_job(start: Path, corpus: Path, tracking_uri: str, zero_stage: int):
     return validate(job)
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_lora_trains_resumes_exactly_and_exports_merged_and_adapter(zero_stage, start, local_ray, corpus, tracking_uri, tmp_path):
-    job = lora_job(start, corpus, tracking_uri, zero_stage)
+@pytest.mark.parametrize("task", RUNS)
+def test_lora_trains_resumes_exactly_and_exports_merged_and_adapter(task, start, local_ray, corpus, tracking_uri, tmp_path):
+    job = lora_job(start, write_translation_corpus(tmp_path) if task == "sft" else corpus, tracking_uri, task)
     data = prepared_in_memory(job, tmp_path / "data")
-    whole = train_in_process(job, data, tmp_path, f"lora-zero{zero_stage}")
+    whole = train_in_process(job, data, tmp_path, f"lora-{task}")
     losses = whole.history(tracking_uri, "train/loss")
     assert all(math.isfinite(loss) for loss in losses.values()) and losses[STEPS] < losses[1], losses
 
@@ -58,7 +66,7 @@ def test_lora_trains_resumes_exactly_and_exports_merged_and_adapter(zero_stage, 
     # The adapters, not the frozen model; DeepSpeed drops frozen weights by name, so GPT-2's tied head (the embedding
     # under its second name) stays.
     assert {name for name in saved if ".lora_" not in name} == {"base_model.model.lm_head.weight"}, saved.keys()
-    resumed = train_in_process(job, data, tmp_path, f"lora-zero{zero_stage}-resumed", initial_checkpoint=checkpoint)
+    resumed = train_in_process(job, data, tmp_path, f"lora-{task}-resumed", initial_checkpoint=checkpoint)
     assert resumed.history(tracking_uri, "train/loss") == {step: loss for step, loss in losses.items() if step > STEPS // 2}
 
     share = whole.history(tracking_uri, "model/trainable_share")
