@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -102,6 +103,10 @@ HANDLED_WARNINGS = [
 ]
 
 
+SHM_OP = "deepspeed_shm_comm"  # the op's build directory under TORCH_EXTENSIONS_DIR
+STALE_BUILD_LOCK_S = 600
+
+
 def op_build_environment() -> None:
     """DeepSpeed JIT-builds its CPU communication op (about 40 s) in the first process of a job that joins a process
     group, with the first `ninja` on PATH, into a directory shared by default by every Python environment of the
@@ -113,6 +118,17 @@ def op_build_environment() -> None:
     if os.environ.get("PATH", "").split(os.pathsep)[0] != tools:
         os.environ["PATH"] = os.pathsep.join(filter(None, [tools, os.environ.get("PATH")]))
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    remove_stale_build_lock(Path(os.environ["TORCH_EXTENSIONS_DIR"]) / SHM_OP / "lock")
+
+
+def remove_stale_build_lock(lock: Path) -> None:
+    """torch's build lock (cpp_extension's FileBaton: an empty file, no owner) outlives a process killed while
+    building, and every later job would wait on it forever. A build takes about 40 s: an older lock is such a one."""
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
 
 
 def build_ops() -> None:
