@@ -219,6 +219,13 @@ class DataConfig(Section):
     label_field: str | None = Field(None, description="sequence_classification: column holding the label.")
     labels: list[str] | None = Field(None, min_length=2, description="sequence_classification: the known labels; default: those found in the data.")
     target_field: str | None = Field(None, description="seq2seq: column holding the target text (text_field: the source).")
+    question_field: str | None = Field(None, description="question_answering: column holding the question (text_field: the context).")
+    answer_field: str | None = Field(None, description="question_answering: column holding the answer, a span of the context.")
+    answer_start_field: str | None = Field(
+        None,
+        description="question_answering: column holding the answer's character offset in the context; where the answer "
+        "occurs more than once, the occurrence nearest to it is the answer (default: the first).",
+    )
     strict: bool = Field(False, description="Malformed lines, undecodable bytes and rows missing a field are errors, not quarantined.")
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -474,7 +481,9 @@ class JobConfig(Section):
         for name in task.needs_fields:
             if getattr(self.data, name) is None:
                 raise ValueError(f"data.{name}: the {self.task} task needs it")
-        for name, belongs_to in {"label_field": "label_field", "labels": "label_field", "target_field": "target_field"}.items():
+        belonging = {"label_field": "label_field", "labels": "label_field", "target_field": "target_field"}
+        belonging |= {"question_field": "question_field", "answer_field": "answer_field", "answer_start_field": "answer_field"}
+        for name, belongs_to in belonging.items():
             if getattr(self.data, name) is not None and belongs_to not in task.needs_fields:
                 raise ValueError(f"data.{name}: not used by the {self.task} task")
         if self.data.augment.copies and self.task != "sequence_classification":

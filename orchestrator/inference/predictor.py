@@ -22,6 +22,7 @@ PREDICTION_COLUMNS = {
     "sequence_classification": {"predicted": "string", "score": "float"},
     "seq2seq": {"generated": "string"},
     "causal_lm": {"generated": "string"},
+    "question_answering": {"answer": "string", "score": "float"},
 }
 
 

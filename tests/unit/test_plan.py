@@ -57,8 +57,7 @@ def job(corpus, tmp_path):
 
 
 def trained_by(family: str) -> str:
-    (task,) = [name for name, task in TASKS.items() if family in task.families]
-    return task
+    return next(name for name, task in TASKS.items() if family in task.families)
 
 
 def meta_sizes(family: str, config: transformers.PretrainedConfig, splits: list[ParallelismConfig]) -> list[ModelSize]:
