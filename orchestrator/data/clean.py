@@ -1,9 +1,10 @@
 """Cleaning stages of the data pipeline, run on a Ray Data dataset of corpus rows.
 
 Rows carry `text`, optionally `label` (classification), `target` (translation) or `question`, `answer` and
-`answer_start` (question answering, where `text` is the context), `source` (where the row came from), `row_id` (unique; smaller is earlier in the corpus) and `stage` / `reason`, both "" while the row is
-kept. No stage removes rows: each one marks the rows it drops with its name in `stage` and a human-readable
-`reason`, and skips rows an earlier stage dropped (so a dropped row never counts as the copy that is kept).
+`answer_start` (question answering, where `text` is the context), `source` (where the row came from), `row_id`
+(unique; smaller is earlier in the corpus) and `stage` / `reason`, both "" while the row is kept. No stage removes
+rows: each one marks the rows it drops with its name in `stage` and a human-readable `reason`, and skips rows an
+earlier stage dropped (so a dropped row never counts as the copy that is kept).
 The caller then splits kept rows from quarantined ones.
 
 Stages, in this order (`STAGES`), each optional except `empty`:
@@ -42,7 +43,8 @@ from orchestrator.data.staging import stage
 STAGES = ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
 STAGE_CODES = {stage: code for code, stage in enumerate(STAGES)}  # a verdict's stage, in one byte
 NOT_DROPPED = -1
-_OPTIONAL_STRINGS = ("text", "label", "target", "question", "answer", "answer_start")  # may hold None; a block of only None reaches numpy as float NaN
+# may hold None; a block of only None reaches numpy as float NaN
+_OPTIONAL_STRINGS = ("text", "label", "target", "question", "answer", "answer_start")
 PARTNERS = ("target", "question", "answer")  # the columns that, beside its text, make a row another example
 NORMALIZED = ("text", "target", "question", "answer")
 MINHASH_SEED = 1

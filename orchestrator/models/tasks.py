@@ -92,10 +92,11 @@ class QuestionAnswering(Task):
     def predictions(self, model, batch, outputs, tokenizer, zero3):
         """The answers predicted (the best span of the context), the true ones and the baseline's, decoded from the
         tokens: what the model saw (with an uncased WordPiece, lowercased and without accents), scored alike."""
-        from orchestrator.data.tokenizers import separator_id
+        import torch
 
         ids = batch["input_ids"]
-        context = (batch["token_type_ids"] == 1) & (batch["attention_mask"] == 1) & (ids != separator_id(tokenizer))
+        template = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), dtype=ids.dtype)  # [SEP], [PAD]...
+        context = (batch["token_type_ids"] == 1) & (batch["attention_mask"] == 1) & ~torch.isin(ids, template)
         starts, ends = best_spans(outputs.start_logits, outputs.end_logits, context)
         spans = zip(starts.tolist(), ends.tolist(), batch["start_positions"].tolist(), batch["end_positions"].tolist())
         found: dict[str, list] = {"question": [], "answer": [], "predicted_answer": [], "baseline_answer": []}
