@@ -65,7 +65,7 @@ def test_translation_bleu_beats_the_untrained_model(local_ray, tracking_uri, tmp
 
 
 def test_question_answering_beats_the_best_overlap_sentence(local_ray, tracking_uri, tmp_path):
-    steps = 150
+    steps = 100
     job = example("qa-minilm", tracking_uri, tmp_path, **{"train.max_steps": steps, "train.eval_every": steps})
     run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, "qa", cpus=2)
 
