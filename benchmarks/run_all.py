@@ -17,6 +17,7 @@ BENCHMARKS = {
     "scaling": "Data-parallel scaling",
     "zero_memory": "ZeRO memory per worker",
     "activation_memory": "Activation checkpointing",
+    "lora_memory": "LoRA against full fine-tuning",
     "model_parallel": "Tensor and pipeline parallelism against data parallelism",
     "first_step": "Time to first step",
     "mfu": "Model FLOPs utilisation",

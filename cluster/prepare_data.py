@@ -2,6 +2,7 @@
 
 - Debian's `fortunes` (one file per category, texts separated by lines holding only `%`) -> JSON lines
   {"text", "category"}: the corpus of jobs/gpt-tiny.yaml and jobs/fortunes-classify.yaml;
+- the "Q: ... A: ..." exchanges of those fortunes -> JSON lines {"question", "answer"}: jobs/fortunes-qa.yaml;
 - Debian's `dict-freedict-eng-fra` (a dictd database) -> JSON lines {"en", "fr"}: jobs/translate-eng-fra.yaml;
 - those pairs -> extractive questions on dictionary excerpts, JSON lines {"context", "question", "answer",
   "answer_start"} (see dictionary_questions): jobs/qa-minilm.yaml;
@@ -16,6 +17,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,6 +29,9 @@ ENTRIES_PER_CONTEXT = 8
 QUESTIONS_PER_CONTEXT = 2
 QUESTION_SEED = 0
 PHRASINGS = ("What is the French for {}?", "How do you say {} in French?", "Which French word means {}?", "Translate {} into French.")
+# A question and its answer: "Q:" and "A:" starting lines, the answer running to the next question or the end
+EXCHANGE = re.compile(r"(?:^|\n)\s*Q:\s*(?P<question>.+?)\n\s*A:\s*(?P<answer>.+?)(?=\n\s*Q:|\Z)", re.S)
+ATTRIBUTION = re.compile(r"\n\s*--.*", re.S)  # "\t\t-- Author, Source" closing a fortune
 B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 
 
@@ -44,6 +49,23 @@ def prepare_fortunes(out: Path) -> str:
         (out / f"{path.name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         total += len(rows)
     return f"{total} fortunes in {len(categories)} categories -> {out}"
+
+
+def exchanges(fortune: str) -> list[dict]:
+    """The question-answer pairs of a fortune, each on one line (its line breaks and indents are layout), without
+    the attribution that ends the fortune."""
+    return [
+        {"question": " ".join(match["question"].split()), "answer": " ".join(ATTRIBUTION.sub("", match["answer"]).split())}
+        for match in EXCHANGE.finditer(fortune)
+    ]
+
+
+def prepare_fortune_qa(out: Path) -> str:
+    categories = sorted(path for path in FORTUNES.iterdir() if path.is_file() and not path.suffix and not path.is_symlink())
+    pairs = [pair for path in categories for text in fortunes(path) for pair in exchanges(text) if pair["answer"]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "qa.jsonl").write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
+    return f"{len(pairs)} question-answer exchanges of fortunes -> {out / 'qa.jsonl'}"
 
 
 def dictd_number(text: str) -> int:
@@ -141,6 +163,7 @@ def copy_minilm(out: Path) -> str:
 def main() -> None:
     steps = [
         (FORTUNES.is_dir(), lambda: prepare_fortunes(OUT / "data/fortunes"), "Debian package 'fortunes'"),
+        (FORTUNES.is_dir(), lambda: prepare_fortune_qa(OUT / "data/fortunes-qa"), "Debian package 'fortunes'"),
         (FREEDICT.with_suffix(".index").is_file(), lambda: prepare_freedict(OUT / "data/eng-fra"), "Debian package 'dict-freedict-eng-fra'"),
         (
             FREEDICT.with_suffix(".index").is_file(),

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -93,9 +94,17 @@ HANDLED_WARNINGS = [
     # autograd (its schedule runs the backward pass itself); torch warns at every step that the broadcast has no
     # autograd kernel. The equivalence with data parallelism is tested.
     ("c10d::broadcast_: an autograd kernel was not registered", Warning),
+    # peft (0.21) on GPT-2's Conv1D layers, whose weights it then treats as transposed itself; and its own call of
+    # transformers' old name (5.x) when it wraps a model.
+    ("fan_in_fan_out is set to False but the target module is `Conv1D`", UserWarning),
+    ("`is_gradient_checkpointing` is deprecated", FutureWarning),
     # Ray Train's own DataConfig sets it (Ray 2.60), in its DatasetManager actor.
     ("`ExecutionOptions.exclude_resources` is deprecated", DeprecationWarning),
 ]
+
+
+SHM_OP = "deepspeed_shm_comm"  # the op's build directory under TORCH_EXTENSIONS_DIR
+STALE_BUILD_LOCK_S = 600
 
 
 def op_build_environment() -> None:
@@ -109,6 +118,17 @@ def op_build_environment() -> None:
     if os.environ.get("PATH", "").split(os.pathsep)[0] != tools:
         os.environ["PATH"] = os.pathsep.join(filter(None, [tools, os.environ.get("PATH")]))
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    remove_stale_build_lock(Path(os.environ["TORCH_EXTENSIONS_DIR"]) / SHM_OP / "lock")
+
+
+def remove_stale_build_lock(lock: Path) -> None:
+    """torch's build lock (cpp_extension's FileBaton: an empty file, no owner) outlives a process killed while
+    building, and every later job would wait on it forever. A build takes about 40 s: an older lock is such a one."""
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
 
 
 def build_ops() -> None:

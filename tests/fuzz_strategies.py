@@ -26,7 +26,7 @@ from helpers import HARD_STOP_S, Outcome, run_cli
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from orchestrator.config.job import JobConfig
+from orchestrator.config.job import TASK_DATA_KEYS, JobConfig
 from orchestrator.config.sweep import SweepConfig
 from orchestrator.models.tasks import TASKS
 
@@ -228,7 +228,8 @@ class World:
     cwd: Path
 
 
-NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}", fullmatch=True)
+# A letter first: PyYAML's dumper writes "0E0" unquoted (no float in YAML 1.1), which YAML 1.2's core schema reads as one
+NAME = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,30}", fullmatch=True)
 
 
 @functools.cache  # one strategy per leaf: Hypothesis validates each new strategy object on its first draw
@@ -274,14 +275,14 @@ def valid_value(leaf: Leaf, world: World) -> st.SearchStrategy:
 
 
 # Leaves set apart from the generic draw: their values come with the task, or point at files the case needs.
-TASK_FIELDS = {"task", "model.family", "data.paths", "data.label_field", "data.target_field", "data.labels"}
+TASK_FIELDS = {"task", "model.family", "data.paths", *(f"data.{name}" for name in TASK_DATA_KEYS)}
 TUNABLE_JOB_LEAVES = [leaf for leaf in JOB_LEAVES if leaf.kind != "other" and leaf.key not in TASK_FIELDS]
 
 
 def base_job(task: str, family: str, world: World) -> dict:
     """The smallest valid job of a task: it validates against the sandbox's corpus."""
     data = {"paths": [str(world.corpus)], "cache_dir": str(world.root / "cache"), "seq_len": 64}
-    data |= {name: name.removesuffix("_field") for name in TASKS[task].needs_fields}
+    data |= {name: name.removesuffix("_field") for name in (*TASKS[task].needs_fields, *TASKS[task].needs_one_of[:1])}
     return {
         "task": task,
         "model": {"family": family, "size": "tiny"},
@@ -490,7 +491,8 @@ def plant_secret(draw, doc: Doc) -> None:
         planted = not holds_secret(doc, tag) and set_at(doc.tree, tag, wrapped)
     elif where == "tag_reused":  # a secret's value is secret wherever else it is written
         leaf = draw(st.sampled_from(JOB_LEAVES)).path
-        planted = not holds_secret(doc, leaf) and not holds_secret(doc, tag) and set_at(doc.tree, tag, token)
+        # not tracking.tags itself: the token written over the tags would no longer be a secret-named key's value
+        planted = tag[: len(leaf)] != leaf and not holds_secret(doc, leaf) and not holds_secret(doc, tag) and set_at(doc.tree, tag, token)
         if planted:
             set_at(doc.tree, leaf, token)
     else:

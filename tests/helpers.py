@@ -140,6 +140,30 @@ def tiny_job(corpus: Path, **sections) -> dict:
     return job
 
 
+# Architectures no family of models/families.py presets: a job trains them from a local model directory. Each small.
+OTHER_ARCHITECTURES = ("qwen2", "mistral", "phi3")
+TINY_DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
+def save_pretrained_model(directory: Path, model_type: str, tokenizer, auto_class: str = "AutoModelForCausalLM", **config) -> Path:
+    """A random-init model of `model_type` and its tokenizer, saved as a Hugging Face model directory: what a hub
+    download would give, made here offline."""
+    import transformers
+
+    ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    settings = transformers.AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **ids, **(TINY_DECODER | config))
+    getattr(transformers, auto_class).from_config(settings).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def write_job(path: Path, job: dict) -> Path:
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path

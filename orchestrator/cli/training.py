@@ -4,6 +4,7 @@ the ones that only read job files: validate, schema."""
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -208,6 +209,29 @@ def evaluate(
 
 
 @app.command()
+def export(
+    model: ModelSpec,
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write it: a new or empty directory.", show_default=False)],
+) -> None:
+    """Copy a trained model's Hugging Face directory to DIR.
+
+    The weights, tokenizer and model card (a LoRA model's adapter in adapter/): for model.pretrained of another job,
+    or transformers' from_pretrained.
+
+    \b
+    Example:
+      python -m orchestrator export jobs/gpt-tiny.yaml ~/.cache/orchestrator/models/gpt-tiny
+    """
+    from orchestrator.inference import batch
+
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise UserError(f"DIR: {directory} exists and is not an empty directory")
+    source = batch.resolve_model(model, None)
+    shutil.copytree(source, directory, dirs_exist_ok=True)
+    print(f"model exported to {directory}")
+
+
+@app.command()
 def schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="The reference table of every key instead (the one in docs/jobs.md).")] = False,
 ) -> None:
@@ -276,8 +300,9 @@ def plan(
     size = planning.model_size(job)
     options, choice = planning.plan(job, size, available)
     workers, device = job.scaling.num_workers, "GPU" if job.scaling.use_gpu else "CPU"
+    trainable = f", {size.trainable:,} of them LoRA's, which train ({size.trainable / size.parameters:.2%})" if size.trainable else ""
     print(
-        f"{job.model.family}: {size.parameters:,} parameters (largest layer {size.largest_layer:,}); {workers} {device} workers, "
+        f"{job.model.family}: {size.parameters:,} parameters{trainable} (largest layer {size.largest_layer:,}); {workers} {device} workers, "
         f"micro batch {job.train.micro_batch_size} x {job.data.seq_len} tokens, {job.deepspeed.precision}"
     )
     split = job.parallelism

@@ -13,7 +13,9 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.config.errors import CONTROL_CHARACTERS
 from orchestrator.config.names import Name, tag_problem
+from orchestrator.models.auto_classes import buildable_model_types
 from orchestrator.models.families import FAMILIES
+from orchestrator.models.saved import saved_modules
 from orchestrator.models.tasks import TASKS
 
 # --- values: numbers with real bounds, paths without control characters -----------------------------
@@ -22,6 +24,7 @@ from orchestrator.models.tasks import TASKS
 MAX_WORKERS = 4096  # Ray Train workers, and any parallel degree
 MAX_BATCH = 65536  # micro batch size, micro batches accumulated
 MAX_DIM = 2**20  # any model dimension: width, heads, positions
+MAX_MODEL_TYPE_CHARS = 100  # a model_type or module name of transformers: a few words
 MAX_LAYERS = 1024  # the largest published models have fewer than 200; each layer costs start-up time to build
 MAX_VOCAB = 2**20
 MAX_SEQ_LEN = 2**20
@@ -63,6 +66,16 @@ def _path_the_system_takes(value: str) -> str:
     return value
 
 
+def _jinja_template(value: str) -> str:
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(value)
+    except jinja2.TemplateSyntaxError as err:
+        raise PydanticCustomError("jinja_syntax", "not a Jinja template: {error} (line {line})", {"error": err.message, "line": err.lineno}) from None
+    return value
+
+
 Int = Annotated[int, BeforeValidator(_whole_number)]
 Real = Annotated[float, BeforeValidator(lambda value: _not_bool_or_text(value, "number"))]
 Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
@@ -93,29 +106,85 @@ class ModelDims(Section):
     max_positions: Int | None = Field(None, gt=0, le=MAX_DIM, description="Longest sequence the model takes (absolute-position models).")
 
 
-# What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama, T5).
-HF_DIM_KEYS = {"hidden": ("hidden_size", "n_embd", "d_model"), "max_positions": ("max_position_embeddings", "n_positions")}
+class LoraConfig(Section):
+    """Low-rank adapters (peft's LoRA, Hu et al. 2021): the pretrained weights stay frozen; each target module learns
+    an update alpha/r · B·A of rank r, and a head the task adds (a classifier) trains whole."""
+
+    r: Int = Field(8, ge=1, le=MAX_DIM, description="Rank of each update.")
+    alpha: Real = Field(16.0, gt=0, le=MAX_DIM, description="Scale of the updates: alpha / r multiplies them.")
+    dropout: Real = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' inputs.")
+    target_modules: Literal["all-linear"] | Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_MODEL_TYPE_CHARS)]], Field(min_length=1)] = Field(
+        "all-linear",
+        description="Modules that get adapters: names (a module matches when its name is this or ends in '.' and this, "
+        "e.g. q_proj, v_proj or GPT-2's c_attn), or all-linear: every linear layer but the output head.",
+    )
+
+    def missing_targets(self, modules: set[str]) -> list[str]:
+        """Targets that name none of the modules (peft's matching of a name list)."""
+        if self.target_modules == "all-linear":
+            return []
+        return [target for target in self.target_modules if not any(is_named(module, target) for module in modules)]
+
+
+def is_named(module: str, target: str) -> bool:
+    """Whether a name of lora.target_modules names the module (by its full name or its last parts, as peft matches)."""
+    return module == target or module.endswith(f".{target}")
+
+
+# What Hugging Face configs call a dimension, across architectures (GPT-2, BERT/Llama and most others, T5).
+HF_DIM_KEYS = {
+    "layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "hidden": ("hidden_size", "n_embd", "d_model"),
+    "heads": ("num_attention_heads", "n_head", "num_heads"),
+    "max_positions": ("max_position_embeddings", "n_positions"),
+}
+RANDOM_INIT_FAMILY = "gpt2"
 
 
 class ModelConfig(Section):
-    family: Literal[tuple(FAMILIES)] = Field("gpt2", description="Architecture family (a key of models.families).")
+    family: str | None = Field(
+        None,
+        max_length=MAX_MODEL_TYPE_CHARS,
+        description=f"Architecture. A random-init model is one of models/families.py ({', '.join(FAMILIES)}; default "
+        f"{RANDOM_INIT_FAMILY}); a pretrained model's is the model_type of its config.json (any the task's transformers "
+        "auto class builds: qwen2, mistral, phi3, llama, gpt2, bert...), which this may repeat.",
+    )
     size: str = Field("tiny", description="Size preset of the family (models/families.py), e.g. tiny or small.")
     dims: ModelDims = ModelDims()
-    pretrained: PathText | None = Field(None, description="Local Hugging Face model directory to start from instead of random initialisation.")
+    pretrained: PathText | None = Field(
+        None,
+        description="Local Hugging Face model directory to start from instead of random initialisation; its tokenizer "
+        "too, unless data.tokenizer.path names another.",
+    )
     dropout: Real | None = Field(None, ge=0, lt=1, description="Dropout probability (every dropout of a pretrained model); default: the model's own.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the exported final model.")
+    lora: LoraConfig | None = Field(None, description="Train low-rank adapters of the pretrained model instead of all of its weights; null: all.")
 
     @model_validator(mode="after")
-    def _known_size(self):
+    def _known_architecture(self):
+        if self.lora and not self.pretrained:
+            raise ValueError("lora: adapts a pretrained model; set model.pretrained")
+        if self.pretrained:
+            if self.changed_from_default("size", "dims"):
+                raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
+            if self.lora and (modules := saved_modules(Path(self.pretrained).expanduser())) and (missing := self.lora.missing_targets(modules)):
+                leaves = sorted({name.rpartition(".")[2] for name in modules if not name.rpartition(".")[2].isdigit()})
+                raise ValueError(f"lora.target_modules: the model has no module {missing[0]!r} (its modules end in {', '.join(leaves[:16])})")
+            model_type = (self.pretrained_config() or {}).get("model_type")
+            if self.family and model_type and model_type != self.family:
+                raise ValueError(f"family: {self.pretrained} is a {model_type} model (got {self.family!r})")
+            self.family = self.family or model_type
+            return self
+        self.family = self.family or RANDOM_INIT_FAMILY
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"family: a random-init model is one of {', '.join(FAMILIES)} (got {self.family!r}); other architectures "
+                "start from a local model directory (model.pretrained)"
+            )
         presets = FAMILIES[self.family].presets
         if self.size not in presets:
             raise ValueError(f"size: {self.family} has sizes {', '.join(presets)} (got {self.size!r})")
-        if self.pretrained and self.changed_from_default("size", "dims"):
-            raise ValueError("pretrained: a pretrained model brings its own dimensions; remove size and dims")
-        if self.pretrained and (hf_config := self.pretrained_config()) and hf_config.get("model_type") != self.family:
-            raise ValueError(f"family: {self.pretrained} is a {hf_config.get('model_type')} model (got {self.family!r})")
-        if not self.pretrained:
-            self._check_heads(self.dims_resolved())
+        self._check_heads(self.dims_resolved())
         return self
 
     def _check_heads(self, dims: dict[str, int]) -> None:
@@ -215,10 +284,28 @@ class DataConfig(Section):
         "/proc, /sys or /dev, and no recursive ** from the filesystem root (it would walk every mounted disk).",
     )
     format: Literal["auto", "jsonl", "json", "parquet", "csv", "txt"] = Field("auto", description="File format; auto infers it from the extension.")
-    text_field: str = Field("text", description="Column holding the text (txt files: each line is a row).")
+    text_field: str = Field("text", description="Column holding the text (seq2seq: the source; sft: the prompt; txt files: each line is a row).")
     label_field: str | None = Field(None, description="sequence_classification: column holding the label.")
     labels: list[str] | None = Field(None, min_length=2, description="sequence_classification: the known labels; default: those found in the data.")
-    target_field: str | None = Field(None, description="seq2seq: column holding the target text (text_field: the source).")
+    target_field: str | None = Field(
+        None, description="seq2seq: column holding the target text (text_field: the source). sft: column holding the response (text_field: the prompt)."
+    )
+    messages_field: str | None = Field(
+        None,
+        description="sft: column holding a chat, a list of {role, content} messages (JSON, or a JSON string), instead "
+        "of text_field and target_field; the assistant messages are the responses.",
+    )
+    chat_template: Annotated[str, AfterValidator(_jinja_template)] | None = Field(
+        None,
+        description="sft: Jinja chat template (Hugging Face's format) that renders each record; default: the "
+        "tokenizer's own (tokenizer_config.json of data.tokenizer.path), else prompt, newline, response, end-of-text token.",
+    )
+    train_on_inputs: bool = Field(False, description="sft: train on the prompt tokens too, not only on the responses (eval/loss is always the responses').")
+    packing: bool = Field(
+        True,
+        description="sft: place whole training examples back to back in rows of seq_len tokens, each attending only to "
+        "itself; false: one example per row, padded. Validation rows always hold one example.",
+    )
     question_field: str | None = Field(None, description="question_answering: column holding the question (text_field: the context).")
     answer_field: str | None = Field(None, description="question_answering: column holding the answer, a span of the context.")
     answer_start_field: str | None = Field(
@@ -241,6 +328,10 @@ class DataConfig(Section):
         "($ORCHESTRATOR_SHARED_STORAGE/datasets when that is set). Its nearest existing directory must be writable "
         "(checked when the job is loaded; nothing is created then).",
     )
+
+
+# data keys that only some tasks read (models/tasks.py): a job of another task must leave them at their defaults
+TASK_DATA_KEYS = sorted({name for task in TASKS.values() for name in (*task.needs_fields, *task.needs_one_of, *task.data_options)})
 
 
 # --- train -------------------------------------------------------------------------------------------
@@ -476,16 +567,18 @@ class JobConfig(Section):
         if positions and self.data.seq_len > positions:
             raise ValueError(f"data.seq_len: {self.data.seq_len} exceeds the model's {positions} positions (model.dims.max_positions)")
         task = TASKS[self.task]
-        if self.model.family not in task.families:
+        if self.model.pretrained:
+            self._check_pretrained(task)
+        elif self.model.family not in task.families:
             raise ValueError(f"model.family: {self.task} trains {', '.join(task.families)} models (got {self.model.family!r})")
         for name in task.needs_fields:
             if getattr(self.data, name) is None:
                 raise ValueError(f"data.{name}: the {self.task} task needs it")
-        belonging = {"label_field": "label_field", "labels": "label_field", "target_field": "target_field"}
-        belonging |= {"question_field": "question_field", "answer_field": "answer_field", "answer_start_field": "answer_field"}
-        for name, belongs_to in belonging.items():
-            if getattr(self.data, name) is not None and belongs_to not in task.needs_fields:
-                raise ValueError(f"data.{name}: not used by the {self.task} task")
+        if task.needs_one_of and len(given := [name for name in task.needs_one_of if getattr(self.data, name) is not None]) != 1:
+            raise ValueError(f"data.{(given[1:] or task.needs_one_of)[0]}: the {self.task} task needs exactly one of {' or '.join(task.needs_one_of)}")
+        used = {*task.needs_fields, *task.needs_one_of, *task.data_options}
+        if unused := [name for name in self.data.changed_from_default(*TASK_DATA_KEYS) if name not in used]:
+            raise ValueError(f"data.{unused[0]}: not used by the {self.task} task")
         if self.data.augment.copies and self.task != "sequence_classification":
             raise ValueError("data.augment.copies: augmentation is for sequence_classification")
         split, data, workers = self.parallelism, self.data_parallel_size, self.scaling.num_workers
@@ -505,6 +598,17 @@ class JobConfig(Section):
             raise ValueError(conflict)
         return self
 
+    def _check_pretrained(self, task) -> None:
+        """The task's auto class builds the model's architecture; the model reads its own tokenizer's ids unless the
+        job names or trains another."""
+        model_type, directory = self.model.family, Path(self.model.pretrained).expanduser()
+        if model_type and model_type not in buildable_model_types(task.auto_class):
+            raise ValueError(f"model.pretrained: {task.auto_class} cannot build a {model_type} model (config.json model_type), which {self.task} needs")
+        tokenizer = self.data.tokenizer
+        own_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        if own_tokenizer and not tokenizer.path and not tokenizer.changed_from_default("train", "vocab_size", "sample_texts"):
+            tokenizer.path = self.model.pretrained
+
     def _check_model_parallel(self) -> None:
         split = self.parallelism
         if split.tensor > 1 and split.pipeline > 1:
@@ -513,10 +617,12 @@ class JobConfig(Section):
                 "combine with its PipelineModule); pick one"
             )
         kind, degree = split.layout, max(split.tensor, split.pipeline)
-        family = FAMILIES[self.model.family]
+        if self.model.lora:
+            raise ValueError(f"model.lora: adapters train data-parallel (ZeRO 0-3); {kind} parallelism would split the layers peft wraps")
+        family = FAMILIES.get(self.model.family)
         if self.task != "causal_lm":
             raise ValueError(f"parallelism.{kind}: model parallelism trains causal_lm models (task is {self.task})")
-        if kind not in family.model_parallel:
+        if family is None or kind not in family.model_parallel:
             able = [name for name, other in FAMILIES.items() if kind in other.model_parallel]
             raise ValueError(f"parallelism.{kind}: splits {', '.join(able)} models, not {self.model.family}")
         if self.deepspeed.zero_stage > split.highest_zero_stage:

@@ -5,11 +5,13 @@
   cut off when question and context are truncated to seq_len;
 - encode: one registry entry per task, run on one part of the corpus at a time (encode_part). Causal LM packs
   documents back to back into full rows of seq_len tokens; classification, seq2seq and question answering truncate
-  and pad each example to seq_len, with an attention mask.
+  and pad each example to seq_len, with an attention mask. Instruction tuning renders each record with a chat template
+  and labels only its responses, packing whole examples into rows (encode_sft).
 The tokenizer travels as its JSON string and is built once per worker process.
 """
 
 import functools
+import json
 import zlib
 from collections.abc import Callable
 
@@ -194,9 +196,154 @@ def encode_question_answering(batch: dict, tokenizer_json: str, seq_len: int, pa
     }
 
 
+# Prompt, a newline, response, end-of-text: how sft renders a prompt/response record when neither the job nor the
+# tokenizer gives a chat template. Generation then continues "prompt\n" and stops at the end-of-text token.
+DEFAULT_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{{ eos_token if message['role'] == 'assistant' else '\\n' }}{% endfor %}"
+REPORT = "report"  # the key of what an encoder counted of its rows, kept in the part's record (not a column)
+
+
+class UnusableRecord(ValueError):
+    """A record the job cannot turn into an example; the message starts with the job setting to fix."""
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_template(source: str):
+    """transformers' own sandboxed Jinja environment, the one apply_chat_template renders with."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    return _compile_jinja_template(source)
+
+
+def chat_of(text: str, target, messages_field: str | None) -> list[dict]:
+    """The record as a chat: its messages (a JSON list of {role, content}), or its prompt and response as a user
+    and an assistant message."""
+    if not messages_field:
+        return [{"role": "user", "content": str(text)}, {"role": "assistant", "content": str(target)}]
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError:
+        messages = None
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in messages):
+        raise UnusableRecord(f"data.messages_field: {messages_field!r} is not a list of {{role, content}} messages")
+    return messages
+
+
+def generation_prompt(prompt: str, template: str, special_tokens: dict) -> str:
+    """What a model trained on rendered records continues with its response to `prompt`."""
+    return compiled_template(template).render(messages=[{"role": "user", "content": prompt}], add_generation_prompt=True, **special_tokens)
+
+
+def chat_segments(messages: list[dict], template: str, special_tokens: dict) -> list[tuple[str, bool]]:
+    """The chat rendered as (text, is_response) pieces. A response is what rendering the chat up to an assistant
+    message adds to rendering the chat before it with the generation prompt: so its prompt is exactly what
+    generation starts from."""
+    import jinja2
+
+    compiled, segments, rendered = compiled_template(template), [], ""
+    try:
+        for end, message in enumerate(messages, 1):
+            if message["role"] != "assistant":
+                continue
+            prompt = compiled.render(messages=messages[: end - 1], add_generation_prompt=True, **special_tokens)
+            chat = compiled.render(messages=messages[:end], add_generation_prompt=False, **special_tokens)
+            if not (prompt.startswith(rendered) and chat.startswith(prompt)):
+                raise UnusableRecord("data.chat_template: it does not render a chat as the rendering of its start followed by the rest")
+            segments += [(prompt[len(rendered) :], False), (chat[len(prompt) :], True)]
+            rendered = chat
+    except (jinja2.TemplateError, TypeError, KeyError) as err:
+        raise UnusableRecord(f"data.chat_template: cannot render a record ({type(err).__name__}: {err})") from None
+    return segments
+
+
+def sft_example(segments: list[tuple[str, bool]], tokenizer: Tokenizer, seq_len: int, train_on_inputs: bool) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered pieces, cut to seq_len, and their labels: the token itself where the loss trains on
+    it (the responses; every token with train_on_inputs), else IGNORED_LABEL. The first token is never a label: as in
+    a row of its own, nothing precedes it, and in a packed row the example before it must not predict it."""
+    encoded = tokenizer.encode_batch([text for text, _ in segments], add_special_tokens=False)
+    ids = [token for e in encoded for token in e.ids][:seq_len]
+    trained = [response or train_on_inputs for e, (_, response) in zip(encoded, segments) for _ in e.ids][:seq_len]
+    labels = [token if train else IGNORED_LABEL for token, train in zip(ids, trained)]
+    return ids, [IGNORED_LABEL, *labels[1:]] if labels else []
+
+
+def rows_of_examples(examples: list[tuple[list[int], list[int]]], seq_len: int, pad: int, packing: bool) -> dict:
+    """Examples in rows of seq_len tokens: with packing, as many whole examples back to back as fit, in order; else
+    one per row. Position ids restart at 0 with each example (and with the padding after the last); padding is
+    never a label."""
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    for example in examples:
+        if packing and rows and sum(len(ids) for ids, _ in rows[-1]) + len(example[0]) <= seq_len:
+            rows[-1].append(example)
+        else:
+            rows.append([example])
+    input_ids = np.full((len(rows), seq_len), pad, dtype=np.int32)
+    labels = np.full((len(rows), seq_len), IGNORED_LABEL, dtype=np.int32)
+    position_ids = np.zeros((len(rows), seq_len), dtype=np.int32)
+    for i, row in enumerate(rows):
+        start = 0
+        for ids, example_labels in row:
+            input_ids[i, start : start + len(ids)], labels[i, start : start + len(ids)] = ids, example_labels
+            position_ids[i, start : start + len(ids)] = np.arange(len(ids))
+            start += len(ids)
+        position_ids[i, start:] = np.arange(seq_len - start)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def encode_sft(
+    batch: dict,
+    tokenizer_json: str,
+    seq_len: int,
+    pad: int | None,
+    separator: int,
+    chat_template: str,
+    special_tokens: dict,
+    messages_field: str | None,
+    train_on_inputs: bool,
+    packing: bool,
+    **_,
+) -> dict:
+    """Each record rendered (chat_segments) and labelled (sft_example). Training rows are packed (with `packing`);
+    validation rows hold one example each, labelled on its responses alone, so that evaluation can generate from
+    each prompt. Records that cannot be rendered and examples left with no response token are counted, with the
+    first problem, under REPORT: the driver turns them into job errors."""
+    tokenizer = tokenizer_of(tokenizer_json)
+    examples: dict[bool, list] = {False: [], True: []}
+    report = {"examples": len(batch["text"]), "unusable": 0, "no_response": 0, "problem": None}
+    targets = batch.get("target", [None] * len(batch["text"]))
+    for text, target, row_id, validation in zip(batch["text"], targets, batch["row_id"], batch["is_val"]):
+        try:
+            segments = chat_segments(chat_of(text, target, messages_field), chat_template, special_tokens)
+        except UnusableRecord as err:
+            report["unusable"] += 1
+            report["problem"] = report["problem"] or {"row_id": int(row_id), "reason": str(err)}
+            continue
+        ids, labels = sft_example(segments, tokenizer, seq_len, train_on_inputs and not validation)
+        if all(label == IGNORED_LABEL for label in labels):
+            report["no_response"] += 1
+            continue
+        examples[bool(validation)].append((ids, labels))
+    pad = separator if pad is None else pad
+    train, val = rows_of_examples(examples[False], seq_len, pad, packing), rows_of_examples(examples[True], seq_len, pad, packing=False)
+    encoded = {column: np.concatenate([train[column], val[column]]) for column in train}
+    return encoded | {"is_val": np.repeat([False, True], [len(train["input_ids"]), len(val["input_ids"])]), REPORT: report}
+
+
+def sft_problem(reports: list[dict], response_option: str) -> tuple[str, int | None] | None:
+    """The job error that the parts' encoding reports add up to, and the row it names (its row_id), or None: a
+    record that cannot be rendered, or no example with a response token left after truncation."""
+    if unusable := [report for report in reports if report["unusable"]]:
+        count = sum(report["unusable"] for report in unusable)
+        problem = unusable[0]["problem"]
+        return f"{problem['reason']}; {count} record(s) like it", problem["row_id"]
+    if sum(report["examples"] for report in reports) == sum(report["no_response"] for report in reports):
+        return f"{response_option}: every response is empty after truncation to data.seq_len tokens; raise data.seq_len or shorten the prompts", None
+    return None
+
+
 ENCODERS: dict[str, Callable[..., dict]] = {
     "causal_lm": encode_causal_lm,
     "sequence_classification": encode_classification,
     "seq2seq": encode_seq2seq,
+    "sft": encode_sft,
     "question_answering": encode_question_answering,
 }

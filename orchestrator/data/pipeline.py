@@ -34,8 +34,8 @@ from orchestrator.config.job import AugmentConfig, JobConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
-from orchestrator.data.encode import check_answers, encode_part, measure, parts
-from orchestrator.data.read import fields_of, file_format, read_rows, resolve_data_files
+from orchestrator.data.encode import DEFAULT_CHAT_TEMPLATE, REPORT, check_answers, encode_part, measure, parts, sft_problem
+from orchestrator.data.read import field_option, fields_of, file_format, read_rows, resolve_data_files, source_of
 from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
 from orchestrator.data.shards import Split, damaged, write_index, write_shard, write_text_atomically
 from orchestrator.data.staging import Staged, read_files, stage, staging_area
@@ -46,6 +46,7 @@ from orchestrator.data.tokenizers import (
     named_token,
     sample_rows,
     separator_id,
+    template_tokens,
     texts_of,
     train_tokenizer,
 )
@@ -71,6 +72,7 @@ class PreparedData:
     report: DataReport
     directory: Path  # holds the splits and the quarantine file: the cache entry, or the run's own (`uncached`)
     uncached: bool = False  # the directory is this run's alone: its splits are removed when it ends (remove_uncached)
+    chat_template: str | None = None  # sft: the template the records were rendered with, exported with the tokenizer
 
 
 def rows_where(dataset: ray.data.Dataset, kept: bool) -> ray.data.Dataset:
@@ -200,6 +202,7 @@ def prepared_in(job: JobConfig, files: list[str], directory: Path, staging: Path
         dropped = "; ".join(f"{row['stage']} dropped {row['dropped']} ({row['reasons']})" for row in report.stage_table() if row["dropped"])
         raise UserError(f"data: no row is left after cleaning: {dropped or 'the files hold no rows'}")
     label_names = label_names_of(job, measured)
+    chat = chat_settings(job, tokenizer)
     encoding = dict(
         task=job.task,
         tokenizer_json=tokenizer_json,
@@ -207,16 +210,43 @@ def prepared_in(job: JobConfig, files: list[str], directory: Path, staging: Path
         separator=separator_id(tokenizer),
         pad=tokenizer.pad_token_id,
         label_ids={name: i for i, name in enumerate(label_names)},
+        **chat,
     )
     columns = [*fields_of(job), "is_val", "row_id", "stage"]
     write_parts(measured, columns, directory, encoding, augment=cfg.augment if cfg.augment.copies else None)
-    shards = shards_of_parts(directory)
+    records = part_records(directory)
+    check_encoding(job, [record[REPORT] for record in records if REPORT in record], files)
+    shards = {split: [record[split] for record in records] for split in SPLITS}
     report.train_sequences, report.val_sequences = (write_index(directory / split, shards[split], fingerprint) for split in SPLITS)
     if cfg.augment.copies:
         report.augmented_rows = report.train_sequences + report.val_sequences - report.rows_kept  # one row per example
     report.seconds = time.perf_counter() - started
     train, val = Split(directory / "train"), Split(directory / "val")
-    return PreparedData(train, val, tokenizer_json, len(train), len(val), label_names, report, directory)
+    chat_template = chat["chat_template"] if job.task == "sft" else None
+    return PreparedData(train, val, tokenizer_json, len(train), len(val), label_names, report, directory, chat_template=chat_template)
+
+
+def chat_settings(job: JobConfig, tokenizer: "PreTrainedTokenizerFast") -> dict:
+    """What sft's encoder renders records with: the job's chat template, else the tokenizer's, else the default
+    prompt/response format; the tokenizer's special tokens, which templates name (eos_token, bos_token...)."""
+    cfg = job.data
+    return {
+        "chat_template": cfg.chat_template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
+        "special_tokens": template_tokens(tokenizer),
+        "messages_field": cfg.messages_field,
+        "train_on_inputs": cfg.train_on_inputs,
+        "packing": cfg.packing,
+    }
+
+
+def check_encoding(job: JobConfig, reports: list[dict], files: list[str]) -> None:
+    """A record the chat template cannot render, or no response token left in any example, is a job error (what
+    sft's encoder reported of each part adds up every record; the other encoders report nothing)."""
+    if not reports:
+        return
+    if found := sft_problem(reports, field_option(job, "text" if job.data.messages_field else "target")):
+        problem, row_id = found
+        raise UserError(problem if row_id is None else f"{problem} (first: {source_of(row_id, files)})")
 
 
 def clean_and_measure(job: JobConfig, files: list[str], directory: Path, staging: Path, report: DataReport) -> tuple[Staged, "PreTrainedTokenizerFast"]:
@@ -298,7 +328,7 @@ def write_part(rows: dict, part: int, directory: Path, augment: AugmentConfig | 
     record, which marks it done."""
     name = f"{part:016x}"
     encoded = encode_part(add_augmented_copies(rows, augment) if augment else rows, **encoding) if len(rows["row_id"]) else {"is_val": np.zeros(0, bool)}
-    record = {}
+    record = {REPORT: encoded.pop(REPORT)} if REPORT in encoded else {}
     for split, validation in SPLITS.items():
         here = encoded["is_val"] == validation
         record[split] = write_shard(directory / split, name, {column: values[here] for column, values in encoded.items() if column != "is_val"})
@@ -306,15 +336,15 @@ def write_part(rows: dict, part: int, directory: Path, augment: AugmentConfig | 
     write_text_atomically(directory / PARTS / f"{name}.json", json.dumps(record))
 
 
-def shards_of_parts(directory: Path) -> dict[str, list[dict]]:
-    """Each split's shards, from the records of the parts written (by this run or an interrupted one)."""
-    records = [json.loads(path.read_text()) for path in (directory / PARTS).glob("*.json")]
-    return {split: [record[split] for record in records] for split in SPLITS}
+def part_records(directory: Path) -> list[dict]:
+    """The records of the parts written (by this run or an interrupted one): each split's shard, and what the
+    encoder reported of the part."""
+    return [json.loads(path.read_text()) for path in (directory / PARTS).glob("*.json")]
 
 
 def store(data: PreparedData, staging: Path, entry: Path) -> None:
     """Completes the staged entry (the splits and the tokenizer are there already) and puts it in place."""
-    meta = {"label_names": data.label_names, "report": json.loads(data.report.to_json())}
+    meta = {"label_names": data.label_names, "chat_template": data.chat_template, "report": json.loads(data.report.to_json())}
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: its presence marks a whole entry
     cache.commit(staging, entry)
 
@@ -328,7 +358,8 @@ def load_cached(entry: Path, meta: dict, fingerprint: str) -> PreparedData:
     if not tokenizer_file.is_file():
         raise damaged(tokenizer_file, "is missing", entry)
     tokenizer_json = tokenizer_file.read_text()
-    return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, meta["label_names"], report, entry)
+    labels, chat_template = meta["label_names"], meta.get("chat_template")
+    return PreparedData(train, val, tokenizer_json, report.train_sequences, report.val_sequences, labels, report, entry, chat_template=chat_template)
 
 
 def example_texts(data: PreparedData, count: int = 2, max_tokens: int = 24) -> list[str]:

@@ -60,18 +60,27 @@ def row_fields(
     text_field: str,
     label_field: str | None = None,
     target_field: str | None = None,
+    messages_field: str | None = None,
     question_field: str | None = None,
     answer_field: str | None = None,
     answer_start_field: str | None = None,
 ) -> dict[str, str]:
-    """Row column -> the corpus field it is read from."""
+    """Row column -> the corpus field it is read from. A chat (sft's messages_field) travels as the text: its JSON."""
     named = {"label": label_field, "target": target_field, "question": question_field, "answer": answer_field, "answer_start": answer_start_field}
-    return {"text": text_field} | {column: field for column, field in named.items() if field}
+    return {"text": messages_field or text_field} | {column: field for column, field in named.items() if field}
 
 
 def fields_of(job: JobConfig) -> dict[str, str]:
     cfg = job.data
-    return row_fields(cfg.text_field, cfg.label_field, cfg.target_field, cfg.question_field, cfg.answer_field, cfg.answer_start_field)
+    answers = {"question_field": cfg.question_field, "answer_field": cfg.answer_field, "answer_start_field": cfg.answer_start_field}
+    return row_fields(cfg.text_field, cfg.label_field, cfg.target_field, cfg.messages_field, **answers)
+
+
+def field_option(job: JobConfig, column: str) -> str:
+    """The job setting that names the corpus field of a row column."""
+    if column == "text" and job.data.messages_field:
+        return "data.messages_field"
+    return f"data.{column}_field"
 
 
 def check_columns(job: JobConfig, files: list[str]) -> None:
@@ -90,8 +99,7 @@ def check_columns(job: JobConfig, files: list[str]) -> None:
                 raise UserError(f"data.paths: {path} is not a readable parquet file ({err})") from None
         for key, name in fields_of(job).items():
             if name not in columns:
-                field = f"data.{key}_field" if key != "text" else "data.text_field"
-                raise UserError(f"{field}: {path} has no column {name!r} (columns: {', '.join(columns)})")
+                raise UserError(f"{field_option(job, key)}: {path} has no column {name!r} (columns: {', '.join(columns)})")
 
 
 def _row(fields: dict[str, str], record, source: str, row_id: int) -> dict:
@@ -102,7 +110,7 @@ def _row(fields: dict[str, str], record, source: str, row_id: int) -> dict:
         value = record.get(name)
         if value is None and name not in record:
             row["stage"], row["reason"] = "read", f"missing field {name!r}"
-        row[key] = None if value is None else str(value)
+        row[key] = None if value is None else json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
     return row
 
 

@@ -84,6 +84,11 @@ def separator_id(tokenizer: PreTrainedTokenizerFast) -> int:
     return token_id
 
 
+def template_tokens(tokenizer: PreTrainedTokenizerFast) -> dict[str, str]:
+    """The special tokens a chat template names (eos_token, bos_token...), as apply_chat_template passes them."""
+    return {name: token for name, token in tokenizer.special_tokens_map.items() if isinstance(token, str)}
+
+
 def sample_rows(batch: dict[str, np.ndarray], every: int) -> dict[str, np.ndarray]:
     """About one row in `every` of a batch, chosen by a hash of its row_id: the same rows whatever the blocks, spread
     over every file and line alike (a multiplicative hash mixes the file index in the high bits into the low ones)."""

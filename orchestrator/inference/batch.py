@@ -125,9 +125,9 @@ def _readable_rows(inputs: list[str], card: dict, text_field: str | None, evalua
         text_field or card["text_field"],
         card["label_field"] if evaluate else None,
         card["target_field"] if evaluate else None,
-        card.get("question_field"),  # .get: the cards of models exported before question answering lack these
-        card.get("answer_field") if evaluate else None,
-        card.get("answer_start_field") if evaluate else None,
+        question_field=card.get("question_field"),  # .get: the cards of models exported before question answering lack these
+        answer_field=card.get("answer_field") if evaluate else None,
+        answer_start_field=card.get("answer_start_field") if evaluate else None,
     )
     rows = read_rows(files, file_format("auto", files, option="--input"), fields).materialize()
     readable = rows.filter(expr="stage == ''").repartition(target_num_rows_per_block=batch_size).materialize()
@@ -199,7 +199,7 @@ def evaluate(
     if task == "sequence_classification":
         predicted = [label2id[name] for name in results["predicted"]]
         predictions = {"predicted": predicted, "label": results["label"].tolist()}
-    elif task == "seq2seq":
+    elif task in ("seq2seq", "sft"):
         predictions = {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
     elif task == "question_answering":
         predictions = {"predicted_answer": results["answer"].tolist(), "answer": results["reference"].tolist(), "baseline_answer": results["baseline"].tolist()}

@@ -11,8 +11,8 @@ import torch
 import transformers
 
 from orchestrator.config.errors import UserError
-from orchestrator.data.encode import IGNORED_LABEL, answer_span
-from orchestrator.data.tokenizers import separator_id
+from orchestrator.data.encode import IGNORED_LABEL, answer_span, chat_of, chat_segments, generation_prompt, sft_example
+from orchestrator.data.tokenizers import separator_id, template_tokens
 from orchestrator.models.answers import best_overlap_sentence, best_spans
 from orchestrator.models.tasks import TASKS
 
@@ -23,6 +23,7 @@ PREDICTION_COLUMNS = {
     "sequence_classification": {"predicted": "string", "score": "float"},
     "seq2seq": {"generated": "string"},
     "causal_lm": {"generated": "string"},
+    "sft": {"generated": "string"},
     "question_answering": {"answer": "string", "score": "float"},
 }
 # What predict mode reads of each row beyond its text (the context, for question answering).
@@ -78,7 +79,13 @@ class Predictor:
     def columns(self, texts: list[str], batch: dict | None = None) -> dict[str, np.ndarray]:
         """The task's prediction columns for `texts`; `batch` holds the questions (question answering), and in evaluate
         mode the labels, targets or answers."""
-        run = {"sequence_classification": self._classify, "seq2seq": self._seq2seq, "causal_lm": self._causal_lm, "question_answering": self._answer}
+        run = {
+            "sequence_classification": self._classify,
+            "seq2seq": self._seq2seq,
+            "causal_lm": self._causal_lm,
+            "sft": self._sft,
+            "question_answering": self._answer,
+        }
         with torch.no_grad():
             return run[self.task](texts, batch)
 
@@ -158,3 +165,24 @@ class Predictor:
         generated = self.model.generate(**inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad)
         continuations = generated[:, inputs["input_ids"].shape[1] :]
         return {"generated": np.array(self.tokenizer.batch_decode(continuations, skip_special_tokens=True))}
+
+    def _sft(self, texts: list[str], batch: dict) -> dict:
+        """The response to each text as a prompt, rendered with the chat template training used (the exported
+        tokenizer keeps it); evaluate mode also scores the reference responses' tokens, labelled as in training."""
+        template, special = self.tokenizer.chat_template, template_tokens(self.tokenizer)
+        rendered = [generation_prompt(text, template, special) for text in texts]
+        prompts = [ids[: self.seq_len - 1] for ids in self.tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+        inputs = _pad(prompts, self.pad, left=True)
+        width = inputs["input_ids"].shape[1]
+        generated = self.model.generate(**inputs, max_new_tokens=max(self.seq_len - width, 1), do_sample=False, num_beams=1, pad_token_id=self.pad)
+        columns = {"generated": np.array(self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True))}
+        if self.evaluate:
+            references = [str(target) for target in batch["target"]]
+            examples = [
+                sft_example(chat_segments(chat_of(text, target, None), template, special), self.tokenizer.backend_tokenizer, self.seq_len, False)
+                for text, target in zip(texts, references)
+            ]
+            inputs = _pad([ids for ids, _ in examples], self.pad)
+            labels = _pad([labels for _, labels in examples], IGNORED_LABEL)["input_ids"]
+            columns |= {"reference": np.array(references), "loss": _row_losses(self.model(**inputs).logits[:, :-1], labels[:, 1:])}
+        return columns

@@ -48,11 +48,15 @@ def set_dropout(config: transformers.PretrainedConfig, probability: float) -> No
 
 
 def build_model(model: ModelConfig, task: str, tokenizer, label_names: list[str], seed: int, activation_checkpointing: bool = False) -> torch.nn.Module:
-    """Every rank calls this with the same seed, so random initialisation (and a new classifier head) is identical
-    across ranks."""
+    """Every rank calls this with the same seed, so random initialisation (a new classifier head, the adapters) is
+    identical across ranks."""
     built = instantiate(model, task, tokenizer, label_names, seed)
     if activation_checkpointing:
         checkpoint_activations(built)
+    if model.lora:
+        from orchestrator.models.lora import with_lora  # peft: only for the jobs that use it
+
+        built = with_lora(built, model.lora, TASKS[task].auto_class)
     return built
 
 

@@ -6,12 +6,16 @@ Each family's count mirrors the Hugging Face model its task builds (transformers
 tests/unit/test_plan.py holds them against those models built from the same configs.
 """
 
+import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
-from orchestrator.config.job import MAX_DIM, MAX_LAYERS, MAX_VOCAB
+from orchestrator.config.job import MAX_DIM, MAX_LAYERS, MAX_VOCAB, LoraConfig, is_named
 from orchestrator.models.families import FAMILIES
+from orchestrator.models.saved import saved_shapes
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,28 @@ class Architecture:
         """The keys the count reads: the given ones (an alias wins, as in transformers) over the defaults."""
         given = given | {self.aliases[key]: value for key, value in given.items() if key in self.aliases}
         return {key: given.get(key, default) for key, default in self.defaults.items()}
+
+
+def saved_inventory(directory: Path, layers: int) -> Inventory:
+    """The parameters a pretrained model's safetensors files hold, module by module: any architecture. A tied head is
+    saved once, so counted once; a head the task adds (a classifier on a language model) is not in the files, and is
+    small."""
+    modules: Counter[str] = Counter()
+    for name, shape in saved_shapes(directory).items():
+        modules[name.rpartition(".")[0]] += math.prod(shape)
+    return Inventory(modules=[Weights(count) for count in modules.values()], layers=layers)
+
+
+def lora_parameters(shapes: dict[str, list[int]], lora: LoraConfig) -> int:
+    """The adapters' parameters: r·(inputs + outputs) for each weight matrix of a target module. all-linear: the
+    matrices of the numbered transformer layers (peft's choice of every linear layer but the head, less the few
+    outside the layers: a pooler, a projection)."""
+    matrices = {name.removesuffix(".weight"): shape for name, shape in shapes.items() if name.endswith(".weight") and len(shape) == 2}
+    if lora.target_modules == "all-linear":
+        targets = [shape for module, shape in matrices.items() if any(part.isdigit() for part in module.split("."))]
+    else:
+        targets = [shape for module, shape in matrices.items() if any(is_named(module, target) for target in lora.target_modules)]
+    return sum(lora.r * sum(shape) for shape in targets)
 
 
 # family (a key of models.families) -> the model its task builds

@@ -18,6 +18,8 @@ class Task:
     columns: tuple[str, ...]  # what data/encode.py writes for it and each batch holds
     metric_names: tuple[str, ...]  # eval/<name> metrics beyond eval/loss
     generates: bool = False  # evaluation decodes generated text (slow: capped by train.eval_batches)
+    needs_one_of: tuple[str, ...] = ()  # data.<field> keys of which the job must set exactly one
+    data_options: tuple[str, ...] = ()  # other data.<key> settings only this task reads
 
     @property
     def reported_metrics(self) -> tuple[str, ...]:
@@ -88,6 +90,53 @@ class Seq2Seq(Task):
 
 
 @dataclass(frozen=True)
+class SFT(Task):
+    """Instruction tuning of a causal LM: the labels are the response tokens (data/encode.py encode_sft), and the
+    position ids restart at each example packed into a row. Without a cache (use_cache false) transformers reads
+    those restarts as a block-diagonal causal mask (masking_utils.find_packed_sequence_indices), so no example
+    attends to another; with one, it would mask causally across the whole row."""
+
+    def model_inputs(self, batch):
+        return {"input_ids": batch["input_ids"], "labels": batch["labels"], "position_ids": batch["position_ids"], "use_cache": False}
+
+    def predictions(self, model, batch, outputs, tokenizer, zero3):
+        """Greedy responses to the prompts of a validation batch (one example per row: the tokens before its first
+        label), beside the references (the labelled tokens)."""
+        import torch
+
+        from orchestrator.data.encode import IGNORED_LABEL
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        answered = batch["labels"] != IGNORED_LABEL
+        starts = answered.int().argmax(1).tolist()
+        prompts = [row[:start] for row, start in zip(batch["input_ids"], starts)]
+        width = max(starts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, prompt in enumerate(prompts):  # decoder-only generation continues each prompt from its right end
+            input_ids[i, width - len(prompt) :], attention_mask[i, width - len(prompt) :] = prompt, 1
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=int(answered.sum(1).max()),
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            synced_gpus=zero3,
+        )
+        references = [row[answered[i]] for i, row in enumerate(batch["input_ids"])]
+        return {
+            "hypothesis": tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True),
+            "reference": tokenizer.batch_decode(references, skip_special_tokens=True),
+        }
+
+    def metrics(self, mean_loss, predictions, label_names):
+        hypotheses, references = predictions["hypothesis"], predictions["reference"]
+        exact = sum(hyp.strip() == ref.strip() for hyp, ref in zip(hypotheses, references))
+        return {"eval/loss": mean_loss, "eval/exact_match": 100 * exact / max(len(references), 1), **generation_scores(hypotheses, references)}
+
+
+@dataclass(frozen=True)
 class QuestionAnswering(Task):
     def predictions(self, model, batch, outputs, tokenizer, zero3):
         """The answers predicted (the best span of the context), the true ones and the baseline's, decoded from the
@@ -151,6 +200,7 @@ TASKS: dict[str, Task] = {
         needs_fields=("label_field",),
         columns=("input_ids", "attention_mask", "labels"),
         metric_names=("accuracy", "precision", "recall", "f1", "majority_accuracy"),
+        data_options=("labels",),
     ),
     "seq2seq": Seq2Seq(
         "AutoModelForSeq2SeqLM",
@@ -160,11 +210,22 @@ TASKS: dict[str, Task] = {
         metric_names=("bleu", "chrf", "rougeL"),
         generates=True,
     ),
+    "sft": SFT(
+        "AutoModelForCausalLM",
+        families=("gpt2", "llama"),
+        needs_fields=(),
+        needs_one_of=("target_field", "messages_field"),
+        data_options=("chat_template", "train_on_inputs", "packing"),
+        columns=("input_ids", "labels", "position_ids"),
+        metric_names=("exact_match", "bleu", "chrf", "rougeL"),
+        generates=True,
+    ),
     "question_answering": QuestionAnswering(
         "AutoModelForQuestionAnswering",
         families=("bert",),
         needs_fields=("question_field", "answer_field"),
         columns=("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"),
         metric_names=("exact_match", "f1", "baseline_exact_match", "baseline_f1"),
+        data_options=("answer_start_field",),
     ),
 }

@@ -67,6 +67,10 @@ def _rng_file(directory: str, rank: int) -> str:
     return os.path.join(directory, f"rng_rank{rank}.pt")
 
 
+def has_frozen_parameters(engine) -> bool:
+    return any(not parameter.requires_grad for parameter in engine.module.parameters())
+
+
 def save(engine, progress: Progress, rank: int, unsent_metrics: dict | None = None, manifest: str | None = None) -> str:
     """Writes this rank's part of the checkpoint into a new local directory and returns it. `unsent_metrics`: rank 0's
     metrics the tracking server has not received yet ({"run_id", "metrics"}), delivered by whoever resumes that run.
@@ -75,7 +79,8 @@ def save(engine, progress: Progress, rank: int, unsent_metrics: dict | None = No
     directory = tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-")
     open(os.path.join(directory, LOCAL_MARKER), "w").close()  # first: what remove_orphans may delete
     state = {"progress": asdict(progress), "unsent_metrics": unsent_metrics or {}}
-    engine.save_checkpoint(directory, tag=TAG, client_state=state)
+    # frozen weights (LoRA's base model) are the pretrained model's, which a resumed job loads again
+    engine.save_checkpoint(directory, tag=TAG, client_state=state, exclude_frozen_parameters=has_frozen_parameters(engine))
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     torch.save(rng, _rng_file(directory, rank))
     if manifest is not None:
@@ -93,7 +98,9 @@ def restore(engine, checkpoint, rank: int) -> tuple[Progress, dict] | None:
         try:
             # The LR schedule is rebuilt from the job instead (engine.restart_schedule), so a resumed job runs with the
             # learning rate and schedule it asks for now, e.g. the ones PBT just mutated.
-            loaded, client_state = engine.load_checkpoint(directory, tag=TAG, load_lr_scheduler_states=False)
+            loaded, client_state = engine.load_checkpoint(
+                directory, tag=TAG, load_lr_scheduler_states=False, load_module_strict=not has_frozen_parameters(engine)
+            )
             if loaded is None:  # DeepSpeed only warns when the state is missing
                 raise FileNotFoundError(f"no DeepSpeed state under {TAG}/")
             rng = torch.load(_rng_file(directory, rank), weights_only=False)

@@ -1,6 +1,7 @@
 """The DeepSpeed engine of one worker: model + optimizer + LR schedule + ZeRO, from the job."""
 
 import functools
+import os
 import warnings
 
 import deepspeed
@@ -11,6 +12,8 @@ from orchestrator.config.job import JobConfig
 from orchestrator.train.deepspeed_config import deepspeed_config
 from orchestrator.train.parallel import DataParallel, join_process_group
 from orchestrator.train.schedules import build_schedule
+
+ADAPTER_DIR = "adapter"  # in the exported model's directory
 
 
 def partitioned_construction(job: JobConfig, world_size: int) -> HfDeepSpeedConfig | None:
@@ -28,7 +31,7 @@ def build_engine(job: JobConfig, model: torch.nn.Module, total_steps: int, world
     join_process_group()
     engine, *_ = deepspeed.initialize(
         model=model,
-        model_parameters=model.parameters(),
+        model_parameters=[parameter for parameter in model.parameters() if parameter.requires_grad],  # not LoRA's frozen weights
         config=deepspeed_config(job, world_size),
         lr_scheduler=functools.partial(build_schedule, cfg=job.train.schedule, total_steps=total_steps),
     )
@@ -58,8 +61,15 @@ def restart_schedule(engine: deepspeed.DeepSpeedEngine, job: JobConfig, total_st
 
 def export_hf_model(engine: deepspeed.DeepSpeedEngine, layout: DataParallel, directory: str, dtype: torch.dtype, is_writer: bool) -> None:
     """Saves the whole model in Hugging Face format, however its weights are split: every rank takes part in
-    gathering them (ZeRO-3 shards, tensor-parallel slices, pipeline stages), the writer saves them."""
+    gathering them (ZeRO-3 shards, tensor-parallel slices, pipeline stages), the writer saves them. A LoRA model is
+    saved merged (it loads with from_pretrained), and its adapter alone in ADAPTER_DIR (loads with peft)."""
     state = layout.full_state_dict(engine, is_writer)
-    if is_writer:
-        state = {name: tensor.to(dtype) for name, tensor in state.items()}
-        layout.hf_model(engine).save_pretrained(directory, state_dict=state)
+    if not is_writer:
+        return
+    model = layout.hf_model(engine)
+    if hasattr(model, "peft_config"):  # a LoRA model, the adapter alone beside the merged one
+        from orchestrator.models.lora import merged_state_dict  # peft: 2 s to import, only for the jobs that use it
+
+        model.save_pretrained(os.path.join(directory, ADAPTER_DIR), state_dict=state)
+        model, state = model.get_base_model(), merged_state_dict(model, state)
+    model.save_pretrained(directory, state_dict={name: tensor.to(dtype) for name, tensor in state.items()})

@@ -94,6 +94,7 @@ def train_plan(
         initial_checkpoint=initial_checkpoint,
         progress_board=progress_board,
         tune_metric=tune_metric,
+        chat_template=data.chat_template,
     )
 
 

@@ -13,12 +13,14 @@ import json
 import math
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from orchestrator.config.errors import UserError
-from orchestrator.config.job import JobConfig, ParallelismConfig
+from orchestrator.config.job import HF_DIM_KEYS, MAX_DIM, JobConfig, ModelConfig, ParallelismConfig
 from orchestrator.config.paths import expand_path
 from orchestrator.models.families import FAMILIES
-from orchestrator.models.inventory import ARCHITECTURES, Inventory, config_problem
+from orchestrator.models.inventory import ARCHITECTURES, Inventory, config_problem, lora_parameters, saved_inventory
+from orchestrator.models.saved import saved_shapes
 
 
 def option_name(option: dict) -> str:
@@ -52,6 +54,11 @@ class ModelSize:
     hidden: int
     heads: int
     vocab: int
+    trainable: int | None = None  # parameters the optimizer updates (LoRA's adapters); None: all of them
+
+    @property
+    def worker_trainable(self) -> int:
+        return self.worker_parameters if self.trainable is None else self.trainable
 
 
 def special_token_names(settings: dict) -> set[str]:
@@ -121,7 +128,29 @@ def counted_size(family: str, config: dict, split: ParallelismConfig) -> ModelSi
 
 
 def model_size(job: JobConfig) -> ModelSize:
-    return counted_size(job.model.family, model_config(job), job.parallelism)
+    if job.model.family in ARCHITECTURES:
+        size = counted_size(job.model.family, model_config(job), job.parallelism)
+    else:
+        size = saved_size(job.model)
+    if job.model.lora:
+        adapters = lora_parameters(saved_shapes(Path(expand_path(job.model.pretrained))), job.model.lora)
+        return replace(size, parameters=size.parameters + adapters, worker_parameters=size.worker_parameters + adapters, trainable=adapters)
+    return size
+
+
+def saved_size(model: ModelConfig) -> ModelSize:
+    """A pretrained model of an architecture models/inventory.py does not count (it trains data-parallel only): the
+    parameters its safetensors files hold, and the dimensions its activations are estimated from, from config.json."""
+    directory = Path(expand_path(model.pretrained))
+    dims = {name: model.dim(name) for name in ("layers", "hidden", "heads")} | {"vocab": (model.pretrained_config() or {}).get("vocab_size")}
+    for name, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+            keys = HF_DIM_KEYS.get(name, ("vocab_size",))
+            raise UserError(f"model.pretrained: config.json: {' or '.join(keys)}: a whole number from 1 to {MAX_DIM:,} (got {value!r})")
+    if not any(directory.glob("*.safetensors")):
+        raise UserError(f"model.pretrained: plan counts a {model.family} model from its safetensors files; {model.pretrained} has none")
+    counted = saved_inventory(directory, dims["layers"])
+    return ModelSize(counted.parameters, counted.parameters, counted.largest_module, dims["layers"], dims["hidden"], dims["heads"], dims["vocab"])
 
 
 def partition_balanced(weights: list[int], parts: int) -> list[int]:
@@ -165,11 +194,13 @@ WORKER_PARAMETERS = {
 }
 
 
-def paper_bytes(stage: int, parameters: int, workers: int) -> float:
+def paper_bytes(stage: int, parameters: int, workers: int, trainable: int | None = None, frozen_bytes: int = 2) -> float:
     """ZeRO paper (Rajbhandari et al. 2020, section 5), mixed-precision Adam: 2 (16-bit weights) + 2 (16-bit
     gradients) + 12 (fp32 weights, momentum, variance) bytes per parameter, each term divided among the workers from
-    the stage that partitions it on."""
-    terms = {"weights": 2 * parameters, "grads": 2 * parameters, "optimizer": 12 * parameters}
+    the stage that partitions it on. Frozen parameters (all but `trainable`: LoRA's base model) hold only their
+    weights, `frozen_bytes` each (4 when training in fp32)."""
+    trainable = parameters if trainable is None else trainable
+    terms = {"weights": 2 * trainable + frozen_bytes * (parameters - trainable), "grads": 2 * trainable, "optimizer": 12 * trainable}
     divided = {0: (), 1: ("optimizer",), 2: ("optimizer", "grads"), 3: ("optimizer", "grads", "weights")}[stage]
     return sum(value / workers if name in divided else value for name, value in terms.items())
 
@@ -180,23 +211,25 @@ def paper_bytes(stage: int, parameters: int, workers: int) -> float:
 HOST_BUFFER_FACTOR = 1.5
 
 
-def zero2_estimate(parameters: int, devices: int, offload: bool) -> tuple[int, int]:
-    """(device, host) bytes: 16-bit weights on the device, and the 18 bytes per parameter of gradients (16 and 32-bit),
-    fp32 weights and Adam's moments partitioned over the devices, or on the host if offloaded."""
+def zero2_estimate(parameters: int, devices: int, offload: bool, trainable: int | None = None) -> tuple[int, int]:
+    """(device, host) bytes: 16-bit weights on the device, and the 18 bytes per trainable parameter of gradients (16
+    and 32-bit), fp32 weights and Adam's moments partitioned over the devices, or on the host if offloaded."""
+    trainable = parameters if trainable is None else trainable
     if offload:
-        return 2 * parameters, int(parameters * max(4 * devices, 16) * HOST_BUFFER_FACTOR)
-    return 2 * parameters + int(18 * parameters / devices), int(parameters * 4 * devices * HOST_BUFFER_FACTOR)
+        return 2 * parameters, int(trainable * max(4 * devices, 16) * HOST_BUFFER_FACTOR)
+    return 2 * parameters + int(18 * trainable / devices), int(parameters * 4 * devices * HOST_BUFFER_FACTOR)
 
 
-def zero3_estimate(parameters: int, largest_layer: int, devices: int, offload: bool, offload_params: bool) -> tuple[int, int]:
+def zero3_estimate(parameters: int, largest_layer: int, devices: int, offload: bool, offload_params: bool, trainable: int | None = None) -> tuple[int, int]:
     """(device, host) bytes: the largest layer gathered in 32-bit, and the states partitioned over the devices, or on
-    the host (all 18 bytes with the parameters offloaded, 16 without)."""
-    gathered = 4 * largest_layer
+    the host (all 18 bytes with the parameters offloaded, 16 without): 2 a parameter for its 16-bit weights, 16 a
+    trainable one for the rest."""
+    gathered, trainable = 4 * largest_layer, parameters if trainable is None else trainable
     if not offload:
-        return gathered + int(18 * parameters / devices), int(largest_layer * 4 * devices * HOST_BUFFER_FACTOR)
+        return gathered + int((2 * parameters + 16 * trainable) / devices), int(largest_layer * 4 * devices * HOST_BUFFER_FACTOR)
     if offload_params:
-        return gathered, int(parameters * 18 * HOST_BUFFER_FACTOR)
-    return gathered + int(2 * parameters / devices), int(parameters * 16 * HOST_BUFFER_FACTOR)
+        return gathered, int((2 * parameters + 16 * trainable) * HOST_BUFFER_FACTOR)
+    return gathered + int(2 * parameters / devices), int(trainable * 16 * HOST_BUFFER_FACTOR)
 
 
 def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int, float]:
@@ -204,10 +237,10 @@ def deepspeed_estimate(option: dict, size: ModelSize, workers: int) -> tuple[int
     1 and 2, the same on a single device for stage 0 (nothing partitioned), its stage-3 estimator for stage 3."""
     offload = option.get("offload_optimizer", False)
     if option["zero_stage"] == 3:
-        device, host = zero3_estimate(size.parameters, size.largest_layer, workers, offload, option.get("offload_params", False))
+        device, host = zero3_estimate(size.parameters, size.largest_layer, workers, offload, option.get("offload_params", False), size.trainable)
         return device, host / workers  # host memory per node of `workers` devices
     partitions = 1 if option["zero_stage"] == 0 else workers
-    device, host = zero2_estimate(size.parameters, partitions, offload)
+    device, host = zero2_estimate(size.parameters, partitions, offload, size.trainable)
     return device, host / partitions
 
 
@@ -243,7 +276,8 @@ def option_plan(job: JobConfig, option: dict, size: ModelSize, memory_per_worker
     """One option's memory per worker: ZeRO shards what the busiest worker holds over the data-parallel replicas."""
     replicas, worker = job.data_parallel_size, replace(size, parameters=size.worker_parameters)
     device, host = deepspeed_estimate(option, worker, replicas)
-    paper = paper_bytes(option["zero_stage"], worker.parameters, replicas)
+    frozen_bytes = 4 if job.deepspeed.precision == "fp32" else 2
+    paper = paper_bytes(option["zero_stage"], worker.parameters, replicas, worker.worker_trainable, frozen_bytes)
     # On a GPU, offloaded states leave its memory; on CPU they stay in the same memory, so the paper's count holds.
     states = device if job.scaling.use_gpu else paper + CPU_PROCESS_BYTES
     needed = states + activation_bytes(job, size)

@@ -118,6 +118,8 @@ class Reporter(SilentReporter):
                 f"{worker.engine.get_lr()[0]:.3e} with {worker.world_size} workers"
             )
         log.info(f"{worker.world_size} workers on {worker.nodes} node(s){format_layout(worker)}")
+        if worker.trainable_share < 1:
+            log.info(f"LoRA: {worker.trainable_share:.2%} of the model's parameters train")
         self.metrics = open_metrics(worker, unsent_metrics)
         self.bar = ProgressSender(worker.plan.progress_board) if worker.plan.progress_board else None
 
@@ -140,7 +142,12 @@ class Reporter(SilentReporter):
         timeline = self.worker.plan.timeline
         phases = timeline.phases()
         logged = {f"time/startup/{phase}_s": seconds for phase, seconds in phases.items()}
-        self.metrics.log(step, logged | {"time/first_step_s": timeline.total(), "perf/model_flops_per_token": self.worker.flops_per_token})
+        firsts = {
+            "time/first_step_s": timeline.total(),
+            "perf/model_flops_per_token": self.worker.flops_per_token,
+            "model/trainable_share": self.worker.trainable_share,
+        }
+        self.metrics.log(step, logged | firsts)
         log.info(f"first optimizer step {timeline.total():.1f} s after the job started: {format_phases(phases)}")
 
     def logged(self, step: int) -> None:

@@ -26,9 +26,11 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
     timeline = plan.timeline
     memory_at_start = current_bytes(job.scaling.use_gpu)
     tokenizer = from_json(plan.tokenizer_json)
+    tokenizer.chat_template = plan.chat_template
     model_construction = partitioned_construction(job, world_size)
     model = build_model(job.model, job.task, tokenizer, plan.label_names, job.train.seed, job.train.activation_checkpointing)
     model_parameters = sum(parameter_count(parameter) for parameter in model.parameters())
+    trainable_parameters = sum(parameter_count(parameter) for parameter in model.parameters() if parameter.requires_grad)
     flops_per_token = model_flops_per_token(model, job.data.seq_len)
     layout = parallel_layout(job)
     timeline.mark("model_init")
@@ -57,6 +59,7 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
         flops_per_token=flops_per_token,
         peak_flops=device_peak_flops(job.scaling.use_gpu, job.deepspeed.precision),
         parameter_share=largest_parameter_share(engine, model_parameters),
+        trainable_share=trainable_parameters / model_parameters,
         memory_at_start=memory_at_start,
         clocks=clocks,
         answers_to=answers_to,

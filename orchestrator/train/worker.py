@@ -40,6 +40,7 @@ class TrainPlan:
     initial_checkpoint: str | None = None  # start from this checkpoint (a sweep trial resumed or exploited by PBT)
     # A one-worker sweep trial that trains in its own process reports to Tune itself, results with this metric only
     tune_metric: str | None = None
+    chat_template: str | None = None  # sft: how prompts are rendered; the exported tokenizer keeps it
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Worker:
     flops_per_token: int
     peak_flops: float | None  # of this worker's device; None where unknown (CPUs)
     parameter_share: float  # the most of the model's parameters one worker holds
+    trainable_share: float  # of the model's parameters, those the optimizer updates (LoRA: the adapters and a new head)
     memory_at_start: int  # bytes the process held before the model: libraries, runtime
     clocks: dict[str, Clock]  # where step time goes besides computing: waiting for data, reducing gradients
     answers_to: TrainRun | TuneTrial  # where its results go (train/results.py)

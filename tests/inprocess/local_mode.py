@@ -18,8 +18,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.job import JobConfig
-from orchestrator.data.encode import ENCODERS, is_validation
-from orchestrator.data.pipeline import PreparedData
+from orchestrator.data.encode import ENCODERS, REPORT, is_validation
+from orchestrator.data.pipeline import PreparedData, chat_settings
 from orchestrator.data.read import fields_of, parse_file, resolve_data_files
 from orchestrator.data.report import DataReport
 from orchestrator.data.shards import Split, write_split
@@ -96,6 +96,7 @@ def prepared_in_memory(job: JobConfig, directory: Path) -> PreparedData:
     label_names = sorted({row["label"] for row in rows}) if "label" in fields else []
     batch = {column: np.array([row[column] for row in rows], dtype=object) for column in fields}
     batch["is_val"] = np.array([is_validation(text, job.data.val_fraction, job.data.seed) for text in texts])
+    batch["row_id"] = np.array([row["row_id"] for row in rows], dtype=np.int64)
     encoded = ENCODERS[job.task](
         batch,
         tokenizer_json=tokenizer.backend_tokenizer.to_str(),
@@ -103,13 +104,18 @@ def prepared_in_memory(job: JobConfig, directory: Path) -> PreparedData:
         separator=separator_id(tokenizer),
         pad=tokenizer.pad_token_id,
         label_ids={name: i for i, name in enumerate(label_names)},
+        **(chat := chat_settings(job, tokenizer)),
     )
+    encoded.pop(REPORT, None)
     in_val = encoded.pop("is_val")
     train, val = (
         write_and_open({column: values[in_val == split] for column, values in encoded.items()}, directory / name)
         for name, split in (("train", False), ("val", True))
     )
-    return PreparedData(train, val, tokenizer.backend_tokenizer.to_str(), len(train), len(val), label_names, DataReport(), directory)
+    chat_template = chat["chat_template"] if job.task == "sft" else None
+    return PreparedData(
+        train, val, tokenizer.backend_tokenizer.to_str(), len(train), len(val), label_names, DataReport(), directory, chat_template=chat_template
+    )
 
 
 def write_and_open(columns: dict[str, np.ndarray], directory: Path) -> Split:

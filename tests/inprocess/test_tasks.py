@@ -69,6 +69,12 @@ TASK_JOBS = {
         {"data": {"text_field": "en", "target_field": "fr"}, "train": {"eval_batches": 1}},  # generation is slow
         {"eval/generated.tsv"},
     ),
+    "sft": TaskJob(
+        lambda tmp, corpus: write_translation_corpus(tmp),
+        small("gpt2", max_positions=64),
+        {"data": {"text_field": "en", "target_field": "fr", "val_fraction": 0.05}, "train": {"eval_batches": 1}},
+        {"eval/generated.tsv"},
+    ),
     "question_answering": TaskJob(
         lambda tmp, corpus: write_question_corpus(tmp),
         small("bert", max_positions=64),

@@ -13,7 +13,7 @@ from orchestrator.train.timeline import PHASES
 
 # Not in the default run (pyproject addopts): about 6 minutes, beyond CI's budget. Run with: pytest -m benchmarks
 pytestmark = [pytest.mark.integration, pytest.mark.benchmarks]
-NAMES = ("overhead", "scaling", "zero_memory", "activation_memory", "model_parallel", "first_step", "mfu")
+NAMES = ("overhead", "scaling", "zero_memory", "activation_memory", "lora_memory", "model_parallel", "first_step", "mfu")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,13 @@ def test_activation_memory_compares_a_job_with_and_without_checkpointing(smoke):
     assert set(runs) == {"activations-kept", "activations-checkpointed"}
     assert runs["activations-checkpointed"]["plan_activation_bytes"] < runs["activations-kept"]["plan_activation_bytes"]
     assert all(run["peak_above_start_bytes"] > 0 and run["tokens_per_s"] > 0 for run in runs.values())
+
+
+def test_lora_memory_compares_adapters_with_full_fine_tuning(smoke):
+    runs = smoke["lora_memory"]["runs"]
+    assert set(runs) == {"full", "lora"} and runs["full"]["trainable_share"] == 1
+    assert 0 < runs["lora"]["trainable_share"] < 0.1 and runs["lora"]["plan_trainable_share"] == pytest.approx(runs["lora"]["trainable_share"], rel=0.05)
+    assert runs["lora"]["model_state_bytes"] < runs["full"]["model_state_bytes"] and runs["lora"]["plan_paper_bytes"] < runs["full"]["plan_paper_bytes"]
 
 
 def test_first_step_is_broken_down_by_phase(smoke):

@@ -110,7 +110,7 @@ def test_augmentation_is_seeded_and_only_copies_training_rows():
 def test_a_part_is_written_with_its_training_rows_augmented_in_corpus_order(tokenizer, tmp_path):
     """write_part adds the augmented copies itself, so they never travel through the object store; the rows arrive
     from the part's staged files in any order, and are written in corpus order (row_id, then text)."""
-    from orchestrator.data.pipeline import shards_of_parts, write_part
+    from orchestrator.data.pipeline import part_records, write_part
     from orchestrator.data.shards import shard_file
 
     cfg = AugmentConfig(copies=2, word_dropout=0.3, seed=1)
@@ -119,8 +119,8 @@ def test_a_part_is_written_with_its_training_rows_augmented_in_corpus_order(toke
     batch |= {"is_val": np.array([False, True, False]), "row_id": np.array([3, 1, 2], dtype=np.int64)}
     encoding = dict(task="sequence_classification", tokenizer_json=tokenizer.backend_tokenizer.to_str(), seq_len=16, separator=0)
     write_part(batch, 0, tmp_path, augment=cfg, pad=tokenizer.pad_token_id, label_ids={"a": 0, "b": 1}, **encoding)
-    shards = shards_of_parts(tmp_path)
-    assert [shard["rows"] for shard in shards["train"]] == [2 * 3] and [shard["rows"] for shard in shards["val"]] == [1]
+    (record,) = part_records(tmp_path)
+    assert record["train"]["rows"] == 2 * 3 and record["val"]["rows"] == 1
     rows = np.load(shard_file(tmp_path / "train", f"{0:016x}", "input_ids"))
     decoded = [tokenizer.decode(ids.tolist(), skip_special_tokens=True) for ids in rows]
     expected = [text for row in (2, 0) for text in sorted([texts[row], *(augmented(texts[row], cfg, copy) for copy in (1, 2))])]

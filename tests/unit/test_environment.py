@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,18 @@ def test_deepspeeds_op_is_built_by_this_environments_ninja_in_a_directory_of_its
     assert env["PATH"] == f"{tools}:/usr/bin:/bin"  # once
     assert shutil.which("ninja", path=env["PATH"]) == str(tools / "ninja")
     assert env["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path):
+    """A job killed while DeepSpeed built its op left torch's lock behind, and the next job waited on it for ever."""
+    stale, live = tmp_path / "stale", tmp_path / "live"
+    stale.touch()
+    live.touch()
+    old = time.time() - environment.STALE_BUILD_LOCK_S - 1
+    os.utime(stale, (old, old))
+    for lock in (stale, live, tmp_path / "none"):
+        environment.remove_stale_build_lock(lock)
+    assert not stale.exists() and live.exists()
 
 
 def test_a_worker_fails_mlflow_requests_fast(env):

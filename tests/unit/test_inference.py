@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import transformers
 import yaml
-from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job
+from helpers import OBJECTS, SUBJECTS, VERBS, run_cli, tiny_job
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
+from orchestrator.data.encode import DEFAULT_CHAT_TEMPLATE
 from orchestrator.data.tokenizers import train_tokenizer
 from orchestrator.inference.batch import evaluate, predict, resolve_model
 from orchestrator.inference.predictor import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor
@@ -32,6 +33,7 @@ DIMS = {
     ),
     "seq2seq": lambda: transformers.T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2),
     "causal_lm": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
+    "sft": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
 }
 
 
@@ -43,13 +45,15 @@ def export_tiny_model(directory, task: str):
     config.update({"vocab_size": len(tokenizer), **ids})
     transformers.set_seed(0)  # the same weights on every run
     getattr(transformers, TASKS[task].auto_class).from_config(config).save_pretrained(directory)
+    if task == "sft":
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # training's, which the worker's tokenizer is given to export
     tokenizer.save_pretrained(directory)
     card = {
         "task": task,
         "seq_len": SEQ_LEN,
         "text_field": "text",
         "label_field": "category" if task == "sequence_classification" else None,
-        "target_field": "summary" if task == "seq2seq" else None,
+        "target_field": "summary" if task in ("seq2seq", "sft") else None,
         "question_field": "question" if task == "question_answering" else None,
         "answer_field": "subject" if task == "question_answering" else None,
         "answer_start_field": None,
@@ -123,6 +127,20 @@ def test_causal_lm_continues_texts_and_scores_them(models):
     assert np.all(np.abs(scored["loss"] - np.log(predictor.model.config.vocab_size)) < 2)  # near-uniform: untrained
 
 
+def test_sft_answers_prompts_rendered_as_in_training_and_scores_the_references(models):
+    predictor = Predictor(str(models["sft"]))
+    out = predictor(batch_of(3))
+    assert set(out) == {"source", "text", "generated"} and len(out["generated"]) == 3
+    # the prompt rendered as training rendered it: text, newline; left padding leaves a prompt's answer unchanged
+    prompt = predictor.tokenizer(f"{TEXTS[0]}\n", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    alone = predictor.model.generate(prompt, attention_mask=prompt.new_ones(prompt.shape), max_new_tokens=SEQ_LEN - prompt.shape[1], do_sample=False)
+    assert out["generated"][0] == predictor.tokenizer.decode(alone[0, prompt.shape[1] :], skip_special_tokens=True)
+
+    scored = Predictor(str(models["sft"]), evaluate=True)(batch_of(3))
+    assert set(scored) == {"generated", "reference", "loss"} and scored["reference"].tolist() == [str(t) for t in batch_of(3)["target"]]
+    assert np.all(np.abs(scored["loss"] - np.log(predictor.model.config.vocab_size)) < 2)  # near-uniform: untrained
+
+
 def log_model(client: mlflow.MlflowClient, experiment_id: str, hf_dir, task: str, run_name: str, registered_model: str) -> str:
     """What train/export.py does with a finished run's model: an MLflow model, logged and registered."""
     run_id = client.create_run(experiment_id, tags={"orchestrator.run_name": run_name}).info.run_id
@@ -173,6 +191,15 @@ def test_resolve_model_finds_local_mlflow_and_job_models(models, registry, tmp_p
     job_file.write_text(yaml.safe_dump(job | {"tracking": job["tracking"] | {"run_name": "other"}}))
     with pytest.raises(UserError, match="no finished run with a model"):
         resolve_model(str(job_file), None)
+
+
+def test_export_copies_a_models_directory_for_another_jobs_pretrained(models, tmp_path):
+    exported = tmp_path / "exported"
+    assert run_cli("export", str(models["causal_lm"]), str(exported)).code == 0
+    assert isinstance(transformers.AutoModelForCausalLM.from_pretrained(exported), transformers.GPT2LMHeadModel)
+    assert (exported / MODEL_CARD).is_file() and (exported / "tokenizer.json").is_file()
+    again = run_cli("export", str(models["causal_lm"]), str(exported))
+    assert again.code == 2 and f"DIR: {exported} exists and is not an empty directory" in again.stderr
 
 
 def test_resolve_model_rejects_anything_else(tmp_path):

@@ -56,15 +56,18 @@ def job(corpus, tmp_path):
     return load_job(write_job(tmp_path / "job.yaml", tiny_job(corpus)))
 
 
-def trained_by(family: str) -> str:
-    return next(name for name, task in TASKS.items() if family in task.families)
+def model_class_of(family: str) -> str:
+    """The transformers auto class that builds the family's models as its inventory counts them: the first task's that
+    trains it (causal_lm and sft build one causal LM; bert's inventory is the sequence classifier's, whose pooler a
+    question-answering model lacks)."""
+    return next(task.auto_class for task in TASKS.values() if family in task.families)
 
 
 def meta_sizes(family: str, config: transformers.PretrainedConfig, splits: list[ParallelismConfig]) -> list[ModelSize]:
     """What plan counted before models/inventory.py: the model its task builds, on the meta device, its parameters
     counted module by module; tensor parallelism splitting every nn.Linear, pipelines cut by DeepSpeed's own partition."""
     with torch.device("meta"):
-        model = getattr(transformers, TASKS[trained_by(family)].auto_class).from_config(config)
+        model = getattr(transformers, model_class_of(family)).from_config(config)
 
     def count(module: torch.nn.Module, recurse: bool = True) -> int:
         return sum(parameter.numel() for parameter in module.parameters(recurse=recurse))
@@ -150,7 +153,7 @@ CONFIGS = {"gpt2": gpt2_configs(), "llama": llama_configs(), "bert": bert_config
 
 def test_every_family_has_an_inventory_of_the_one_task_that_trains_it():
     assert set(ARCHITECTURES) == set(FAMILIES) == set(CONFIGS)
-    assert all(trained_by(family) for family in FAMILIES)  # one task each: the model its inventory counts
+    assert all(model_class_of(family) for family in FAMILIES)  # one model class each: the model its inventory counts
     assert {family for family in FAMILIES if ARCHITECTURES[family].count(ARCHITECTURES[family].config({})).pipeline_layers} == set(PIPELINE_LAYERS)
 
 
