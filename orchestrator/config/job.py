@@ -306,6 +306,13 @@ class DataConfig(Section):
         description="sft: place whole training examples back to back in rows of seq_len tokens, each attending only to "
         "itself; false: one example per row, padded. Validation rows always hold one example.",
     )
+    question_field: str | None = Field(None, description="question_answering: column holding the question (text_field: the context).")
+    answer_field: str | None = Field(None, description="question_answering: column holding the answer, a span of the context.")
+    answer_start_field: str | None = Field(
+        None,
+        description="question_answering: column holding the answer's character offset in the context; where the answer "
+        "occurs more than once, the occurrence nearest to it is the answer (default: the first).",
+    )
     strict: bool = Field(False, description="Malformed lines, undecodable bytes and rows missing a field are errors, not quarantined.")
     clean: CleanConfig = CleanConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -1,22 +1,25 @@
 """Cleaning stages of the data pipeline, run on a Ray Data dataset of corpus rows.
 
-Rows carry `text`, optionally `label` (classification) and/or `target` (translation), `source` (where the row
-came from), `row_id` (unique; smaller is earlier in the corpus) and `stage` / `reason`, both "" while the row is
-kept. No stage removes rows: each one marks the rows it drops with its name in `stage` and a human-readable
-`reason`, and skips rows an earlier stage dropped (so a dropped row never counts as the copy that is kept).
+Rows carry `text`, optionally `label` (classification), `target` (translation) or `question`, `answer` and
+`answer_start` (question answering, where `text` is the context), `source` (where the row came from), `row_id`
+(unique; smaller is earlier in the corpus) and `stage` / `reason`, both "" while the row is kept. No stage removes
+rows: each one marks the rows it drops with its name in `stage` and a human-readable `reason`, and skips rows an
+earlier stage dropped (so a dropped row never counts as the copy that is kept).
 The caller then splits kept rows from quarantined ones.
 
 Stages, in this order (`STAGES`), each optional except `empty`:
-- normalize: NFKC, control characters removed, spaces and blank lines collapsed (text and target); drops nothing.
-- empty: no text, or a missing label (labelled data) or target (translation data).
+- normalize: NFKC, control characters removed, spaces and blank lines collapsed (text, target, question and answer);
+  drops nothing.
+- empty: no text, or a missing label (labelled data), target (translation data), question or answer.
 - length_chars: text shorter than `min_chars` or longer than `max_chars` characters.
 - labels: a label outside the job's label set, or one text given different labels (all its rows dropped:
   nobody can tell which label is right).
-- dedup_exact: every copy of a text (translation: of a text and target pair) but the earliest.
+- dedup_exact: every copy of a text (with its partners: a translation's target, a question and its answer) but the
+  earliest: other questions on the same context are other examples.
 - dedup_near: MinHash LSH over lowercase word shingles. Two texts are near-duplicates when the estimated Jaccard
   similarity of their shingle sets reaches `threshold`: the share of distinct `shingle_words`-word sequences
-  they have in common (0.8: about one word in thirty changed, with 3-word shingles). Near-duplicates are
-  grouped transitively and each group keeps its earliest row.
+  they have in common (0.8: about one word in thirty changed, with 3-word shingles); the texts compared include
+  their partners. Near-duplicates are grouped transitively and each group keeps its earliest row.
 Token-length limits (min_tokens / max_tokens) run later, once the tokenizer exists.
 
 Decisions depend on row_id only, never on the order in which Ray delivers rows, so a rerun drops the same rows.
@@ -40,7 +43,10 @@ from orchestrator.data.staging import stage
 STAGES = ("normalize", "empty", "length_chars", "labels", "dedup_exact", "dedup_near")
 STAGE_CODES = {stage: code for code, stage in enumerate(STAGES)}  # a verdict's stage, in one byte
 NOT_DROPPED = -1
-_OPTIONAL_STRINGS = ("text", "label", "target")  # may hold None; a block of only None reaches numpy as float NaN
+# may hold None; a block of only None reaches numpy as float NaN
+_OPTIONAL_STRINGS = ("text", "label", "target", "question", "answer", "answer_start")
+PARTNERS = ("target", "question", "answer")  # the columns that, beside its text, make a row another example
+NORMALIZED = ("text", "target", "question", "answer")
 MINHASH_SEED = 1
 
 _SPACES = re.compile(r"[ \t]+")
@@ -94,21 +100,25 @@ def row_verdict(
     return None
 
 
-def copy_keys(texts: Sequence[str], targets: Sequence | None = None) -> np.ndarray:
-    """An (n, 2) int64 array: a 128-bit hash of what exact deduplication compares of each row, its text and, for
-    translation data, its target (joined by 0xff, a byte UTF-8 never holds, so no two pairs join alike)."""
-    targets = targets if targets is not None else [None] * len(texts)
+def copy_keys(texts: Sequence[str], partners: Sequence | None = None) -> np.ndarray:
+    """An (n, 2) int64 array: a 128-bit hash of what exact deduplication compares of each row, its text and its
+    partners (None, a str or a tuple of them: a translation's target, a question and its answer), joined by 0xff, a
+    byte UTF-8 never holds, so no two rows join alike."""
+    partners = partners if partners is not None else [None] * len(texts)
     digests = (
-        hashlib.blake2b(text.encode() if target is None else text.encode() + b"\xff" + target.encode(), digest_size=16).digest()
-        for text, target in zip(texts, targets)
+        hashlib.blake2b(b"\xff".join(field.encode() for field in (text, *_fields(partner))), digest_size=16).digest() for text, partner in zip(texts, partners)
     )
     return np.frombuffer(b"".join(digests), dtype=np.int64).reshape(-1, 2)
 
 
-def copy_key_columns(texts: Sequence[str], targets: Sequence | None, row_ids, labels=None) -> dict:
+def _fields(partner) -> tuple[str, ...]:
+    return () if partner is None else (partner,) if isinstance(partner, str) else tuple(partner)
+
+
+def copy_key_columns(texts: Sequence[str], partners: Sequence | None, row_ids, labels=None) -> dict:
     """What copy_drops reads of the rows it judges: their copy_keys (key_hi, key_lo), row_id, and label when conflicts
     are checked."""
-    keys = copy_keys(texts, targets)
+    keys = copy_keys(texts, partners)
     columns = {"key_hi": keys[:, 0], "key_lo": keys[:, 1], "row_id": np.asarray(row_ids, dtype=np.int64)}
     if labels is not None:
         columns["label"] = np.asarray(labels, dtype=object)
@@ -130,7 +140,7 @@ def grouped(keys: list[np.ndarray], row_ids: np.ndarray) -> tuple[np.ndarray, np
 def copy_drops(keys: dict, check_conflicts: bool, dedup_exact: bool) -> dict:
     """The rows to drop among kept rows that share a text (`keys`: columns row_id, key_hi and key_lo from copy_keys,
     and label when conflicts are checked), as verdicts (see verdicts()): every row of a text given different labels,
-    then every copy of a text (translation: text and target pair) but the earliest, which it names."""
+    then every copy of a text (with its partners, see copy_keys) but the earliest, which it names."""
     order, starts = grouped([keys["key_hi"], keys["key_lo"]], keys["row_id"])
     firsts = np.flatnonzero(starts)
     group = np.cumsum(starts) - 1
@@ -169,10 +179,10 @@ def shingles(text: str, words_per_shingle: int) -> list[str]:
     return [" ".join(words[i : i + words_per_shingle]) for i in range(len(words) - words_per_shingle + 1)]
 
 
-def dedup_text(text: str, target) -> str:
-    """What near-deduplication compares: the text, and for translation data its target too (like dedup_exact,
-    one source sentence with two different translations is two examples)."""
-    return text if target is None else f"{text}\n{target}"
+def dedup_text(text: str, partner) -> str:
+    """What near-deduplication compares: the text and its partners (see copy_keys; like dedup_exact, one source
+    sentence with two different translations, or one context with two questions, is two examples)."""
+    return "\n".join((text, *_fields(partner)))
 
 
 # datasketch (with scipy: half a second) is imported where near-dedup runs, not by every driver (a cache hit cleans
@@ -298,12 +308,12 @@ def _with_drops(batch: dict, drops: "ray.ObjectRef", files: Sequence[str]) -> di
 
 def _row_stages(batch: dict, normalize: bool, min_chars, max_chars, known_labels, labelled: bool) -> dict:
     rows = _rows(batch)
-    fields = (["label"] if labelled else []) + (["target"] if "target" in rows else [])
+    fields = (["label"] if labelled else []) + [name for name in PARTNERS if name in rows]
     for i in range(len(rows["row_id"])):
         if rows["stage"][i]:
             continue
         if normalize:
-            for name in ("text", "target"):
+            for name in NORMALIZED:
                 if name in rows and isinstance(rows[name][i], str):
                     rows[name][i] = normalize_text(rows[name][i])
         required = {name: rows[name][i] if name in rows else None for name in fields}
@@ -324,16 +334,21 @@ def _kept_rows(batch: dict, drops: "ray.ObjectRef | None" = None) -> np.ndarray:
 def _copy_key_rows(batch: dict, buckets: int, labelled: bool) -> dict:
     """One row per kept row: what copy_drops reads of it, and its bucket."""
     kept = _kept_rows(batch)
-    targets = _strings(batch["target"][kept]) if "target" in batch else None
     labels = _strings(batch["label"][kept]) if labelled else None
-    columns = copy_key_columns(_strings(batch["text"][kept]), targets, batch["row_id"][kept], labels)
+    columns = copy_key_columns(_strings(batch["text"][kept]), _partners(batch, kept), batch["row_id"][kept], labels)
     return {**columns, "bucket": np.remainder(columns["key_hi"], buckets)}
 
 
 def _dedup_texts(batch: dict, positions: np.ndarray) -> list[str]:
     """What near-deduplication compares of the rows at `positions` in the batch."""
-    target = batch.get("target")
-    return [dedup_text(batch["text"][i], target[i] if target is not None else None) for i in positions]
+    partners = _partners(batch, positions)
+    return [dedup_text(batch["text"][i], partners[n] if partners else None) for n, i in enumerate(positions)]
+
+
+def _partners(batch: dict, positions: np.ndarray) -> list[tuple[str, ...]] | None:
+    """The partners (PARTNERS the batch has) of the rows at `positions`, None when it has none."""
+    present = [_strings(batch[name][positions]) for name in PARTNERS if name in batch]
+    return list(zip(*present)) if present else None
 
 
 def _kept_dedup_texts(batch: dict, drops: "ray.ObjectRef | None" = None) -> tuple[np.ndarray, list[str]]:

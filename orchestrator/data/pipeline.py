@@ -1,6 +1,7 @@
 """The Ray Data pipeline a job runs before its workers start:
 
-    read -> clean -> tokenizer -> measure (token lengths, split) -> parts -> [augment] + encode + write shards -> index
+    read -> clean -> tokenizer -> measure (token lengths, split) -> [check answers] -> parts -> [augment] + encode
+    + write shards -> index
 
 Every stage is a Ray Data operator over the cluster's CPUs while they are still free. The cleaned and the measured
 rows are staged as parquet files that later passes read (data/staging.py), the measured ones a directory per part.
@@ -33,7 +34,7 @@ from orchestrator.config.job import AugmentConfig, JobConfig
 from orchestrator.data import cache
 from orchestrator.data.augment import add_augmented_copies
 from orchestrator.data.clean import clean
-from orchestrator.data.encode import DEFAULT_CHAT_TEMPLATE, REPORT, encode_part, measure, parts, sft_problem
+from orchestrator.data.encode import DEFAULT_CHAT_TEMPLATE, REPORT, check_answers, encode_part, measure, parts, sft_problem
 from orchestrator.data.read import field_option, fields_of, file_format, read_rows, resolve_data_files, source_of
 from orchestrator.data.report import DataReport, count_dropped, length_summary, quarantine_records
 from orchestrator.data.shards import Split, damaged, write_index, write_shard, write_text_atomically
@@ -258,18 +259,22 @@ def clean_and_measure(job: JobConfig, files: list[str], directory: Path, staging
     cleaned, report.rows_read = clean(rows, cfg.clean, cfg.labels, labelled, files, staging / "cleaned")
     check_strict(job, cleaned)
     tokenizer = get_tokenizer(job, rows_where(cleaned, kept=True), report.rows_read, directory / TOKENIZER_FILE)
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
     measured_rows = cleaned.map_batches(
         measure,
         batch_size=ROWS_PER_TASK_BATCH,
         batch_format="numpy",
         fn_kwargs=dict(
-            tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+            tokenizer_json=tokenizer_json,
             min_tokens=cfg.clean.min_tokens,
             max_tokens=cfg.clean.max_tokens,
             val_fraction=cfg.val_fraction,
             seed=cfg.seed,
         ),
     )
+    if "answer" in fields_of(job):
+        encoding = dict(tokenizer_json=tokenizer_json, seq_len=cfg.seq_len, pad=tokenizer.pad_token_id)
+        measured_rows = measured_rows.map_batches(check_answers, batch_size=ROWS_PER_TASK_BATCH, batch_format="numpy", fn_kwargs=encoding)
     measured = stage(measured_rows.map_batches(parts, batch_format="numpy"), staging / "measured", by="part")
     report.dropped = write_quarantine(rows_where(measured.read(), kept=False), directory / QUARANTINE_FILE, tuple(fields_of(job)))
     return measured, tokenizer

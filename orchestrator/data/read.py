@@ -3,7 +3,7 @@
 Ray's own readers fail a whole file on one malformed JSON line; this one parses line by line, so a malformed
 line, undecodable bytes or a row missing a field becomes a quarantined row naming its file and line (stage
 `read`), and every other line still trains. Every row has the columns the cleaning stages work on:
-text, [label], [target], source ("path:line"), row_id (file index << 32 | line: corpus order), stage, reason.
+text, [label], [target], [question, answer, answer_start], source ("path:line"), row_id (file index << 32 | line: corpus order), stage, reason.
 """
 
 import csv
@@ -56,18 +56,24 @@ def file_format(declared: str, files: list[str], option: str = "data.format") ->
     return formats.pop()
 
 
-def row_fields(text_field: str, label_field: str | None = None, target_field: str | None = None, messages_field: str | None = None) -> dict[str, str]:
+def row_fields(
+    text_field: str,
+    label_field: str | None = None,
+    target_field: str | None = None,
+    messages_field: str | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    answer_start_field: str | None = None,
+) -> dict[str, str]:
     """Row column -> the corpus field it is read from. A chat (sft's messages_field) travels as the text: its JSON."""
-    fields = {"text": messages_field or text_field}
-    if label_field:
-        fields["label"] = label_field
-    if target_field:
-        fields["target"] = target_field
-    return fields
+    named = {"label": label_field, "target": target_field, "question": question_field, "answer": answer_field, "answer_start": answer_start_field}
+    return {"text": messages_field or text_field} | {column: field for column, field in named.items() if field}
 
 
 def fields_of(job: JobConfig) -> dict[str, str]:
-    return row_fields(job.data.text_field, job.data.label_field, job.data.target_field, job.data.messages_field)
+    cfg = job.data
+    answers = {"question_field": cfg.question_field, "answer_field": cfg.answer_field, "answer_start_field": cfg.answer_start_field}
+    return row_fields(cfg.text_field, cfg.label_field, cfg.target_field, cfg.messages_field, **answers)
 
 
 def field_option(job: JobConfig, column: str) -> str:

@@ -12,8 +12,9 @@ import numpy as np
 
 from orchestrator.data.clean import STAGES
 
-# Every stage in pipeline order: reading, the cleaning stages, then the token-length filter.
-ALL_STAGES = ("read", *STAGES, "length_tokens")
+# Every stage in pipeline order: reading, the cleaning stages, then the token-length filter and (question answering)
+# the answers that the tokenized context does not hold.
+ALL_STAGES = ("read", *STAGES, "length_tokens", "answer_span")
 HISTOGRAM_BINS = 20
 
 

@@ -98,7 +98,8 @@ def sample_rows(batch: dict[str, np.ndarray], every: int) -> dict[str, np.ndarra
 
 
 def texts_of(batches: Iterator[dict]) -> Iterator[str]:
-    """Every text of the rows (sources and targets of seq2seq pairs alike), to train a tokenizer on."""
+    """Every text of the rows (sources and targets of seq2seq pairs alike, contexts and questions), to train a
+    tokenizer on."""
     for batch in batches:
-        for column in ("text", "target"):
+        for column in ("text", "target", "question"):
             yield from (text for text in batch.get(column, ()) if text)

@@ -125,6 +125,9 @@ def _readable_rows(inputs: list[str], card: dict, text_field: str | None, evalua
         text_field or card["text_field"],
         card["label_field"] if evaluate else None,
         card["target_field"] if evaluate else None,
+        question_field=card.get("question_field"),  # .get: the cards of models exported before question answering lack these
+        answer_field=card.get("answer_field") if evaluate else None,
+        answer_start_field=card.get("answer_start_field") if evaluate else None,
     )
     rows = read_rows(files, file_format("auto", files, option="--input"), fields).materialize()
     readable = rows.filter(expr="stage == ''").repartition(target_num_rows_per_block=batch_size).materialize()
@@ -198,6 +201,8 @@ def evaluate(
         predictions = {"predicted": predicted, "label": results["label"].tolist()}
     elif task in ("seq2seq", "sft"):
         predictions = {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
+    elif task == "question_answering":
+        predictions = {"predicted_answer": results["answer"].tolist(), "answer": results["reference"].tolist(), "baseline_answer": results["baseline"].tolist()}
     metrics = {name: float(value) for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()}
     print(f"{len(results)} rows: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return metrics

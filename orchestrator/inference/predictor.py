@@ -11,8 +11,9 @@ import torch
 import transformers
 
 from orchestrator.config.errors import UserError
-from orchestrator.data.encode import IGNORED_LABEL, chat_of, chat_segments, generation_prompt, sft_example
+from orchestrator.data.encode import IGNORED_LABEL, answer_span, chat_of, chat_segments, generation_prompt, sft_example
 from orchestrator.data.tokenizers import separator_id, template_tokens
+from orchestrator.models.answers import best_overlap_sentence, best_spans
 from orchestrator.models.tasks import TASKS
 
 MODEL_CARD = "orchestrator.json"  # written beside the model by train/export.py
@@ -23,7 +24,10 @@ PREDICTION_COLUMNS = {
     "seq2seq": {"generated": "string"},
     "causal_lm": {"generated": "string"},
     "sft": {"generated": "string"},
+    "question_answering": {"answer": "string", "score": "float"},
 }
+# What predict mode reads of each row beyond its text (the context, for question answering).
+EXTRA_INPUTS = {"question_answering": ("question",)}
 
 
 def read_card(model_dir: str | Path) -> dict:
@@ -54,8 +58,8 @@ def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 class Predictor:
     """One model per actor of a `map_batches` pool. Predict mode returns source, text and the prediction columns;
-    evaluate mode returns what the task's metrics need: predictions, the true label index or reference text, and
-    each row's loss."""
+    evaluate mode returns what the task's metrics need: predictions, the true label index, reference text or answer
+    (with the baseline's answer), and each row's loss."""
 
     def __init__(self, model_dir: str, evaluate: bool = False, cpus: int = 1):
         torch.set_num_threads(cpus)  # torch would otherwise take every core of the node, which the other actors share
@@ -73,8 +77,15 @@ class Predictor:
         return columns if self.evaluate else {"source": batch["source"], "text": batch["text"], **columns}
 
     def columns(self, texts: list[str], batch: dict | None = None) -> dict[str, np.ndarray]:
-        """The task's prediction columns for `texts`; evaluate mode reads the labels or targets from `batch`."""
-        run = {"sequence_classification": self._classify, "seq2seq": self._seq2seq, "causal_lm": self._causal_lm, "sft": self._sft}
+        """The task's prediction columns for `texts`; `batch` holds the questions (question answering), and in evaluate
+        mode the labels, targets or answers."""
+        run = {
+            "sequence_classification": self._classify,
+            "seq2seq": self._seq2seq,
+            "causal_lm": self._causal_lm,
+            "sft": self._sft,
+            "question_answering": self._answer,
+        }
         with torch.no_grad():
             return run[self.task](texts, batch)
 
@@ -105,6 +116,38 @@ class Predictor:
             labels = _pad(self._ended(references), IGNORED_LABEL)["input_ids"]
             loss = _row_losses(self.model(**inputs, labels=labels).logits, labels)
             columns |= {"reference": np.array(references), "loss": loss}
+        return columns
+
+    def _answer(self, texts: list[str], batch: dict) -> dict:
+        """The best span of each context (`texts`) for its question, as encode_question_answering frames them, and its
+        probability (of its start times of its end); evaluate mode adds the true answer, the baseline's and the loss
+        (NaN where the answer has no span: absent, or cut off by seq_len)."""
+        questions = [str(question) for question in batch["question"]]
+        inputs = self.tokenizer(questions, texts, truncation=True, max_length=self.seq_len, padding=True, return_offsets_mapping=True, return_tensors="pt")
+        offsets = inputs.pop("offset_mapping").tolist()
+        context = torch.tensor([[sequence == 1 for sequence in inputs.sequence_ids(i)] for i in range(len(texts))])
+        outputs = self.model(**inputs)
+        starts, ends = best_spans(outputs.start_logits, outputs.end_logits, context)
+        start_p, end_p = (logits.float().masked_fill(~context, float("-inf")).softmax(-1).nan_to_num() for logits in (outputs.start_logits, outputs.end_logits))
+        rows = range(len(texts))
+        columns = {
+            "answer": np.array([text[offsets[i][start][0] : offsets[i][end][1]] for i, text, start, end in zip(rows, texts, starts.tolist(), ends.tolist())]),
+            "score": (start_p[rows, starts] * end_p[rows, ends]).numpy(),
+        }
+        if self.evaluate:
+            answers, hints = [str(answer) for answer in batch["answer"]], batch.get("answer_start", [None] * len(texts))
+            spans = [answer_span(inputs.encodings[i], texts[i], answers[i], hints[i]) for i in rows]
+            positions = torch.tensor([span if isinstance(span, tuple) else (IGNORED_LABEL, IGNORED_LABEL) for span in spans])
+            loss = (
+                sum(
+                    torch.nn.functional.cross_entropy(logits.float(), positions[:, end], reduction="none")
+                    for end, logits in enumerate((outputs.start_logits, outputs.end_logits))
+                )
+                / 2
+            )
+            loss[positions[:, 0] == IGNORED_LABEL] = float("nan")
+            baseline = [best_overlap_sentence(question, text) for question, text in zip(questions, texts)]
+            columns |= {"reference": np.array(answers), "baseline": np.array(baseline), "loss": loss.numpy()}
         return columns
 
     def _causal_lm(self, texts: list[str], batch: dict) -> dict:

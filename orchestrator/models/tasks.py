@@ -7,6 +7,8 @@ sacrebleu, rouge-score) is imported inside the method that needs it, on the work
 import math
 from dataclasses import dataclass
 
+from orchestrator.models.answers import answer_scores, best_overlap_sentence, best_spans
+
 
 @dataclass(frozen=True)
 class Task:
@@ -134,6 +136,40 @@ class SFT(Task):
         return {"eval/loss": mean_loss, "eval/exact_match": 100 * exact / max(len(references), 1), **generation_scores(hypotheses, references)}
 
 
+@dataclass(frozen=True)
+class QuestionAnswering(Task):
+    def predictions(self, model, batch, outputs, tokenizer, zero3):
+        """The answers predicted (the best span of the context), the true ones and the baseline's, decoded from the
+        tokens: what the model saw (with an uncased WordPiece, lowercased and without accents), scored alike."""
+        import torch
+
+        ids = batch["input_ids"]
+        template = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), dtype=ids.dtype)  # [SEP], [PAD]...
+        context = (batch["token_type_ids"] == 1) & (batch["attention_mask"] == 1) & ~torch.isin(ids, template)
+        starts, ends = best_spans(outputs.start_logits, outputs.end_logits, context)
+        spans = zip(starts.tolist(), ends.tolist(), batch["start_positions"].tolist(), batch["end_positions"].tolist())
+        found: dict[str, list] = {"question": [], "answer": [], "predicted_answer": [], "baseline_answer": []}
+        for row, types, in_context, (start, end, true_start, true_end) in zip(ids, batch["token_type_ids"], context, spans):
+            question = tokenizer.decode(row[types == 0], skip_special_tokens=True)
+            found["question"].append(question)
+            found["answer"].append(tokenizer.decode(row[true_start : true_end + 1], skip_special_tokens=True))
+            found["predicted_answer"].append(tokenizer.decode(row[start : end + 1], skip_special_tokens=True))
+            found["baseline_answer"].append(best_overlap_sentence(question, tokenizer.decode(row[in_context])))
+        return found
+
+    def metrics(self, mean_loss, predictions, label_names):
+        exact, f1 = answer_scores(predictions["predicted_answer"], predictions["answer"])
+        baseline_exact, baseline_f1 = answer_scores(predictions["baseline_answer"], predictions["answer"])
+        return {
+            "eval/loss": mean_loss,
+            "eval/exact_match": exact,
+            "eval/f1": f1,
+            # the context's sentence sharing the most words with the question, scored alike
+            "eval/baseline_exact_match": baseline_exact,
+            "eval/baseline_f1": baseline_f1,
+        }
+
+
 def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu) and mean ROUGE-L F1 (rouge-score) of generated texts, in percent."""
     import sacrebleu
@@ -183,5 +219,13 @@ TASKS: dict[str, Task] = {
         columns=("input_ids", "labels", "position_ids"),
         metric_names=("exact_match", "bleu", "chrf", "rougeL"),
         generates=True,
+    ),
+    "question_answering": QuestionAnswering(
+        "AutoModelForQuestionAnswering",
+        families=("bert",),
+        needs_fields=("question_field", "answer_field"),
+        columns=("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"),
+        metric_names=("exact_match", "f1", "baseline_exact_match", "baseline_f1"),
+        data_options=("answer_start_field",),
     ),
 }

@@ -23,7 +23,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from orchestrator.inference.predictor import PREDICTION_COLUMNS, Predictor
+from orchestrator.inference.predictor import EXTRA_INPUTS, PREDICTION_COLUMNS, Predictor
 
 HF_DIR = "hf"  # the artifact name of the Hugging Face directory inside the MLflow model
 ARTIFACT_PATH = "model"  # where in its run the model is logged
@@ -33,18 +33,23 @@ REQUIREMENTS = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pydan
 
 
 class TextModel(mlflow.pyfunc.PythonModel):
-    """A `text` column in; the task's prediction columns out (`predicted` and `score`, or `generated`)."""
+    """A `text` column in (and a `question` column for question answering); the task's prediction columns out
+    (`predicted` and `score`, `generated`, or `answer` and `score`)."""
 
     def load_context(self, context) -> None:
         self.predictor = Predictor(context.artifacts[HF_DIR])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return pd.DataFrame(self.predictor.columns(model_input["text"].astype(str).tolist()))
+        return pd.DataFrame(self.predictor.columns(model_input["text"].astype(str).tolist(), model_input))
+
+
+def input_columns(task: str) -> tuple[str, ...]:
+    return ("text", *EXTRA_INPUTS.get(task, ()))
 
 
 def signature(task: str) -> ModelSignature:
     outputs = [ColSpec(kind, name) for name, kind in PREDICTION_COLUMNS[task].items()]
-    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=Schema(outputs))
+    return ModelSignature(inputs=Schema([ColSpec("string", name) for name in input_columns(task)]), outputs=Schema(outputs))
 
 
 def save_model(hf_dir: str, path: str, task: str, example_texts: list[str]) -> None:
@@ -58,7 +63,8 @@ def save_model(hf_dir: str, path: str, task: str, example_texts: list[str]) -> N
             artifacts={HF_DIR: hf_dir},
             code_paths=[code],
             signature=signature(task),
-            input_example=pd.DataFrame({"text": example_texts}),
+            # every input column holds the example texts (question answering: questions asked about themselves)
+            input_example=pd.DataFrame({name: example_texts for name in input_columns(task)}),
             pip_requirements=[f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS],
         )
 

@@ -62,5 +62,6 @@ def log_training_curves(metrics: MetricsLogger) -> None:
 def write_model_card(job: JobConfig, directory: str) -> None:
     card = {"task": job.task, "seq_len": job.data.seq_len, "text_field": job.data.text_field}
     card |= {"label_field": job.data.label_field, "target_field": job.data.target_field}
+    card |= {"question_field": job.data.question_field, "answer_field": job.data.answer_field, "answer_start_field": job.data.answer_start_field}
     with open(os.path.join(directory, MODEL_CARD), "w") as out:
         json.dump(card, out, indent=2)

@@ -30,7 +30,7 @@ from orchestrator.train.timeline import format_phases
 if TYPE_CHECKING:
     from orchestrator.train.worker import Worker
 
-GENERATED_SAMPLES = 100  # generated texts kept as an artifact of the last evaluation
+GENERATED_SAMPLES = 100  # generated texts (or answers) kept as an artifact of the last evaluation
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def format_layout(worker: Worker) -> str:
 
 def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_names: list[str]) -> None:
     """What the last evaluation predicted, for a person to look at: the confusion matrix of a classifier, or
-    generated texts beside their references."""
+    generated texts beside their references, or answers beside the true ones and the baseline's."""
     if label_names:
         from orchestrator.tracking.plots import confusion_matrix_plot  # see export.py
 
@@ -249,3 +249,8 @@ def log_predictions(metrics: MetricsLogger, predictions: dict[str, list], label_
         rows = zip(predictions["reference"][:GENERATED_SAMPLES], predictions["hypothesis"][:GENERATED_SAMPLES])
         table = "reference\tgenerated\n" + "".join(f"{ref}\t{hyp}\n" for ref, hyp in rows)
         deliver(lambda: metrics.client.log_text(metrics.run_id, table, "eval/generated.tsv"), "the generated texts")
+    if "predicted_answer" in predictions:
+        columns = ("question", "answer", "predicted_answer", "baseline_answer")
+        rows = zip(*(predictions[column][:GENERATED_SAMPLES] for column in columns))
+        table = "\t".join(columns) + "\n" + "".join("\t".join(row) + "\n" for row in rows)
+        deliver(lambda: metrics.client.log_text(metrics.run_id, table, "eval/answers.tsv"), "the answers")

@@ -1,7 +1,8 @@
-"""The example jobs of the classification and translation tasks learn: each job file, shortened with overrides, runs
-through the whole worker loop in this process (local_mode.py) on its real data and model. The classifier (the
-pretrained MiniLM on Debian's fortunes) beats the majority-class baseline, and its confusion matrix names the fortunes
-files; the translator's BLEU beats the untrained model's. (Causal LM: tests/integration/test_training.py checks that perplexity falls; each task's metrics, plots
+"""The example jobs of the classification, translation and question-answering tasks learn: each job file, shortened
+with overrides, runs through the whole worker loop in this process (local_mode.py) on its real data and model. The
+classifier (the pretrained MiniLM on Debian's fortunes) beats the majority-class baseline, and its confusion matrix
+names the fortunes files; the translator's BLEU beats the untrained model's; the question answerer (the pretrained
+MiniLM on questions about Debian's English-French dictionary) beats the best-overlap-sentence baseline. (Causal LM: tests/integration/test_training.py checks that perplexity falls; each task's metrics, plots
 and export: test_tasks.py; the data report each run logs: tests/unit/test_data_stages.py; the example jobs through
 `ray job submit`: the quickstart's and the job API's tests in tests/integration.)"""
 
@@ -61,3 +62,15 @@ def test_translation_bleu_beats_the_untrained_model(local_ray, tracking_uri, tmp
     for key in ("eval/chrf", "eval/rougeL"):
         scores = run.history(tracking_uri, key)
         assert scores[150] > scores[0], (key, scores)
+
+
+def test_question_answering_beats_the_best_overlap_sentence(local_ray, tracking_uri, tmp_path):
+    steps = 100
+    job = example("qa-minilm", tracking_uri, tmp_path, **{"train.max_steps": steps, "train.eval_every": steps})
+    run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, "qa", cpus=2)
+
+    names = ("exact_match", "f1", "baseline_exact_match", "baseline_f1")
+    scores = {name: last(run.history(tracking_uri, f"eval/{name}")) for name in names}
+    assert {step for step, _ in scores.values()} == {steps}, scores
+    score = {name: value for name, (_, value) in scores.items()}
+    assert score["f1"] > score["baseline_f1"] + 10 and score["exact_match"] > score["baseline_exact_match"] + 10, score

@@ -29,6 +29,18 @@ def write_labelled_corpus(directory: Path, documents: int = 600, seed: int = 0) 
     return write_jsonl(directory / "labelled.jsonl", records)
 
 
+def write_question_corpus(directory: Path, contexts: int = 300, seed: int = 0) -> Path:
+    """Two questions on each context of two sentences, "Who feeds the red ball?": the answer is the subject of the
+    sentence that has the question's verb and object."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(contexts):
+        subjects, deeds = rng.sample(SUBJECTS, 2), [(verb, rng.choice(OBJECTS)) for verb in rng.sample(VERBS, 2)]
+        context = " ".join(f"{subject} {verb} {thing}." for subject, (verb, thing) in zip(subjects, deeds))
+        records += [{"context": context, "question": f"who {verb} {thing}?", "answer": subject} for subject, (verb, thing) in zip(subjects, deeds)]
+    return write_jsonl(directory / "questions.jsonl", records)
+
+
 def small(family: str, **dims) -> dict:
     return {"family": family, "dims": {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128} | dims}
 
@@ -62,6 +74,15 @@ TASK_JOBS = {
         small("gpt2", max_positions=64),
         {"data": {"text_field": "en", "target_field": "fr", "val_fraction": 0.05}, "train": {"eval_batches": 1}},
         {"eval/generated.tsv"},
+    ),
+    "question_answering": TaskJob(
+        lambda tmp, corpus: write_question_corpus(tmp),
+        small("bert", max_positions=64),
+        {
+            "data": {"text_field": "context", "question_field": "question", "answer_field": "answer", "seq_len": 48, "val_fraction": 0.1},
+            "train": {"optimizer": {"name": "adamw", "lr": 1e-3}},
+        },
+        {"eval/answers.tsv"},
     ),
 }
 

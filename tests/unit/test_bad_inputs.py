@@ -44,6 +44,8 @@ EXPECTED = {
     "unknown_precision.yaml": "deepspeed.precision: must be 'fp32', 'bf16' or 'fp16' (got 'fp8')",
     "warmup_past_max_steps.yaml": "train.schedule.warmup_steps: 50 exceeds max_steps (10)",
     "task_family_mismatch.yaml": "model.family: seq2seq trains t5 models (got 'gpt2')",
+    "qa_without_question_field.yaml": "data.question_field: the question_answering task needs it",
+    "question_field_outside_qa.yaml": "data.question_field: not used by the sequence_classification task",
     "data_path_to_nothing.yaml": "data.paths[0]: no file matches 'data/no_such_file.jsonl'",
     "data_path_is_directory.yaml": "data.paths[0]: 'data/a_directory.jsonl' is a directory",
     "data_file_empty.yaml": "data.paths: the corpus is empty (1 files, 0 bytes)",

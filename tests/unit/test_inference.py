@@ -19,13 +19,16 @@ from orchestrator.inference.batch import evaluate, predict, resolve_model
 from orchestrator.inference.predictor import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor
 from orchestrator.models.build import label_keys, special_tokens
 from orchestrator.models.tasks import TASKS
-from orchestrator.tracking.model import register, save_model
+from orchestrator.tracking.model import input_columns, register, save_model
 
 TEXTS = [f"{s} {v} {o}." for s in SUBJECTS for v in VERBS for o in OBJECTS][:40]
 LABELS = ["neg", "pos"]
 SEQ_LEN = 16
 DIMS = {
     "sequence_classification": lambda: transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+    ),
+    "question_answering": lambda: transformers.BertConfig(
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
     ),
     "seq2seq": lambda: transformers.T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2),
@@ -51,6 +54,9 @@ def export_tiny_model(directory, task: str):
         "text_field": "text",
         "label_field": "category" if task == "sequence_classification" else None,
         "target_field": "summary" if task in ("seq2seq", "sft") else None,
+        "question_field": "question" if task == "question_answering" else None,
+        "answer_field": "subject" if task == "question_answering" else None,
+        "answer_start_field": None,
     }
     (directory / MODEL_CARD).write_text(json.dumps(card))
     return directory
@@ -68,6 +74,8 @@ def batch_of(n: int) -> dict:
         "source": np.array([f"f.jsonl:{i}" for i in range(1, n + 1)], dtype=object),
         "label": np.array([LABELS[i % 2] for i in range(n)], dtype=object),
         "target": np.array([text.upper() for text in texts], dtype=object),
+        "question": np.array([f"who {text.split(' ', 2)[-1]}" for text in texts], dtype=object),
+        "answer": np.array([" ".join(text.split(" ")[:2]) for text in texts], dtype=object),
     }
 
 
@@ -90,6 +98,19 @@ def test_seq2seq_generates_text_and_scores_references(models):
     assert len(out["generated"]) == 4 and all(isinstance(text, str) for text in out["generated"])
     assert out["reference"].tolist() == [str(t) for t in batch_of(4)["target"]]
     assert out["loss"].shape == (4,) and np.all(np.isfinite(out["loss"]))
+
+
+def test_question_answering_points_at_a_span_of_each_context(models):
+    batch = batch_of(4)
+    out = Predictor(str(models["question_answering"]))(batch)
+    assert set(out) == {"source", "text", "answer", "score"}
+    assert all(answer in text for answer, text in zip(out["answer"], batch["text"]))  # a span of the context, as written
+    assert np.all((out["score"] >= 0) & (out["score"] <= 1)) and out["answer"][-1] == "" and out["score"][-1] == 0  # empty text
+
+    scored = Predictor(str(models["question_answering"]), evaluate=True)(batch)
+    assert set(scored) == {"answer", "score", "reference", "baseline", "loss"}
+    assert scored["reference"].tolist() == batch["answer"].tolist() and scored["baseline"][0] == batch["text"][0]  # one sentence
+    assert np.all(np.isfinite(scored["loss"][:3]) & (scored["loss"][:3] > 0)) and np.isnan(scored["loss"][3])  # no context: no span
 
 
 def test_causal_lm_continues_texts_and_scores_them(models):
@@ -145,10 +166,10 @@ def test_the_registered_model_loads_with_pyfunc_and_predicts_as_predict_does(mod
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     loaded = mlflow.pyfunc.load_model("models:/tiny/1")
-    assert loaded.metadata.get_input_schema().input_names() == ["text"]
-    texts = TEXTS[:3] + [""]
-    predicted = loaded.predict(pd.DataFrame({"text": texts}))
-    expected = pd.DataFrame(Predictor(str(models[task])).columns(texts))
+    assert loaded.metadata.get_input_schema().input_names() == list(input_columns(task))
+    rows = pd.DataFrame({column: values[:4] for column, values in batch_of(4).items() if column in input_columns(task)})
+    predicted = loaded.predict(rows)
+    expected = pd.DataFrame(Predictor(str(models[task])).columns(rows["text"].tolist(), rows))
     pd.testing.assert_frame_equal(predicted, expected)
     assert loaded.metadata.get_output_schema().input_names() == list(expected.columns)
 
@@ -205,3 +226,15 @@ def test_predict_and_evaluate_on_ray(models, tmp_path, local_ray, capsys):
     assert set(metrics) == set(TASKS["sequence_classification"].reported_metrics) - {"train/loss"}
     assert 0 <= metrics["eval/accuracy"] <= 1 and metrics["eval/majority_accuracy"] == 0.5
     assert "skipped 1 rows with a label the model does not know" in capsys.readouterr().out
+
+
+def test_evaluate_scores_question_answering_against_the_answers_as_written(models, tmp_path, local_ray):
+    batch = batch_of(9)
+    inputs = tmp_path / "questions.jsonl"
+    rows = zip(batch["text"][:8], batch["question"], batch["answer"])
+    inputs.write_text("".join(json.dumps({"text": text, "question": question, "subject": answer}) + "\n" for text, question, answer in rows))
+    metrics = evaluate(models["question_answering"], [str(inputs)], batch_size=4)
+    assert set(metrics) == set(TASKS["question_answering"].reported_metrics) - {"train/loss"}
+    # the baseline answers with the whole one-sentence context: every answer's words are in it
+    assert metrics["eval/baseline_exact_match"] == 0 and 0 < metrics["eval/baseline_f1"] < 100
+    assert 0 <= metrics["eval/f1"] <= 100 and np.isfinite(metrics["eval/loss"])

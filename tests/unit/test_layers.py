@@ -104,7 +104,7 @@ def fake_inputs(home: Path) -> list[Path]:
             path = home / pattern.removeprefix("~/").replace("*", "sample")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text('{"text": "a fortune", "category": "love", "en": "cat", "fr": "chat"}\n')
-        for directory in (raw["model"].get("pretrained"), raw["data"]["tokenizer"].get("path")):
+        for directory in (raw["model"].get("pretrained"), raw["data"].get("tokenizer", {}).get("path")):
             if directory:
                 (home / directory.removeprefix("~/")).mkdir(parents=True, exist_ok=True)
                 (home / directory.removeprefix("~/") / "config.json").write_text("{}")

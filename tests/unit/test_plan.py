@@ -29,8 +29,9 @@ from orchestrator.config.paths import expand_path
 from orchestrator.data.tokenizers import load_tokenizer, train_tokenizer
 from orchestrator.models.build import build_model, hf_config, label_keys
 from orchestrator.models.families import FAMILIES
-from orchestrator.models.inventory import ARCHITECTURES, config_problem
+from orchestrator.models.inventory import ARCHITECTURES, config_problem, lora_parameters
 from orchestrator.models.pipeline import PIPELINE_LAYERS
+from orchestrator.models.saved import saved_shapes
 from orchestrator.models.tasks import TASKS
 from orchestrator.train.plan import (
     OPTIONS,
@@ -57,10 +58,10 @@ def job(corpus, tmp_path):
 
 
 def model_class_of(family: str) -> str:
-    """The transformers auto class that builds the family's models: the same for every task that trains it (causal_lm
-    and sft build one causal LM)."""
-    (auto_class,) = {task.auto_class for task in TASKS.values() if family in task.families}
-    return auto_class
+    """The transformers auto class that builds the family's models as its inventory counts them: the first task's that
+    trains it (causal_lm and sft build one causal LM; bert's inventory is the sequence classifier's, whose pooler a
+    question-answering model lacks)."""
+    return next(task.auto_class for task in TASKS.values() if family in task.families)
 
 
 def meta_sizes(family: str, config: transformers.PretrainedConfig, splits: list[ParallelismConfig]) -> list[ModelSize]:
@@ -178,18 +179,33 @@ def test_the_inventory_knows_the_config_classes_defaults(family):
     assert [counted_size(family, config, split) for split in splits] == meta_sizes(family, config_class(), splits)
 
 
+# A model an example job exports for another to start from (jobs/translate-sft-lora.yaml tunes gpt-tiny's)
+EXPORTED_BY = {"~/.cache/orchestrator/models/gpt-tiny": "gpt-tiny.yaml"}
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda path: path.stem)
-def test_plan_counts_each_example_job_as_its_model_holds(path):
+def test_plan_counts_each_example_job_as_its_model_holds(path, tmp_path):
     """The config plan reads from the job (random-init dimensions, a tokenizer, a pretrained config.json) is the one
-    the model is built from."""
+    the model is built from; LoRA adds its adapters (counted against peft in test_lora.py)."""
     job = load_job(path)
+    if job.model.pretrained in EXPORTED_BY:  # not there before the other job ran: a model of the shape it exports
+        source = load_job(REPO / "jobs" / EXPORTED_BY[job.model.pretrained])
+        vocabulary = StandInTokenizer(source.data.tokenizer.vocab_size)
+        build_model(source.model, source.task, vocabulary, [], seed=0).save_pretrained(tmp_path / "export")
+        job = load_job(path, [f"model.pretrained={tmp_path / 'export'}"])
     labels = job.data.labels or ["0", "1"]  # what plan assumes of a classifier's labels
     if job.model.pretrained:
         config = transformers.AutoConfig.from_pretrained(expand_path(job.model.pretrained), **label_keys(labels))
     else:
         vocabulary = len(load_tokenizer(job.data.tokenizer.path)) if job.data.tokenizer.path else job.data.tokenizer.vocab_size
         config = hf_config(job.model, StandInTokenizer(vocabulary), labels)
-    assert [model_size(job)] == meta_sizes(job.model.family, config, [job.parallelism])
+    expected = meta_sizes(job.model.family, config, [job.parallelism])
+    if job.model.lora:
+        adapters = lora_parameters(saved_shapes(Path(expand_path(job.model.pretrained))), job.model.lora)
+        expected = [
+            replace(size, parameters=size.parameters + adapters, worker_parameters=size.worker_parameters + adapters, trainable=adapters) for size in expected
+        ]
+    assert [model_size(job)] == expected
 
 
 def test_plan_counts_the_model_that_trains(job):
