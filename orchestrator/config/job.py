@@ -604,8 +604,6 @@ class JobConfig(Section):
         model_type, directory = self.model.family, Path(self.model.pretrained).expanduser()
         if model_type and model_type not in buildable_model_types(task.auto_class):
             raise ValueError(f"model.pretrained: {task.auto_class} cannot build a {model_type} model (config.json model_type), which {self.task} needs")
-        if model_type and (missing := [key for key in task.needs_config if key not in (self.model.pretrained_config() or {})]):
-            raise ValueError(f"model.pretrained: {self.task} needs {missing[0]} in the model's config.json, which a {model_type} model has not")
         tokenizer = self.data.tokenizer
         own_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         if own_tokenizer and not tokenizer.path and not tokenizer.changed_from_default("train", "vocab_size", "sample_texts"):

@@ -20,7 +20,6 @@ class Task:
     generates: bool = False  # evaluation decodes generated text (slow: capped by train.eval_batches)
     needs_one_of: tuple[str, ...] = ()  # data.<field> keys of which the job must set exactly one
     data_options: tuple[str, ...] = ()  # other data.<key> settings only this task reads
-    needs_config: tuple[str, ...] = ()  # what a pretrained model's config.json must have for the batches it feeds
 
     @property
     def reported_metrics(self) -> tuple[str, ...]:
@@ -228,6 +227,5 @@ TASKS: dict[str, Task] = {
         columns=("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"),
         metric_names=("exact_match", "f1", "baseline_exact_match", "baseline_f1"),
         data_options=("answer_start_field",),
-        needs_config=("type_vocab_size",),  # token types tell the question from the context
     ),
 }

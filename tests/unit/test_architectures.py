@@ -53,13 +53,6 @@ def test_an_architecture_the_tasks_auto_class_cannot_build_is_refused(saved):
         pretrained_job(saved["qwen2"], task="seq2seq", data={"target_field": "target"})
 
 
-def test_question_answering_refuses_a_model_without_token_types(saved):
-    """Its batches tell the question from the context by token type; Qwen2 has a question-answering class but none."""
-    fields = {"question_field": "question", "answer_field": "answer"}
-    with pytest.raises(UserError, match="model.pretrained: question_answering needs type_vocab_size in the model's config.json, which a qwen2 model has not"):
-        pretrained_job(saved["qwen2"], task="question_answering", data=fields)
-
-
 def test_a_family_that_is_not_the_models_is_refused(saved):
     job = tiny_job(Path("unused.jsonl"))
     job["model"] = {"family": "llama", "pretrained": str(saved["mistral"])}
