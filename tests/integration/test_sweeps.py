@@ -204,7 +204,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(cluster, corpus,
 def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus, client, tmp_path):
     """2 trials of 1 worker on the 2 CPUs, waiting for each other at the perturbation step (synch, at step 10): there,
     the weaker exploits the stronger. Without synch, two 20-step trials of a few seconds can each pass every step before
-    the other has a checkpoint to give (seen: no exploit)."""
+    the other has a checkpoint to give (seen: no exploit). Step 20 ends the trials: no exploit there."""
     schedule = {"name": "linear", "warmup_steps": 0}
     path = write_sweep(
         tmp_path,
@@ -220,20 +220,28 @@ def test_pbt_exploits_and_the_mutated_learning_rate_takes_effect(cluster, corpus
     assert result.returncode == 0, output[-5000:]
 
     sweep_dir = tmp_path / "runs" / "pbt"
-    exploits = (sweep_dir / "pbt_global.txt").read_text().splitlines()
-    assert exploits, "PBT never exploited a trial"
-    used = set()
+    # PBT's record of each exploit: [trial, cloned trial, iterations, cloned config, new config]
+    (exploit,) = [json.loads(line) for line in (sweep_dir / "pbt_global.txt").read_text().splitlines()]
+    mutated = exploit[5]["train.optimizer.lr"]
     for trial, results in tune_results(sweep_dir).items():
         for row in results:  # the learning rate in use is the one of the trial's config at that time, never the checkpoint's
             expected = lr_at(SCHEDULE_CLASSES["linear"](**schedule), row["config"]["train.optimizer.lr"], STEPS, range(row["step"], row["step"] + 1))
             assert row["train/lr"] == pytest.approx(expected[0], rel=1e-5), (trial, row["step"], row["config"])
-            used.add(row["config"]["train.optimizer.lr"])
-    # PBT's own record of each exploit: [trial, cloned trial, iterations, old config, new config]. A trial that trained
-    # on with a mutated rate reported it (and the rows above show it in use). Tune's result.json of a restarted trial
-    # may keep only its rows since the last restart, so the rows of both rates need not be in one file.
-    mutated = {json.loads(line)[5]["train.optimizer.lr"] for path in sweep_dir.glob("pbt_policy_*.txt") for line in path.read_text().splitlines()}
-    assert mutated & used, (mutated, used)
 
+    # Each trial's MLflow run has every step's rate: Tune's result.json of a restarted trial is copied back from the
+    # sweep directory's last sync and can lack the rows after the exploit (seen), so the runs show what was trained.
     parent = parent_run(client, "sweep-pbt", "pbt")
     children = children_of(client, parent.info.run_id)
     assert len(children) == 2  # an exploiting trial logs on into its own run
+    linear = SCHEDULE_CLASSES["linear"](**schedule)
+    originals = {run.info.run_id: float(run.data.params["sweep.train.optimizer.lr"]) for run in children}
+    schedules = {lr: lr_at(linear, lr, STEPS, range(STEPS + 1)) for lr in (mutated, *originals.values())}
+    trained_after_the_exploit = []
+    for run in children:
+        rates = {metric.step: metric.value for metric in client.get_metric_history(run.info.run_id, "train/lr")}
+        assert sorted(rates) == list(range(1, STEPS + 1)), run.info.run_name
+        assert [rates[step] for step in range(1, 11)] == pytest.approx(schedules[originals[run.info.run_id]][1:11], rel=1e-5)
+        after = [rates[step] for step in range(11, STEPS + 1)]
+        trained_after_the_exploit += [lr for lr, rate in schedules.items() if after == pytest.approx(rate[11:], rel=1e-5)]
+    # the stronger trial trains on with its own rate, the weaker from the stronger's checkpoint with the mutated one
+    assert sorted(trained_after_the_exploit) == sorted([exploit[4]["train.optimizer.lr"], mutated]), (originals, mutated)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers import REPO, run_cli, tiny_job, write_job
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search import BasicVariantGenerator, Searcher
 
@@ -172,6 +172,18 @@ def test_synch_makes_every_trial_wait_at_each_perturbation_step(corpus, tmp_path
     for synch in (False, True):
         sweep = load_sweep(write_sweep(tmp_path, corpus, scheduler={"name": scheduler, "synch": synch}, search_space=space))
         assert trial_scheduler(sweep.config, sweep.base_job, 20)._synch is synch
+
+
+@pytest.mark.parametrize("scheduler", ["pbt", "pb2"])
+def test_no_trial_is_perturbed_at_its_last_step(corpus, tmp_path, scheduler):
+    """An exploit there would restart the trial from another's checkpoint only for it to end at once."""
+    sweep = load_sweep(write_sweep(tmp_path, corpus, scheduler={"name": scheduler}, search_space={"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}))
+    population = trial_scheduler(sweep.config, sweep.base_job, 20)
+    population.set_search_properties(sweep.config.metric, sweep.config.mode)
+    last = {"step": 20, sweep.config.metric: 1.0}
+    assert population.on_trial_result(None, "a trial", last) == TrialScheduler.CONTINUE
+    with pytest.raises(KeyError):  # before it, the result is PBT's, which was never told of this trial
+        population.on_trial_result(None, "a trial", last | {"step": 19})
 
 
 def test_a_trial_starts_with_its_process_and_a_later_trial_of_the_process_when_it_starts(monkeypatch):
