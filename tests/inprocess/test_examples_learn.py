@@ -65,8 +65,9 @@ def test_translation_bleu_beats_the_untrained_model(local_ray, tracking_uri, tmp
 
 
 def test_question_answering_beats_the_best_overlap_sentence(local_ray, tracking_uri, tmp_path):
-    steps = 100
-    job = example("qa-minilm", tracking_uri, tmp_path, **{"train.max_steps": steps, "train.eval_every": steps})
+    steps = 100  # fewer, at a higher rate, fail with other seeds: the loss sits at about 2.2 for tens of steps
+    # its longest question and context are 83 tokens: 96 pads less than the job's 128, for the same scores
+    job = example("qa-minilm", tracking_uri, tmp_path, **{"train.max_steps": steps, "train.eval_every": steps, "data.seq_len": 96})
     run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, "qa", cpus=2)
 
     names = ("exact_match", "f1", "baseline_exact_match", "baseline_f1")
