@@ -93,6 +93,18 @@ def write_translation_corpus(directory: Path, seed: int = 0) -> Path:
     return write_jsonl(directory / "pairs.jsonl", pairs)
 
 
+def write_question_corpus(directory: Path, contexts: int = 300, seed: int = 0) -> Path:
+    """Two questions on each context of two sentences, "Who feeds the red ball?": the answer is the subject of the
+    sentence that has the question's verb and object."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(contexts):
+        subjects, deeds = rng.sample(SUBJECTS, 2), [(verb, rng.choice(OBJECTS)) for verb in rng.sample(VERBS, 2)]
+        context = " ".join(f"{subject} {verb} {thing}." for subject, (verb, thing) in zip(subjects, deeds))
+        records += [{"context": context, "question": f"who {verb} {thing}?", "answer": subject} for subject, (verb, thing) in zip(subjects, deeds)]
+    return write_jsonl(directory / "questions.jsonl", records)
+
+
 class StandInTokenizer:
     """What build_model reads of a trained tokenizer, for models trained on token ids made up by the test."""
 

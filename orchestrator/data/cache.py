@@ -24,7 +24,7 @@ from orchestrator.config.job import JobConfig
 from orchestrator.config.paths import expand_path, is_uri
 from orchestrator.data.shards import damaged
 
-PIPELINE_VERSION = 7
+PIPELINE_VERSION = 8
 READ_CHUNK = 1 << 20
 
 

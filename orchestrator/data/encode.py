@@ -99,6 +99,15 @@ def encode_pairs(batch: dict, tokenizer_json: str, seq_len: int, pad: int) -> li
     return tokenizer_of(tokenizer_json, seq_len, pad).encode_batch(pairs)
 
 
+def question_answering_types(encoding: Encoding) -> list[int]:
+    """Token types 0 for the question and 1 for the context: the pair template's own where it sets them (BERT's),
+    else from the sequence each token came from (RoBERTa's template makes every token type 0). Evaluation reads the
+    context by them; models.tasks gives them to a model only where it embeds two types."""
+    if any(encoding.type_ids):
+        return encoding.type_ids
+    return [int(sequence == 1) for sequence in encoding.sequence_ids]
+
+
 def answer_spans(batch: dict, encodings: list[Encoding]) -> list[tuple[int, int] | str]:
     starts = batch.get("answer_start", [None] * len(encodings))
     return [answer_span(*row) for row in zip(encodings, batch["text"], batch["answer"], starts)]
@@ -189,7 +198,7 @@ def encode_question_answering(batch: dict, tokenizer_json: str, seq_len: int, pa
     return {
         "input_ids": ids,
         "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int8).reshape(ids.shape),
-        "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int8).reshape(ids.shape),
+        "token_type_ids": np.array([question_answering_types(e) for e in encodings], dtype=np.int8).reshape(ids.shape),
         "start_positions": np.array([start for start, _ in spans], dtype=np.int64),
         "end_positions": np.array([end for _, end in spans], dtype=np.int64),
         "is_val": np.array(is_val, dtype=bool),

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from orchestrator.config.errors import UserError
-from orchestrator.data.encode import IGNORED_LABEL, answer_span, chat_of, chat_segments, generation_prompt, sft_example
+from orchestrator.data.encode import IGNORED_LABEL, answer_span, chat_of, chat_segments, generation_prompt, question_answering_types, sft_example
 from orchestrator.data.tokenizers import separator_id, template_tokens
 from orchestrator.models.answers import best_overlap_sentence, best_spans
 from orchestrator.models.tasks import TASKS
@@ -125,8 +125,10 @@ class Predictor:
         questions = [str(question) for question in batch["question"]]
         inputs = self.tokenizer(questions, texts, truncation=True, max_length=self.seq_len, padding=True, return_offsets_mapping=True, return_tensors="pt")
         offsets = inputs.pop("offset_mapping").tolist()
+        # as in training, whatever token types the tokenizer's own call would give (or leave out)
+        inputs["token_type_ids"] = torch.tensor([question_answering_types(encoding) for encoding in inputs.encodings])
         context = torch.tensor([[sequence == 1 for sequence in inputs.sequence_ids(i)] for i in range(len(texts))])
-        outputs = self.model(**inputs)
+        outputs = self.model(**TASKS[self.task].for_model(self.model.config).model_inputs(dict(inputs)))
         starts, ends = best_spans(outputs.start_logits, outputs.end_logits, context)
         start_p, end_p = (logits.float().masked_fill(~context, float("-inf")).softmax(-1).nan_to_num() for logits in (outputs.start_logits, outputs.end_logits))
         rows = range(len(texts))

@@ -4,6 +4,7 @@ The registry is plain Python so that validation never imports torch; what a task
 sacrebleu, rouge-score) is imported inside the method that needs it, on the workers.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ class Task:
     def reported_metrics(self) -> tuple[str, ...]:
         """What a training run reports to Ray (and so what a sweep can optimise)."""
         return ("train/loss", "eval/loss", *(f"eval/{name}" for name in self.metric_names))
+
+    def for_model(self, config) -> "Task":
+        """The task as it feeds a model of this transformers config."""
+        return self
 
     def model_inputs(self, batch: dict) -> dict:
         """Keyword arguments of the model for a batch of the task's columns."""
@@ -138,6 +143,16 @@ class SFT(Task):
 
 @dataclass(frozen=True)
 class QuestionAnswering(Task):
+    # The batches' token types mark the context (data/encode.py question_answering_types). BERT embeds two types;
+    # RoBERTa one (type 1 would index past its table), DistilBERT and decoders none: they are not given them.
+    takes_token_types: bool = True
+
+    def for_model(self, config):
+        return dataclasses.replace(self, takes_token_types=getattr(config, "type_vocab_size", 0) >= 2)
+
+    def model_inputs(self, batch):
+        return batch if self.takes_token_types else {key: value for key, value in batch.items() if key != "token_type_ids"}
+
     def predictions(self, model, batch, outputs, tokenizer, zero3):
         """The answers predicted (the best span of the context), the true ones and the baseline's, decoded from the
         tokens: what the model saw (with an uncased WordPiece, lowercased and without accents), scored alike."""

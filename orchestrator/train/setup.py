@@ -47,7 +47,7 @@ def setup(job: JobConfig, plan: TrainPlan) -> tuple[Worker, SilentReporter]:
         plan=plan,
         rank=rank,
         world_size=world_size,
-        task=TASKS[job.task],
+        task=TASKS[job.task].for_model(model.config),
         tokenizer=tokenizer,
         layout=layout,
         engine=engine,

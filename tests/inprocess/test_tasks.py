@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job, write_jsonl, write_translation_corpus
+from helpers import OBJECTS, SUBJECTS, VERBS, tiny_job, write_jsonl, write_question_corpus, write_translation_corpus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config.load import validate
@@ -27,18 +27,6 @@ def write_labelled_corpus(directory: Path, documents: int = 600, seed: int = 0) 
     subjects = (rng.choice(SUBJECTS) for _ in range(documents))
     records = ({"text": f"{subject} {rng.choice(VERBS)} {rng.choice(OBJECTS)}.", "who": "animal" if subject in ANIMALS else "person"} for subject in subjects)
     return write_jsonl(directory / "labelled.jsonl", records)
-
-
-def write_question_corpus(directory: Path, contexts: int = 300, seed: int = 0) -> Path:
-    """Two questions on each context of two sentences, "Who feeds the red ball?": the answer is the subject of the
-    sentence that has the question's verb and object."""
-    rng = random.Random(seed)
-    records = []
-    for _ in range(contexts):
-        subjects, deeds = rng.sample(SUBJECTS, 2), [(verb, rng.choice(OBJECTS)) for verb in rng.sample(VERBS, 2)]
-        context = " ".join(f"{subject} {verb} {thing}." for subject, (verb, thing) in zip(subjects, deeds))
-        records += [{"context": context, "question": f"who {verb} {thing}?", "answer": subject} for subject, (verb, thing) in zip(subjects, deeds)]
-    return write_jsonl(directory / "questions.jsonl", records)
 
 
 def small(family: str, **dims) -> dict:

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO, tiny_job, write_jsonl
+from tokenizers import processors
 
 from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.config.load import validate
 from orchestrator.data.clean import copy_keys, dedup_text
 from orchestrator.data.encode import answer_chars, check_answers, encode_question_answering
-from orchestrator.data.tokenizers import train_tokenizer
+from orchestrator.data.tokenizers import from_json, train_tokenizer
 from orchestrator.models.answers import answer_scores, best_overlap_sentence, best_spans, exact_match, normalize_answer, token_f1
 
 # --- scoring (the official SQuAD v1.1 evaluation script's definitions) -----------------------------------------
@@ -105,6 +106,20 @@ def test_encoding_marks_the_answer_tokens_of_the_context(tokenizer):
         assert set(types[start : end + 1]) == {1}  # in the context, not the question
     first_chien = tokenizer.decode(out["input_ids"][0][: out["start_positions"][0]])
     assert "hound" in first_chien  # the second chien, as answer_start says
+
+
+@pytest.mark.parametrize("template", ["bert", "roberta"])
+def test_token_types_tell_the_context_from_the_question_whatever_the_pair_template_gives(tokenizer, template):
+    """BERT's template types the context 1 itself; RoBERTa's types every token 0, and the sequences tell them apart."""
+    tokenizer = from_json(tokenizer.backend_tokenizer.to_str())  # a copy: the fixture is the module's
+    vocab = tokenizer.get_vocab()
+    cls, sep = ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])
+    processor = processors.BertProcessing(sep, cls) if template == "bert" else processors.RobertaProcessing(sep, cls)
+    tokenizer.backend_tokenizer.post_processor = processor
+    out = encoded(tokenizer, rows({"text": CONTEXTS[1], "question": "what is the french for river", "answer": "fleuve"}), seq_len=40)
+    ids, types = out["input_ids"][0], out["token_type_ids"][0]
+    question, context = (tokenizer.decode(ids[types == kind], skip_special_tokens=True).replace(" ", "") for kind in (0, 1))
+    assert (question, context) == ("whatisthefrenchforriver", CONTEXTS[1].replace(" ", ""))
 
 
 def test_rows_without_an_answer_span_are_dropped_with_their_reason_not_mislabeled(tokenizer):
