@@ -65,9 +65,14 @@ def test_translation_bleu_beats_the_untrained_model(local_ray, tracking_uri, tmp
 
 
 def test_question_answering_beats_the_best_overlap_sentence(local_ray, tracking_uri, tmp_path):
-    steps = 100  # fewer, at a higher rate, fail with other seeds: the loss sits at about 2.2 for tens of steps
-    # its longest question and context are 83 tokens: 96 pads less than the job's 128, for the same scores
-    job = example("qa-minilm", tracking_uri, tmp_path, **{"train.max_steps": steps, "train.eval_every": steps, "data.seq_len": 96})
+    # The loss sits at about 2.2 (the answer is one of the context's 8 translations) until, after a number of steps
+    # that varies with the seed, the model learns which. At micro batch 8 and rate 3e-4, seeds 0-4 all pass 96 exact
+    # match by step 150; at step 100, seed 1 had 46 here, and 11 with the job's batch of 16 and rate of 1e-4.
+    steps = 150
+    overrides = {"train.max_steps": steps, "train.eval_every": steps, "train.micro_batch_size": 8, "train.optimizer.lr": 3e-4}
+    # its longest question and context are 83 tokens: 96 pads less than the job's 128
+    overrides |= {"train.schedule.warmup_steps": 10, "data.seq_len": 96}
+    job = example("qa-minilm", tracking_uri, tmp_path, **overrides)
     run = train_in_process(job, prepared_in_memory(job, tmp_path / "data"), tmp_path, "qa", cpus=2)
 
     names = ("exact_match", "f1", "baseline_exact_match", "baseline_f1")

@@ -34,6 +34,7 @@ def start(corpus, tmp_path_factory) -> Path:
 
 # task -> (ZeRO stage, its data settings)
 RUNS = {"causal_lm": (2, {}), "sft": (3, {"text_field": "en", "target_field": "fr", "packing": True})}
+EVAL_BATCHES = {"sft": 1}  # sft evaluates by generating responses: slow, and nothing here reads them
 
 
 def lora_job(start: Path, corpus: Path, tracking_uri: str, task: str):
@@ -42,7 +43,7 @@ def lora_job(start: Path, corpus: Path, tracking_uri: str, task: str):
         corpus,
         task=task,
         data=data,
-        train={"max_steps": STEPS, "eval_every": STEPS, "log_every": 1, "optimizer": {"name": "adamw", "lr": 1e-2}},
+        train={"max_steps": STEPS, "eval_every": STEPS, "eval_batches": EVAL_BATCHES.get(task), "log_every": 1, "optimizer": {"name": "adamw", "lr": 1e-2}},
         scaling={"num_workers": 1},
         deepspeed={"zero_stage": zero_stage},
         checkpoint={"every_steps": STEPS // 2},
