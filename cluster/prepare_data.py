@@ -40,8 +40,13 @@ def fortunes(path: Path) -> list[str]:
     return [block.strip() for block in text.split("\n%\n") if block.strip() and block.strip() != "%"]
 
 
+def fortune_categories() -> list[Path]:
+    """The category files of the package: no suffix (its .dat indexes and .u8 files have one), no symlinks."""
+    return sorted(path for path in FORTUNES.iterdir() if path.is_file() and not path.suffix and not path.is_symlink())
+
+
 def prepare_fortunes(out: Path) -> str:
-    categories = sorted(p for p in FORTUNES.iterdir() if p.is_file() and not p.suffix and not p.is_symlink())
+    categories = fortune_categories()
     out.mkdir(parents=True, exist_ok=True)
     total = 0
     for path in categories:
@@ -61,8 +66,7 @@ def exchanges(fortune: str) -> list[dict]:
 
 
 def prepare_fortune_qa(out: Path) -> str:
-    categories = sorted(path for path in FORTUNES.iterdir() if path.is_file() and not path.suffix and not path.is_symlink())
-    pairs = [pair for path in categories for text in fortunes(path) for pair in exchanges(text) if pair["answer"]]
+    pairs = [pair for path in fortune_categories() for text in fortunes(path) for pair in exchanges(text) if pair["answer"]]
     out.mkdir(parents=True, exist_ok=True)
     (out / "qa.jsonl").write_text("".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
     return f"{len(pairs)} question-answer exchanges of fortunes -> {out / 'qa.jsonl'}"
