@@ -71,6 +71,7 @@ class Predictor:
         auto_class = getattr(transformers, TASKS[self.task].auto_class)
         # fp32 whatever the export's dtype: half-precision matmuls are slow or missing on CPU.
         self.model = auto_class.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.feeding = TASKS[self.task].for_model(self.model.config)  # which inputs this model takes (Task.model_inputs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         columns = self.columns([str(text) for text in batch["text"]], batch)
@@ -128,7 +129,7 @@ class Predictor:
         # as in training, whatever token types the tokenizer's own call would give (or leave out)
         inputs["token_type_ids"] = torch.tensor([question_answering_types(encoding) for encoding in inputs.encodings])
         context = torch.tensor([[sequence == 1 for sequence in inputs.sequence_ids(i)] for i in range(len(texts))])
-        outputs = self.model(**TASKS[self.task].for_model(self.model.config).model_inputs(dict(inputs)))
+        outputs = self.model(**self.feeding.model_inputs(dict(inputs)))
         starts, ends = best_spans(outputs.start_logits, outputs.end_logits, context)
         start_p, end_p = (logits.float().masked_fill(~context, float("-inf")).softmax(-1).nan_to_num() for logits in (outputs.start_logits, outputs.end_logits))
         rows = range(len(texts))
