@@ -6,9 +6,11 @@ pool of `Predictor`s (inference/predictor.py) runs the model, each actor loading
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow.artifacts
+import pandas as pd
 import ray
 import transformers
 from mlflow.exceptions import MlflowException
@@ -172,6 +174,27 @@ def predict(
     return {"rows": count, "seconds": seconds, "rows_per_s": count / seconds}
 
 
+def _generated(results: pd.DataFrame, label2id: dict) -> dict[str, list]:
+    return {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
+
+
+# The predictor's evaluate columns -> what the task's metrics (Task.metrics, as in training) read.
+METRIC_INPUTS: dict[str, Callable[[pd.DataFrame, dict], dict[str, list]]] = {
+    "causal_lm": lambda results, label2id: {},  # perplexity comes from the loss alone
+    "sequence_classification": lambda results, label2id: {
+        "predicted": [label2id[name] for name in results["predicted"]],
+        "label": results["label"].tolist(),
+    },
+    "seq2seq": _generated,
+    "sft": _generated,
+    "question_answering": lambda results, label2id: {
+        "predicted_answer": results["answer"].tolist(),
+        "answer": results["reference"].tolist(),
+        "baseline_answer": results["baseline"].tolist(),
+    },
+}
+
+
 def evaluate(
     model_dir: Path,
     inputs: list[str],
@@ -195,14 +218,7 @@ def evaluate(
         raise UserError("--input: no rows to evaluate")
     # Predictions are small next to the model work: the driver takes them all.
     results = _predictions(rows, model_dir, True, concurrency, batch_size).to_pandas()
-    predictions = {}  # causal_lm: perplexity comes from the loss alone
-    if task == "sequence_classification":
-        predicted = [label2id[name] for name in results["predicted"]]
-        predictions = {"predicted": predicted, "label": results["label"].tolist()}
-    elif task in ("seq2seq", "sft"):
-        predictions = {"hypothesis": results["generated"].tolist(), "reference": results["reference"].tolist()}
-    elif task == "question_answering":
-        predictions = {"predicted_answer": results["answer"].tolist(), "answer": results["reference"].tolist(), "baseline_answer": results["baseline"].tolist()}
+    predictions = METRIC_INPUTS[task](results, label2id)
     metrics = {name: float(value) for name, value in TASKS[task].metrics(float(results["loss"].mean()), predictions, label_names).items()}
     print(f"{len(results)} rows: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     return metrics

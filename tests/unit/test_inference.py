@@ -15,8 +15,8 @@ from orchestrator.config.errors import UserError
 from orchestrator.config.job import TokenizerConfig
 from orchestrator.data.encode import DEFAULT_CHAT_TEMPLATE
 from orchestrator.data.tokenizers import train_tokenizer
-from orchestrator.inference.batch import evaluate, predict, resolve_model
-from orchestrator.inference.predictor import CAUSAL_NEW_TOKENS, MODEL_CARD, Predictor
+from orchestrator.inference.batch import METRIC_INPUTS, evaluate, predict, resolve_model
+from orchestrator.inference.predictor import CAUSAL_NEW_TOKENS, MODEL_CARD, PREDICTION_COLUMNS, Predictor
 from orchestrator.models.build import label_keys, special_tokens
 from orchestrator.models.tasks import TASKS
 from orchestrator.tracking.model import input_columns, register, save_model
@@ -35,6 +35,10 @@ DIMS = {
     "causal_lm": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
     "sft": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
 }
+
+
+def test_every_task_predicts_and_is_evaluated_like_training():
+    assert PREDICTION_COLUMNS.keys() == METRIC_INPUTS.keys() == TASKS.keys()
 
 
 def export_tiny_model(directory, task: str):
