@@ -24,16 +24,22 @@ from orchestrator.tracking.model import input_columns, register, save_model
 TEXTS = [f"{s} {v} {o}." for s in SUBJECTS for v in VERBS for o in OBJECTS][:40]
 LABELS = ["neg", "pos"]
 SEQ_LEN = 16
+
+
+def tiny_bert() -> transformers.BertConfig:
+    return transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+def tiny_gpt2() -> transformers.GPT2Config:
+    return transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40)
+
+
 DIMS = {
-    "sequence_classification": lambda: transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
-    ),
-    "question_answering": lambda: transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
-    ),
+    "sequence_classification": tiny_bert,
+    "question_answering": tiny_bert,
     "seq2seq": lambda: transformers.T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2),
-    "causal_lm": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
-    "sft": lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=40),
+    "causal_lm": tiny_gpt2,
+    "sft": tiny_gpt2,
 }
 
 
