@@ -14,7 +14,7 @@ from orchestrator.config.errors import UserError
 from orchestrator.data.encode import IGNORED_LABEL, answer_span, chat_of, chat_segments, generation_prompt, question_answering_types, sft_example
 from orchestrator.data.tokenizers import separator_id, template_tokens
 from orchestrator.models.answers import best_overlap_sentence, best_spans
-from orchestrator.models.tasks import TASKS
+from orchestrator.models.tasks import TASKS, padded
 
 MODEL_CARD = "orchestrator.json"  # written beside the model by train/export.py
 CAUSAL_NEW_TOKENS = 32  # continuation length of causal_lm predictions
@@ -36,18 +36,6 @@ def read_card(model_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UserError(f"model: {path} is corrupt (not JSON)") from None
-
-
-def _pad(rows: list[list[int]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask of rows padded to the longest; decoder-only generation pads on the left."""
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
@@ -97,7 +85,7 @@ class Predictor:
 
     def _classify(self, texts: list[str], batch: dict) -> dict:
         # The tokenizer's own template ([CLS] text [SEP] for WordPiece), as in encode_classification.
-        inputs = _pad(self.tokenizer(texts, truncation=True, max_length=self.seq_len)["input_ids"], self.pad)
+        inputs = padded(self.tokenizer(texts, truncation=True, max_length=self.seq_len)["input_ids"], self.pad)
         logits = self.model(**inputs).logits.float()
         score, index = logits.softmax(-1).max(-1)
         predicted = [self.model.config.id2label[i] for i in index.tolist()]
@@ -109,12 +97,12 @@ class Predictor:
         return columns
 
     def _seq2seq(self, texts: list[str], batch: dict) -> dict:
-        inputs = _pad(self._ended(texts), self.pad)
+        inputs = padded(self._ended(texts), self.pad)
         generated = self.model.generate(**inputs, max_new_tokens=self.seq_len, do_sample=False, num_beams=1)
         columns = {"generated": np.array(self.tokenizer.batch_decode(generated, skip_special_tokens=True))}
         if self.evaluate:
             references = [str(target) for target in batch["target"]]
-            labels = _pad(self._ended(references), IGNORED_LABEL)["input_ids"]
+            labels = padded(self._ended(references), IGNORED_LABEL)["input_ids"]
             loss = _row_losses(self.model(**inputs, labels=labels).logits, labels)
             columns |= {"reference": np.array(references), "loss": loss}
         return columns
@@ -157,14 +145,14 @@ class Predictor:
         encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         if self.evaluate:  # perplexity needs the loss only: no generation
             # As packed in training: after a separator and ended by one, so even an empty text has a token to score.
-            inputs = _pad([[self.separator, *ids[: self.seq_len - 2], self.separator] for ids in encoded], self.pad)
+            inputs = padded([[self.separator, *ids[: self.seq_len - 2], self.separator] for ids in encoded], self.pad)
             labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, IGNORED_LABEL)
             return {"loss": _row_losses(self.model(**inputs).logits[:, :-1], labels[:, 1:])}
         # In training a document follows a separator; the prompt keeps its end, leaving positions for the continuation.
         positions = getattr(self.model.config, "max_position_embeddings", None) or self.seq_len + CAUSAL_NEW_TOKENS
         keep = max(1, min(self.seq_len, positions - CAUSAL_NEW_TOKENS))
         prompts = [[self.separator, *ids][-keep:] for ids in encoded]
-        inputs = _pad(prompts, self.pad, left=True)
+        inputs = padded(prompts, self.pad, left=True)
         generated = self.model.generate(**inputs, max_new_tokens=CAUSAL_NEW_TOKENS, do_sample=False, num_beams=1, pad_token_id=self.pad)
         continuations = generated[:, inputs["input_ids"].shape[1] :]
         return {"generated": np.array(self.tokenizer.batch_decode(continuations, skip_special_tokens=True))}
@@ -175,7 +163,7 @@ class Predictor:
         template, special = self.tokenizer.chat_template, template_tokens(self.tokenizer)
         rendered = [generation_prompt(text, template, special) for text in texts]
         prompts = [ids[: self.seq_len - 1] for ids in self.tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-        inputs = _pad(prompts, self.pad, left=True)
+        inputs = padded(prompts, self.pad, left=True)
         width = inputs["input_ids"].shape[1]
         generated = self.model.generate(**inputs, max_new_tokens=max(self.seq_len - width, 1), do_sample=False, num_beams=1, pad_token_id=self.pad)
         columns = {"generated": np.array(self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True))}
@@ -185,7 +173,7 @@ class Predictor:
                 sft_example(chat_segments(chat_of(text, target, None), template, special), self.tokenizer.backend_tokenizer, self.seq_len, False)
                 for text, target in zip(texts, references)
             ]
-            inputs = _pad([ids for ids, _ in examples], self.pad)
-            labels = _pad([labels for _, labels in examples], IGNORED_LABEL)["input_ids"]
+            inputs = padded([ids for ids, _ in examples], self.pad)
+            labels = padded([labels for _, labels in examples], IGNORED_LABEL)["input_ids"]
             columns |= {"reference": np.array(references), "loss": _row_losses(self.model(**inputs).logits[:, :-1], labels[:, 1:])}
         return columns

@@ -107,22 +107,15 @@ class SFT(Task):
     def predictions(self, model, batch, outputs, tokenizer, zero3):
         """Greedy responses to the prompts of a validation batch (one example per row: the tokens before its first
         label), beside the references (the labelled tokens)."""
-        import torch
-
         from orchestrator.data.encode import IGNORED_LABEL
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         answered = batch["labels"] != IGNORED_LABEL
         starts = answered.int().argmax(1).tolist()
-        prompts = [row[:start] for row, start in zip(batch["input_ids"], starts)]
-        width = max(starts)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, prompt in enumerate(prompts):  # decoder-only generation continues each prompt from its right end
-            input_ids[i, width - len(prompt) :], attention_mask[i, width - len(prompt) :] = prompt, 1
+        prompts = padded([row[:start] for row, start in zip(batch["input_ids"], starts)], pad, left=True)
+        width = prompts["input_ids"].shape[1]
         generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+            **prompts,
             max_new_tokens=int(answered.sum(1).max()),
             do_sample=False,
             pad_token_id=pad,
@@ -183,6 +176,21 @@ class QuestionAnswering(Task):
             "eval/baseline_exact_match": baseline_exact,
             "eval/baseline_f1": baseline_f1,
         }
+
+
+def padded(rows: list, pad: int, left: bool = False) -> dict:
+    """input_ids and attention_mask of token rows (lists or tensors) padded to the longest; decoder-only generation
+    pads on the left, so that each prompt is continued from its right end."""
+    import torch
+
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, span] = torch.as_tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def generation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
